@@ -1,0 +1,217 @@
+//! The contract every broker implements, and the registry of broker factories by name.
+//!
+//! Trait methods return [`BoxFuture`]s rather than `impl Future`: the broker is chosen by
+//! configuration at run time and held as `Arc<dyn Broker>`, which `impl Future` in traits
+//! does not allow. The cost is one allocation per call; the hot paths (`next_batch`) take
+//! many messages per call.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::config::{Config, mask_url};
+use crate::error::{BrokerError, Error};
+use crate::handler::BoxFuture;
+use crate::message::{Message, OutgoingMessage};
+
+/// A message broker: publishes with acknowledgement and hands out consumers.
+pub trait Broker: Send + Sync + 'static {
+    /// The name it is registered under (`kafka`, `rabbitmq`, `redis`, `memory`, `disabled`).
+    fn name(&self) -> &'static str;
+
+    /// Publishes one message and resolves once the broker has acknowledged it (publisher
+    /// confirm, delivery report, `XADD` reply). An error means it may not have been stored.
+    fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>>;
+
+    /// Joins `subscription.group` on its topics. Instances of one group share the messages;
+    /// every group gets every message.
+    fn subscribe(
+        &self,
+        subscription: Subscription,
+    ) -> BoxFuture<'_, Result<Box<dyn Consumer>, BrokerError>>;
+
+    /// Makes sure these topics exist and keep what is published to them even with no consumer
+    /// yet (dead-letter topics are declared this way at start-up). Default: nothing to do.
+    fn declare_topics<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let _ = topics;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Reads up to `limit` messages of `topic` from its beginning without consuming them
+    /// (`consumer dlq list`). Default: unsupported.
+    fn browse<'a>(
+        &'a self,
+        topic: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Message>, BrokerError>> {
+        let _ = (topic, limit);
+        let broker = self.name();
+        Box::pin(async move {
+            Err(BrokerError::Unsupported {
+                broker,
+                operation: "browse",
+            })
+        })
+    }
+
+    /// Sends whatever the client buffers, waiting up to `timeout`. Default: nothing buffered.
+    fn flush(&self, timeout: Duration) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let _ = timeout;
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Where a new group starts reading.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartFrom {
+    /// Only messages published after the group was created (Redis `$`, Kafka `latest`).
+    #[default]
+    Latest,
+    /// Everything the broker still holds (`--from-beginning`).
+    Earliest,
+}
+
+/// What to consume.
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    /// The consumer group.
+    pub group: String,
+    /// Its topics.
+    pub topics: Vec<String>,
+    /// Where a new group starts.
+    pub start: StartFrom,
+    /// How many unacknowledged messages this consumer may hold (AMQP prefetch, batch size).
+    pub prefetch: usize,
+}
+
+/// One member of a group. Dropping it without acknowledging returns its messages to the group.
+pub trait Consumer: Send {
+    /// Waits for at least one message and returns up to `max`. Must be cancel-safe: a future
+    /// dropped before it resolves loses no message (it may be redelivered). An error is
+    /// transient: the caller waits and calls again, and the consumer reconnects by itself.
+    fn next_batch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Arc<Message>>, BrokerError>>;
+
+    /// A handle that acknowledges what this consumer delivered, usable from other tasks
+    /// while `next_batch` runs.
+    fn acker(&self) -> Arc<dyn Acker>;
+
+    /// Leaves the group cleanly once in-flight messages are settled (commits offsets).
+    fn close(self: Box<Self>) -> BoxFuture<'static, Result<(), BrokerError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Acknowledges delivered messages.
+pub trait Acker: Send + Sync {
+    /// Marks `message` done: it will not be delivered to this group again. The runtime calls it
+    /// only after the handler succeeded or the message's DLQ record was acknowledged.
+    fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>>;
+}
+
+/// A broker that can be selected by name. Broker crates submit one with `inventory`.
+pub struct BrokerFactory {
+    /// The name `MESSAGING_BACKEND` selects it by.
+    pub name: &'static str,
+    /// Connects with this configuration (one attempt).
+    pub connect: fn(&Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError>>,
+}
+
+inventory::collect!(BrokerFactory);
+
+/// The names of the brokers linked into this binary, sorted.
+pub fn linked_backends() -> Vec<&'static str> {
+    let mut names: Vec<_> = inventory::iter::<BrokerFactory>
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+fn factory(name: &str) -> Result<&'static BrokerFactory, Error> {
+    inventory::iter::<BrokerFactory>
+        .into_iter()
+        .find(|f| f.name == name)
+        .ok_or_else(|| Error::UnknownBackend {
+            name: name.to_owned(),
+            linked: linked_backends(),
+        })
+}
+
+/// One attempt to connect to the configured broker.
+pub async fn connect_once(config: &Config) -> Result<Arc<dyn Broker>, Error> {
+    let factory = factory(&config.backend)?;
+    Ok((factory.connect)(config).await?)
+}
+
+/// The connection loop's state, as `/health` reports it.
+#[derive(Debug, Default)]
+pub struct ConnectionState {
+    connected: AtomicBool,
+    in_cooldown: AtomicBool,
+    retry_count: AtomicU32,
+}
+
+impl ConnectionState {
+    /// Whether the broker is connected.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+    /// Whether the loop is in its cooldown.
+    pub fn in_cooldown(&self) -> bool {
+        self.in_cooldown.load(Ordering::Relaxed)
+    }
+    /// Failed attempts so far.
+    pub fn retry_count(&self) -> u32 {
+        self.retry_count.load(Ordering::Relaxed)
+    }
+    /// Records whether the broker is reachable (consumers report lost connections here).
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+}
+
+/// Connects, retrying `connect_max_retries` times `connect_retry_delay` apart, then cooling
+/// down for `connect_cooldown`, and again, for ever. Only a configuration error (an unknown
+/// backend) ends it.
+pub async fn connect_with_retry(
+    config: &Config,
+    state: &ConnectionState,
+) -> Result<Arc<dyn Broker>, Error> {
+    let factory = factory(&config.backend)?;
+    let target = match config.backend.as_str() {
+        "kafka" => config.kafka_bootstrap_servers.clone(),
+        "rabbitmq" => mask_url(&config.rabbitmq_url),
+        "redis" => mask_url(&config.redis_url),
+        other => other.to_owned(),
+    };
+    let per_round = config.connect_max_retries.max(1);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        tracing::info!(backend = factory.name, %target, "Connecting… (attempt {attempt}/{per_round})");
+        match (factory.connect)(config).await {
+            Ok(broker) => {
+                state.set_connected(true);
+                state.in_cooldown.store(false, Ordering::Relaxed);
+                tracing::info!(backend = factory.name, %target, "Connected");
+                return Ok(broker);
+            }
+            Err(error) => {
+                state.set_connected(false);
+                state.retry_count.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(backend = factory.name, %error, "connection attempt {attempt}/{per_round} failed");
+                if attempt >= per_round {
+                    tracing::warn!("Cooling down for {:?}", config.connect_cooldown);
+                    state.in_cooldown.store(true, Ordering::Relaxed);
+                    tokio::time::sleep(config.connect_cooldown).await;
+                    state.in_cooldown.store(false, Ordering::Relaxed);
+                    attempt = 0;
+                } else {
+                    tokio::time::sleep(config.connect_retry_delay).await;
+                }
+            }
+        }
+    }
+}

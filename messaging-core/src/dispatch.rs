@@ -1,0 +1,327 @@
+//! The per-group pipeline: route each delivered message to its handler, run it with the retry
+//! policy, dead-letter what still fails, and acknowledge only after success or after the DLQ
+//! record was acknowledged. Order is kept per lane (Kafka partition, else topic + key); lanes
+//! run concurrently.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt as _;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Acker, Broker, Consumer};
+use crate::dlq::{DeadLetterRecord, OriginalMessage, RECORD_VERSION, RecordedError};
+use crate::envelope::{EnvelopeFields, event_name};
+use crate::error::{FailureKind, HandlerError};
+use crate::extract::Context;
+use crate::handler::Invocation;
+use crate::message::{Message, header};
+use crate::metrics::{HandlerMetrics, metrics};
+use crate::registry::HandlerSpec;
+use crate::trace;
+
+/// One handler on one topic, with its counters.
+pub(crate) struct Target {
+    pub spec: Arc<HandlerSpec>,
+    pub dlq_topic: String,
+    pub metrics: Arc<HandlerMetrics>,
+}
+
+pub(crate) enum Route {
+    Single(Arc<Target>),
+    ByEvent {
+        envelope: EnvelopeFields,
+        targets: HashMap<String, Arc<Target>>,
+    },
+}
+
+pub(crate) struct Dispatcher {
+    pub group: String,
+    pub routes: HashMap<String, Route>,
+    pub context: Arc<Context>,
+    pub broker: Arc<dyn Broker>,
+    pub acker: Arc<dyn Acker>,
+    pub source: String,
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub max_message_size: usize,
+    pub shutdown: CancellationToken,
+}
+
+/// Why a message was acknowledged without a handler.
+enum Skip {
+    UnknownTopic,
+    UnknownEvent,
+    NoEventName,
+}
+
+impl Skip {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::UnknownTopic => "unknown_topic",
+            Self::UnknownEvent => "unknown_event",
+            Self::NoEventName => "no_event_name",
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Fetches and dispatches until shutdown, then closes the consumer.
+    pub async fn run(self: Arc<Self>, mut consumer: Box<dyn Consumer>) {
+        if self.concurrency <= 1 {
+            self.run_inline(&mut *consumer).await;
+        } else {
+            self.run_lanes(&mut *consumer).await;
+        }
+        if let Err(error) = consumer.close().await {
+            tracing::warn!(group = %self.group, %error, "closing the consumer failed");
+        }
+    }
+
+    async fn next_batch(&self, consumer: &mut dyn Consumer, failures: &mut u32) -> Option<Vec<Arc<Message>>> {
+        loop {
+            let batch = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return None,
+                batch = consumer.next_batch(self.batch_size) => batch,
+            };
+            match batch {
+                Ok(batch) => {
+                    *failures = 0;
+                    return Some(batch);
+                }
+                Err(error) => {
+                    *failures += 1;
+                    let wait = Duration::from_millis(100 * 2u64.pow((*failures).min(8))).min(Duration::from_secs(30));
+                    tracing::warn!(group = %self.group, %error, ?wait, "fetching failed; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_inline(&self, consumer: &mut dyn Consumer) {
+        let mut failures = 0;
+        while let Some(batch) = self.next_batch(consumer, &mut failures).await {
+            for message in batch {
+                if self.shutdown.is_cancelled() {
+                    return;
+                }
+                self.process(message).await;
+            }
+        }
+    }
+
+    async fn run_lanes(self: &Arc<Self>, consumer: &mut dyn Consumer) {
+        let lane_capacity = self.batch_size.max(16);
+        let (senders, lanes): (Vec<_>, Vec<_>) = (0..self.concurrency)
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<Arc<Message>>(lane_capacity);
+                let this = Arc::clone(self);
+                let lane = tokio::spawn(async move {
+                    while let Some(message) = rx.recv().await {
+                        if this.shutdown.is_cancelled() {
+                            break;
+                        }
+                        this.process(message).await;
+                    }
+                });
+                (tx, lane)
+            })
+            .unzip();
+        let mut failures = 0;
+        'fetch: while let Some(batch) = self.next_batch(consumer, &mut failures).await {
+            for message in batch {
+                let lane = (message.ordering_key() % senders.len() as u64) as usize;
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.cancelled() => break 'fetch,
+                    sent = senders[lane].send(message) => if sent.is_err() { break 'fetch },
+                }
+            }
+        }
+        drop(senders);
+        for lane in lanes {
+            let _ = lane.await;
+        }
+    }
+
+    fn route(&self, message: &Message) -> Result<&Arc<Target>, Skip> {
+        match self.routes.get(&message.topic).ok_or(Skip::UnknownTopic)? {
+            Route::Single(target) => Ok(target),
+            Route::ByEvent { envelope, targets } => {
+                let name = event_name(message, envelope).ok_or(Skip::NoEventName)?;
+                targets.get(&name).ok_or(Skip::UnknownEvent)
+            }
+        }
+    }
+
+    async fn ack(&self, message: &Message) {
+        if let Err(error) = self.acker.ack(message).await {
+            // Not acknowledged means delivered again later: at least once still holds.
+            tracing::warn!(topic = %message.topic, position = %message.position, %error, "acknowledgement failed; the message may be redelivered");
+        }
+    }
+
+    /// Handles one message to the end: acknowledged, dead-lettered, or left for redelivery
+    /// when shutdown interrupts a back-off.
+    pub async fn process(&self, message: Arc<Message>) {
+        let target = match self.route(&message) {
+            Ok(target) => Arc::clone(target),
+            Err(skip) => {
+                metrics().record_skipped(&message.topic, skip.reason());
+                tracing::debug!(topic = %message.topic, reason = skip.reason(), "message skipped");
+                self.ack(&message).await;
+                return;
+            }
+        };
+        if message.payload.len() > self.max_message_size {
+            let now = Utc::now();
+            let error = HandlerError::new(
+                FailureKind::TooLarge,
+                format!("{} bytes exceed the maximum of {}", message.payload.len(), self.max_message_size),
+            );
+            self.dead_letter(&target, &message, &error, message.previous_attempts() + 1, now, now).await;
+            return;
+        }
+        let policy = target.spec.retry;
+        let trace_id = message.header(header::TRACE_ID).map(str::to_owned);
+        let mut attempt = message.previous_attempts() + 1;
+        let mut first_failure: Option<DateTime<Utc>> = None;
+        loop {
+            let result = self.attempt(&target, &message, attempt, trace_id.clone()).await;
+            let error = match result {
+                Ok(()) => {
+                    target.metrics.succeeded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(topic = %message.topic, handler = target.spec.name, attempt, "handled");
+                    self.ack(&message).await;
+                    return;
+                }
+                Err(error) => error,
+            };
+            let now = Utc::now();
+            let first = *first_failure.get_or_insert(now);
+            if error.is_retryable() && attempt < policy.max_attempts() {
+                let delay = policy.delay_before_retry(attempt);
+                target.metrics.retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(topic = %message.topic, handler = target.spec.name, attempt, ?delay, %error, "attempt failed; retrying");
+                tokio::select! {
+                    biased;
+                    // Not acknowledged: another instance (or the next start) gets it again.
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                attempt += 1;
+                continue;
+            }
+            self.dead_letter(&target, &message, &error, attempt, first, now).await;
+            return;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        target: &Target,
+        message: &Arc<Message>,
+        attempt: u32,
+        trace_id: Option<String>,
+    ) -> Result<(), HandlerError> {
+        target.metrics.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let invocation = Invocation {
+            message: Arc::clone(message),
+            context: Arc::clone(&self.context),
+            attempt,
+            handler: target.spec.name,
+        };
+        let started = Instant::now();
+        let call = &target.spec.call;
+        let future = match std::panic::catch_unwind(AssertUnwindSafe(|| call(invocation))) {
+            Ok(future) => future,
+            Err(panic) => return Err(panicked(panic)),
+        };
+        let guarded = AssertUnwindSafe(future).catch_unwind();
+        let outcome = match (trace_id, target.spec.retry.timeout) {
+            (None, None) => guarded.await,
+            (trace_id, None) => trace::with_trace_id(trace_id, guarded).await,
+            (trace_id, Some(limit)) => {
+                match tokio::time::timeout(limit, trace::with_trace_id(trace_id, guarded)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Ok(Err(HandlerError::new(
+                        FailureKind::Timeout,
+                        format!("handler did not finish within {limit:?}"),
+                    ))),
+                }
+            }
+        };
+        target.metrics.observe_latency(started.elapsed());
+        outcome.unwrap_or_else(|panic| Err(panicked(panic)))
+    }
+
+    /// Writes the DLQ record, waiting until the broker acknowledged it, then acknowledges the
+    /// original. A failing DLQ write is retried with back-off; only shutdown stops that, and
+    /// then the original stays unacknowledged.
+    async fn dead_letter(
+        &self,
+        target: &Target,
+        message: &Message,
+        error: &HandlerError,
+        attempts: u32,
+        first_failure_at: DateTime<Utc>,
+        last_failure_at: DateTime<Utc>,
+    ) {
+        let record = DeadLetterRecord {
+            version: RECORD_VERSION,
+            original: OriginalMessage::capture(message),
+            error: RecordedError {
+                kind: error.kind(),
+                message: error.to_string(),
+            },
+            attempts,
+            first_failure_at,
+            last_failure_at,
+            handler: target.spec.name.to_owned(),
+            group: self.group.clone(),
+            event_name: message.header(header::EVENT_NAME).map(str::to_owned).or_else(|| target.spec.event_name.clone()),
+            source: self.source.clone(),
+            trace_id: message.header(header::TRACE_ID).map(str::to_owned),
+            dead_lettered_at: Utc::now(),
+        };
+        let out = record.to_message(&target.dlq_topic);
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.broker.publish(out.clone()).await {
+                Ok(()) => break,
+                Err(publish_error) => {
+                    tracing::error!(dlq = %target.dlq_topic, error = %publish_error, ?wait, "writing the DLQ record failed; retrying before acknowledging");
+                    tokio::select! {
+                        biased;
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        target.metrics.dead_lettered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(topic = %message.topic, handler = target.spec.name, attempts, kind = %error.kind(), %error, dlq = %target.dlq_topic, "message dead-lettered");
+        self.ack(message).await;
+    }
+}
+
+fn panicked(panic: Box<dyn Any + Send>) -> HandlerError {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "handler panicked".to_owned());
+    HandlerError::new(FailureKind::Panic, format!("handler panicked: {text}"))
+}

@@ -1,0 +1,196 @@
+//! Error types: [`Error`] for the framework's own failures, [`BrokerError`] for what a broker
+//! reports, and [`HandlerError`] for what a handler returns.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+/// A boxed error that can cross threads.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// The framework's own errors: configuration, registry and broker failures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `MESSAGING_BACKEND` (or `Config::backend`) names a broker that is not linked in.
+    #[error("unknown messaging backend `{name}`; linked backends: {}", linked.join(", "))]
+    UnknownBackend { name: String, linked: Vec<&'static str> },
+    /// A configuration value that does not parse.
+    #[error("invalid configuration `{key}`: {message}")]
+    Config { key: String, message: String },
+    /// The handler registry is inconsistent (duplicates, conflicting routes, missing state).
+    #[error("handler registry: {0}")]
+    Registry(String),
+    /// A payload could not be encoded.
+    #[error("could not encode payload: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// What a broker implementation reports.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// Could not reach the broker, or the connection was lost.
+    #[error("{broker}: connection failed: {source}")]
+    Connection {
+        broker: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// The broker refused or failed an operation (publish not confirmed, ack refused …).
+    #[error("{broker}: {operation} failed: {source}")]
+    Operation {
+        broker: &'static str,
+        operation: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// The backend cannot do this (e.g. browsing a topic on a broker that has no such notion).
+    #[error("{broker}: {operation} is not supported")]
+    Unsupported {
+        broker: &'static str,
+        operation: &'static str,
+    },
+    /// The consumer or broker was closed.
+    #[error("{broker}: closed")]
+    Closed { broker: &'static str },
+}
+
+impl BrokerError {
+    /// Shorthand for [`BrokerError::Operation`].
+    pub fn operation(
+        broker: &'static str,
+        operation: &'static str,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Self::Operation {
+            broker,
+            operation,
+            source: source.into(),
+        }
+    }
+
+    /// Shorthand for [`BrokerError::Connection`].
+    pub fn connection(broker: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Connection {
+            broker,
+            source: source.into(),
+        }
+    }
+}
+
+/// Why a message failed; written into the DLQ record as `error.kind`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The handler returned an error.
+    Handler,
+    /// The payload is JSON but not of the declared shape.
+    Schema,
+    /// The payload could not be decoded at all (not JSON, not UTF-8, no envelope).
+    Decode,
+    /// The handler panicked.
+    Panic,
+    /// The handler did not finish in time.
+    Timeout,
+    /// The payload is larger than the configured maximum.
+    TooLarge,
+}
+
+impl FailureKind {
+    /// The name used on the wire and in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Handler => "handler",
+            Self::Schema => "schema",
+            Self::Decode => "decode",
+            Self::Panic => "panic",
+            Self::Timeout => "timeout",
+            Self::TooLarge => "too_large",
+        }
+    }
+
+    /// Whether another attempt could succeed. Bad payloads stay bad.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, Self::Handler | Self::Panic | Self::Timeout)
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error a handler returns. Any `std::error::Error` or `anyhow::Error` converts into it
+/// with `?`; [`HandlerError::permanent`] marks one that retrying cannot fix.
+pub struct HandlerError {
+    kind: FailureKind,
+    permanent: bool,
+    source: BoxError,
+}
+
+impl HandlerError {
+    /// A failure worth retrying (the default for `?`).
+    pub fn retryable(error: impl Into<BoxError>) -> Self {
+        Self::new(FailureKind::Handler, error)
+    }
+
+    /// A failure that no retry can fix: the message goes to the dead-letter queue at once.
+    pub fn permanent(error: impl Into<BoxError>) -> Self {
+        Self {
+            permanent: true,
+            ..Self::new(FailureKind::Handler, error)
+        }
+    }
+
+    /// A failure of the given kind; retryable when the kind is.
+    pub fn new(kind: FailureKind, error: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            permanent: !kind.is_retryable(),
+            source: error.into(),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// Whether another attempt could succeed.
+    pub fn is_retryable(&self) -> bool {
+        !self.permanent
+    }
+
+    /// The underlying error.
+    pub fn source(&self) -> &(dyn StdError + Send + Sync + 'static) {
+        &*self.source
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("kind", &self.kind)
+            .field("permanent", &self.permanent)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.source, f)
+    }
+}
+
+// `HandlerError` deliberately does not implement `std::error::Error`, so this blanket
+// conversion can cover every error type (as `anyhow::Error` does).
+impl<E: Into<BoxError>> From<E> for HandlerError {
+    fn from(error: E) -> Self {
+        Self::retryable(error)
+    }
+}

@@ -1,0 +1,92 @@
+//! The publishing side of `#[event]`: after an HTTP handler returned `Ok(value)`, the value is
+//! wrapped in an envelope and published in the background.
+//!
+//! Which part of the `Ok` value is the event data is picked by method resolution on
+//! [`EventData`] ("autoref specialisation"): `Json<T>` and `(StatusCode, Json<T>)` give `T`,
+//! anything else that is `Serialize` gives itself.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::metrics::metrics;
+use crate::producer::get_producer;
+
+/// What an `#[event]` attribute declared.
+#[derive(Clone, Copy, Debug)]
+pub struct EventSpec {
+    /// Event name.
+    pub name: &'static str,
+    /// Topic to publish on.
+    pub topic: &'static str,
+    /// Field of the data whose value becomes the message key.
+    pub key_field: Option<&'static str>,
+    /// Whether the data is the handler's result (`true`) or `{}`.
+    pub include_result: bool,
+}
+
+/// Wraps a handler's `Ok` value for [`ViaJson`] / [`ViaSerialize`] resolution.
+pub struct EventData<'a, T>(pub &'a T);
+
+/// Event data of the handler result itself.
+pub trait ViaSerialize {
+    /// The data as JSON.
+    fn to_event_data(&self) -> Result<Value, serde_json::Error>;
+}
+
+impl<T: Serialize> ViaSerialize for &EventData<'_, T> {
+    fn to_event_data(&self) -> Result<Value, serde_json::Error> {
+        serde_json::to_value(self.0)
+    }
+}
+
+/// Event data of what an axum response wraps.
+#[cfg(feature = "axum")]
+pub trait ViaJson {
+    /// The data as JSON.
+    fn to_event_data(&self) -> Result<Value, serde_json::Error>;
+}
+
+#[cfg(feature = "axum")]
+impl<T: Serialize> ViaJson for EventData<'_, axum::Json<T>> {
+    fn to_event_data(&self) -> Result<Value, serde_json::Error> {
+        serde_json::to_value(&self.0.0)
+    }
+}
+
+#[cfg(feature = "axum")]
+impl<T: Serialize> ViaJson for EventData<'_, (axum::http::StatusCode, axum::Json<T>)> {
+    fn to_event_data(&self) -> Result<Value, serde_json::Error> {
+        serde_json::to_value(&self.0.1.0)
+    }
+}
+
+/// Publishes the event in the background. Never fails the caller: a data that does not
+/// serialize or a publish that fails is logged and counted as dropped.
+pub fn emit_event(spec: &EventSpec, data: Result<Value, serde_json::Error>) {
+    let data = match data {
+        Ok(data) => data,
+        Err(error) => {
+            metrics().record_dropped();
+            tracing::warn!(event = spec.name, %error, "event dropped: result does not serialize");
+            return;
+        }
+    };
+    let key = spec.key_field.and_then(|field| match data.get(field)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    });
+    let data = if spec.include_result {
+        data
+    } else {
+        Value::Object(Default::default())
+    };
+    let producer = get_producer();
+    match producer.envelope(spec.name, &data, spec.topic, key) {
+        Ok((_, message)) => producer.fire(message),
+        Err(error) => {
+            metrics().record_dropped();
+            tracing::warn!(event = spec.name, %error, "event dropped: envelope does not serialize");
+        }
+    }
+}

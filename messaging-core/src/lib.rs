@@ -1,0 +1,120 @@
+#![doc = include_str!("../../README.md")]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod broker;
+pub mod config;
+mod disabled;
+pub mod dlq;
+pub mod envelope;
+pub mod error;
+mod event;
+pub mod extract;
+pub mod handler;
+pub mod memory;
+pub mod message;
+pub mod metrics;
+pub mod producer;
+pub mod registry;
+pub mod retry;
+mod dispatch;
+pub mod runtime;
+pub mod testing;
+pub mod trace;
+
+pub use broker::{Acker, Broker, BrokerFactory, Consumer, StartFrom, Subscription, linked_backends};
+pub use config::{Config, configure_messaging, current_config};
+pub use disabled::DisabledBroker;
+pub use dlq::DeadLetterRecord;
+pub use envelope::{EnvelopeFields, Event, TypedEvent, decode_event, decode_json};
+pub use error::{BrokerError, Error, FailureKind, HandlerError};
+pub use extract::{Context, FromContext, Metadata, State};
+pub use handler::{BoxFuture, Invocation};
+pub use memory::MemoryBroker;
+pub use message::{Headers, Message, OutgoingMessage, Position};
+pub use producer::{Producer, SendOptions, get_producer, install_producer, publish, publish_event};
+pub use registry::{HandlerKind, HandlerSpec, registered_handlers};
+pub use retry::{Backoff, RetryPolicy};
+pub use runtime::{Runtime, RuntimeBuilder};
+
+pub use messaging_macros::{consumer, event, message_handler, on_event};
+
+/// What a service needs in scope: the macros, the handler argument types, publishing.
+pub mod prelude {
+    pub use crate::{
+        Config, Event, HandlerError, Metadata, Producer, SendOptions, State, TypedEvent,
+        configure_messaging, consumer, event, get_producer, message_handler, on_event, publish,
+        publish_event,
+    };
+}
+
+/// What the macros' generated code reaches. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    use std::any::{Any, TypeId};
+    use std::sync::Arc;
+
+    pub use crate::envelope::{EnvelopeFields, decode_event, decode_json};
+    pub use crate::event::{EventData, EventSpec, ViaSerialize, emit_event};
+    #[cfg(feature = "axum")]
+    pub use crate::event::ViaJson;
+    pub use crate::extract::{FromContext, Requirement};
+    pub use crate::handler::{HandlerFuture, Invocation, IntoHandlerResult};
+    pub use crate::registry::{HandlerKind, HandlerRegistration};
+    pub use crate::retry::{Backoff, RetryPolicy};
+    pub use bytes::Bytes;
+    pub use inventory;
+    pub use serde_json;
+
+    use crate::error::HandlerError;
+
+    /// The raw body.
+    pub fn decode_bytes(invocation: &Invocation) -> Bytes {
+        invocation.message.payload.clone()
+    }
+
+    /// The raw body as a vector.
+    pub fn decode_vec(invocation: &Invocation) -> Vec<u8> {
+        invocation.message.payload.to_vec()
+    }
+
+    /// The whole message.
+    pub fn decode_message(invocation: &Invocation) -> crate::message::Message {
+        (*invocation.message).clone()
+    }
+
+    /// Decodes the body as the schema type and then as the argument type (when they differ).
+    pub fn validate_schema<S: serde::de::DeserializeOwned>(invocation: &Invocation) -> Result<(), HandlerError> {
+        decode_json::<S>(&invocation.message).map(drop)
+    }
+
+    /// The `#[consumer]` instance of type `T` (made at start-up).
+    pub fn instance<T: Send + Sync + 'static>(invocation: &Invocation) -> Result<Arc<T>, HandlerError> {
+        invocation
+            .context
+            .state::<T>()
+            .ok_or_else(|| HandlerError::permanent(format!("no instance of `{}`", std::any::type_name::<T>())))
+    }
+
+    /// Makes the default instance of a `#[consumer]` type.
+    pub fn default_instance<T: Default + Send + Sync + 'static>() -> (TypeId, Arc<dyn Any + Send + Sync>) {
+        (TypeId::of::<T>(), Arc::new(T::default()))
+    }
+
+    /// Compile-time check that a first argument decodes from JSON.
+    #[diagnostic::on_unimplemented(
+        message = "the first handler argument `{Self}` cannot be decoded from a message",
+        label = "cannot be decoded",
+        note = "derive `serde::Deserialize` for it, or take `serde_json::Value`, `Bytes`, `Vec<u8>`, `Message` or `Event<T>`"
+    )]
+    pub trait JsonPayload {}
+    impl<T: serde::de::DeserializeOwned> JsonPayload for T {}
+
+    /// Compile-time check of a payload type.
+    pub fn assert_json_payload<T: JsonPayload>() {}
+    /// Compile-time check of an extractor.
+    pub fn assert_extractor<T: FromContext>() {}
+    /// Compile-time check of a return type.
+    pub fn assert_handler_result<T: IntoHandlerResult>() {}
+    /// Compile-time check of a consumer type.
+    pub fn assert_consumer_type<T: Default + Send + Sync + 'static>() {}
+}

@@ -1,0 +1,396 @@
+//! The in-memory broker: for users' unit tests and the quick start. It keeps the semantics of
+//! the real brokers: every group gets every message, instances of one group share them, a
+//! message is handed to one instance at a time until acknowledged, and what a dropped consumer
+//! held is delivered again. Dead-letter topics are ordinary topics.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use tokio::sync::Notify;
+
+use crate::broker::{Acker, Broker, BrokerFactory, Consumer, StartFrom, Subscription};
+use crate::error::BrokerError;
+use crate::handler::BoxFuture;
+use crate::message::{Message, OutgoingMessage, Position};
+
+const NAME: &str = "memory";
+
+/// An in-process broker. Clones share the same topics.
+#[derive(Clone, Default)]
+pub struct MemoryBroker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MemoryBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBroker").finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Woken on every publish and acknowledgement, for [`MemoryBroker::wait_idle`].
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    topics: HashMap<String, Topic>,
+    next_consumer: u64,
+}
+
+#[derive(Default)]
+struct Topic {
+    log: Vec<Arc<Message>>,
+    groups: HashMap<String, Cursor>,
+    /// Consumers to wake when something arrives, by consumer id.
+    waiters: HashMap<u64, Weak<Notify>>,
+}
+
+#[derive(Default)]
+struct Cursor {
+    /// The next offset never handed out.
+    next: usize,
+    /// Offsets handed back by dropped consumers, delivered first, in order.
+    redeliver: BTreeSet<usize>,
+    /// Offsets handed out and not acknowledged, with the consumer holding them.
+    in_flight: HashMap<usize, u64>,
+}
+
+impl Cursor {
+    fn is_settled(&self, log_len: usize) -> bool {
+        self.next >= log_len && self.redeliver.is_empty() && self.in_flight.is_empty()
+    }
+}
+
+impl MemoryBroker {
+    /// A new, empty broker.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process-wide instance that `MESSAGING_BACKEND=memory` selects, so the producer and
+    /// the consumers of one process meet.
+    pub fn shared() -> Self {
+        static SHARED: OnceLock<MemoryBroker> = OnceLock::new();
+        SHARED.get_or_init(MemoryBroker::new).clone()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a message; returns its offset.
+    pub fn append(&self, message: OutgoingMessage) -> u64 {
+        let mut state = self.state();
+        let topic = state.topics.entry(message.topic.clone()).or_default();
+        let offset = topic.log.len();
+        topic.log.push(Arc::new(Message {
+            topic: message.topic,
+            key: message.key,
+            payload: message.payload,
+            headers: message.headers,
+            position: Position::Offset(offset as u64),
+        }));
+        topic.waiters.retain(|_, waiter| match waiter.upgrade() {
+            Some(notify) => {
+                notify.notify_one();
+                true
+            }
+            None => false,
+        });
+        drop(state);
+        self.shared.changed.notify_waiters();
+        offset as u64
+    }
+
+    /// Every message ever published to `topic`, in order.
+    pub fn messages(&self, topic: &str) -> Vec<Arc<Message>> {
+        self.state()
+            .topics
+            .get(topic)
+            .map(|t| t.log.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether every group has received and acknowledged everything on its topics.
+    pub fn is_idle(&self) -> bool {
+        self.state()
+            .topics
+            .values()
+            .all(|t| t.groups.values().all(|c| c.is_settled(t.log.len())))
+    }
+
+    /// Messages of `topic` not yet acknowledged by `group` (handed out or not).
+    pub fn unacknowledged(&self, topic: &str, group: &str) -> usize {
+        let state = self.state();
+        let Some(t) = state.topics.get(topic) else {
+            return 0;
+        };
+        t.groups.get(group).map_or(0, |c| {
+            t.log.len().saturating_sub(c.next) + c.redeliver.len() + c.in_flight.len()
+        })
+    }
+
+    /// Waits until [`MemoryBroker::is_idle`]. Under paused Tokio time, retry back-offs elapse
+    /// by themselves while this waits.
+    pub async fn wait_idle(&self) {
+        loop {
+            let changed = self.shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_idle() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    fn take(&self, consumer: u64, group: &str, topics: &[String], max: usize) -> Vec<Arc<Message>> {
+        let mut state = self.state();
+        let mut out = Vec::new();
+        for name in topics {
+            let Some(topic) = state.topics.get_mut(name) else {
+                continue;
+            };
+            let Some(cursor) = topic.groups.get_mut(group) else {
+                continue;
+            };
+            while out.len() < max {
+                let offset = match cursor.redeliver.pop_first() {
+                    Some(offset) => offset,
+                    None if cursor.next < topic.log.len() => {
+                        cursor.next += 1;
+                        cursor.next - 1
+                    }
+                    None => break,
+                };
+                cursor.in_flight.insert(offset, consumer);
+                out.push(Arc::clone(&topic.log[offset]));
+            }
+        }
+        out
+    }
+
+    fn ack(&self, consumer: u64, group: &str, message: &Message) {
+        let Position::Offset(offset) = message.position else {
+            return;
+        };
+        let mut state = self.state();
+        if let Some(cursor) = state
+            .topics
+            .get_mut(&message.topic)
+            .and_then(|t| t.groups.get_mut(group))
+            && cursor.in_flight.get(&(offset as usize)) == Some(&consumer)
+        {
+            cursor.in_flight.remove(&(offset as usize));
+        }
+        drop(state);
+        self.shared.changed.notify_waiters();
+    }
+
+    fn leave(&self, consumer: u64, group: &str, topics: &[String]) {
+        let mut state = self.state();
+        for name in topics {
+            let Some(topic) = state.topics.get_mut(name) else {
+                continue;
+            };
+            topic.waiters.remove(&consumer);
+            let Some(cursor) = topic.groups.get_mut(group) else {
+                continue;
+            };
+            let held: Vec<usize> = cursor
+                .in_flight
+                .iter()
+                .filter(|(_, c)| **c == consumer)
+                .map(|(o, _)| *o)
+                .collect();
+            if held.is_empty() {
+                continue;
+            }
+            for offset in held {
+                cursor.in_flight.remove(&offset);
+                cursor.redeliver.insert(offset);
+            }
+            for waiter in topic.waiters.values().filter_map(Weak::upgrade) {
+                waiter.notify_one();
+            }
+        }
+        drop(state);
+        self.shared.changed.notify_waiters();
+    }
+}
+
+impl Broker for MemoryBroker {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.append(message);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn subscribe(
+        &self,
+        subscription: Subscription,
+    ) -> BoxFuture<'_, Result<Box<dyn Consumer>, BrokerError>> {
+        let notify = Arc::new(Notify::new());
+        let mut state = self.state();
+        let id = state.next_consumer;
+        state.next_consumer += 1;
+        for name in &subscription.topics {
+            let topic = state.topics.entry(name.clone()).or_default();
+            let start = match subscription.start {
+                StartFrom::Latest => topic.log.len(),
+                StartFrom::Earliest => 0,
+            };
+            topic
+                .groups
+                .entry(subscription.group.clone())
+                .or_insert_with(|| Cursor {
+                    next: start,
+                    ..Cursor::default()
+                });
+            topic.waiters.insert(id, Arc::downgrade(&notify));
+        }
+        drop(state);
+        let consumer = MemoryConsumer {
+            acker: Arc::new(MemoryAcker {
+                broker: self.clone(),
+                consumer: id,
+                group: subscription.group,
+            }),
+            topics: subscription.topics,
+            notify,
+        };
+        Box::pin(async move { Ok(Box::new(consumer) as Box<dyn Consumer>) })
+    }
+
+    fn declare_topics<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let mut state = self.state();
+        for topic in topics {
+            state.topics.entry(topic.clone()).or_default();
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn browse<'a>(
+        &'a self,
+        topic: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Message>, BrokerError>> {
+        let messages = self
+            .messages(topic)
+            .into_iter()
+            .take(limit)
+            .map(|m| (*m).clone())
+            .collect();
+        Box::pin(async move { Ok(messages) })
+    }
+}
+
+struct MemoryConsumer {
+    acker: Arc<MemoryAcker>,
+    topics: Vec<String>,
+    notify: Arc<Notify>,
+}
+
+impl Consumer for MemoryConsumer {
+    fn next_batch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Arc<Message>>, BrokerError>> {
+        Box::pin(async move {
+            loop {
+                // Taking happens under the lock with no await in between: cancel-safe.
+                let a = &self.acker;
+                let batch = a.broker.take(a.consumer, &a.group, &self.topics, max.max(1));
+                if !batch.is_empty() {
+                    return Ok(batch);
+                }
+                // `notify_one` stores a permit, so a publish between `take` and here is not missed.
+                self.notify.notified().await;
+            }
+        })
+    }
+
+    fn acker(&self) -> Arc<dyn Acker> {
+        Arc::clone(&self.acker) as Arc<dyn Acker>
+    }
+}
+
+impl Drop for MemoryConsumer {
+    fn drop(&mut self) {
+        let a = &self.acker;
+        a.broker.leave(a.consumer, &a.group, &self.topics);
+    }
+}
+
+struct MemoryAcker {
+    broker: MemoryBroker,
+    consumer: u64,
+    group: String,
+}
+
+impl Acker for MemoryAcker {
+    fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.broker.ack(self.consumer, &self.group, message);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+inventory::submit! {
+    BrokerFactory {
+        name: NAME,
+        connect: |_config| Box::pin(async { Ok(Arc::new(MemoryBroker::shared()) as Arc<dyn Broker>) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(group: &str) -> Subscription {
+        Subscription {
+            group: group.into(),
+            topics: vec!["t".into()],
+            start: StartFrom::Latest,
+            prefetch: 100,
+        }
+    }
+
+    #[tokio::test]
+    async fn groups_each_get_everything_and_instances_share() {
+        let broker = MemoryBroker::new();
+        let mut a1 = broker.subscribe(sub("a")).await.unwrap();
+        let mut a2 = broker.subscribe(sub("a")).await.unwrap();
+        let mut b = broker.subscribe(sub("b")).await.unwrap();
+        for i in 0..4 {
+            broker.publish(OutgoingMessage::new("t", vec![i])).await.unwrap();
+        }
+        let first = a1.next_batch(2).await.unwrap();
+        let second = a2.next_batch(10).await.unwrap();
+        assert_eq!(first.len() + second.len(), 4);
+        assert_eq!(b.next_batch(10).await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn dropped_consumer_hands_back_unacknowledged() {
+        let broker = MemoryBroker::new();
+        let mut c1 = broker.subscribe(sub("g")).await.unwrap();
+        let mut c2 = broker.subscribe(sub("g")).await.unwrap();
+        for i in 0..3 {
+            broker.publish(OutgoingMessage::new("t", vec![i])).await.unwrap();
+        }
+        let got = c1.next_batch(3).await.unwrap();
+        c1.acker().ack(&got[0]).await.unwrap();
+        drop(c1);
+        let again = c2.next_batch(10).await.unwrap();
+        let payloads: Vec<u8> = again.iter().map(|m| m.payload[0]).collect();
+        assert_eq!(payloads, vec![1, 2]);
+        assert!(!broker.is_idle());
+        for m in &again {
+            c2.acker().ack(m).await.unwrap();
+        }
+        assert!(broker.is_idle());
+    }
+}

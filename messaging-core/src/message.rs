@@ -1,0 +1,146 @@
+//! The raw message as brokers carry it: topic, key, payload bytes, headers and the broker's
+//! position of it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+
+use bytes::Bytes;
+
+/// Header names the framework writes and reads. Every broker carries them natively (Kafka
+/// headers, AMQP headers, Redis stream fields), so routing never needs to parse a body.
+pub mod header {
+    /// The event name of an enveloped message (`user.created`).
+    pub const EVENT_NAME: &str = "x-event-name";
+    /// The envelope id (UUID v7).
+    pub const EVENT_ID: &str = "x-event-id";
+    /// The trace id, propagated from the incoming message or request.
+    pub const TRACE_ID: &str = "x-trace-id";
+    /// How many attempts were already made on this message by earlier deliveries.
+    pub const ATTEMPT: &str = "x-messaging-attempt";
+    /// The message key, for brokers that have no native key (RabbitMQ, Redis).
+    pub const KEY: &str = "x-message-key";
+    /// Set on a message re-published from a dead-letter queue.
+    pub const REPLAYED: &str = "x-messaging-replayed";
+}
+
+/// Message headers: UTF-8 names and values, sorted by name. Values a broker delivers that are
+/// not UTF-8 are converted lossily, never rejected.
+pub type Headers = BTreeMap<String, String>;
+
+/// Where a broker holds a message; written into DLQ records and offered to handlers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Position {
+    /// Not known (a message built by hand).
+    #[default]
+    Unknown,
+    /// An offset in a single log (the memory broker).
+    Offset(u64),
+    /// A Kafka partition and offset.
+    Partition { partition: i32, offset: i64 },
+    /// A Redis stream entry id.
+    StreamId(String),
+    /// An AMQP delivery tag (valid on the channel that delivered it).
+    DeliveryTag(u64),
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unknown => f.write_str("unknown"),
+            Self::Offset(offset) => write!(f, "offset {offset}"),
+            Self::Partition { partition, offset } => {
+                write!(f, "partition {partition} offset {offset}")
+            }
+            Self::StreamId(id) => write!(f, "stream id {id}"),
+            Self::DeliveryTag(tag) => write!(f, "delivery tag {tag}"),
+        }
+    }
+}
+
+/// A message as delivered by a broker.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The topic (Kafka topic, AMQP routing key, Redis stream) it was published to.
+    pub topic: String,
+    /// The key, if the publisher set one.
+    pub key: Option<String>,
+    /// The body, exactly as published.
+    pub payload: Bytes,
+    /// Headers, framework ones included.
+    pub headers: Headers,
+    /// Where the broker holds it.
+    pub position: Position,
+}
+
+impl Message {
+    /// A message on `topic` with this payload and nothing else.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.into(),
+            ..Self::default()
+        }
+    }
+
+    /// A header value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// Attempts made by earlier deliveries, from the framework header (never from a
+    /// broker-native counter). A missing or garbled header counts as none.
+    pub fn previous_attempts(&self) -> u32 {
+        self.header(header::ATTEMPT)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The lane key that keeps order: per Kafka partition, otherwise per topic and key.
+    pub fn ordering_key(&self) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.topic.hash(&mut hasher);
+        match &self.position {
+            Position::Partition { partition, .. } => partition.hash(&mut hasher),
+            _ => self.key.hash(&mut hasher),
+        }
+        hasher.finish()
+    }
+}
+
+/// A message to publish.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// Destination topic.
+    pub topic: String,
+    /// Optional key (partitioning on Kafka, a header elsewhere).
+    pub key: Option<String>,
+    /// The body.
+    pub payload: Bytes,
+    /// Headers to send.
+    pub headers: Headers,
+}
+
+impl OutgoingMessage {
+    /// A message for `topic` with this payload.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            payload: payload.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+}

@@ -1,0 +1,396 @@
+//! The runtime: builds the routing plan, subscribes one consumer per group and runs the
+//! dispatchers until shutdown.
+
+use std::any::{Any, TypeId};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{Broker, ConnectionState, StartFrom, Subscription, connect_with_retry};
+use crate::config::{Config, try_current_config};
+use crate::dispatch::{Dispatcher, Route, Target};
+use crate::error::Error;
+use crate::extract::Context;
+use crate::metrics::{HandlerMetrics, metrics};
+use crate::producer::{Producer, install_producer};
+use crate::registry::{HandlerSpec, TopicRoute, plan, registered_handlers};
+
+type AnyArc = Arc<dyn Any + Send + Sync>;
+
+/// Configures and starts a [`Runtime`].
+pub struct RuntimeBuilder {
+    config: Option<Config>,
+    broker: Option<Arc<dyn Broker>>,
+    connection: Arc<ConnectionState>,
+    states: HashMap<TypeId, AnyArc>,
+    include_registered: bool,
+    handlers: Vec<HandlerSpec>,
+    topics: Option<Vec<String>>,
+    group: Option<String>,
+    concurrency: Option<usize>,
+    batch_size: usize,
+    start: StartFrom,
+    shutdown_timeout: Duration,
+    install_global_producer: Option<bool>,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        Self {
+            config: None,
+            broker: None,
+            connection: Arc::default(),
+            states: HashMap::new(),
+            include_registered: true,
+            handlers: Vec::new(),
+            topics: None,
+            group: None,
+            concurrency: None,
+            batch_size: 256,
+            start: StartFrom::Latest,
+            shutdown_timeout: Duration::from_secs(30),
+            install_global_producer: None,
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// Uses this configuration instead of the one in force.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Uses this broker instead of connecting to the configured one.
+    pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Registers a value for `State<T>` extractors (and `#[consumer]` instances, which are
+    /// otherwise made with `Default`).
+    pub fn state<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.states.insert(TypeId::of::<T>(), Arc::new(value));
+        self
+    }
+
+    /// Adds a handler built in code.
+    pub fn handler(mut self, spec: HandlerSpec) -> Self {
+        self.handlers.push(spec);
+        self
+    }
+
+    /// Leaves out the handlers registered with the macros; only those added with
+    /// [`RuntimeBuilder::handler`] run.
+    pub fn without_registered(mut self) -> Self {
+        self.include_registered = false;
+        self
+    }
+
+    /// Runs only the handlers of these topics (`consumer --topic`). An unknown topic fails
+    /// the start with the list of registered ones.
+    pub fn topics<I: IntoIterator<Item = S>, S: Into<String>>(mut self, topics: I) -> Self {
+        self.topics = Some(topics.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Puts every handler in this group (`consumer --group`).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Handlers running at once per group; order is kept per key. 1 runs them in the
+    /// fetching task itself.
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = Some(concurrency.max(1));
+        self
+    }
+
+    /// How many messages to fetch at a time.
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// New groups start from the oldest message the broker holds.
+    pub fn from_beginning(mut self, yes: bool) -> Self {
+        self.start = if yes { StartFrom::Earliest } else { StartFrom::Latest };
+        self
+    }
+
+    /// How long shutdown waits for in-flight handlers.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Whether `get_producer()` and `#[event]` should publish through this runtime's broker
+    /// (default: yes when the broker comes from configuration).
+    pub fn install_global_producer(mut self, yes: bool) -> Self {
+        self.install_global_producer = Some(yes);
+        self
+    }
+
+    /// Shares the connection state (for `/health`).
+    pub fn connection_state(mut self, state: Arc<ConnectionState>) -> Self {
+        self.connection = state;
+        self
+    }
+
+    /// The handlers this builder would run, after `--topic` and `--group`.
+    pub fn selected_handlers(&self) -> Result<Vec<HandlerSpec>, Error> {
+        let mut handlers = if self.include_registered {
+            registered_handlers()
+        } else {
+            Vec::new()
+        };
+        handlers.extend(self.handlers.iter().cloned());
+        if let Some(wanted) = &self.topics {
+            let known: BTreeSet<&str> = handlers
+                .iter()
+                .flat_map(|h| h.topics.iter().map(String::as_str))
+                .collect();
+            let unknown: Vec<&str> = wanted
+                .iter()
+                .map(String::as_str)
+                .filter(|t| !known.contains(t))
+                .collect();
+            if !unknown.is_empty() {
+                return Err(Error::Config {
+                    key: "--topic".to_owned(),
+                    message: format!(
+                        "no handler for {}; registered topics: {}",
+                        unknown.join(", "),
+                        known.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                });
+            }
+            handlers = handlers
+                .into_iter()
+                .filter_map(|mut h| {
+                    h.topics.retain(|t| wanted.contains(t));
+                    (!h.topics.is_empty()).then_some(h)
+                })
+                .collect();
+        }
+        if let Some(group) = &self.group {
+            for h in &mut handlers {
+                h.group = group.clone();
+            }
+        }
+        Ok(handlers)
+    }
+
+    /// Connects (with the retry loop when the broker comes from configuration), checks the
+    /// handlers, subscribes every group and starts dispatching.
+    pub async fn start(self) -> Result<Runtime, Error> {
+        let config = match self.config.clone() {
+            Some(config) => config,
+            None => try_current_config()?,
+        };
+        let handlers = self.selected_handlers()?;
+        let plans = plan(&handlers)?;
+
+        let mut states = self.states;
+        for h in &handlers {
+            if let Some(make) = h.instance {
+                let (id, value) = make();
+                states.entry(id).or_insert(value);
+            }
+        }
+        let missing: BTreeSet<String> = handlers
+            .iter()
+            .flat_map(|h| {
+                h.requires
+                    .iter()
+                    .filter(|r| !states.contains_key(&r.type_id))
+                    .map(move |r| format!("`{}` needs `State<{}>`", h.qualified_name, r.type_name))
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Registry(format!(
+                "{}; register the values with `.state(value)` before starting",
+                missing.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+
+        let from_config = self.broker.is_none();
+        let broker = match self.broker {
+            Some(broker) => broker,
+            None => connect_with_retry(&config, &self.connection).await?,
+        };
+        self.connection.set_connected(true);
+        metrics().set_backend(broker.name());
+        let producer = Producer::new(Arc::clone(&broker), config.clone());
+        if self.install_global_producer.unwrap_or(from_config) {
+            install_producer(producer.clone());
+        }
+        let context = Arc::new(Context::new(states, producer.clone()));
+
+        let dlq_topics: Vec<String> = handlers
+            .iter()
+            .flat_map(|h| h.topics.iter().map(|t| h.dlq_topic(t)))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        broker.declare_topics(&dlq_topics).await?;
+
+        let shutdown = CancellationToken::new();
+        let specs: Vec<Arc<HandlerSpec>> = handlers.into_iter().map(Arc::new).collect();
+        let mut tasks = JoinSet::new();
+        let mut handler_metrics = Vec::new();
+        let concurrency = self.concurrency.unwrap_or(config.concurrency).max(1);
+        for group in plans {
+            let mut target = |index: usize, topic: &str| {
+                let spec = Arc::clone(&specs[index]);
+                let m = metrics().register_handler(topic, &spec.qualified_name);
+                handler_metrics.push((spec.name.to_owned(), Arc::clone(&m)));
+                Arc::new(Target {
+                    dlq_topic: spec.dlq_topic(topic),
+                    spec,
+                    metrics: m,
+                })
+            };
+            let routes = group
+                .routes
+                .iter()
+                .map(|(topic, route)| {
+                    let route = match route {
+                        TopicRoute::Single(i) => Route::Single(target(*i, topic)),
+                        TopicRoute::ByEvent { envelope, handlers } => Route::ByEvent {
+                            envelope: *envelope,
+                            targets: handlers
+                                .iter()
+                                .map(|(name, i)| (name.clone(), target(*i, topic)))
+                                .collect(),
+                        },
+                    };
+                    (topic.clone(), route)
+                })
+                .collect();
+            let consumer = broker
+                .subscribe(Subscription {
+                    group: group.group.clone(),
+                    topics: group.topics.clone(),
+                    start: self.start,
+                    prefetch: self.batch_size.max(concurrency),
+                })
+                .await?;
+            tracing::info!(group = %group.group, topics = ?group.topics, backend = broker.name(), "consuming");
+            let dispatcher = Arc::new(Dispatcher {
+                group: group.group,
+                routes,
+                context: Arc::clone(&context),
+                broker: Arc::clone(&broker),
+                acker: consumer.acker(),
+                source: config.source.clone(),
+                concurrency,
+                batch_size: self.batch_size,
+                max_message_size: config.max_message_size,
+                shutdown: shutdown.clone(),
+            });
+            tasks.spawn(dispatcher.run(consumer));
+        }
+        Ok(Runtime {
+            broker,
+            producer,
+            shutdown,
+            tasks,
+            shutdown_timeout: self.shutdown_timeout,
+            handler_metrics,
+            connection: self.connection,
+        })
+    }
+}
+
+/// Handlers running against a broker. Stop it with [`Runtime::shutdown`].
+pub struct Runtime {
+    broker: Arc<dyn Broker>,
+    producer: Producer,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    shutdown_timeout: Duration,
+    handler_metrics: Vec<(String, Arc<HandlerMetrics>)>,
+    connection: Arc<ConnectionState>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("backend", &self.broker.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A builder with the registered handlers and the configuration in force.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// The broker it runs on.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// A producer on the same broker.
+    pub fn producer(&self) -> &Producer {
+        &self.producer
+    }
+
+    /// The connection state.
+    pub fn connection(&self) -> &Arc<ConnectionState> {
+        &self.connection
+    }
+
+    /// Counters of the handler named `name` (function name, or `Type::method`), one per topic.
+    pub fn handler_metrics(&self, name: &str) -> Vec<Arc<HandlerMetrics>> {
+        self.handler_metrics
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, m)| Arc::clone(m))
+            .collect()
+    }
+
+    /// A token that, once cancelled, starts the shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until `signal` resolves, then shuts down.
+    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+        tokio::select! {
+            _ = signal => {}
+            _ = self.shutdown.cancelled() => {}
+            _ = wait_all(&mut self.tasks) => {}
+        }
+        self.shutdown().await
+    }
+
+    /// Stops fetching, lets in-flight handlers finish (up to the shutdown timeout) and
+    /// acknowledge, closes the consumers and flushes pending publishes.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        let finished = tokio::time::timeout(self.shutdown_timeout, wait_all(&mut self.tasks)).await;
+        if finished.is_err() {
+            tracing::warn!(timeout = ?self.shutdown_timeout, "handlers still running at the shutdown timeout; their messages will be redelivered");
+            self.tasks.abort_all();
+        }
+        self.producer.flush_within(self.shutdown_timeout).await?;
+        Ok(())
+    }
+}
+
+async fn wait_all(tasks: &mut JoinSet<()>) {
+    while let Some(result) = tasks.join_next().await {
+        if let Err(error) = result
+            && error.is_panic()
+        {
+            tracing::error!(%error, "a dispatcher task panicked");
+        }
+    }
+}

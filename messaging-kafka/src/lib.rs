@@ -1,0 +1,1 @@
+//! The kafka backend of `messaging` (in progress).

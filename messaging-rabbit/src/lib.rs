@@ -1,0 +1,1 @@
+//! The rabbit backend of `messaging` (in progress).
