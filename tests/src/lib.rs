@@ -1,0 +1,56 @@
+//! The conformance suite: one set of test bodies, run against every broker.
+//!
+//! A broker's test file is one line plus its connect function:
+//!
+//! ```ignore
+//! fn connect() -> messaging_tests::ConnectFuture {
+//!     Box::pin(async { messaging_redis::RedisBroker::connect_url("redis://127.0.0.1:6379/0").await.unwrap().into_dyn() })
+//! }
+//! messaging_tests::suite!(connect);
+//! ```
+//!
+//! `connect` must panic when the broker is unreachable: a broker test fails, it never skips.
+//! Every test uses fresh topic and group names, so runs do not see each other's messages.
+
+use std::sync::Arc;
+
+use messaging_core::{BoxFuture, Broker};
+
+mod suite;
+pub use suite::*;
+
+/// What a broker's `connect` function returns: a new client connection, as a new process would
+/// open it.
+pub type ConnectFuture = BoxFuture<'static, Arc<dyn Broker>>;
+
+/// A broker's connect function.
+pub type Connect = fn() -> ConnectFuture;
+
+/// Expands to one `#[tokio::test]` per conformance test, each calling the shared body with
+/// `$connect`.
+#[macro_export]
+macro_rules! suite {
+    ($connect:path) => {
+        $crate::suite!(@each $connect;
+            delivers_to_a_message_handler,
+            delivers_enveloped_events_by_name,
+            acknowledges_unknown_events_without_retrying,
+            each_group_gets_every_message,
+            instances_of_a_group_share_without_duplicates,
+            keeps_order_per_key,
+            retries_then_succeeds_with_declared_delays,
+            dead_letters_after_retries_with_full_record,
+            dead_letters_bad_payloads_at_once,
+            redelivers_what_a_dropped_consumer_held,
+            graceful_shutdown_finishes_in_flight_work,
+        );
+    };
+    (@each $connect:path; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::$name($connect).await
+            }
+        )*
+    };
+}

@@ -1,0 +1,1 @@
+//! Test bodies (filled in as the suite grows).
