@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's test command (README "Testing"): starts the brokers the tests need, then
+# checks formatting, lints, docs and runs every test — the conformance suite on the memory
+# broker, Kafka (Tansu), RabbitMQ and Redis included. A broker that cannot be started fails
+# the run; no test skips because its broker is missing.
+#
+# Run with: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "brokers"
+for broker in redis rabbitmq kafka; do
+    script=scripts/start-$broker.sh
+    if [[ -f $script ]]; then
+        bash "$script"
+    fi
+done
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
+
+step "cargo test"
+cargo test --workspace --all-features
