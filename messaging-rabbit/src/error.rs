@@ -1,0 +1,64 @@
+//! What this backend reports, and how it maps onto the core's [`BrokerError`].
+
+use std::time::Duration;
+
+use messaging_core::BrokerError;
+
+use crate::NAME;
+
+/// A failure of the RabbitMQ backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RabbitError {
+    /// A topic that cannot be bound literally on a topic exchange.
+    #[error("invalid topic `{topic}`: {reason}")]
+    InvalidTopic { topic: String, reason: &'static str },
+    /// An exchange, queue or header name AMQP cannot carry.
+    #[error("invalid {what} `{name}`: {reason}")]
+    InvalidName {
+        what: &'static str,
+        name: String,
+        reason: &'static str,
+    },
+    /// The broker negatively acknowledged a publish: it may not be stored.
+    #[error("the broker did not accept the message (publisher confirm nack)")]
+    Nacked,
+    /// An acknowledgement for a delivery the consumer no longer holds: its channel closed
+    /// (the broker redelivers it), or it was acknowledged already.
+    #[error(
+        "delivery tag {tag} is no longer held by this consumer (channel closed or already acknowledged); the broker redelivers it"
+    )]
+    StaleDelivery { tag: u64 },
+    /// An acknowledgement for a message that did not come from this backend.
+    #[error("cannot acknowledge a message at position `{position}`: not an AMQP delivery")]
+    NotADelivery { position: String },
+    /// The channel closed before the acknowledgement went out.
+    #[error("the channel closed before the acknowledgement; the broker redelivers the message")]
+    ChannelClosed,
+    /// Connecting failed recently; the next attempt waits for the retry delay or cooldown.
+    #[error("not connected; next connection attempt in {wait:?} (last error: {last})")]
+    Waiting { wait: Duration, last: String },
+    /// The AMQP client failed.
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+}
+
+impl RabbitError {
+    /// Whether this says the connection (rather than the request) failed.
+    pub fn is_connection(&self) -> bool {
+        match self {
+            Self::Waiting { .. } | Self::ChannelClosed => true,
+            Self::Amqp(error) => !error.is_amqp_soft_error(),
+            _ => false,
+        }
+    }
+
+    /// The core's error for this failure during `operation`.
+    pub(crate) fn into_broker(self, operation: &'static str) -> BrokerError {
+        if self.is_connection() {
+            BrokerError::connection(NAME, self)
+        } else {
+            BrokerError::operation(NAME, operation, self)
+        }
+    }
+}

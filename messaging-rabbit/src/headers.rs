@@ -1,0 +1,228 @@
+//! Headers on the wire: every header of an outgoing message travels as an AMQP long string,
+//! the key as the `x-message-key` header (AMQP has no message key). Incoming headers of any
+//! AMQP type are turned into strings, lossily, never rejected.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::types::{AMQPValue, DecimalValue, FieldTable, LongString, ShortString};
+use messaging_core::message::header;
+use messaging_core::{Headers, Message, OutgoingMessage, Position};
+
+use crate::error::RabbitError;
+
+/// AMQP delivery mode of a message written to disk.
+const PERSISTENT: u8 = 2;
+
+/// The properties of `message`: persistent, its headers and key as string headers, and the
+/// event id (when it has one) as the AMQP message id.
+pub(crate) fn properties(message: &OutgoingMessage) -> Result<BasicProperties, RabbitError> {
+    let mut table = FieldTable::default();
+    for (name, value) in &message.headers {
+        table.insert(
+            header_name(name)?,
+            AMQPValue::LongString(LongString::from(value.as_bytes())),
+        );
+    }
+    if let Some(key) = &message.key {
+        table.insert(
+            header_name(header::KEY)?,
+            AMQPValue::LongString(LongString::from(key.as_bytes())),
+        );
+    }
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_headers(table);
+    if let Some(id) = message.headers.get(header::EVENT_ID)
+        && let Ok(id) = ShortString::try_new(id.as_str())
+    {
+        properties = properties.with_message_id(id);
+    }
+    Ok(properties)
+}
+
+fn header_name(name: &str) -> Result<ShortString, RabbitError> {
+    ShortString::try_new(name).map_err(|_| RabbitError::InvalidName {
+        what: "header",
+        name: name.to_owned(),
+        reason: "longer than 255 bytes",
+    })
+}
+
+/// The core's message for a delivery: the routing key as topic, the key header as key (and
+/// not among the headers, so records read the same as on the other brokers).
+pub(crate) fn to_message(delivery: Delivery) -> Message {
+    let mut headers = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .map(to_headers)
+        .unwrap_or_default();
+    let key = headers.remove(header::KEY);
+    Message {
+        topic: delivery.routing_key.to_string(),
+        key,
+        payload: Bytes::from(delivery.data),
+        headers,
+        position: Position::DeliveryTag(delivery.delivery_tag),
+    }
+}
+
+/// Every entry of an AMQP table as a string.
+pub(crate) fn to_headers(table: &FieldTable) -> Headers {
+    table
+        .inner()
+        .iter()
+        .map(|(name, value)| (name.to_string(), value_to_string(value)))
+        .collect()
+}
+
+/// A header value of any AMQP type as text: strings and byte arrays as UTF-8 (invalid bytes
+/// replaced), numbers and booleans as Rust prints them, timestamps as seconds, arrays and
+/// tables as `[a, b]` and `{k: v}`.
+pub(crate) fn value_to_string(value: &AMQPValue) -> String {
+    let mut out = String::new();
+    write_value(&mut out, value);
+    out
+}
+
+fn write_value(out: &mut String, value: &AMQPValue) {
+    // Writing to a String cannot fail.
+    let _ = match value {
+        AMQPValue::Boolean(v) => write!(out, "{v}"),
+        AMQPValue::ShortShortInt(v) => write!(out, "{v}"),
+        AMQPValue::ShortShortUInt(v) => write!(out, "{v}"),
+        AMQPValue::ShortInt(v) => write!(out, "{v}"),
+        AMQPValue::ShortUInt(v) => write!(out, "{v}"),
+        AMQPValue::LongInt(v) => write!(out, "{v}"),
+        AMQPValue::LongUInt(v) => write!(out, "{v}"),
+        AMQPValue::LongLongInt(v) => write!(out, "{v}"),
+        AMQPValue::Float(v) => write!(out, "{v}"),
+        AMQPValue::Double(v) => write!(out, "{v}"),
+        AMQPValue::Timestamp(v) => write!(out, "{v}"),
+        AMQPValue::DecimalValue(v) => write_decimal(out, *v),
+        AMQPValue::ShortString(v) => out.write_str(v.as_str()),
+        AMQPValue::LongString(v) => out.write_str(&String::from_utf8_lossy(v.as_bytes())),
+        AMQPValue::ByteArray(v) => out.write_str(&String::from_utf8_lossy(v.as_slice())),
+        AMQPValue::Void => Ok(()),
+        AMQPValue::FieldArray(items) => {
+            out.push('[');
+            for (i, item) in items.as_slice().iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_value(out, item);
+            }
+            out.write_str("]")
+        }
+        AMQPValue::FieldTable(table) => {
+            out.push('{');
+            for (i, (name, item)) in table.inner().iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                out.push_str(name.as_str());
+                out.push_str(": ");
+                write_value(out, item);
+            }
+            out.write_str("}")
+        }
+    };
+}
+
+/// `value × 10^-scale` in decimal notation (`12345`, scale 2 → `123.45`).
+fn write_decimal(out: &mut String, decimal: DecimalValue) -> std::fmt::Result {
+    let digits = decimal.value.to_string();
+    let scale = usize::from(decimal.scale);
+    if scale == 0 {
+        return out.write_str(&digits);
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (whole, fraction) = padded.split_at(padded.len() - scale);
+    write!(out, "{whole}.{fraction}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{ByteArray, FieldArray};
+
+    #[test]
+    fn outgoing_headers_and_key_become_string_headers() {
+        let message = OutgoingMessage::new("orders.created", "{}")
+            .with_key("42")
+            .with_header(header::EVENT_NAME, "order.created")
+            .with_header(header::EVENT_ID, "0190c0e2")
+            .with_header(header::ATTEMPT, "2");
+        let properties = properties(&message).unwrap();
+        assert_eq!(*properties.delivery_mode(), Some(PERSISTENT));
+        assert_eq!(
+            properties.message_id().as_ref().map(ShortString::as_str),
+            Some("0190c0e2")
+        );
+        let headers = to_headers(properties.headers().as_ref().unwrap());
+        assert_eq!(headers[header::EVENT_NAME], "order.created");
+        assert_eq!(headers[header::ATTEMPT], "2");
+        assert_eq!(headers[header::KEY], "42");
+        assert!(matches!(
+            properties.headers().as_ref().unwrap().inner()[header::EVENT_NAME],
+            AMQPValue::LongString(_)
+        ));
+    }
+
+    #[test]
+    fn oversized_header_names_are_an_error_not_a_panic() {
+        let message = OutgoingMessage::new("t", "x").with_header("h".repeat(300), "v");
+        assert!(matches!(
+            properties(&message),
+            Err(RabbitError::InvalidName { what: "header", .. })
+        ));
+    }
+
+    #[test]
+    fn any_amqp_value_converts_to_text() {
+        let mut inner = FieldTable::default();
+        inner.insert("n".into(), AMQPValue::LongInt(-3));
+        let cases = [
+            (AMQPValue::Boolean(true), "true"),
+            (AMQPValue::ShortShortInt(-1), "-1"),
+            (AMQPValue::LongLongInt(1 << 40), "1099511627776"),
+            (AMQPValue::Double(1.5), "1.5"),
+            (AMQPValue::Timestamp(1_700_000_000), "1700000000"),
+            (
+                AMQPValue::DecimalValue(DecimalValue {
+                    scale: 2,
+                    value: 12345,
+                }),
+                "123.45",
+            ),
+            (
+                AMQPValue::DecimalValue(DecimalValue { scale: 3, value: 5 }),
+                "0.005",
+            ),
+            (AMQPValue::ShortString("s".into()), "s"),
+            (
+                AMQPValue::LongString(LongString::from(&b"ok \xff"[..])),
+                "ok \u{fffd}",
+            ),
+            (
+                AMQPValue::ByteArray(ByteArray::from(vec![0x61, 0x62])),
+                "ab",
+            ),
+            (AMQPValue::Void, ""),
+            (
+                AMQPValue::FieldArray(FieldArray::from(vec![
+                    AMQPValue::LongUInt(1),
+                    AMQPValue::Boolean(false),
+                ])),
+                "[1, false]",
+            ),
+            (AMQPValue::FieldTable(inner), "{n: -3}"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(value_to_string(&value), expected, "{value:?}");
+        }
+    }
+}

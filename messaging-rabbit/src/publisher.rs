@@ -1,0 +1,188 @@
+//! Publishing on one confirm-mode channel of the broker's own connection. Each `publish`
+//! awaits its publisher confirm; many may be in flight at once on the channel. A lost
+//! connection is reopened on the next publish (paced by the retry gate), and the exchange
+//! and kept-topic queues are declared again on it.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{Channel, Confirmation, Connection};
+use messaging_core::OutgoingMessage;
+
+use crate::connection::{self, RetryGate};
+use crate::error::RabbitError;
+use crate::headers;
+use crate::options::RabbitOptions;
+use crate::topology;
+
+/// The publishing side of a broker, shared by its clones.
+pub(crate) struct Publisher {
+    options: Arc<RabbitOptions>,
+    exchange: ShortString,
+    session: Mutex<Option<Session>>,
+    /// Held while (re)connecting so concurrent publishes wait for one attempt.
+    gate: tokio::sync::Mutex<RetryGate>,
+    /// Topics declared with `declare_topics`, declared again after a reconnect.
+    kept: Mutex<BTreeSet<String>>,
+}
+
+#[derive(Clone)]
+struct Session {
+    /// Also opens side channels (`browse`).
+    connection: Arc<Connection>,
+    channel: Channel,
+}
+
+impl Publisher {
+    /// Connects once (no retry): a broker that cannot be reached fails here.
+    pub(crate) async fn connect(options: Arc<RabbitOptions>) -> Result<Self, RabbitError> {
+        let publisher = Self {
+            exchange: topology::exchange(&options.exchange)?,
+            options,
+            session: Mutex::new(None),
+            gate: tokio::sync::Mutex::new(RetryGate::default()),
+            kept: Mutex::new(BTreeSet::new()),
+        };
+        publisher.channel().await?;
+        Ok(publisher)
+    }
+
+    fn session(&self) -> MutexGuard<'_, Option<Session>> {
+        self.session.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn connected(&self) -> Option<Channel> {
+        self.session()
+            .as_ref()
+            .filter(|s| s.channel.status().connected())
+            .map(|s| s.channel.clone())
+    }
+
+    /// A connected channel in confirm mode, reconnecting when the last one died.
+    pub(crate) async fn channel(&self) -> Result<Channel, RabbitError> {
+        if let Some(channel) = self.connected() {
+            return Ok(channel);
+        }
+        let mut gate = self.gate.lock().await;
+        if let Some(channel) = self.connected() {
+            return Ok(channel);
+        }
+        if !gate.wait().is_zero() {
+            return Err(gate.waiting());
+        }
+        let reconnect = self.session().take().is_some();
+        match self.open().await {
+            Ok(session) => {
+                gate.succeeded();
+                if reconnect {
+                    tracing::info!(exchange = %self.exchange, "publisher reconnected");
+                }
+                let channel = session.channel.clone();
+                *self.session() = Some(session);
+                Ok(channel)
+            }
+            Err(error) => {
+                gate.failed(&self.options, &error);
+                tracing::warn!(%error, "publisher connection failed");
+                Err(error)
+            }
+        }
+    }
+
+    async fn open(&self) -> Result<Session, RabbitError> {
+        let connection = connection::open(&self.options, "publisher").await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        topology::declare_exchange(&channel, &self.exchange).await?;
+        let kept: Vec<String> = self.kept().iter().cloned().collect();
+        for topic in &kept {
+            self.declare_kept(&channel, topic).await?;
+        }
+        Ok(Session {
+            connection: Arc::new(connection),
+            channel,
+        })
+    }
+
+    fn kept(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn declare_kept(&self, channel: &Channel, topic: &str) -> Result<(), RabbitError> {
+        let key = topology::routing_key(topic)?;
+        let queue = topology::topic_queue(&self.options.exchange, topic)?;
+        topology::declare_bound_queue(
+            channel,
+            &self.exchange,
+            &queue,
+            &[key],
+            self.options.queue_expires,
+        )
+        .await
+    }
+
+    /// Declares a kept queue for each topic, and remembers them for reconnects.
+    pub(crate) async fn declare_topics(&self, topics: &[String]) -> Result<(), RabbitError> {
+        for topic in topics {
+            topology::routing_key(topic)?;
+        }
+        let channel = self.channel().await?;
+        for topic in topics {
+            self.declare_kept(&channel, topic).await?;
+            self.kept().insert(topic.clone());
+        }
+        Ok(())
+    }
+
+    /// Publishes persistently and waits for the confirm. A publish that failed because the
+    /// connection was lost is tried once more on a new connection (at least once: it may
+    /// have been stored before the loss).
+    pub(crate) async fn publish(&self, message: &OutgoingMessage) -> Result<(), RabbitError> {
+        let routing_key = topology::routing_key(&message.topic)?;
+        let properties = headers::properties(message)?;
+        let mut retried = false;
+        loop {
+            let channel = self.channel().await?;
+            let sent = async {
+                let confirm = channel
+                    .basic_publish(
+                        self.exchange.clone(),
+                        routing_key.clone(),
+                        BasicPublishOptions::default(),
+                        &message.payload,
+                        properties.clone(),
+                    )
+                    .await?;
+                match confirm.await? {
+                    Confirmation::Nack(_) => Err(RabbitError::Nacked),
+                    Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+                }
+            };
+            match sent.await {
+                Err(error)
+                    if !retried && !channel.status().connected() && error.is_connection() =>
+                {
+                    tracing::debug!(%error, "publish lost with its connection; retrying on a new one");
+                    retried = true;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// A fresh channel on the publishing connection (for `browse`).
+    pub(crate) async fn side_channel(&self) -> Result<Channel, RabbitError> {
+        let connection = {
+            self.channel().await?;
+            self.session().as_ref().map(|s| Arc::clone(&s.connection))
+        };
+        match connection {
+            Some(connection) => Ok(connection.create_channel().await?),
+            None => Err(RabbitError::ChannelClosed),
+        }
+    }
+}
