@@ -57,6 +57,14 @@ pub mod __private {
     pub use crate::event::{EventData, EventSpec, ViaSerialize, emit_event};
     #[cfg(feature = "axum")]
     pub use crate::event::ViaJson;
+
+    /// The traits `#[event]` resolves its data with, whichever exist with the enabled
+    /// features; the generated code glob-imports this module.
+    pub mod event_data {
+        #[cfg(feature = "axum")]
+        pub use crate::event::ViaJson;
+        pub use crate::event::ViaSerialize;
+    }
     pub use crate::extract::{FromContext, Requirement};
     pub use crate::handler::{HandlerFuture, Invocation, IntoHandlerResult};
     pub use crate::registry::{HandlerKind, HandlerRegistration};

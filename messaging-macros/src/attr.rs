@@ -1,0 +1,787 @@
+//! Parsing of the attribute arguments shared by the four macros: `key = value` pairs, an
+//! optional leading string (the event name of `#[on_event]` and `#[event]`), every bad key
+//! reported at once with its span.
+
+use std::time::Duration;
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::parse::{Lookahead1, ParseStream, Parser};
+use syn::{LitBool, LitInt, LitStr, Token, Type};
+
+use crate::errors::Errors;
+
+mod kw {
+    syn::custom_keyword!(topic);
+    syn::custom_keyword!(topics);
+    syn::custom_keyword!(group);
+    syn::custom_keyword!(max_retries);
+    syn::custom_keyword!(retry_delay);
+    syn::custom_keyword!(backoff);
+    syn::custom_keyword!(max_delay);
+    syn::custom_keyword!(timeout);
+    syn::custom_keyword!(dlq);
+    syn::custom_keyword!(schema);
+    syn::custom_keyword!(name_field);
+    syn::custom_keyword!(data_field);
+    syn::custom_keyword!(key_field);
+    syn::custom_keyword!(include_result);
+}
+
+/// Every key any of the macros knows. Each macro accepts a subset (see the `*_KEYS` lists).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Param {
+    Topic,
+    Topics,
+    Group,
+    MaxRetries,
+    RetryDelay,
+    Backoff,
+    MaxDelay,
+    Timeout,
+    Dlq,
+    Schema,
+    NameField,
+    DataField,
+    KeyField,
+    IncludeResult,
+}
+
+impl Param {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Param::Topic => "topic",
+            Param::Topics => "topics",
+            Param::Group => "group",
+            Param::MaxRetries => "max_retries",
+            Param::RetryDelay => "retry_delay",
+            Param::Backoff => "backoff",
+            Param::MaxDelay => "max_delay",
+            Param::Timeout => "timeout",
+            Param::Dlq => "dlq",
+            Param::Schema => "schema",
+            Param::NameField => "name_field",
+            Param::DataField => "data_field",
+            Param::KeyField => "key_field",
+            Param::IncludeResult => "include_result",
+        }
+    }
+
+    /// Peeks through `lookahead`, so that its error lists exactly the keys that were tried.
+    fn peek(self, lookahead: &Lookahead1<'_>) -> bool {
+        match self {
+            Param::Topic => lookahead.peek(kw::topic),
+            Param::Topics => lookahead.peek(kw::topics),
+            Param::Group => lookahead.peek(kw::group),
+            Param::MaxRetries => lookahead.peek(kw::max_retries),
+            Param::RetryDelay => lookahead.peek(kw::retry_delay),
+            Param::Backoff => lookahead.peek(kw::backoff),
+            Param::MaxDelay => lookahead.peek(kw::max_delay),
+            Param::Timeout => lookahead.peek(kw::timeout),
+            Param::Dlq => lookahead.peek(kw::dlq),
+            Param::Schema => lookahead.peek(kw::schema),
+            Param::NameField => lookahead.peek(kw::name_field),
+            Param::DataField => lookahead.peek(kw::data_field),
+            Param::KeyField => lookahead.peek(kw::key_field),
+            Param::IncludeResult => lookahead.peek(kw::include_result),
+        }
+    }
+
+    /// What the value looks like, for error messages.
+    fn example(self) -> &'static str {
+        match self {
+            Param::Topic => {
+                r#"topic = "orders.created" or topic = ["orders.created", "orders.updated"]"#
+            }
+            Param::Topics => r#"topics = ["user-events", "payment-events"]"#,
+            Param::Group => r#"group = "order-service""#,
+            Param::MaxRetries => "max_retries = 3",
+            Param::RetryDelay => r#"retry_delay = "5s""#,
+            Param::Backoff => r#"backoff = "exponential""#,
+            Param::MaxDelay => r#"max_delay = "1m""#,
+            Param::Timeout => r#"timeout = "30s""#,
+            Param::Dlq => r#"dlq = "orders.dead""#,
+            Param::Schema => "schema = OrderCreated",
+            Param::NameField => r#"name_field = "type""#,
+            Param::DataField => r#"data_field = "payload""#,
+            Param::KeyField => r#"key_field = "id""#,
+            Param::IncludeResult => "include_result = false",
+        }
+    }
+}
+
+const RETRY: [Param; 6] = [
+    Param::MaxRetries,
+    Param::RetryDelay,
+    Param::Backoff,
+    Param::MaxDelay,
+    Param::Timeout,
+    Param::Dlq,
+];
+
+pub(crate) const MESSAGE_HANDLER_KEYS: &[Param] = &[
+    Param::Topic,
+    Param::Group,
+    RETRY[0],
+    RETRY[1],
+    RETRY[2],
+    RETRY[3],
+    RETRY[4],
+    RETRY[5],
+    Param::Schema,
+];
+
+pub(crate) const CONSUMER_KEYS: &[Param] = &[
+    Param::Group,
+    Param::Topics,
+    Param::NameField,
+    Param::DataField,
+    RETRY[0],
+    RETRY[1],
+    RETRY[2],
+    RETRY[3],
+    RETRY[4],
+    RETRY[5],
+];
+
+pub(crate) const ON_EVENT_KEYS: &[Param] = &RETRY;
+
+pub(crate) const EVENT_KEYS: &[Param] = &[Param::Topic, Param::KeyField, Param::IncludeResult];
+
+/// A value and where it was written.
+#[derive(Clone, Debug)]
+pub(crate) struct Spanned<T> {
+    pub value: T,
+    pub span: Span,
+}
+
+/// The retry keys, shared by `#[message_handler]`, `#[consumer]` and `#[on_event]`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RetryArgs {
+    pub max_retries: Option<Spanned<u32>>,
+    pub retry_delay: Option<Spanned<Duration>>,
+    pub backoff: Option<Spanned<Backoff>>,
+    pub max_delay: Option<Spanned<Duration>>,
+    pub timeout: Option<Spanned<Duration>>,
+    pub dlq: Option<LitStr>,
+}
+
+impl RetryArgs {
+    /// `self` with the keys `self` lacks taken from `defaults` (a `#[consumer]`'s).
+    pub(crate) fn or(&self, defaults: &RetryArgs) -> RetryArgs {
+        RetryArgs {
+            max_retries: self
+                .max_retries
+                .clone()
+                .or_else(|| defaults.max_retries.clone()),
+            retry_delay: self
+                .retry_delay
+                .clone()
+                .or_else(|| defaults.retry_delay.clone()),
+            backoff: self.backoff.clone().or_else(|| defaults.backoff.clone()),
+            max_delay: self
+                .max_delay
+                .clone()
+                .or_else(|| defaults.max_delay.clone()),
+            timeout: self.timeout.clone().or_else(|| defaults.timeout.clone()),
+            dlq: self.dlq.clone().or_else(|| defaults.dlq.clone()),
+        }
+    }
+
+    /// A `max_delay` shorter than the `retry_delay` of the same attribute is a mistake.
+    fn check(&self, errors: &mut Errors) {
+        if let (Some(delay), Some(max)) = (&self.retry_delay, &self.max_delay)
+            && max.value < delay.value
+        {
+            errors.push(syn::Error::new(
+                max.span,
+                format!(
+                    "`max_delay` ({}) is shorter than `retry_delay` ({}); it caps every wait, \
+                     so make it at least `retry_delay`",
+                    humantime::format_duration(max.value),
+                    humantime::format_duration(delay.value)
+                ),
+            ));
+        }
+    }
+}
+
+/// The back-off names of `backoff = "…"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backoff {
+    Constant,
+    Linear,
+    Exponential,
+}
+
+/// Everything any of the macros may be given. Which keys are accepted is decided by the list
+/// passed to [`parse_args`].
+#[derive(Default)]
+pub(crate) struct Args {
+    /// The leading string of `#[on_event("…")]` and `#[event("…")]`.
+    pub name: Option<LitStr>,
+    /// `topic` or `topics`; never empty, no empty name.
+    pub topics: Option<Spanned<Vec<LitStr>>>,
+    pub group: Option<LitStr>,
+    pub retry: RetryArgs,
+    pub schema: Option<Type>,
+    pub name_field: Option<LitStr>,
+    pub data_field: Option<LitStr>,
+    pub key_field: Option<LitStr>,
+    pub include_result: Option<LitBool>,
+}
+
+/// Whether the attribute starts with a string that is not a key (the event name).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leading {
+    None,
+    /// The event name, with an example of the whole attribute for the error message.
+    EventName(&'static str),
+}
+
+/// Parses the arguments of `#[<macro_name>(…)]`, accepting the keys in `allowed`. Every
+/// problem is collected, so a user sees all of them in one build.
+pub(crate) fn parse_args(
+    tokens: TokenStream,
+    macro_name: &str,
+    allowed: &[Param],
+    leading: Leading,
+) -> syn::Result<Args> {
+    let parser = |input: ParseStream<'_>| {
+        let mut errors = Errors::default();
+        let mut args = Args::default();
+        let mut seen = Vec::new();
+        if let Leading::EventName(example) = leading {
+            parse_leading_name(input, macro_name, example, &mut args, &mut errors);
+        }
+        while !input.is_empty() {
+            parse_pair(
+                input,
+                macro_name,
+                allowed,
+                &mut seen,
+                &mut args,
+                &mut errors,
+            );
+            if input.is_empty() {
+                break;
+            }
+            if let Err(error) = input.parse::<Token![,]>() {
+                errors.push(error);
+                skip_to_comma(input);
+                let _ = input.parse::<Option<Token![,]>>();
+            }
+        }
+        args.retry.check(&mut errors);
+        errors.finish()?;
+        Ok(args)
+    };
+    parser.parse2(tokens)
+}
+
+fn parse_leading_name(
+    input: ParseStream<'_>,
+    macro_name: &str,
+    example: &str,
+    args: &mut Args,
+    errors: &mut Errors,
+) {
+    if input.peek(LitStr) {
+        let name: LitStr = input.parse().expect("peeked a string literal");
+        if name.value().trim().is_empty() {
+            errors.push(syn::Error::new(
+                name.span(),
+                format!("the event name cannot be empty; write it first: `{example}`"),
+            ));
+        }
+        args.name = Some(name);
+        if !input.is_empty()
+            && let Err(error) = input.parse::<Token![,]>()
+        {
+            errors.push(error);
+            skip_to_comma(input);
+            let _ = input.parse::<Option<Token![,]>>();
+        }
+        return;
+    }
+    // A key written first: the name is missing, the keys can still be checked.
+    let fork = input.fork();
+    let starts_with_key = fork.parse::<syn::Ident>().is_ok() && fork.peek(Token![=]);
+    let message =
+        format!("#[{macro_name}] needs the event name first, as a string literal: `{example}`");
+    if starts_with_key || input.is_empty() {
+        errors.push(syn::Error::new(Span::call_site(), message));
+    } else {
+        let tokens = skip_to_comma(input);
+        errors.push(syn::Error::new_spanned(tokens, message));
+        let _ = input.parse::<Option<Token![,]>>();
+    }
+}
+
+/// Parses one `key = value`, recording the value or the error.
+fn parse_pair(
+    input: ParseStream<'_>,
+    macro_name: &str,
+    allowed: &[Param],
+    seen: &mut Vec<Param>,
+    args: &mut Args,
+    errors: &mut Errors,
+) {
+    let lookahead = input.lookahead1();
+    let Some(key) = allowed.iter().copied().find(|key| key.peek(&lookahead)) else {
+        errors.push(unknown_key(input, macro_name, allowed, lookahead.error()));
+        skip_to_comma(input);
+        return;
+    };
+    let key_ident: syn::Ident = input
+        .step(|cursor| match cursor.token_tree() {
+            Some((TokenTree::Ident(ident), rest)) => Ok((ident, rest)),
+            _ => Err(cursor.error("expected a key")),
+        })
+        .expect("peeked a keyword");
+    let key_span = key_ident.span();
+    if let Err(error) = first_time(seen, key, key_span) {
+        errors.push(error);
+        skip_to_comma(input);
+        return;
+    }
+    if input.parse::<Token![=]>().is_err() {
+        errors.push(syn::Error::new(
+            key_span,
+            format!("`{}` needs a value: `{}`", key.name(), key.example()),
+        ));
+        skip_to_comma(input);
+        return;
+    }
+    let value = skip_to_comma(input);
+    if value.is_empty() {
+        errors.push(syn::Error::new(
+            key_span,
+            format!("`{}` needs a value: `{}`", key.name(), key.example()),
+        ));
+        return;
+    }
+    if let Err(error) = store(key, value, args) {
+        errors.push(error);
+    }
+}
+
+/// The error for a token that is not one of `allowed`: names it, lists the valid keys and
+/// suggests the nearest one.
+fn unknown_key(
+    input: ParseStream<'_>,
+    macro_name: &str,
+    allowed: &[Param],
+    fallback: syn::Error,
+) -> syn::Error {
+    let fork = input.fork();
+    let Ok(ident) = fork.call(<syn::Ident as syn::ext::IdentExt>::parse_any) else {
+        return fallback;
+    };
+    let valid: Vec<String> = allowed.iter().map(|k| format!("`{}`", k.name())).collect();
+    let found = ident.to_string();
+    let tolerance = (found.len() / 3).max(2);
+    let hint = allowed
+        .iter()
+        .map(|k| k.name())
+        .filter(|name| edit_distance(name, &found) <= tolerance)
+        .min_by_key(|name| edit_distance(name, &found))
+        .map(|name| format!(" (did you mean `{name}`?)"))
+        .unwrap_or_default();
+    let extra = if found == "topics" && allowed.contains(&Param::Topic) {
+        "; several topics go in an array: `topic = [\"a\", \"b\"]`"
+    } else if found == "topic" && allowed.contains(&Param::Topics) {
+        "; a consumer names its topics with `topics = [\"a\", \"b\"]`"
+    } else {
+        ""
+    };
+    syn::Error::new(
+        ident.span(),
+        format!(
+            "unknown key `{found}` for #[{macro_name}]{hint}; expected one of: {}{extra}",
+            valid.join(", ")
+        ),
+    )
+}
+
+/// Consumes tokens up to (not including) the next top-level comma and returns them.
+fn skip_to_comma(input: ParseStream<'_>) -> TokenStream {
+    input
+        .step(|cursor| {
+            let mut rest = *cursor;
+            let mut skipped = TokenStream::new();
+            while let Some((tt, next)) = rest.token_tree() {
+                if let TokenTree::Punct(p) = &tt
+                    && p.as_char() == ','
+                {
+                    break;
+                }
+                skipped.extend([tt]);
+                rest = next;
+            }
+            Ok((skipped, rest))
+        })
+        .unwrap_or_default()
+}
+
+/// Stores the value of `key`, or says why it is not valid.
+fn store(key: Param, value: TokenStream, args: &mut Args) -> syn::Result<()> {
+    match key {
+        Param::Topic | Param::Topics => {
+            let topics = parse_topics(key, value)?;
+            set(&mut args.topics, topics)
+        }
+        Param::Group => set(&mut args.group, non_empty_str(key, value)?),
+        Param::MaxRetries => set(&mut args.retry.max_retries, parse_retries(value)?),
+        Param::RetryDelay => set(&mut args.retry.retry_delay, parse_duration(key, value)?),
+        Param::MaxDelay => set(&mut args.retry.max_delay, parse_duration(key, value)?),
+        Param::Timeout => {
+            let timeout = parse_duration(key, value)?;
+            if timeout.value.is_zero() {
+                return Err(syn::Error::new(
+                    timeout.span,
+                    "a zero `timeout` would fail every attempt; leave `timeout` out for no limit",
+                ));
+            }
+            set(&mut args.retry.timeout, timeout)
+        }
+        Param::Backoff => set(&mut args.retry.backoff, parse_backoff(value)?),
+        Param::Dlq => set(&mut args.retry.dlq, topic_name(key, value)?),
+        Param::Schema => set(&mut args.schema, parse_schema(value)?),
+        Param::NameField => set(&mut args.name_field, non_empty_str(key, value)?),
+        Param::DataField => set(&mut args.data_field, non_empty_str(key, value)?),
+        Param::KeyField => set(&mut args.key_field, non_empty_str(key, value)?),
+        Param::IncludeResult => {
+            let lit = parse_or(value, key, "a boolean", syn::parse2::<LitBool>)?;
+            set(&mut args.include_result, lit)
+        }
+    }
+}
+
+/// The one check for repeated keys, made before the value is looked at so that a key given
+/// twice is reported even when its first value was rejected.
+fn first_time(seen: &mut Vec<Param>, key: Param, key_span: Span) -> syn::Result<()> {
+    if seen.contains(&key) {
+        return Err(syn::Error::new(
+            key_span,
+            format!("`{}` is given twice; keep one of them", key.name()),
+        ));
+    }
+    seen.push(key);
+    Ok(())
+}
+
+fn set<T>(slot: &mut Option<T>, value: T) -> syn::Result<()> {
+    *slot = Some(value);
+    Ok(())
+}
+
+/// Parses `value` with `parse`, replacing syn's generic message by one that names the key.
+fn parse_or<T>(
+    value: TokenStream,
+    key: Param,
+    what: &str,
+    parse: impl FnOnce(TokenStream) -> syn::Result<T>,
+) -> syn::Result<T> {
+    parse(value.clone()).map_err(|_| {
+        syn::Error::new_spanned(
+            value,
+            format!("`{}` takes {what}: `{}`", key.name(), key.example()),
+        )
+    })
+}
+
+fn non_empty_str(key: Param, value: TokenStream) -> syn::Result<LitStr> {
+    let lit = parse_or(value, key, "a string", syn::parse2::<LitStr>)?;
+    if lit.value().trim().is_empty() {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("`{}` cannot be empty: `{}`", key.name(), key.example()),
+        ));
+    }
+    Ok(lit)
+}
+
+/// A topic name: not empty, no white space (brokers reject or mangle both).
+fn check_topic(key: Param, lit: &LitStr) -> syn::Result<()> {
+    let name = lit.value();
+    if name.trim().is_empty() {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("a topic name cannot be empty: `{}`", key.example()),
+        ));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "topic `{name}` contains white space, which brokers do not accept in topic names"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn topic_name(key: Param, value: TokenStream) -> syn::Result<LitStr> {
+    let lit = parse_or(value, key, "a topic name", syn::parse2::<LitStr>)?;
+    check_topic(key, &lit)?;
+    Ok(lit)
+}
+
+/// `"t"` or `["a", "b"]`: at least one topic, none empty, none repeated.
+fn parse_topics(key: Param, value: TokenStream) -> syn::Result<Spanned<Vec<LitStr>>> {
+    let parse = |input: ParseStream<'_>| -> syn::Result<(Vec<LitStr>, Span)> {
+        if input.peek(LitStr) {
+            let lit: LitStr = input.parse()?;
+            let span = lit.span();
+            return Ok((vec![lit], span));
+        }
+        let content;
+        let bracket = syn::bracketed!(content in input);
+        let list = content.parse_terminated(|i: ParseStream<'_>| i.parse::<LitStr>(), Token![,])?;
+        Ok((list.into_iter().collect(), bracket.span.join()))
+    };
+    let (topics, list_span) = parse_or(value, key, "a string or an array of strings", |v| {
+        parse.parse2(v)
+    })?;
+    if topics.is_empty() {
+        return Err(syn::Error::new(
+            list_span,
+            format!(
+                "`{} = []` names no topic; give at least one: `{}`",
+                key.name(),
+                key.example()
+            ),
+        ));
+    }
+    let mut errors = Errors::default();
+    for (i, topic) in topics.iter().enumerate() {
+        if let Err(error) = check_topic(key, topic) {
+            errors.push(error);
+        } else if topics[..i].iter().any(|t| t.value() == topic.value()) {
+            errors.push(syn::Error::new(
+                topic.span(),
+                format!("topic `{}` is listed twice", topic.value()),
+            ));
+        }
+    }
+    errors.finish()?;
+    Ok(Spanned {
+        value: topics,
+        span: list_span,
+    })
+}
+
+fn parse_retries(value: TokenStream) -> syn::Result<Spanned<u32>> {
+    let message = "`max_retries` must be a non-negative integer (retries after the first attempt), \
+                   e.g. `max_retries = 3`; `max_retries = 0` disables retries";
+    let lit = syn::parse2::<LitInt>(value.clone())
+        .map_err(|_| syn::Error::new_spanned(&value, message))?;
+    // syn accepts `-1` as one literal.
+    if lit.base10_digits().starts_with('-') {
+        return Err(syn::Error::new_spanned(&value, message));
+    }
+    let retries = lit.base10_parse::<u32>().map_err(|_| {
+        syn::Error::new(
+            lit.span(),
+            format!("`max_retries` must fit in a u32 (0 to {})", u32::MAX),
+        )
+    })?;
+    if !matches!(lit.suffix(), "" | "u8" | "u16" | "u32" | "u64" | "usize") {
+        return Err(syn::Error::new(lit.span(), message));
+    }
+    Ok(Spanned {
+        value: retries,
+        span: lit.span(),
+    })
+}
+
+fn parse_duration(key: Param, value: TokenStream) -> syn::Result<Spanned<Duration>> {
+    let fix = format!(
+        "`{}` takes a duration string with a unit, such as \"5s\", \"250ms\" or \"1m 30s\"",
+        key.name()
+    );
+    let lit = match syn::parse2::<syn::Lit>(value.clone()) {
+        Ok(syn::Lit::Str(lit)) => lit,
+        Ok(syn::Lit::Int(int)) => {
+            return Err(syn::Error::new(
+                int.span(),
+                format!(
+                    "{fix}: write `{} = \"{}s\"` for seconds",
+                    key.name(),
+                    int.base10_digits()
+                ),
+            ));
+        }
+        _ => return Err(syn::Error::new_spanned(value, fix)),
+    };
+    let duration = humantime::parse_duration(&lit.value())
+        .map_err(|error| syn::Error::new(lit.span(), format!("{fix} ({error})")))?;
+    if duration.as_nanos() > u128::from(u64::MAX) {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("`{}` is too long", key.name()),
+        ));
+    }
+    Ok(Spanned {
+        value: duration,
+        span: lit.span(),
+    })
+}
+
+fn parse_backoff(value: TokenStream) -> syn::Result<Spanned<Backoff>> {
+    let key = Param::Backoff;
+    let lit = parse_or(value, key, "a string", syn::parse2::<LitStr>)?;
+    let backoff = match lit.value().as_str() {
+        "constant" => Backoff::Constant,
+        "linear" => Backoff::Linear,
+        "exponential" => Backoff::Exponential,
+        other => {
+            return Err(syn::Error::new(
+                lit.span(),
+                format!(
+                    "unknown backoff `{other}`; expected one of: \"constant\" (the default), \
+                     \"linear\", \"exponential\""
+                ),
+            ));
+        }
+    };
+    Ok(Spanned {
+        value: backoff,
+        span: lit.span(),
+    })
+}
+
+fn parse_schema(value: TokenStream) -> syn::Result<Type> {
+    if let Ok(lit) = syn::parse2::<LitStr>(value.clone()) {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "`schema` takes a type, not a string: `schema = {}`",
+                lit.value()
+            ),
+        ));
+    }
+    let ty = parse_or(value, Param::Schema, "a type", syn::parse2::<Type>)?;
+    match &ty {
+        Type::Path(_) => Ok(ty),
+        _ => Err(syn::Error::new_spanned(
+            ty.to_token_stream(),
+            "`schema` takes a type path that implements `serde::Deserialize`: `schema = OrderCreated`",
+        )),
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints on short key names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quote::quote;
+
+    fn handler(tokens: TokenStream) -> syn::Result<Args> {
+        parse_args(
+            tokens,
+            "message_handler",
+            MESSAGE_HANDLER_KEYS,
+            Leading::None,
+        )
+    }
+
+    fn messages(result: syn::Result<Args>) -> Vec<String> {
+        match result {
+            Ok(_) => Vec::new(),
+            Err(error) => error.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn parses_every_handler_key() {
+        let args = handler(quote!(
+            topic = ["a", "b"],
+            group = "g",
+            max_retries = 2,
+            retry_delay = "250ms",
+            backoff = "linear",
+            max_delay = "1m",
+            timeout = "2s",
+            dlq = "d",
+            schema = a::B
+        ))
+        .unwrap();
+        let topics: Vec<_> = args
+            .topics
+            .unwrap()
+            .value
+            .iter()
+            .map(LitStr::value)
+            .collect();
+        assert_eq!(topics, ["a", "b"]);
+        assert_eq!(args.retry.max_retries.unwrap().value, 2);
+        assert_eq!(
+            args.retry.retry_delay.unwrap().value,
+            Duration::from_millis(250)
+        );
+        assert_eq!(args.retry.backoff.unwrap().value, Backoff::Linear);
+        assert_eq!(args.retry.max_delay.unwrap().value, Duration::from_secs(60));
+        assert_eq!(args.retry.timeout.unwrap().value, Duration::from_secs(2));
+        assert_eq!(args.retry.dlq.unwrap().value(), "d");
+        assert!(args.schema.is_some());
+    }
+
+    #[test]
+    fn reports_every_bad_key_at_once() {
+        let errors = messages(handler(quote!(
+            topic = "",
+            max_retries = -1,
+            colour = "red",
+            retry_delay = "soon",
+            topic = "x"
+        )));
+        assert_eq!(errors.len(), 5, "{errors:#?}");
+        assert!(errors[0].contains("cannot be empty"));
+        assert!(errors[1].contains("non-negative integer"));
+        assert!(errors[2].contains("unknown key `colour`") && errors[2].contains("`retry_delay`"));
+        assert!(errors[3].contains("duration"));
+        assert!(errors[4].contains("given twice"));
+        let errors = messages(handler(quote!(topic = "a", topic = "b")));
+        assert_eq!(errors, ["`topic` is given twice; keep one of them"]);
+    }
+
+    #[test]
+    fn suggests_the_nearest_key() {
+        let errors = messages(handler(quote!(topics = ["a"], max_retry = 1)));
+        assert!(errors[0].contains("did you mean `topic`"), "{errors:?}");
+        assert!(
+            errors[1].contains("did you mean `max_retries`"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn leading_name_is_required_when_asked_for() {
+        let parse = |t| parse_args(t, "event", EVENT_KEYS, Leading::EventName("x"));
+        let args = parse(quote!("user.created", topic = "t", include_result = false)).unwrap();
+        assert_eq!(args.name.unwrap().value(), "user.created");
+        assert!(!args.include_result.unwrap().value);
+        let errors = messages(parse(quote!(topic = "t")));
+        assert!(
+            errors[0].contains("needs the event name first"),
+            "{errors:?}"
+        );
+    }
+}

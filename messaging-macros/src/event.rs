@@ -1,0 +1,166 @@
+//! `#[event]` on an async HTTP handler returning `Result<T, E>`: the signature is kept (it stays
+//! an axum handler) and the body is wrapped so that, once it produced `Ok(value)`, the event is
+//! published in the background; `Err` publishes nothing.
+
+use proc_macro2::{Span, TokenStream, TokenTree};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{ItemFn, ReturnType, Type};
+
+use crate::attr::{self, Leading};
+use crate::errors::{Errors, with_item};
+
+const EXAMPLE: &str = r#"#[event("user.created", topic = "user-events")]"#;
+
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
+    match try_expand(attr, item.clone()) {
+        Ok(generated) => generated,
+        Err(error) => with_item(item, error),
+    }
+}
+
+fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let mut errors = Errors::default();
+    let args = errors.keep(attr::parse_args(
+        attr,
+        "event",
+        attr::EVENT_KEYS,
+        Leading::EventName(EXAMPLE),
+    ));
+    let topic = args.as_ref().and_then(|args| match &args.topics {
+        None => {
+            errors.push(syn::Error::new(
+                Span::call_site(),
+                format!("#[event] needs the topic to publish on: `{EXAMPLE}`"),
+            ));
+            None
+        }
+        Some(topics) if topics.value.len() > 1 => {
+            errors.push(syn::Error::new(
+                topics.span,
+                "an event is published to one topic: `topic = \"user-events\"`",
+            ));
+            None
+        }
+        Some(topics) => topics.value.first().cloned(),
+    });
+    let function: ItemFn = match syn::parse2(item) {
+        Ok(function) => function,
+        Err(_) => {
+            errors.push(syn::Error::new(
+                Span::call_site(),
+                "#[event] goes on an `async fn` that returns `Result<T, E>`, such as an axum \
+                 handler; the event is published with its `Ok` value",
+            ));
+            return Err(errors.finish().expect_err("an error was pushed"));
+        }
+    };
+    let sig = &function.sig;
+    if sig.asyncness.is_none() {
+        errors.push(syn::Error::new(
+            sig.fn_token.span,
+            format!(
+                "#[event] goes on an `async fn`: write `async fn {}(…)`",
+                sig.ident
+            ),
+        ));
+    }
+    let output = errors.keep(result_type(&function));
+    errors.finish()?;
+    let (Some(args), Some(topic), Some(output)) = (args, topic, output) else {
+        return Err(syn::Error::new(Span::call_site(), "invalid #[event]"));
+    };
+    let Some(name) = args.name else {
+        return Err(syn::Error::new(Span::call_site(), "missing event name"));
+    };
+
+    let include_result = args.include_result.is_none_or(|b| b.value);
+    let key_field = match &args.key_field {
+        Some(field) => quote!(::core::option::Option::Some(#field)),
+        None => quote!(::core::option::Option::None),
+    };
+    // The data is needed for the envelope and for the key; with neither, the `Ok` value does
+    // not even have to be serializable.
+    let data = if include_result || args.key_field.is_some() {
+        quote_spanned! {output.span()=>
+            {
+                use ::messaging_core::__private::event_data::*;
+                (&::messaging_core::__private::EventData(__messaging_ok)).to_event_data()
+            }
+        }
+    } else {
+        quote! {{
+            let _ = __messaging_ok;
+            ::core::result::Result::Ok(::messaging_core::__private::serde_json::Value::Null)
+        }}
+    };
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = &function;
+    Ok(quote! {
+        #(#attrs)*
+        #vis #sig {
+            const __MESSAGING_EVENT: ::messaging_core::__private::EventSpec =
+                ::messaging_core::__private::EventSpec {
+                    name: #name,
+                    topic: #topic,
+                    key_field: #key_field,
+                    include_result: #include_result,
+                };
+            // The body runs as it was written (`?` and `return` included) ...
+            let __messaging_result: #output = async move #block.await;
+            // ... and only its `Ok` value is published.
+            if let ::core::result::Result::Ok(__messaging_ok) = &__messaging_result {
+                let __messaging_data = #data;
+                ::messaging_core::__private::emit_event(&__MESSAGING_EVENT, __messaging_data);
+            }
+            __messaging_result
+        }
+    })
+}
+
+/// The declared `Result<T, E>` (any path whose last segment ends in `Result`, so aliases such
+/// as `anyhow::Result<T>` or `ApiResult<T>` work).
+fn result_type(function: &ItemFn) -> syn::Result<Type> {
+    let fix = "#[event] publishes the `Ok` value of the handler, so it must return \
+               `Result<T, E>`, e.g. `Result<Json<UserOut>, ApiError>`";
+    let ty = match &function.sig.output {
+        ReturnType::Default => {
+            return Err(syn::Error::new(
+                function.sig.paren_token.span.close(),
+                format!("{fix}; add `-> Result<…, …>`"),
+            ));
+        }
+        ReturnType::Type(_, ty) => (**ty).clone(),
+    };
+    let is_result = match &ty {
+        Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident.to_string().ends_with("Result")),
+        _ => false,
+    };
+    if !is_result {
+        return Err(syn::Error::new_spanned(&ty, fix));
+    }
+    if let Some(span) = find_impl(quote!(#ty)) {
+        return Err(syn::Error::new(
+            span,
+            "#[event] needs the concrete `Ok` type to serialize it as the event data; \
+             `impl Trait` hides it, so name the type (e.g. `Json<UserOut>`)",
+        ));
+    }
+    Ok(ty)
+}
+
+fn find_impl(tokens: TokenStream) -> Option<Span> {
+    tokens.into_iter().find_map(|tt| match tt {
+        TokenTree::Ident(ident) if ident == "impl" => Some(ident.span()),
+        TokenTree::Group(group) => find_impl(group.stream()),
+        _ => None,
+    })
+}

@@ -1,0 +1,266 @@
+//! The code shared by `#[message_handler]` and `#[on_event]`: the erased call function, the
+//! spanned type checks and the `inventory` registration, all inside `const _: () = { … };`.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{LitStr, Type};
+
+use crate::attr::{Backoff, RetryArgs};
+use crate::signature::{HandlerSig, PayloadKind};
+
+/// Which macro made the registration.
+pub(crate) enum Kind<'a> {
+    MessageHandler,
+    OnEvent {
+        self_ty: &'a Type,
+        event_name: &'a LitStr,
+    },
+}
+
+/// Everything a registration holds.
+pub(crate) struct Registration<'a> {
+    /// `process_payment` or `OrderEvents::on_paid`.
+    pub name: String,
+    pub sig: &'a HandlerSig,
+    pub kind: Kind<'a>,
+    pub topics: &'a [LitStr],
+    pub group: Option<LitStr>,
+    /// The foreign envelope fields (name, data); `None` for the standard envelope.
+    pub envelope: Option<(LitStr, LitStr)>,
+    pub retry: RetryArgs,
+    pub schema: Option<&'a Type>,
+}
+
+impl Registration<'_> {
+    pub(crate) fn expand(&self) -> TokenStream {
+        let checks = self.checks();
+        let call = self.call();
+        let registration = self.registration();
+        let envelope = match &self.envelope {
+            Some((name, data)) => quote! {
+                ::messaging_core::__private::EnvelopeFields { name: #name, data: #data }
+            },
+            None => quote!(::messaging_core::__private::EnvelopeFields::STANDARD),
+        };
+        quote! {
+            const _: () = {
+                const __MESSAGING_ENVELOPE: ::messaging_core::__private::EnvelopeFields = #envelope;
+                #checks
+                #call
+                #registration
+            };
+        }
+    }
+
+    /// Trait checks at the user's tokens, so a wrong type is reported where it is written,
+    /// with the message of the trait's `#[diagnostic::on_unimplemented]`.
+    fn checks(&self) -> TokenStream {
+        let sig = self.sig;
+        let mut checks = Vec::new();
+        let payload = &sig.payload;
+        match &payload.kind {
+            PayloadKind::Json => checks.push(assert("assert_json_payload", &payload.ty)),
+            PayloadKind::Event(inner) => checks.push(assert("assert_json_payload", inner)),
+            PayloadKind::Bytes | PayloadKind::Vec | PayloadKind::Message => {}
+        }
+        if let Some(schema) = self.schema {
+            checks.push(assert("assert_json_payload", schema));
+        }
+        for ty in &sig.extractors {
+            checks.push(assert("assert_extractor", ty));
+        }
+        if let Some(output) = &sig.output {
+            checks.push(assert("assert_handler_result", output));
+        }
+        if let Kind::OnEvent { self_ty, .. } = self.kind {
+            checks.push(assert("assert_consumer_type", self_ty));
+        }
+        quote! {
+            #[allow(dead_code, clippy::all)]
+            fn __messaging_checks() {
+                #(#checks)*
+            }
+        }
+    }
+
+    /// `fn(Invocation) -> HandlerFuture`: decodes the payload, builds the extractors, calls the
+    /// user's function and converts its result.
+    fn call(&self) -> TokenStream {
+        let sig = self.sig;
+        let payload_ty = &sig.payload.ty;
+        let decode = match &sig.payload.kind {
+            PayloadKind::Event(inner) => quote_spanned! {payload_ty.span()=>
+                ::messaging_core::__private::decode_event::<#inner>(&__inv.message, &__MESSAGING_ENVELOPE)?
+            },
+            PayloadKind::Bytes => quote!(::messaging_core::__private::decode_bytes(&__inv)),
+            PayloadKind::Vec => quote!(::messaging_core::__private::decode_vec(&__inv)),
+            PayloadKind::Message => quote!(::messaging_core::__private::decode_message(&__inv)),
+            PayloadKind::Json => quote_spanned! {payload_ty.span()=>
+                ::messaging_core::__private::decode_json::<#payload_ty>(&__inv.message)?
+            },
+        };
+        let schema_check = self
+            .schema
+            .filter(|schema| !same_type(schema, payload_ty))
+            .map(|schema| {
+                quote_spanned! {schema.span()=>
+                    ::messaging_core::__private::validate_schema::<#schema>(&__inv)?;
+                }
+            });
+        let args: Vec<_> = (0..sig.extractors.len())
+            .map(|i| quote::format_ident!("__arg{}", i))
+            .collect();
+        let extract = sig.extractors.iter().zip(&args).map(|(ty, arg)| {
+            quote_spanned! {ty.span()=>
+                let #arg = <#ty as ::messaging_core::__private::FromContext>::from_context(&__inv)?;
+            }
+        });
+        let ident = &sig.ident;
+        let (this, callee) = match self.kind {
+            Kind::MessageHandler => (None, quote!(#ident)),
+            Kind::OnEvent { self_ty, .. } => (
+                Some(quote_spanned! {self_ty.span()=>
+                    let __this = ::messaging_core::__private::instance::<#self_ty>(&__inv)?;
+                }),
+                quote!(__this.#ident),
+            ),
+        };
+        let result_span = sig
+            .output
+            .as_ref()
+            .map_or_else(Span::call_site, Spanned::span);
+        let into_result = quote_spanned! {result_span=>
+            ::messaging_core::__private::IntoHandlerResult::into_handler_result
+        };
+        // Spanned at the function's name: a future that is not `Send` is reported there.
+        let boxed = quote_spanned! {ident.span()=> ::std::boxed::Box::pin};
+        quote! {
+            fn __messaging_call(
+                __inv: ::messaging_core::__private::Invocation,
+            ) -> ::messaging_core::__private::HandlerFuture {
+                #boxed(async move {
+                    #schema_check
+                    let __payload = #decode;
+                    #(#extract)*
+                    #this
+                    #into_result(#callee(__payload #(, #args)*).await)
+                })
+            }
+        }
+    }
+
+    /// The `inventory::submit!` of the `HandlerRegistration`.
+    fn registration(&self) -> TokenStream {
+        let sig = self.sig;
+        let name = &self.name;
+        let line = quote_spanned!(sig.ident.span()=> ::core::line!());
+        let (kind, event_name, instance) = match self.kind {
+            Kind::MessageHandler => (
+                quote!(MessageHandler),
+                quote!(::core::option::Option::None),
+                quote!(::core::option::Option::None),
+            ),
+            Kind::OnEvent {
+                self_ty,
+                event_name,
+            } => (
+                quote!(OnEvent),
+                quote!(::core::option::Option::Some(#event_name)),
+                quote!(::core::option::Option::Some(
+                    ::messaging_core::__private::default_instance::<#self_ty>
+                )),
+            ),
+        };
+        let topics = self.topics;
+        let group = option(self.group.as_ref().map(|g| quote!(#g)));
+        let retry = retry_policy(&self.retry);
+        let dlq = option(self.retry.dlq.as_ref().map(|d| quote!(#d)));
+        let schema = option(self.schema.map(|s| quote!(::core::stringify!(#s))));
+        let requires = sig.extractors.iter().map(|ty| {
+            quote_spanned! {ty.span()=>
+                <#ty as ::messaging_core::__private::FromContext>::requirement as fn() -> _
+            }
+        });
+        quote! {
+            ::messaging_core::__private::inventory::submit! {
+                ::messaging_core::__private::HandlerRegistration {
+                    name: #name,
+                    module_path: ::core::module_path!(),
+                    file: ::core::file!(),
+                    line: #line,
+                    kind: ::messaging_core::__private::HandlerKind::#kind,
+                    topics: &[#(#topics),*],
+                    group: #group,
+                    event_name: #event_name,
+                    envelope: __MESSAGING_ENVELOPE,
+                    retry: #retry,
+                    dlq: #dlq,
+                    schema: #schema,
+                    requires: &[#(#requires),*],
+                    instance: #instance,
+                    call: __messaging_call,
+                }
+            }
+        }
+    }
+}
+
+fn assert(check: &str, ty: &Type) -> TokenStream {
+    let check = quote::format_ident!("{}", check);
+    quote_spanned! {ty.span()=>
+        ::messaging_core::__private::#check::<#ty>();
+    }
+}
+
+fn option(value: Option<TokenStream>) -> TokenStream {
+    match value {
+        Some(value) => quote!(::core::option::Option::Some(#value)),
+        None => quote!(::core::option::Option::None),
+    }
+}
+
+/// The `RetryPolicy` literal: the keys given, the rest from `RetryPolicy::DEFAULT`, so the
+/// defaults live in one place (the core).
+fn retry_policy(retry: &RetryArgs) -> TokenStream {
+    let duration = |d: std::time::Duration| {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        quote!(::core::time::Duration::from_nanos(#nanos))
+    };
+    let mut fields = Vec::new();
+    if let Some(n) = &retry.max_retries {
+        let n = n.value;
+        fields.push(quote!(max_retries: #n,));
+    }
+    if let Some(d) = &retry.retry_delay {
+        let d = duration(d.value);
+        fields.push(quote!(retry_delay: #d,));
+    }
+    if let Some(b) = &retry.backoff {
+        let variant = match b.value {
+            Backoff::Constant => quote!(Constant),
+            Backoff::Linear => quote!(Linear),
+            Backoff::Exponential => quote!(Exponential),
+        };
+        fields.push(quote!(backoff: ::messaging_core::__private::Backoff::#variant,));
+    }
+    if let Some(d) = &retry.max_delay {
+        let d = duration(d.value);
+        fields.push(quote!(max_delay: #d,));
+    }
+    if let Some(d) = &retry.timeout {
+        let d = duration(d.value);
+        fields.push(quote!(timeout: ::core::option::Option::Some(#d),));
+    }
+    quote! {
+        ::messaging_core::__private::RetryPolicy {
+            #(#fields)*
+            ..::messaging_core::__private::RetryPolicy::DEFAULT
+        }
+    }
+}
+
+/// Whether two types are written the same (then `schema` adds no validation step).
+fn same_type(a: &Type, b: &Type) -> bool {
+    quote!(#a).to_string() == quote!(#b).to_string()
+}

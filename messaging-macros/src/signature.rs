@@ -1,0 +1,297 @@
+//! What a handler's signature says: the payload argument and how to decode it, the extractor
+//! arguments, the return type. Every syntactic misuse is reported here, all at once; what
+//! needs the type checker (is this an extractor?) is left to the spanned checks that
+//! `registration.rs` emits.
+
+use proc_macro2::{Group, Ident, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericArgument, PathArguments, ReturnType, Signature, Type};
+
+use crate::errors::Errors;
+
+/// How the first argument is made from the message, chosen by its type's last path segment.
+pub(crate) enum PayloadKind {
+    /// `Event<T>`: the envelope, `T` decoded from its data field.
+    Event(Box<Type>),
+    /// `Bytes`: the raw body.
+    Bytes,
+    /// `Vec<u8>`: the raw body, copied.
+    Vec,
+    /// `Message`: the whole message.
+    Message,
+    /// Anything else: the body decoded as JSON.
+    Json,
+}
+
+/// The first argument.
+pub(crate) struct Payload {
+    pub ty: Type,
+    pub kind: PayloadKind,
+}
+
+/// A handler signature that passed the syntactic checks.
+pub(crate) struct HandlerSig {
+    pub ident: Ident,
+    pub payload: Payload,
+    /// The types of the further arguments.
+    pub extractors: Vec<Type>,
+    /// The declared return type; `None` for `()`.
+    pub output: Option<Type>,
+}
+
+/// Where the function sits.
+pub(crate) enum Place<'a> {
+    /// A free function under `#[message_handler]`.
+    Free,
+    /// A method of a `#[consumer]` impl; `Self` in its types is replaced by this type,
+    /// because the generated code lives outside the impl.
+    Method { self_ty: &'a Type },
+}
+
+/// Checks `sig` and extracts what the generated code needs.
+pub(crate) fn analyze(sig: &Signature, place: &Place<'_>) -> syn::Result<HandlerSig> {
+    let mut errors = Errors::default();
+    let what = match place {
+        Place::Free => "a #[message_handler] function",
+        Place::Method { .. } => "an #[on_event] method",
+    };
+    let name = &sig.ident;
+    if sig.asyncness.is_none() {
+        errors.push(syn::Error::new(
+            sig.fn_token.span,
+            format!("{what} must be `async`: write `async fn {name}(…)`"),
+        ));
+    }
+    if let Some(constness) = &sig.constness {
+        errors.push(syn::Error::new(
+            constness.span,
+            format!("{what} cannot be `const`"),
+        ));
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.push(syn::Error::new(
+            unsafety.span,
+            format!("{what} cannot be `unsafe`: the runtime calls it for every message"),
+        ));
+    }
+    if let Some(abi) = &sig.abi {
+        errors.push(syn::Error::new_spanned(
+            abi,
+            format!("{what} cannot declare an ABI"),
+        ));
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        let span = if sig.generics.params.is_empty() {
+            sig.generics.where_clause.span()
+        } else {
+            sig.generics.span()
+        };
+        errors.push(syn::Error::new(
+            span,
+            format!(
+                "generic handlers are not supported: {what} is registered once, at link time, \
+                 so its argument types must be concrete; write a non-generic handler that calls \
+                 the generic function with the types filled in"
+            ),
+        ));
+    }
+
+    let mut inputs = sig.inputs.iter().peekable();
+    match place {
+        Place::Free => {
+            if let Some(FnArg::Receiver(receiver)) = inputs.peek() {
+                errors.push(syn::Error::new_spanned(
+                    receiver,
+                    "#[message_handler] goes on a free function, not a method; to handle \
+                     messages in methods, put #[consumer(topics = [\"…\"])] on the impl block \
+                     and #[on_event(\"event.name\")] on each method",
+                ));
+                inputs.next();
+            }
+        }
+        Place::Method { .. } => match inputs.peek() {
+            Some(FnArg::Receiver(receiver)) => {
+                inputs.next();
+                if let Err(error) = check_receiver(receiver) {
+                    errors.push(error);
+                }
+            }
+            _ => errors.push(syn::Error::new(
+                name.span(),
+                format!(
+                    "an #[on_event] method takes `&self` first, then the event: \
+                     `async fn {name}(&self, event: Event<T>)`"
+                ),
+            )),
+        },
+    }
+
+    let self_ty = match place {
+        Place::Free => None,
+        Place::Method { self_ty } => Some(*self_ty),
+    };
+    let payload = match inputs.next() {
+        Some(FnArg::Typed(arg)) => {
+            let ty = replace_self(&arg.ty, self_ty);
+            errors
+                .keep(check_argument_type(&ty, true))
+                .map(|()| Payload {
+                    kind: classify(&ty),
+                    ty,
+                })
+        }
+        Some(FnArg::Receiver(receiver)) => {
+            errors.push(syn::Error::new_spanned(receiver, "`self` must come first"));
+            None
+        }
+        None => {
+            let example = match place {
+                Place::Free => {
+                    "`msg: serde_json::Value`, `order: OrderCreated`, `event: Event<T>` or `body: Bytes`"
+                }
+                Place::Method { .. } => "`&self, event: Event<UserCreated>`",
+            };
+            errors.push(syn::Error::new(
+                sig.paren_token.span.join(),
+                format!("{what} takes the message as its first argument, e.g. {example}"),
+            ));
+            None
+        }
+    };
+
+    let mut extractors = Vec::new();
+    for input in inputs {
+        match input {
+            FnArg::Typed(arg) => {
+                let ty = replace_self(&arg.ty, self_ty);
+                if errors.keep(check_argument_type(&ty, false)).is_some() {
+                    extractors.push(ty);
+                }
+            }
+            FnArg::Receiver(receiver) => {
+                errors.push(syn::Error::new_spanned(receiver, "`self` must come first"));
+            }
+        }
+    }
+
+    let output = match &sig.output {
+        ReturnType::Default => None,
+        ReturnType::Type(_, ty) => {
+            if let Type::ImplTrait(_) = **ty {
+                errors.push(syn::Error::new_spanned(
+                    ty,
+                    "a handler returns a concrete type: `()`, `anyhow::Result<()>` or \
+                     `Result<(), HandlerError>`, not `impl Trait`",
+                ));
+            }
+            Some(replace_self(ty, self_ty))
+        }
+    };
+
+    errors.finish()?;
+    Ok(HandlerSig {
+        ident: sig.ident.clone(),
+        payload: payload.expect("no error means a payload"),
+        extractors,
+        output,
+    })
+}
+
+fn check_receiver(receiver: &syn::Receiver) -> syn::Result<()> {
+    let message = if receiver.colon_token.is_some() {
+        "an #[on_event] method takes `&self`; other receiver types are not supported"
+    } else if receiver.reference.is_none() {
+        "an #[on_event] method takes `&self`, not `self`: one instance serves every message"
+    } else if receiver.mutability.is_some() {
+        "an #[on_event] method takes `&self`, not `&mut self`: one instance serves concurrent \
+         messages, so keep mutable state behind a `Mutex` or atomics"
+    } else {
+        return Ok(());
+    };
+    Err(syn::Error::new_spanned(receiver, message))
+}
+
+/// Rejects the types that can never be built per message: borrowed ones, `impl Trait`, `_`.
+fn check_argument_type(ty: &Type, first: bool) -> syn::Result<()> {
+    match ty {
+        Type::Reference(reference) => {
+            let inner = reference.elem.to_token_stream();
+            let message = if first {
+                format!(
+                    "the message is passed to the handler by value: take `{inner}` instead of a \
+                     reference (use `String`, not `&str`)"
+                )
+            } else {
+                format!(
+                    "handler arguments are passed by value: take `{inner}` instead of a reference"
+                )
+            };
+            Err(syn::Error::new_spanned(ty, message))
+        }
+        Type::ImplTrait(_) => Err(syn::Error::new_spanned(
+            ty,
+            "`impl Trait` arguments make the handler generic, which is not supported; name a \
+             concrete type",
+        )),
+        Type::Infer(_) => Err(syn::Error::new_spanned(ty, "handler arguments need a type")),
+        _ => Ok(()),
+    }
+}
+
+fn classify(ty: &Type) -> PayloadKind {
+    let Type::Path(path) = ty else {
+        return PayloadKind::Json;
+    };
+    if path.qself.is_some() {
+        return PayloadKind::Json;
+    }
+    let Some(last) = path.path.segments.last() else {
+        return PayloadKind::Json;
+    };
+    let single_type_arg = match &last.arguments {
+        PathArguments::AngleBracketed(args) if args.args.len() == 1 => match &args.args[0] {
+            GenericArgument::Type(inner) => Some(inner),
+            _ => None,
+        },
+        _ => None,
+    };
+    let no_args = last.arguments.is_none();
+    match (last.ident.to_string().as_str(), single_type_arg) {
+        ("Event", Some(inner)) => PayloadKind::Event(Box::new(inner.clone())),
+        ("Vec", Some(Type::Path(inner))) if inner.path.is_ident("u8") => PayloadKind::Vec,
+        ("Bytes", None) if no_args => PayloadKind::Bytes,
+        ("Message", None) if no_args => PayloadKind::Message,
+        _ => PayloadKind::Json,
+    }
+}
+
+/// `ty` with every `Self` replaced by `self_ty`, spans kept.
+fn replace_self(ty: &Type, self_ty: Option<&Type>) -> Type {
+    let Some(self_ty) = self_ty else {
+        return ty.clone();
+    };
+    let replaced = replace_in(ty.to_token_stream(), &self_ty.to_token_stream());
+    syn::parse2(replaced).unwrap_or_else(|_| ty.clone())
+}
+
+fn replace_in(tokens: TokenStream, with: &TokenStream) -> TokenStream {
+    tokens
+        .into_iter()
+        .flat_map(|tt| -> Vec<TokenTree> {
+            match tt {
+                TokenTree::Ident(ident) if ident == "Self" => {
+                    // Grouped so that `Self::Assoc` stays a path (`<Type>::Assoc`).
+                    let group = Group::new(proc_macro2::Delimiter::None, with.clone());
+                    vec![TokenTree::Group(group)]
+                }
+                TokenTree::Group(group) => {
+                    let mut new = Group::new(group.delimiter(), replace_in(group.stream(), with));
+                    new.set_span(group.span());
+                    vec![TokenTree::Group(new)]
+                }
+                other => vec![other],
+            }
+        })
+        .collect()
+}
