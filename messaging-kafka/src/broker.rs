@@ -1,0 +1,209 @@
+//! [`KafkaBroker`]: the idempotent producer, topic creation, and consumers on demand.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use messaging_core::{
+    BoxFuture, Broker, BrokerError, Config, Consumer, Message, OutgoingMessage, StartFrom,
+    Subscription,
+};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+
+use crate::consumer::{GroupContext, KafkaConsumer};
+use crate::convert::to_kafka_headers;
+use crate::error::{KafkaSetupError, NAME, connection, from_kafka, operation};
+use crate::settings::KafkaSettings;
+use crate::topics::Topics;
+
+/// How long `connect` waits for the cluster's metadata.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The producer's defaults, which `KAFKA_CONFIG_*` properties may override.
+const PRODUCER_DEFAULTS: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+
+/// A Kafka cluster reached through librdkafka. Clones share the producer.
+#[derive(Clone)]
+pub struct KafkaBroker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: KafkaSettings,
+    producer: FutureProducer,
+    topics: Topics,
+}
+
+impl std::fmt::Debug for KafkaBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBroker")
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaBroker {
+    /// Connects to `bootstrap_servers` (`host:port,…`) with librdkafka's defaults.
+    pub async fn connect(bootstrap_servers: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(KafkaSettings::new(bootstrap_servers)).await
+    }
+
+    /// Connects to `bootstrap_servers` with these librdkafka properties (or `messaging.*`
+    /// options of [`crate::settings`]) on top.
+    pub async fn connect_with_properties<'a>(
+        bootstrap_servers: &str,
+        properties: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, BrokerError> {
+        let mut settings = KafkaSettings::new(bootstrap_servers);
+        for (name, value) in properties {
+            settings
+                .set(name, value)
+                .map_err(|e| operation("configure", e))?;
+        }
+        Self::connect_with(settings).await
+    }
+
+    /// Connects as the framework's configuration says (DESIGN §5).
+    pub async fn from_config(config: &Config) -> Result<Self, BrokerError> {
+        let settings = KafkaSettings::from_config(config).map_err(|e| operation("configure", e))?;
+        Self::connect_with(settings).await
+    }
+
+    /// Connects with these settings; fails when the cluster does not answer within 10 s.
+    pub async fn connect_with(settings: KafkaSettings) -> Result<Self, BrokerError> {
+        let producer: FutureProducer = settings
+            .client_config(PRODUCER_DEFAULTS, &[])
+            .create()
+            .map_err(|e| operation("create producer", e))?;
+        let probe = producer.clone();
+        let servers = settings.bootstrap_servers().to_owned();
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, CONNECT_TIMEOUT))
+            .await
+            .map_err(|e| operation("connect", e))?
+            .map_err(|error| {
+                tracing::debug!(%error, "Kafka metadata request failed");
+                connection(KafkaSetupError::Unreachable {
+                    servers,
+                    seconds: CONNECT_TIMEOUT.as_secs(),
+                })
+            })?;
+        let topics = Topics::new(&settings)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                producer,
+                topics,
+            }),
+        })
+    }
+
+    /// The settings it was built with.
+    pub fn settings(&self) -> &KafkaSettings {
+        &self.inner.settings
+    }
+
+    /// As the trait object the runtime takes.
+    pub fn into_dyn(self) -> Arc<dyn Broker> {
+        Arc::new(self)
+    }
+
+    async fn publish_one(&self, message: OutgoingMessage) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        inner.topics.ensure_for_publish(&message.topic).await;
+        let mut record: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(&message.topic).payload(&message.payload[..]);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_str());
+        }
+        if !message.headers.is_empty() {
+            record = record.headers(to_kafka_headers(&message.headers));
+        }
+        // `Never` only concerns a full local queue (it waits for room); delivery itself is
+        // bounded by librdkafka's `message.timeout.ms`.
+        inner
+            .producer
+            .send(record, Timeout::Never)
+            .await
+            .map(drop)
+            .map_err(|(error, _)| from_kafka("publish", error))
+    }
+
+    async fn subscribe_group(
+        &self,
+        subscription: Subscription,
+    ) -> Result<Box<dyn Consumer>, BrokerError> {
+        let inner = &self.inner;
+        inner.topics.ensure(&subscription.topics).await?;
+        let reset = match subscription.start {
+            StartFrom::Latest => "latest",
+            StartFrom::Earliest => "earliest",
+        };
+        let config = inner.settings.client_config(
+            &[],
+            &[
+                ("group.id", &subscription.group),
+                // Offsets are stored on acknowledgement only, and committed periodically.
+                ("enable.auto.commit", "true"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", reset),
+            ],
+        );
+        let context = GroupContext::new(subscription.group.clone(), subscription.start);
+        let consumer: rdkafka::consumer::StreamConsumer<GroupContext> = config
+            .create_with_context(context)
+            .map_err(|e| operation("create consumer", e))?;
+        let topics: Vec<&str> = subscription.topics.iter().map(String::as_str).collect();
+        rdkafka::consumer::Consumer::subscribe(&consumer, &topics)
+            .map_err(|e| from_kafka("subscribe", e))?;
+        let consumer = KafkaConsumer::joined(consumer, inner.settings.join_timeout).await;
+        Ok(Box::new(consumer))
+    }
+}
+
+impl Broker for KafkaBroker {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(self.publish_one(message))
+    }
+
+    fn subscribe(
+        &self,
+        subscription: Subscription,
+    ) -> BoxFuture<'_, Result<Box<dyn Consumer>, BrokerError>> {
+        Box::pin(self.subscribe_group(subscription))
+    }
+
+    fn declare_topics<'a>(
+        &'a self,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(self.inner.topics.ensure(topics))
+    }
+
+    fn browse<'a>(
+        &'a self,
+        topic: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<Message>, BrokerError>> {
+        let settings = self.inner.settings.clone();
+        let topic = topic.to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || crate::browse::browse(&settings, &topic, limit))
+                .await
+                .map_err(|e| operation("browse", e))?
+        })
+    }
+
+    fn flush(&self, timeout: Duration) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let producer = self.inner.producer.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || producer.flush(timeout))
+                .await
+                .map_err(|e| operation("flush", e))?
+                .map_err(|e| from_kafka("flush", e))
+        })
+    }
+}

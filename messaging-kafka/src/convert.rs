@@ -1,0 +1,101 @@
+//! Between the framework's messages and Kafka records. Keys and header values that are not
+//! UTF-8 are converted lossily (the framework's headers are text), never rejected.
+
+use messaging_core::{Headers, Message, Position};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+
+/// A received record as the framework's message.
+pub(crate) fn to_message(record: &impl rdkafka::Message) -> Message {
+    let mut headers = Headers::new();
+    if let Some(h) = record.headers() {
+        for header in h.iter() {
+            let value = header
+                .value
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            headers.insert(header.key.to_owned(), value.into_owned());
+        }
+    }
+    Message {
+        topic: record.topic().to_owned(),
+        key: record
+            .key()
+            .map(|k| String::from_utf8_lossy(k).into_owned()),
+        payload: record.payload().unwrap_or_default().to_vec().into(),
+        headers,
+        position: Position::Partition {
+            partition: record.partition(),
+            offset: record.offset(),
+        },
+    }
+}
+
+/// The framework's headers as Kafka headers.
+pub(crate) fn to_kafka_headers(headers: &Headers) -> OwnedHeaders {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |acc, (key, value)| {
+            acc.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+
+    #[test]
+    fn records_become_messages_with_lossy_text() {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "x-event-name",
+                value: Some("user.created"),
+            })
+            .insert(Header {
+                key: "binary",
+                value: Some(&[0x66, 0xff, 0x6f][..]),
+            })
+            .insert(Header::<&[u8]> {
+                key: "empty",
+                value: None,
+            });
+        let record = OwnedMessage::new(
+            Some(b"{\"id\":1}".to_vec()),
+            Some(vec![0x6b, 0xfe]),
+            "orders".to_owned(),
+            Timestamp::NotAvailable,
+            2,
+            1187,
+            Some(headers),
+        );
+        let m = to_message(&record);
+        assert_eq!(m.topic, "orders");
+        assert_eq!(m.key.as_deref(), Some("k\u{fffd}"));
+        assert_eq!(&m.payload[..], b"{\"id\":1}");
+        assert_eq!(m.header("x-event-name"), Some("user.created"));
+        assert_eq!(m.header("binary"), Some("f\u{fffd}o"));
+        assert_eq!(m.header("empty"), Some(""));
+        assert_eq!(m.position.to_string(), "partition 2 offset 1187");
+    }
+
+    #[test]
+    fn every_header_is_sent() {
+        let mut headers = Headers::new();
+        headers.insert("x-event-id".into(), "abc".into());
+        headers.insert("x-trace-id".into(), "t-1".into());
+        let kafka = to_kafka_headers(&headers);
+        let sent: Vec<(&str, Option<&[u8]>)> = kafka.iter().map(|h| (h.key, h.value)).collect();
+        assert_eq!(
+            sent,
+            vec![
+                ("x-event-id", Some(&b"abc"[..])),
+                ("x-trace-id", Some(&b"t-1"[..]))
+            ]
+        );
+    }
+}

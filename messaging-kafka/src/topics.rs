@@ -1,0 +1,122 @@
+//! Creating topics that are missing, through the admin client. Kafka brokers often do not
+//! create topics on first use (Confluent Cloud and the test broker do not), and a consumer
+//! of a missing topic would wait for ever, so topics are created before they are used.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use messaging_core::BrokerError;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::error::{KafkaSetupError, from_kafka, operation};
+use crate::settings::KafkaSettings;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Creates topics on first use and remembers which exist.
+pub(crate) struct Topics {
+    admin: AdminClient<DefaultClientContext>,
+    partitions: i32,
+    replication_factor: i32,
+    /// Topics known to exist, so each is created at most once per client.
+    known: Mutex<HashSet<String>>,
+}
+
+impl Topics {
+    pub(crate) fn new(settings: &KafkaSettings) -> Result<Self, BrokerError> {
+        let admin = settings
+            .client_config(&[], &[])
+            .create()
+            .map_err(|e| operation("create admin client", e))?;
+        Ok(Self {
+            admin,
+            partitions: settings.partitions,
+            replication_factor: settings.replication_factor,
+            known: Mutex::default(),
+        })
+    }
+
+    fn unknown<'a>(&self, topics: &'a [String]) -> Vec<&'a str> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut missing: Vec<&str> = topics
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !known.contains(*t))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        missing
+    }
+
+    /// Makes sure `topics` exist, creating the missing ones with the configured partitions
+    /// and replication. An existing topic is left as it is.
+    pub(crate) async fn ensure(&self, topics: &[String]) -> Result<(), BrokerError> {
+        let missing = self.unknown(topics);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let new: Vec<NewTopic<'_>> = missing
+            .iter()
+            .map(|t| {
+                NewTopic::new(
+                    t,
+                    self.partitions,
+                    TopicReplication::Fixed(self.replication_factor),
+                )
+            })
+            .collect();
+        let options = AdminOptions::new()
+            .request_timeout(Some(TIMEOUT))
+            .operation_timeout(Some(TIMEOUT));
+        let results = self
+            .admin
+            .create_topics(&new, &options)
+            .await
+            .map_err(|e| from_kafka("create topics", e))?;
+        let mut first_error = None;
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        for result in results {
+            match result {
+                Ok(topic) => {
+                    tracing::info!(%topic, partitions = self.partitions, "created Kafka topic");
+                    known.insert(topic);
+                }
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                    known.insert(topic);
+                }
+                Err((topic, code)) => {
+                    first_error.get_or_insert(KafkaSetupError::CreateTopic { topic, code });
+                }
+            }
+        }
+        match first_error {
+            Some(error) => Err(operation("create topic", error)),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`Topics::ensure`] for a topic about to be published to; a refusal is only logged,
+    /// since the topic may exist and this client merely lack the right to create topics.
+    pub(crate) async fn ensure_for_publish(&self, topic: &str) {
+        if self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(topic)
+        {
+            return;
+        }
+        let topics = [topic.to_owned()];
+        if let Err(error) = self.ensure(&topics).await {
+            tracing::warn!(%topic, %error, "could not make sure the topic exists; publishing anyway");
+            // Do not ask again on every publish.
+            self.known
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(topic.to_owned());
+        }
+    }
+}
