@@ -3,7 +3,10 @@
 //! message is handed to one instance at a time until acknowledged, and what a dropped consumer
 //! held is delivered again. Dead-letter topics are ordinary topics.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tokio::sync::Notify;
@@ -30,8 +33,36 @@ impl std::fmt::Debug for MemoryBroker {
 #[derive(Default)]
 struct Shared {
     state: Mutex<State>,
-    /// Woken on every publish and acknowledgement, for [`MemoryBroker::wait_idle`].
+    /// Woken on publishes and acknowledgements while someone is in [`MemoryBroker::wait_idle`].
     changed: Notify,
+    idle_waiters: AtomicUsize,
+}
+
+impl Shared {
+    fn changed(&self) {
+        // Skipped on the hot path unless a test waits for idleness.
+        if self.idle_waiters.load(Ordering::Acquire) > 0 {
+            self.changed.notify_waiters();
+        }
+    }
+}
+
+/// Offsets are small dense integers: hashing them with SipHash is wasted work.
+#[derive(Default, Clone, Copy)]
+struct OffsetHasher(u64);
+
+impl Hasher for OffsetHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = n as u64;
+    }
 }
 
 #[derive(Default)]
@@ -55,7 +86,7 @@ struct Cursor {
     /// Offsets handed back by dropped consumers, delivered first, in order.
     redeliver: BTreeSet<usize>,
     /// Offsets handed out and not acknowledged, with the consumer holding them.
-    in_flight: HashMap<usize, u64>,
+    in_flight: HashMap<usize, u64, BuildHasherDefault<OffsetHasher>>,
 }
 
 impl Cursor {
@@ -101,7 +132,7 @@ impl MemoryBroker {
             None => false,
         });
         drop(state);
-        self.shared.changed.notify_waiters();
+        self.shared.changed();
         offset as u64
     }
 
@@ -136,6 +167,14 @@ impl MemoryBroker {
     /// Waits until [`MemoryBroker::is_idle`]. Under paused Tokio time, retry back-offs elapse
     /// by themselves while this waits.
     pub async fn wait_idle(&self) {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.shared.idle_waiters.fetch_add(1, Ordering::AcqRel);
+        let _waiting = Waiting(&self.shared.idle_waiters);
         loop {
             let changed = self.shared.changed.notified();
             tokio::pin!(changed);
@@ -182,12 +221,14 @@ impl MemoryBroker {
             .topics
             .get_mut(&message.topic)
             .and_then(|t| t.groups.get_mut(group))
-            && cursor.in_flight.get(&(offset as usize)) == Some(&consumer)
+            && let Entry::Occupied(held) = cursor.in_flight.entry(offset as usize)
+            // A message handed back by a dropped consumer belongs to someone else now.
+            && *held.get() == consumer
         {
-            cursor.in_flight.remove(&(offset as usize));
+            held.remove();
         }
         drop(state);
-        self.shared.changed.notify_waiters();
+        self.shared.changed();
     }
 
     fn leave(&self, consumer: u64, group: &str, topics: &[String]) {
@@ -218,7 +259,7 @@ impl MemoryBroker {
             }
         }
         drop(state);
-        self.shared.changed.notify_waiters();
+        self.shared.changed();
     }
 }
 
