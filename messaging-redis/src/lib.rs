@@ -1,1 +1,101 @@
-//! The redis backend of `messaging` (in progress).
+//! The Redis Streams backend of `messaging`, on the `redis` crate (async, Tokio).
+//!
+//! Linking this crate registers the broker under the name `redis`: with
+//! `MESSAGING_BACKEND=redis REDIS_URL=redis://…` every handler runs unchanged. In code, use
+//! [`RedisBroker::connect_url`] (or [`RedisBroker::connect`] with [`RedisOptions`]) and hand it
+//! to `Runtime::builder().broker(…)`.
+//!
+//! # Streams and entries
+//!
+//! One stream per topic, named as the topic; a dead-letter topic (`<topic>.dlq`) is a stream
+//! like any other. Each message is one entry with these fields, in this order:
+//!
+//! | field | content |
+//! |---|---|
+//! | `payload` | the body, bytes exactly as published |
+//! | `x-message-key` | the message key, when there is one |
+//! | every header | one field per header under its own name: `x-event-name`, `x-event-id`, `x-trace-id`, `x-messaging-attempt`, `x-messaging-dlq`, `x-messaging-replayed`, and the publisher's own |
+//!
+//! A header named `payload` is refused at publish. An entry with no `payload` field (written
+//! by another program) is delivered with its fields as a JSON object for body and no headers.
+//! A delivered message's position is its entry id (`stream id 1718000000000-0`), which is
+//! also what dead-letter records show.
+//!
+//! # Groups and consumers
+//!
+//! Each handler group is a Redis consumer group, created with `XGROUP CREATE … MKSTREAM` at `$`
+//! (only what is published from then on) or at `0` with `--from-beginning`. Every consumer
+//! is a member with a unique name (`<prefix>-<pid>-<random>`) reading with
+//! `XREADGROUP … COUNT n BLOCK ms` over all its streams on a connection of its own, since a
+//! blocking read would stall a shared one; publishing, acknowledging and reclaiming share one
+//! multiplexed connection. Acknowledgements are `XACK`s, batched while one is in flight.
+//!
+//! # Reclaiming
+//!
+//! An entry delivered to a consumer stays in the group's pending list until acknowledged.
+//! Every consumer runs an `XAUTOCLAIM` round over its streams about every second, taking over
+//! entries idle for `reclaim_idle` (default 30 s): those of consumers that died. A live
+//! consumer refreshes the idle time of the entries it still holds (`XCLAIM … JUSTID`), so a
+//! handler in a long retry back-off is not taken over. A consumer dropped without `close`
+//! hands its entries back at once (they are marked idle), so the next round anywhere takes
+//! them; a process that crashes leaves them for `reclaim_idle`. The attempt count of a
+//! reclaimed entry continues from the `x-messaging-attempt` header, never from Redis's
+//! delivery counter. Entries deleted or trimmed while pending are acknowledged and skipped.
+//! A consumer also re-reads its own pending list on start and after a read whose reply it did
+//! not see (connection lost, future dropped), so `next_batch` loses nothing when cancelled.
+//!
+//! # Connection loss
+//!
+//! The shared connection reconnects by itself; the reading connection is opened again on the
+//! next fetch. When the server comes back without the groups (restarted without
+//! persistence), they are created again, from `0`, as the first `NOGROUP` error is seen.
+//!
+//! # URL
+//!
+//! `redis://[user[:password]@]host[:port][/db]`, `rediss://…` for TLS (the default `tls`
+//! feature: rustls on ring, the system's root certificates; `rediss://…/#insecure` skips
+//! verification only with the `redis` crate's own insecure features), `redis+unix:///path`
+//! for a socket; `?protocol=resp3` is passed on. The query parameters of [`RedisOptions`]
+//! tune this crate: `maxlen=100000` (approximate `MAXLEN ~` on publish; dead-letter records
+//! are never trimmed), `reclaim_idle=30s`, `block=2s`, `release_on_drop=false`,
+//! `consumer_prefix=orders`. A password never reaches a log.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), messaging_core::BrokerError> {
+//! use messaging_redis::RedisBroker;
+//! let broker = RedisBroker::connect_url("redis://127.0.0.1:6379/0?reclaim_idle=10s").await?;
+//! let runtime = messaging_core::Runtime::builder().broker(broker.into_dyn());
+//! # let _ = runtime; Ok(()) }
+//! ```
+
+mod acker;
+mod broker;
+mod consumer;
+mod entry;
+mod error;
+mod options;
+
+use std::sync::Arc;
+
+use messaging_core::{Broker, BrokerFactory};
+
+pub use broker::{KEEP_GROUP, RedisBroker};
+pub use entry::PAYLOAD_FIELD;
+pub use error::RedisBrokerError;
+pub use options::RedisOptions;
+
+inventory::submit! {
+    BrokerFactory {
+        name: "redis",
+        connect: |config| {
+            let options = RedisOptions {
+                consumer_prefix: config.source.clone(),
+                ..RedisOptions::default()
+            };
+            Box::pin(async move {
+                let broker = RedisBroker::connect(&config.redis_url, options).await?;
+                Ok(Arc::new(broker) as Arc<dyn Broker>)
+            })
+        },
+    }
+}

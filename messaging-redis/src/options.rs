@@ -1,0 +1,164 @@
+//! Tuning of the Redis backend: set in code with [`RedisOptions`], or as query parameters of
+//! `REDIS_URL` (`?maxlen=100000&reclaim_idle=30s`), which are taken off before the URL reaches
+//! the `redis` client.
+
+use std::time::Duration;
+
+use url::Url;
+
+use crate::error::RedisBrokerError;
+
+/// Options of a [`RedisBroker`](crate::RedisBroker).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// Approximate `MAXLEN ~ n` trimming on every `XADD`, except dead-letter records, which
+    /// are never trimmed. `None` (the default) keeps everything. URL: `maxlen=n`.
+    pub maxlen: Option<usize>,
+    /// How long an entry must stay unacknowledged by its consumer before another consumer of
+    /// the group takes it over with `XAUTOCLAIM`. Live consumers refresh the entries they
+    /// still work on, so only dead consumers lose theirs. URL: `reclaim_idle=30s`.
+    pub reclaim_idle: Duration,
+    /// How long one `XREADGROUP … BLOCK` waits before the loop looks for entries to reclaim
+    /// again. URL: `block=2s`.
+    pub block: Duration,
+    /// Whether a consumer dropped without closing hands its unacknowledged entries back at
+    /// once (they are marked idle so the next reclaim takes them) instead of waiting for
+    /// `reclaim_idle`. URL: `release_on_drop=false`.
+    pub release_on_drop: bool,
+    /// The start of each consumer's name; a process id and a random suffix follow, so every
+    /// consumer is unique. URL: `consumer_prefix=orders`.
+    pub consumer_prefix: String,
+    /// Limit of one request on the shared connection (publish, acknowledge, reclaim).
+    pub response_timeout: Duration,
+    /// Limit of one connection attempt.
+    pub connection_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            maxlen: None,
+            reclaim_idle: Duration::from_secs(30),
+            block: Duration::from_secs(2),
+            release_on_drop: true,
+            consumer_prefix: "messaging".to_owned(),
+            response_timeout: Duration::from_secs(5),
+            connection_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The query parameters this crate reads from the URL.
+const KEYS: [&str; 5] = [
+    "maxlen",
+    "reclaim_idle",
+    "block",
+    "release_on_drop",
+    "consumer_prefix",
+];
+
+impl RedisOptions {
+    /// How often a consumer looks for entries to reclaim, and refreshes the idle time of the
+    /// entries it holds: well inside `reclaim_idle`, so a live consumer never looks dead.
+    pub(crate) fn keeper_period(&self) -> Duration {
+        (self.reclaim_idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(10))
+    }
+
+    /// How often a consumer runs an `XAUTOCLAIM` round over its streams. Frequent, so the
+    /// entries a dropped consumer handed back move on quickly; a round is cheap.
+    pub(crate) fn reclaim_interval(&self) -> Duration {
+        (self.reclaim_idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// Takes this crate's parameters off `url`, applying them over `self`; returns the URL
+    /// the `redis` client gets.
+    pub fn apply_url(&mut self, url: &str) -> Result<String, RedisBrokerError> {
+        let mut parsed = Url::parse(url).map_err(|e| RedisBrokerError::Url(e.to_string()))?;
+        let mut kept = Vec::new();
+        for (key, value) in parsed.query_pairs() {
+            let value = value.trim();
+            match key.as_ref() {
+                "maxlen" => {
+                    let n: usize = value.parse().map_err(|_| invalid("maxlen", value, "a whole number"))?;
+                    self.maxlen = (n > 0).then_some(n);
+                }
+                "reclaim_idle" => self.reclaim_idle = duration("reclaim_idle", value)?,
+                "block" => self.block = duration("block", value)?,
+                "release_on_drop" => {
+                    self.release_on_drop = value
+                        .parse()
+                        .map_err(|_| invalid("release_on_drop", value, "`true` or `false`"))?;
+                }
+                "consumer_prefix" => self.consumer_prefix = value.to_owned(),
+                _ => kept.push((key.into_owned(), value.to_owned())),
+            }
+        }
+        if self.reclaim_idle.is_zero() {
+            return Err(invalid("reclaim_idle", "0", "a duration above zero"));
+        }
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        Ok(parsed.into())
+    }
+}
+
+fn duration(key: &'static str, value: &str) -> Result<Duration, RedisBrokerError> {
+    messaging_core::config::parse_duration(key, value)
+        .map_err(|_| invalid(key, value, "a duration such as `30s` or `500ms`"))
+}
+
+fn invalid(key: &'static str, value: &str, expected: &'static str) -> RedisBrokerError {
+    RedisBrokerError::UrlOption {
+        key,
+        value: value.to_owned(),
+        expected,
+        known: KEYS.join(", "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_parameters_are_read_and_removed() {
+        let mut options = RedisOptions::default();
+        let url = options
+            .apply_url("redis://u:p@h:6379/2?maxlen=1000&reclaim_idle=1500ms&protocol=resp3&block=1s")
+            .unwrap();
+        assert_eq!(url, "redis://u:p@h:6379/2?protocol=resp3");
+        assert_eq!(options.maxlen, Some(1000));
+        assert_eq!(options.reclaim_idle, Duration::from_millis(1500));
+        assert_eq!(options.block, Duration::from_secs(1));
+        assert!(options.release_on_drop);
+    }
+
+    #[test]
+    fn plain_urls_pass_unchanged() {
+        let mut options = RedisOptions::default();
+        assert_eq!(options.apply_url("rediss://h:6380/0").unwrap(), "rediss://h:6380/0");
+        assert_eq!(options, RedisOptions::default());
+    }
+
+    #[test]
+    fn bad_values_name_the_parameter() {
+        let e = RedisOptions::default()
+            .apply_url("redis://h/0?reclaim_idle=soon")
+            .unwrap_err();
+        assert!(e.to_string().contains("reclaim_idle"), "{e}");
+        let e = RedisOptions::default().apply_url("redis://h/0?maxlen=-3").unwrap_err();
+        assert!(e.to_string().contains("maxlen"), "{e}");
+    }
+
+    #[test]
+    fn keeper_runs_well_inside_the_idle_time() {
+        let options = RedisOptions {
+            reclaim_idle: Duration::from_secs(1),
+            ..RedisOptions::default()
+        };
+        assert_eq!(options.keeper_period(), Duration::from_millis(250));
+    }
+}
