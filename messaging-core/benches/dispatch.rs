@@ -66,7 +66,8 @@ async fn framework(bodies: &[Vec<u8>], concurrency: usize) -> Duration {
         move |inv| {
             let (handled, done) = (Arc::clone(&handled), Arc::clone(&done));
             async move {
-                let event: Event<OrderCreated> = decode_event(&inv.message, &EnvelopeFields::STANDARD)?;
+                let event: Event<OrderCreated> =
+                    decode_event(&inv.message, &EnvelopeFields::STANDARD)?;
                 std::hint::black_box(event.data.order_id);
                 if handled.fetch_add(1, Ordering::Relaxed) + 1 == total {
                     done.notify_one();
@@ -95,8 +96,14 @@ async fn framework(bodies: &[Vec<u8>], concurrency: usize) -> Duration {
 }
 
 fn main() {
-    let n: usize = std::env::var("MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let concurrency: usize = std::env::var("CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let n: usize = std::env::var("MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let concurrency: usize = std::env::var("CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let bodies = envelopes(n);
     let mean_len = bodies.iter().map(Vec::len).sum::<usize>() / n;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -114,7 +121,18 @@ fn main() {
     }
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!("messages: {n}, mean envelope: {mean_len} bytes, concurrency: {concurrency}");
-    println!("bare serde_json::from_slice::<Event<OrderCreated>>: {:>8.1} ms  {:>10.0} msg/s", best_bare.as_secs_f64() * 1e3, rate(best_bare));
-    println!("messaging memory dispatch:                         {:>8.1} ms  {:>10.0} msg/s", best_framework.as_secs_f64() * 1e3, rate(best_framework));
-    println!("ratio (framework time / bare decode time): {:.2}", best_framework.as_secs_f64() / best_bare.as_secs_f64());
+    println!(
+        "bare serde_json::from_slice::<Event<OrderCreated>>: {:>8.1} ms  {:>10.0} msg/s",
+        best_bare.as_secs_f64() * 1e3,
+        rate(best_bare)
+    );
+    println!(
+        "messaging memory dispatch:                         {:>8.1} ms  {:>10.0} msg/s",
+        best_framework.as_secs_f64() * 1e3,
+        rate(best_framework)
+    );
+    println!(
+        "ratio (framework time / bare decode time): {:.2}",
+        best_framework.as_secs_f64() / best_bare.as_secs_f64()
+    );
 }

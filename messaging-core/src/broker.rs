@@ -32,7 +32,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Makes sure these topics exist and keep what is published to them even with no consumer
     /// yet (dead-letter topics are declared this way at start-up). Default: nothing to do.
-    fn declare_topics<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn declare_topics<'a>(
+        &'a self,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
         let _ = topics;
         Box::pin(async { Ok(()) })
     }

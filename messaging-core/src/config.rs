@@ -142,7 +142,10 @@ impl fmt::Debug for Config {
             .field("source", &self.source)
             .field("kafka_bootstrap_servers", &self.kafka_bootstrap_servers)
             .field("kafka_api_key", &self.kafka_api_key.as_ref().map(|_| "***"))
-            .field("kafka_api_secret", &self.kafka_api_secret.as_ref().map(|_| "***"))
+            .field(
+                "kafka_api_secret",
+                &self.kafka_api_secret.as_ref().map(|_| "***"),
+            )
             .field("kafka_properties", &masked_properties)
             .field("rabbitmq_url", &mask_url(&self.rabbitmq_url))
             .field("redis_url", &mask_url(&self.redis_url))
@@ -175,8 +178,12 @@ pub fn parse_duration(key: &str, value: &str) -> Result<Duration, Error> {
     if let Ok(seconds) = value.parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }
-    humantime::parse_duration(value)
-        .map_err(|e| invalid(key, format!("`{value}` is not a duration ({e}); write e.g. `5s` or `250ms`")))
+    humantime::parse_duration(value).map_err(|e| {
+        invalid(
+            key,
+            format!("`{value}` is not a duration ({e}); write e.g. `5s` or `250ms`"),
+        )
+    })
 }
 
 /// The URL with its password replaced by `***`, for logs.
@@ -197,12 +204,7 @@ pub fn mask_url(url: &str) -> String {
         // `redis://password@host` carries a bare password.
         None => "***".to_owned(),
     };
-    format!(
-        "{}{}@{}",
-        &url[..scheme_end + 3],
-        masked,
-        &rest[at + 1..]
-    )
+    format!("{}{}@{}", &url[..scheme_end + 3], masked, &rest[at + 1..])
 }
 
 static CONFIGURED: RwLock<Option<Config>> = RwLock::new(None);
@@ -217,7 +219,11 @@ pub fn configure_messaging(config: Config) {
 /// The configuration in force: the one set in code, else the environment's. An environment
 /// that does not parse is reported once and replaced by the defaults where it failed.
 pub fn current_config() -> Config {
-    if let Some(c) = CONFIGURED.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+    if let Some(c) = CONFIGURED
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
         return c.clone();
     }
     Config::from_env().unwrap_or_else(|error| {
@@ -228,7 +234,11 @@ pub fn current_config() -> Config {
 
 /// The configuration in force, failing on an environment that does not parse.
 pub fn try_current_config() -> Result<Config, Error> {
-    if let Some(c) = CONFIGURED.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+    if let Some(c) = CONFIGURED
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+    {
         return Ok(c.clone());
     }
     Config::from_env()
@@ -240,8 +250,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn from(vars: &[(&str, &str)]) -> Result<Config, Error> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned(), map.clone())
     }
 
@@ -273,15 +285,24 @@ mod tests {
     #[test]
     fn bad_values_name_the_variable() {
         let e = from(&[("MESSAGING_CONNECT_MAX_RETRIES", "-1")]).unwrap_err();
-        assert!(e.to_string().contains("MESSAGING_CONNECT_MAX_RETRIES"), "{e}");
+        assert!(
+            e.to_string().contains("MESSAGING_CONNECT_MAX_RETRIES"),
+            "{e}"
+        );
         let e = from(&[("MESSAGING_CONNECT_COOLDOWN", "soon")]).unwrap_err();
         assert!(e.to_string().contains("not a duration"), "{e}");
     }
 
     #[test]
     fn secrets_are_masked() {
-        assert_eq!(mask_url("amqp://guest:hunter2@host:5672/%2f"), "amqp://guest:***@host:5672/%2f");
-        assert_eq!(mask_url("redis://:pw@localhost:6379/0"), "redis://:***@localhost:6379/0");
+        assert_eq!(
+            mask_url("amqp://guest:hunter2@host:5672/%2f"),
+            "amqp://guest:***@host:5672/%2f"
+        );
+        assert_eq!(
+            mask_url("redis://:pw@localhost:6379/0"),
+            "redis://:***@localhost:6379/0"
+        );
         assert_eq!(mask_url("rediss://pw@h/0"), "rediss://***@h/0");
         assert_eq!(mask_url("redis://localhost:6379"), "redis://localhost:6379");
         let c = from(&[

@@ -84,7 +84,11 @@ impl Dispatcher {
         }
     }
 
-    async fn next_batch(&self, consumer: &mut dyn Consumer, failures: &mut u32) -> Option<Vec<Arc<Message>>> {
+    async fn next_batch(
+        &self,
+        consumer: &mut dyn Consumer,
+        failures: &mut u32,
+    ) -> Option<Vec<Arc<Message>>> {
         loop {
             let batch = tokio::select! {
                 biased;
@@ -98,7 +102,8 @@ impl Dispatcher {
                 }
                 Err(error) => {
                     *failures += 1;
-                    let wait = Duration::from_millis(100 * 2u64.pow((*failures).min(8))).min(Duration::from_secs(30));
+                    let wait = Duration::from_millis(100 * 2u64.pow((*failures).min(8)))
+                        .min(Duration::from_secs(30));
                     tracing::warn!(group = %self.group, %error, ?wait, "fetching failed; retrying");
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return None,
@@ -188,9 +193,21 @@ impl Dispatcher {
             let now = Utc::now();
             let error = HandlerError::new(
                 FailureKind::TooLarge,
-                format!("{} bytes exceed the maximum of {}", message.payload.len(), self.max_message_size),
+                format!(
+                    "{} bytes exceed the maximum of {}",
+                    message.payload.len(),
+                    self.max_message_size
+                ),
             );
-            self.dead_letter(&target, &message, &error, message.previous_attempts() + 1, now, now).await;
+            self.dead_letter(
+                &target,
+                &message,
+                &error,
+                message.previous_attempts() + 1,
+                now,
+                now,
+            )
+            .await;
             return;
         }
         let policy = target.spec.retry;
@@ -198,10 +215,15 @@ impl Dispatcher {
         let mut attempt = message.previous_attempts() + 1;
         let mut first_failure: Option<DateTime<Utc>> = None;
         loop {
-            let result = self.attempt(&target, &message, attempt, trace_id.clone()).await;
+            let result = self
+                .attempt(&target, &message, attempt, trace_id.clone())
+                .await;
             let error = match result {
                 Ok(()) => {
-                    target.metrics.succeeded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    target
+                        .metrics
+                        .succeeded
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(topic = %message.topic, handler = target.spec.name, attempt, "handled");
                     self.ack(&message).await;
                     return;
@@ -212,7 +234,10 @@ impl Dispatcher {
             let first = *first_failure.get_or_insert(now);
             if error.is_retryable() && attempt < policy.max_attempts() {
                 let delay = policy.delay_before_retry(attempt);
-                target.metrics.retried.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                target
+                    .metrics
+                    .retried
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(topic = %message.topic, handler = target.spec.name, attempt, ?delay, %error, "attempt failed; retrying");
                 tokio::select! {
                     biased;
@@ -223,7 +248,8 @@ impl Dispatcher {
                 attempt += 1;
                 continue;
             }
-            self.dead_letter(&target, &message, &error, attempt, first, now).await;
+            self.dead_letter(&target, &message, &error, attempt, first, now)
+                .await;
             return;
         }
     }
@@ -235,7 +261,10 @@ impl Dispatcher {
         attempt: u32,
         trace_id: Option<String>,
     ) -> Result<(), HandlerError> {
-        target.metrics.attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        target
+            .metrics
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let invocation = Invocation {
             message: Arc::clone(message),
             context: Arc::clone(&self.context),
@@ -290,7 +319,10 @@ impl Dispatcher {
             last_failure_at,
             handler: target.spec.name.to_owned(),
             group: self.group.clone(),
-            event_name: message.header(header::EVENT_NAME).map(str::to_owned).or_else(|| target.spec.event_name.clone()),
+            event_name: message
+                .header(header::EVENT_NAME)
+                .map(str::to_owned)
+                .or_else(|| target.spec.event_name.clone()),
             source: self.source.clone(),
             trace_id: message.header(header::TRACE_ID).map(str::to_owned),
             dead_lettered_at: Utc::now(),
@@ -311,7 +343,10 @@ impl Dispatcher {
                 }
             }
         }
-        target.metrics.dead_lettered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        target
+            .metrics
+            .dead_lettered
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(topic = %message.topic, handler = target.spec.name, attempts, kind = %error.kind(), %error, dlq = %target.dlq_topic, "message dead-lettered");
         self.ack(message).await;
     }

@@ -132,10 +132,14 @@ impl DeadLetterRecord {
         let mut message = OutgoingMessage::new(dlq_topic, payload).with_header(DLQ_HEADER, "1");
         message.key = self.original.key.clone();
         if let Some(name) = &self.event_name {
-            message.headers.insert(header::EVENT_NAME.into(), name.clone());
+            message
+                .headers
+                .insert(header::EVENT_NAME.into(), name.clone());
         }
         if let Some(trace) = &self.trace_id {
-            message.headers.insert(header::TRACE_ID.into(), trace.clone());
+            message
+                .headers
+                .insert(header::TRACE_ID.into(), trace.clone());
         }
         message
     }
@@ -152,7 +156,9 @@ mod tests {
 
     fn record(payload: &[u8]) -> DeadLetterRecord {
         let mut message = Message::new("orders.created", payload.to_vec());
-        message.headers.insert("x-event-name".into(), "order.created".into());
+        message
+            .headers
+            .insert("x-event-name".into(), "order.created".into());
         let now = Utc::now();
         DeadLetterRecord {
             version: RECORD_VERSION,
@@ -193,6 +199,9 @@ mod tests {
         let replay = back.original.to_replay().unwrap();
         assert_eq!(&replay.payload[..], &bytes);
         assert_eq!(replay.topic, "orders.created");
-        assert_eq!(replay.headers.get(header::REPLAYED).map(String::as_str), Some("1"));
+        assert_eq!(
+            replay.headers.get(header::REPLAYED).map(String::as_str),
+            Some("1")
+        );
     }
 }

@@ -224,7 +224,8 @@ mod tests {
 
     #[test]
     fn envelope_round_trips_with_design_field_names() {
-        let event = Event::new("user.created", User { id: 1 }, "svc").with_trace_id(Some("t".into()));
+        let event =
+            Event::new("user.created", User { id: 1 }, "svc").with_trace_id(Some("t".into()));
         let json = serde_json::to_value(&event).unwrap();
         for field in ["id", "name", "data", "timestamp", "source", "trace_id"] {
             assert!(json.get(field).is_some(), "missing {field}");
@@ -237,7 +238,9 @@ mod tests {
     #[test]
     fn bad_data_is_schema_and_bad_envelope_is_decode() {
         let good = serde_json::to_vec(&Event::new("e", User { id: 1 }, "s")).unwrap();
-        let wrong_shape = String::from_utf8(good.clone()).unwrap().replace("\"id\":1", "\"id\":\"x\"");
+        let wrong_shape = String::from_utf8(good.clone())
+            .unwrap()
+            .replace("\"id\":1", "\"id\":\"x\"");
         let m = |p: Vec<u8>| Message::new("t", p);
         let std = EnvelopeFields::STANDARD;
         assert!(decode_event::<User>(&m(good), &std).is_ok());
@@ -255,7 +258,10 @@ mod tests {
             name: "type",
             data: "payload",
         };
-        let msg = Message::new("t", br#"{"type":"BEAT_CREATED","payload":{"id":7}}"#.to_vec());
+        let msg = Message::new(
+            "t",
+            br#"{"type":"BEAT_CREATED","payload":{"id":7}}"#.to_vec(),
+        );
         assert_eq!(event_name(&msg, &fields).as_deref(), Some("BEAT_CREATED"));
         let event: Event<User> = decode_event(&msg, &fields).unwrap();
         assert_eq!(event.name, "BEAT_CREATED");

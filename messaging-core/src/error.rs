@@ -13,7 +13,10 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 pub enum Error {
     /// `MESSAGING_BACKEND` (or `Config::backend`) names a broker that is not linked in.
     #[error("unknown messaging backend `{name}`; linked backends: {}", linked.join(", "))]
-    UnknownBackend { name: String, linked: Vec<&'static str> },
+    UnknownBackend {
+        name: String,
+        linked: Vec<&'static str>,
+    },
     /// A configuration value that does not parse.
     #[error("invalid configuration `{key}`: {message}")]
     Config { key: String, message: String },

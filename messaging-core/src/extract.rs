@@ -82,7 +82,10 @@ impl<T> Clone for State<T> {
 impl<T: Send + Sync + 'static> FromContext for State<T> {
     fn from_context(invocation: &Invocation) -> Result<Self, HandlerError> {
         invocation.context.state::<T>().map(State).ok_or_else(|| {
-            HandlerError::permanent(format!("no state of type `{}` registered", type_name::<T>()))
+            HandlerError::permanent(format!(
+                "no state of type `{}` registered",
+                type_name::<T>()
+            ))
         })
     }
 

@@ -4,6 +4,7 @@
 pub mod broker;
 pub mod config;
 mod disabled;
+mod dispatch;
 pub mod dlq;
 pub mod envelope;
 pub mod error;
@@ -16,12 +17,13 @@ pub mod metrics;
 pub mod producer;
 pub mod registry;
 pub mod retry;
-mod dispatch;
 pub mod runtime;
 pub mod testing;
 pub mod trace;
 
-pub use broker::{Acker, Broker, BrokerFactory, Consumer, StartFrom, Subscription, linked_backends};
+pub use broker::{
+    Acker, Broker, BrokerFactory, Consumer, StartFrom, Subscription, linked_backends,
+};
 pub use config::{Config, configure_messaging, current_config};
 pub use disabled::DisabledBroker;
 pub use dlq::DeadLetterRecord;
@@ -54,9 +56,9 @@ pub mod __private {
     use std::sync::Arc;
 
     pub use crate::envelope::{EnvelopeFields, decode_event, decode_json};
-    pub use crate::event::{EventData, EventSpec, ViaSerialize, emit_event};
     #[cfg(feature = "axum")]
     pub use crate::event::ViaJson;
+    pub use crate::event::{EventData, EventSpec, ViaSerialize, emit_event};
 
     /// The traits `#[event]` resolves its data with, whichever exist with the enabled
     /// features; the generated code glob-imports this module.
@@ -66,7 +68,7 @@ pub mod __private {
         pub use crate::event::ViaSerialize;
     }
     pub use crate::extract::{FromContext, Requirement};
-    pub use crate::handler::{HandlerFuture, Invocation, IntoHandlerResult};
+    pub use crate::handler::{HandlerFuture, IntoHandlerResult, Invocation};
     pub use crate::registry::{HandlerKind, HandlerRegistration};
     pub use crate::retry::{Backoff, RetryPolicy};
     pub use bytes::Bytes;
@@ -91,20 +93,24 @@ pub mod __private {
     }
 
     /// Decodes the body as the schema type and then as the argument type (when they differ).
-    pub fn validate_schema<S: serde::de::DeserializeOwned>(invocation: &Invocation) -> Result<(), HandlerError> {
+    pub fn validate_schema<S: serde::de::DeserializeOwned>(
+        invocation: &Invocation,
+    ) -> Result<(), HandlerError> {
         decode_json::<S>(&invocation.message).map(drop)
     }
 
     /// The `#[consumer]` instance of type `T` (made at start-up).
-    pub fn instance<T: Send + Sync + 'static>(invocation: &Invocation) -> Result<Arc<T>, HandlerError> {
-        invocation
-            .context
-            .state::<T>()
-            .ok_or_else(|| HandlerError::permanent(format!("no instance of `{}`", std::any::type_name::<T>())))
+    pub fn instance<T: Send + Sync + 'static>(
+        invocation: &Invocation,
+    ) -> Result<Arc<T>, HandlerError> {
+        invocation.context.state::<T>().ok_or_else(|| {
+            HandlerError::permanent(format!("no instance of `{}`", std::any::type_name::<T>()))
+        })
     }
 
     /// Makes the default instance of a `#[consumer]` type.
-    pub fn default_instance<T: Default + Send + Sync + 'static>() -> (TypeId, Arc<dyn Any + Send + Sync>) {
+    pub fn default_instance<T: Default + Send + Sync + 'static>()
+    -> (TypeId, Arc<dyn Any + Send + Sync>) {
         (TypeId::of::<T>(), Arc::new(T::default()))
     }
 

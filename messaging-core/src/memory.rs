@@ -309,7 +309,10 @@ impl Broker for MemoryBroker {
         Box::pin(async move { Ok(Box::new(consumer) as Box<dyn Consumer>) })
     }
 
-    fn declare_topics<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn declare_topics<'a>(
+        &'a self,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
         let mut state = self.state();
         for topic in topics {
             state.topics.entry(topic.clone()).or_default();
@@ -344,7 +347,9 @@ impl Consumer for MemoryConsumer {
             loop {
                 // Taking happens under the lock with no await in between: cancel-safe.
                 let a = &self.acker;
-                let batch = a.broker.take(a.consumer, &a.group, &self.topics, max.max(1));
+                let batch = a
+                    .broker
+                    .take(a.consumer, &a.group, &self.topics, max.max(1));
                 if !batch.is_empty() {
                     return Ok(batch);
                 }
@@ -406,7 +411,10 @@ mod tests {
         let mut a2 = broker.subscribe(sub("a")).await.unwrap();
         let mut b = broker.subscribe(sub("b")).await.unwrap();
         for i in 0..4 {
-            broker.publish(OutgoingMessage::new("t", vec![i])).await.unwrap();
+            broker
+                .publish(OutgoingMessage::new("t", vec![i]))
+                .await
+                .unwrap();
         }
         let first = a1.next_batch(2).await.unwrap();
         let second = a2.next_batch(10).await.unwrap();
@@ -420,7 +428,10 @@ mod tests {
         let mut c1 = broker.subscribe(sub("g")).await.unwrap();
         let mut c2 = broker.subscribe(sub("g")).await.unwrap();
         for i in 0..3 {
-            broker.publish(OutgoingMessage::new("t", vec![i])).await.unwrap();
+            broker
+                .publish(OutgoingMessage::new("t", vec![i]))
+                .await
+                .unwrap();
         }
         let got = c1.next_batch(3).await.unwrap();
         c1.acker().ack(&got[0]).await.unwrap();

@@ -112,13 +112,23 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(out, "# TYPE messaging_published_total counter");
         for ((backend, event), n) in lock(&self.published).iter() {
-            let _ = writeln!(out, "messaging_published_total{{backend=\"{}\",event=\"{}\"}} {n}", esc(backend), esc(event));
+            let _ = writeln!(
+                out,
+                "messaging_published_total{{backend=\"{}\",event=\"{}\"}} {n}",
+                esc(backend),
+                esc(event)
+            );
         }
         let _ = writeln!(out, "# TYPE messaging_events_dropped_total counter");
         let _ = writeln!(out, "messaging_events_dropped_total {}", self.dropped());
         let _ = writeln!(out, "# TYPE messaging_skipped_total counter");
         for ((topic, reason), n) in lock(&self.skipped).iter() {
-            let _ = writeln!(out, "messaging_skipped_total{{topic=\"{}\",reason=\"{}\"}} {n}", esc(topic), esc(reason));
+            let _ = writeln!(
+                out,
+                "messaging_skipped_total{{topic=\"{}\",reason=\"{}\"}} {n}",
+                esc(topic),
+                esc(reason)
+            );
         }
         let handlers = lock(&self.handlers);
         let _ = writeln!(out, "# TYPE messaging_handled_total counter");
@@ -126,17 +136,36 @@ impl Metrics {
             let labels = format!("topic=\"{}\",handler=\"{}\"", esc(topic), esc(handler));
             let ok = m.succeeded.load(Relaxed);
             let dead = m.dead_lettered.load(Relaxed);
-            let _ = writeln!(out, "messaging_handled_total{{{labels},outcome=\"ok\"}} {ok}");
-            let _ = writeln!(out, "messaging_handled_total{{{labels},outcome=\"dead_lettered\"}} {dead}");
+            let _ = writeln!(
+                out,
+                "messaging_handled_total{{{labels},outcome=\"ok\"}} {ok}"
+            );
+            let _ = writeln!(
+                out,
+                "messaging_handled_total{{{labels},outcome=\"dead_lettered\"}} {dead}"
+            );
         }
         for (name, pick) in [
-            ("messaging_retried_total", (|m: &HandlerMetrics| m.retried.load(Relaxed)) as fn(&HandlerMetrics) -> u64),
-            ("messaging_dead_lettered_total", |m| m.dead_lettered.load(Relaxed)),
-            ("messaging_handler_attempts_total", |m| m.attempts.load(Relaxed)),
+            (
+                "messaging_retried_total",
+                (|m: &HandlerMetrics| m.retried.load(Relaxed)) as fn(&HandlerMetrics) -> u64,
+            ),
+            ("messaging_dead_lettered_total", |m| {
+                m.dead_lettered.load(Relaxed)
+            }),
+            ("messaging_handler_attempts_total", |m| {
+                m.attempts.load(Relaxed)
+            }),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter");
             for (topic, handler, m) in handlers.iter() {
-                let _ = writeln!(out, "{name}{{topic=\"{}\",handler=\"{}\"}} {}", esc(topic), esc(handler), pick(m));
+                let _ = writeln!(
+                    out,
+                    "{name}{{topic=\"{}\",handler=\"{}\"}} {}",
+                    esc(topic),
+                    esc(handler),
+                    pick(m)
+                );
             }
         }
         let _ = writeln!(out, "# TYPE messaging_handler_duration_seconds histogram");
@@ -145,13 +174,25 @@ impl Metrics {
             let mut cumulative = 0;
             for (bound, count) in LATENCY_BUCKETS.iter().zip(&m.latency_buckets) {
                 cumulative += count.load(Relaxed);
-                let _ = writeln!(out, "messaging_handler_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+                let _ = writeln!(
+                    out,
+                    "messaging_handler_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                );
             }
             let total = m.latency_count.load(Relaxed);
-            let _ = writeln!(out, "messaging_handler_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}");
+            let _ = writeln!(
+                out,
+                "messaging_handler_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
+            );
             let sum = m.latency_sum_micros.load(Relaxed) as f64 / 1e6;
-            let _ = writeln!(out, "messaging_handler_duration_seconds_sum{{{labels}}} {sum}");
-            let _ = writeln!(out, "messaging_handler_duration_seconds_count{{{labels}}} {total}");
+            let _ = writeln!(
+                out,
+                "messaging_handler_duration_seconds_sum{{{labels}}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "messaging_handler_duration_seconds_count{{{labels}}} {total}"
+            );
         }
         if let Some(backend) = lock(&self.backend).as_ref() {
             let _ = writeln!(out, "# TYPE messaging_backend gauge");
@@ -162,5 +203,7 @@ impl Metrics {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -166,7 +166,9 @@ impl Producer {
             .with_header(header::EVENT_NAME, name)
             .with_header(header::EVENT_ID, event.id.to_string());
         if let Some(trace) = &event.trace_id {
-            message.headers.insert(header::TRACE_ID.to_owned(), trace.clone());
+            message
+                .headers
+                .insert(header::TRACE_ID.to_owned(), trace.clone());
         }
         message.key = key;
         Ok((event.id, message))

@@ -232,7 +232,9 @@ impl HandlerSpec {
 
 /// The registered handlers, from the macros.
 pub fn registered_handlers() -> Vec<HandlerSpec> {
-    let mut specs: Vec<_> = registrations().map(HandlerSpec::from_registration).collect();
+    let mut specs: Vec<_> = registrations()
+        .map(HandlerSpec::from_registration)
+        .collect();
     specs.sort_by(|a, b| a.qualified_name.cmp(&b.qualified_name));
     specs
 }
@@ -285,7 +287,13 @@ pub(crate) fn plan(handlers: &[HandlerSpec]) -> Result<Vec<GroupPlan>, Error> {
                         },
                     );
                 }
-                (Some(TopicRoute::ByEvent { envelope, handlers: by_name }), Some(name)) => {
+                (
+                    Some(TopicRoute::ByEvent {
+                        envelope,
+                        handlers: by_name,
+                    }),
+                    Some(name),
+                ) => {
                     if *envelope != h.envelope {
                         problems.push(format!(
                             "group `{}` reads topic `{topic}` with two envelope layouts ({} and {})",
@@ -308,9 +316,9 @@ pub(crate) fn plan(handlers: &[HandlerSpec]) -> Result<Vec<GroupPlan>, Error> {
                 (Some(existing), _) => {
                     let other = match existing {
                         TopicRoute::Single(i) => *i,
-                        TopicRoute::ByEvent { handlers: by_name, .. } => {
-                            by_name.values().copied().next().unwrap_or(index)
-                        }
+                        TopicRoute::ByEvent {
+                            handlers: by_name, ..
+                        } => by_name.values().copied().next().unwrap_or(index),
                     };
                     problems.push(format!(
                         "topic `{topic}` in group `{}` has two handlers: {} ({}) and {} ({}); \
@@ -348,7 +356,10 @@ fn problems(handlers: &[HandlerSpec]) -> Vec<String> {
         }
         for topic in &h.topics {
             if topic.trim().is_empty() {
-                problems.push(format!("handler `{}` has an empty topic name", h.qualified_name));
+                problems.push(format!(
+                    "handler `{}` has an empty topic name",
+                    h.qualified_name
+                ));
             } else if topic.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 problems.push(format!(
                     "handler `{}` has a topic with white space: `{topic}`",

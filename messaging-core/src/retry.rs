@@ -137,9 +137,20 @@ mod tests {
         let p = RetryPolicy::new(10, S)
             .with_backoff(Backoff::Exponential)
             .with_max_delay(Duration::from_secs(10));
-        for (n, full) in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 10.0), (30, 10.0)] {
+        for (n, full) in [
+            (1, 1.0),
+            (2, 2.0),
+            (3, 4.0),
+            (4, 8.0),
+            (5, 10.0),
+            (30, 10.0),
+        ] {
             let d = p.delay_before_retry(n).as_secs_f64();
-            assert!(d <= full && d >= full * 0.75, "retry {n}: {d}s not in [{}, {full}]", full * 0.75);
+            assert!(
+                d <= full && d >= full * 0.75,
+                "retry {n}: {d}s not in [{}, {full}]",
+                full * 0.75
+            );
         }
     }
 }

@@ -118,7 +118,11 @@ impl RuntimeBuilder {
 
     /// New groups start from the oldest message the broker holds.
     pub fn from_beginning(mut self, yes: bool) -> Self {
-        self.start = if yes { StartFrom::Earliest } else { StartFrom::Latest };
+        self.start = if yes {
+            StartFrom::Earliest
+        } else {
+            StartFrom::Latest
+        };
         self
     }
 
@@ -362,7 +366,10 @@ impl Runtime {
     }
 
     /// Runs until `signal` resolves, then shuts down.
-    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<(), Error> {
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), Error> {
         tokio::select! {
             _ = signal => {}
             _ = self.shutdown.cancelled() => {}

@@ -106,8 +106,16 @@ impl TestHarness {
     }
 
     /// Publishes an enveloped event.
-    pub async fn publish_event<T: Serialize + ?Sized>(&self, name: &str, data: &T, topic: &str) -> Result<(), Error> {
-        self.producer().publish_event(name, data, topic).await.map(drop)
+    pub async fn publish_event<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        data: &T,
+        topic: &str,
+    ) -> Result<(), Error> {
+        self.producer()
+            .publish_event(name, data, topic)
+            .await
+            .map(drop)
     }
 
     /// Publishes a message built by hand (any bytes, any headers).
@@ -131,7 +139,9 @@ impl TestHarness {
         self.broker
             .messages(dlq_topic)
             .iter()
-            .map(|m| DeadLetterRecord::from_bytes(&m.payload).expect("a DLQ topic holds DLQ records"))
+            .map(|m| {
+                DeadLetterRecord::from_bytes(&m.payload).expect("a DLQ topic holds DLQ records")
+            })
             .collect()
     }
 
@@ -151,7 +161,11 @@ impl TestHarness {
     }
 
     fn sum(&self, name: &str, f: impl Fn(&crate::metrics::HandlerMetrics) -> u64) -> u64 {
-        self.runtime.handler_metrics(name).iter().map(|m| f(m)).sum()
+        self.runtime
+            .handler_metrics(name)
+            .iter()
+            .map(|m| f(m))
+            .sum()
     }
 
     /// Stops the handlers.
