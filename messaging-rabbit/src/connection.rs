@@ -16,9 +16,7 @@ use crate::options::RabbitOptions;
 /// client_properties` and the management UI show).
 pub(crate) async fn open(options: &RabbitOptions, role: &str) -> Result<Connection, RabbitError> {
     let name = format!("{} {role}", options.connection_name);
-    let properties = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .with_client_property("product".into(), "messaging-rabbit".into());
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
     Ok(Connection::connect(&options.url, properties).await?)
 }
 

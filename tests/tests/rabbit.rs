@@ -18,7 +18,9 @@ fn connect() -> ConnectFuture {
             .queue_expires(Duration::from_secs(300));
         match RabbitBroker::connect(options).await {
             Ok(broker) => broker.into_dyn(),
-            Err(error) => panic!("RabbitMQ is not reachable at {URL} (run scripts/start-rabbitmq.sh): {error}"),
+            Err(error) => panic!(
+                "RabbitMQ is not reachable at {URL} (run scripts/start-rabbitmq.sh): {error}"
+            ),
         }
     })
 }
