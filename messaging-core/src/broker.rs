@@ -111,12 +111,15 @@ pub trait Acker: Send + Sync {
     fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>>;
 }
 
+/// What a [`BrokerFactory`] runs: one connection attempt with this configuration.
+pub type ConnectFn = fn(&Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError>>;
+
 /// A broker that can be selected by name. Broker crates submit one with `inventory`.
 pub struct BrokerFactory {
     /// The name `MESSAGING_BACKEND` selects it by.
     pub name: &'static str,
     /// Connects with this configuration (one attempt).
-    pub connect: fn(&Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError>>,
+    pub connect: ConnectFn,
 }
 
 inventory::collect!(BrokerFactory);

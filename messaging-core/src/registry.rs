@@ -21,6 +21,9 @@ pub enum HandlerKind {
     OnEvent,
 }
 
+/// Makes the default instance of a `#[consumer]` type, keyed by its type.
+pub type InstanceFn = fn() -> (TypeId, Arc<dyn Any + Send + Sync>);
+
 /// A registration as the macros emit it: `const`-constructible, so `inventory::submit!` can
 /// hold it in a static.
 pub struct HandlerRegistration {
@@ -51,7 +54,7 @@ pub struct HandlerRegistration {
     /// Values the extractors need, checked at start-up.
     pub requires: &'static [fn() -> Option<Requirement>],
     /// For `#[on_event]`: the consumer type and how to make its default instance.
-    pub instance: Option<fn() -> (TypeId, Arc<dyn Any + Send + Sync>)>,
+    pub instance: Option<InstanceFn>,
     /// Runs one attempt.
     pub call: fn(Invocation) -> HandlerFuture,
 }
@@ -78,7 +81,7 @@ pub struct HandlerSpec {
     pub(crate) dlq: Option<String>,
     pub(crate) schema: Option<String>,
     pub(crate) requires: Vec<Requirement>,
-    pub(crate) instance: Option<fn() -> (TypeId, Arc<dyn Any + Send + Sync>)>,
+    pub(crate) instance: Option<InstanceFn>,
     pub(crate) call: HandlerFn,
 }
 

@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use messaging_core::FromContext as _;
 use messaging_core::{
     Broker, DeadLetterRecord, Event, FailureKind, HandlerError, HandlerSpec, Invocation, Message,
     Metadata, OutgoingMessage, Producer, RetryPolicy, Runtime, SendOptions, decode_event,
     decode_json, metrics::metrics,
 };
-use messaging_core::FromContext as _;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -132,8 +132,8 @@ impl<T: Clone> Log<T> {
 }
 
 /// A handler that records every message it gets and succeeds.
-pub fn recorder(name: &str, topics: &[String], log: Log<Arc<Message>>) -> HandlerSpec {
-    HandlerSpec::new(name, topics.iter().cloned(), move |inv: Invocation| {
+pub fn recorder(name: &str, topic: &str, log: Log<Arc<Message>>) -> HandlerSpec {
+    HandlerSpec::new(name, [topic], move |inv: Invocation| {
         let log = log.clone();
         async move {
             log.push(inv.message);
@@ -144,13 +144,20 @@ pub fn recorder(name: &str, topics: &[String], log: Log<Arc<Message>>) -> Handle
 
 /// A handler on `<topic>.dlq` that collects the DLQ records.
 pub fn dlq_reader(scenario: &Scenario, topic: &str, log: Log<DeadLetterRecord>) -> HandlerSpec {
-    HandlerSpec::new("dlq_reader", [format!("{topic}.dlq")], move |inv: Invocation| {
-        let log = log.clone();
-        async move {
-            log.push(DeadLetterRecord::from_bytes(&inv.message.payload).map_err(HandlerError::permanent)?);
-            Ok(())
-        }
-    })
+    HandlerSpec::new(
+        "dlq_reader",
+        [format!("{topic}.dlq")],
+        move |inv: Invocation| {
+            let log = log.clone();
+            async move {
+                log.push(
+                    DeadLetterRecord::from_bytes(&inv.message.payload)
+                        .map_err(HandlerError::permanent)?,
+                );
+                Ok(())
+            }
+        },
+    )
     .group(scenario.group("dlq-reader"))
 }
 
@@ -165,24 +172,46 @@ pub async fn delivers_to_a_message_handler(connect: Connect) {
     let s = Scenario::new(connect);
     let topic = s.topic("orders");
     let log = Log::default();
-    let runtime = s.start(vec![recorder("orders", &[topic.clone()], log.clone())]).await;
+    let runtime = s.start(vec![recorder("orders", &topic, log.clone())]).await;
     let producer = s.producer().await;
     for i in 0..3u64 {
-        let order = Order { order_id: i, total: 9.5 };
+        let order = Order {
+            order_id: i,
+            total: 9.5,
+        };
         let options = SendOptions::key(format!("k{i}")).header("x-custom", format!("v{i}"));
-        producer.send_with(&topic, &order, options).await.expect("send is acknowledged");
+        producer
+            .send_with(&topic, &order, options)
+            .await
+            .expect("send is acknowledged");
     }
     eventually("3 messages", || log.len() >= 3).await;
     let mut got: Vec<(Order, Option<String>, Option<String>)> = log
         .all()
         .iter()
-        .map(|m| (decode_json(m).unwrap(), m.key.clone(), m.header("x-custom").map(str::to_owned)))
+        .map(|m| {
+            (
+                decode_json(m).unwrap(),
+                m.key.clone(),
+                m.header("x-custom").map(str::to_owned),
+            )
+        })
         .collect();
     got.sort_by_key(|(o, _, _)| o.order_id);
     for (i, (order, key, header)) in got.iter().enumerate() {
-        assert_eq!(order, &Order { order_id: i as u64, total: 9.5 });
+        assert_eq!(
+            order,
+            &Order {
+                order_id: i as u64,
+                total: 9.5
+            }
+        );
         assert_eq!(key.as_deref(), Some(format!("k{i}").as_str()), "key kept");
-        assert_eq!(header.as_deref(), Some(format!("v{i}").as_str()), "header kept");
+        assert_eq!(
+            header.as_deref(),
+            Some(format!("v{i}").as_str()),
+            "header kept"
+        );
     }
     assert_eq!(log.len(), 3, "each message handled once");
     runtime.shutdown().await.unwrap();
@@ -198,7 +227,10 @@ pub async fn delivers_enveloped_events_by_name(connect: Connect) {
         HandlerSpec::new(name, [topic.clone()], move |inv: Invocation| {
             let log = log.clone();
             async move {
-                log.push(decode_event(&inv.message, &messaging_core::EnvelopeFields::STANDARD)?);
+                log.push(decode_event(
+                    &inv.message,
+                    &messaging_core::EnvelopeFields::STANDARD,
+                )?);
                 Ok(())
             }
         })
@@ -211,8 +243,14 @@ pub async fn delivers_enveloped_events_by_name(connect: Connect) {
         ])
         .await;
     let producer = s.producer().await;
-    let id = producer.publish_event("user.created", &json!({"id": 1}), &topic).await.unwrap();
-    producer.publish_event("user.deleted", &json!({"id": 2}), &topic).await.unwrap();
+    let id = producer
+        .publish_event("user.created", &json!({"id": 1}), &topic)
+        .await
+        .unwrap();
+    producer
+        .publish_event("user.deleted", &json!({"id": 2}), &topic)
+        .await
+        .unwrap();
     eventually("both events", || created.len() == 1 && deleted.len() == 1).await;
     let event = &created.all()[0];
     assert_eq!(event.id, id);
@@ -228,21 +266,41 @@ pub async fn acknowledges_unknown_events_without_retrying(connect: Connect) {
     let s = Scenario::new(connect);
     let topic = s.topic("events");
     let log = Log::default();
-    let handler = || recorder("known", &[topic.clone()], log.clone()).on_event("known").group(s.group("g"));
+    let handler = || {
+        recorder("known", &topic, log.clone())
+            .on_event("known")
+            .group(s.group("g"))
+    };
     let runtime = s.start(vec![handler()]).await;
     let producer = s.producer().await;
-    producer.publish_event("nobody.handles.this", &json!({}), &topic).await.unwrap();
-    producer.publish_event("known", &json!({"n": 1}), &topic).await.unwrap();
+    producer
+        .publish_event("nobody.handles.this", &json!({}), &topic)
+        .await
+        .unwrap();
+    producer
+        .publish_event("known", &json!({"n": 1}), &topic)
+        .await
+        .unwrap();
     eventually("the known event", || log.len() == 1).await;
-    eventually("the unknown event counted", || metrics().skipped(&topic, "unknown_event") == 1).await;
+    eventually("the unknown event counted", || {
+        metrics().skipped(&topic, "unknown_event") == 1
+    })
+    .await;
     runtime.shutdown().await.unwrap();
 
     // A restart of the group must not see the unknown event again: it was acknowledged.
     let runtime = s.start(vec![handler()]).await;
-    producer.publish_event("known", &json!({"n": 2}), &topic).await.unwrap();
+    producer
+        .publish_event("known", &json!({"n": 2}), &topic)
+        .await
+        .unwrap();
     eventually("the second known event", || log.len() == 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(metrics().skipped(&topic, "unknown_event"), 1, "unknown event redelivered");
+    assert_eq!(
+        metrics().skipped(&topic, "unknown_event"),
+        1,
+        "unknown event redelivered"
+    );
     runtime.shutdown().await.unwrap();
 }
 
@@ -253,17 +311,28 @@ pub async fn each_group_gets_every_message(connect: Connect) {
     let (a, b) = (Log::default(), Log::default());
     let runtime = s
         .start(vec![
-            recorder("a", &[topic.clone()], a.clone()).group(s.group("a")),
-            recorder("b", &[topic.clone()], b.clone()).group(s.group("b")),
+            recorder("a", &topic, a.clone()).group(s.group("a")),
+            recorder("b", &topic, b.clone()).group(s.group("b")),
         ])
         .await;
     let producer = s.producer().await;
     for i in 0..50 {
         producer.send(&topic, &json!({"i": i})).await.unwrap();
     }
-    eventually("50 messages in each group", || a.len() >= 50 && b.len() >= 50).await;
+    eventually("50 messages in each group", || {
+        a.len() >= 50 && b.len() >= 50
+    })
+    .await;
     for log in [&a, &b] {
-        let ids: HashSet<u64> = log.all().iter().map(|m| decode_json::<serde_json::Value>(m).unwrap()["i"].as_u64().unwrap()).collect();
+        let ids: HashSet<u64> = log
+            .all()
+            .iter()
+            .map(|m| {
+                decode_json::<serde_json::Value>(m).unwrap()["i"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
         assert_eq!(ids.len(), 50, "every message once per group");
     }
     runtime.shutdown().await.unwrap();
@@ -276,8 +345,12 @@ pub async fn instances_of_a_group_share_without_duplicates(connect: Connect) {
     let topic = s.topic("shared");
     let group = s.group("workers");
     let (one, two) = (Log::default(), Log::default());
-    let first = s.start(vec![recorder("w", &[topic.clone()], one.clone()).group(&group)]).await;
-    let second = s.start(vec![recorder("w", &[topic.clone()], two.clone()).group(&group)]).await;
+    let first = s
+        .start(vec![recorder("w", &topic, one.clone()).group(&group)])
+        .await;
+    let second = s
+        .start(vec![recorder("w", &topic, two.clone()).group(&group)])
+        .await;
     let producer = s.producer().await;
     // Published in chunks over about a second, so both instances are active while it flows.
     for chunk in 0..20 {
@@ -285,24 +358,51 @@ pub async fn instances_of_a_group_share_without_duplicates(connect: Connect) {
             let producer = producer.clone();
             let topic = topic.clone();
             let n = chunk * (N / 20) + i;
-            async move { producer.send_with(&topic, &json!({"n": n}), SendOptions::key(format!("k{}", n % 64))).await }
+            async move {
+                producer
+                    .send_with(
+                        &topic,
+                        &json!({"n": n}),
+                        SendOptions::key(format!("k{}", n % 64)),
+                    )
+                    .await
+            }
         });
         for result in futures::future::join_all(sends).await {
             result.expect("send is acknowledged");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eventually("all messages handled", || one.len() + two.len() >= N as usize).await;
+    eventually("all messages handled", || {
+        one.len() + two.len() >= N as usize
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut seen = HashMap::new();
     for m in one.all().iter().chain(two.all().iter()) {
-        let n = decode_json::<serde_json::Value>(m).unwrap()["n"].as_u64().unwrap();
+        let n = decode_json::<serde_json::Value>(m).unwrap()["n"]
+            .as_u64()
+            .unwrap();
         *seen.entry(n).or_insert(0) += 1;
     }
-    let duplicates: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).map(|(n, _)| *n).collect();
+    let duplicates: Vec<_> = seen
+        .iter()
+        .filter(|(_, c)| **c > 1)
+        .map(|(n, _)| *n)
+        .collect();
     assert_eq!(seen.len() as u64, N, "every message handled");
-    assert!(duplicates.is_empty(), "{} messages handled twice, e.g. {:?}", duplicates.len(), &duplicates[..duplicates.len().min(5)]);
-    assert!(!one.is_empty() && !two.is_empty(), "both instances worked: {} and {}", one.len(), two.len());
+    assert!(
+        duplicates.is_empty(),
+        "{} messages handled twice, e.g. {:?}",
+        duplicates.len(),
+        &duplicates[..duplicates.len().min(5)]
+    );
+    assert!(
+        !one.is_empty() && !two.is_empty(),
+        "both instances worked: {} and {}",
+        one.len(),
+        two.len()
+    );
     first.shutdown().await.unwrap();
     second.shutdown().await.unwrap();
 }
@@ -319,10 +419,13 @@ pub async fn keeps_order_per_key(connect: Connect) {
             async move {
                 // Uneven work per message, so lanes interleave.
                 let value: serde_json::Value = decode_json(&inv.message)?;
-                if value["seq"].as_u64().unwrap_or(0) % 7 == 0 {
+                if value["seq"].as_u64().unwrap_or(0).is_multiple_of(7) {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                log.push((value["key"].as_str().unwrap_or("").to_owned(), value["seq"].as_u64().unwrap_or(0)));
+                log.push((
+                    value["key"].as_str().unwrap_or("").to_owned(),
+                    value["seq"].as_u64().unwrap_or(0),
+                ));
                 Ok(())
             }
         }
@@ -331,7 +434,14 @@ pub async fn keeps_order_per_key(connect: Connect) {
     let producer = s.producer().await;
     for seq in 0..300u64 {
         let key = format!("key-{}", seq % 5);
-        producer.send_with(&topic, &json!({"key": key, "seq": seq}), SendOptions::key(&key)).await.unwrap();
+        producer
+            .send_with(
+                &topic,
+                &json!({"key": key, "seq": seq}),
+                SendOptions::key(&key),
+            )
+            .await
+            .unwrap();
     }
     eventually("300 messages", || log.len() >= 300).await;
     let mut last: BTreeMap<String, u64> = BTreeMap::new();
@@ -367,27 +477,50 @@ pub async fn retries_then_succeeds_with_declared_delays(connect: Connect) {
         }
     })
     .retry(RetryPolicy::new(3, delay));
-    let runtime = s.start(vec![flaky, dlq_reader(&s, &topic, dlq.clone())]).await;
-    s.producer().await.send(&topic, &json!({"x": 1})).await.unwrap();
+    let runtime = s
+        .start(vec![flaky, dlq_reader(&s, &topic, dlq.clone())])
+        .await;
+    s.producer()
+        .await
+        .send(&topic, &json!({"x": 1}))
+        .await
+        .unwrap();
     eventually("3 calls", || calls.len() >= 3).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let calls = calls.all();
     assert_eq!(calls.len(), 3, "called exactly 3 times");
-    assert_eq!(calls.iter().map(|c| c.1).collect::<Vec<_>>(), vec![1, 2, 3], "attempt numbers");
+    assert_eq!(
+        calls.iter().map(|c| c.1).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "attempt numbers"
+    );
     for pair in calls.windows(2) {
         let gap = pair[1].0 - pair[0].0;
-        assert!(gap >= delay, "retry came after {gap:?}, before the declared {delay:?}");
+        assert!(
+            gap >= delay,
+            "retry came after {gap:?}, before the declared {delay:?}"
+        );
     }
     assert!(dlq.is_empty(), "no DLQ record for a message that succeeded");
     runtime.shutdown().await.unwrap();
 
     // Acknowledged: a restarted group does not get it again.
     let again = Log::default();
-    let runtime = s.start(vec![recorder("flaky", &[topic.clone()], again.clone())]).await;
-    s.producer().await.send(&topic, &json!({"x": 2})).await.unwrap();
+    let runtime = s
+        .start(vec![recorder("flaky", &topic, again.clone())])
+        .await;
+    s.producer()
+        .await
+        .send(&topic, &json!({"x": 2}))
+        .await
+        .unwrap();
     eventually("the marker message", || !again.is_empty()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(again.len(), 1, "the retried message was redelivered after success");
+    assert_eq!(
+        again.len(),
+        1,
+        "the retried message was redelivered after success"
+    );
     runtime.shutdown().await.unwrap();
 }
 
@@ -406,10 +539,21 @@ pub async fn dead_letters_after_retries_with_full_record(connect: Connect) {
     })
     .group(s.group("payments"))
     .retry(RetryPolicy::new(2, Duration::from_millis(50)));
-    let runtime = s.start(vec![failing, dlq_reader(&s, &topic, dlq.clone())]).await;
+    let runtime = s
+        .start(vec![failing, dlq_reader(&s, &topic, dlq.clone())])
+        .await;
     let producer = s.producer().await;
-    let (_, mut message) = producer.envelope("order.created", &json!({"order_id": 42}), &topic, Some("42".into())).unwrap();
-    message.headers.insert("x-trace-id".into(), "trace-abc".into());
+    let (_, mut message) = producer
+        .envelope(
+            "order.created",
+            &json!({"order_id": 42}),
+            &topic,
+            Some("42".into()),
+        )
+        .unwrap();
+    message
+        .headers
+        .insert("x-trace-id".into(), "trace-abc".into());
     let payload = message.payload.clone();
     producer.send_raw(message).await.unwrap();
     eventually("the DLQ record", || !dlq.is_empty()).await;
@@ -421,7 +565,11 @@ pub async fn dead_letters_after_retries_with_full_record(connect: Connect) {
     assert_eq!(r.attempts, 3);
     assert_eq!(calls.len(), 3);
     assert_eq!(r.error.kind, FailureKind::Handler);
-    assert!(r.error.message.contains("card declined"), "{}", r.error.message);
+    assert!(
+        r.error.message.contains("card declined"),
+        "{}",
+        r.error.message
+    );
     assert!(r.first_failure_at <= r.last_failure_at && r.last_failure_at <= r.dead_lettered_at);
     assert_eq!(r.handler, "always_fails");
     assert_eq!(r.group, s.group("payments"));
@@ -432,9 +580,19 @@ pub async fn dead_letters_after_retries_with_full_record(connect: Connect) {
     assert_eq!(r.original.key.as_deref(), Some("42"));
     assert_eq!(r.original.payload.as_bytes(), &payload[..]);
     assert_eq!(r.original.encoding, None);
-    assert_eq!(r.original.headers.get("x-event-name").map(String::as_str), Some("order.created"));
-    assert_eq!(r.original.headers.get("x-trace-id").map(String::as_str), Some("trace-abc"));
-    assert!(!r.original.position.is_empty() && r.original.position != "unknown", "position: {}", r.original.position);
+    assert_eq!(
+        r.original.headers.get("x-event-name").map(String::as_str),
+        Some("order.created")
+    );
+    assert_eq!(
+        r.original.headers.get("x-trace-id").map(String::as_str),
+        Some("trace-abc")
+    );
+    assert!(
+        !r.original.position.is_empty() && r.original.position != "unknown",
+        "position: {}",
+        r.original.position
+    );
     runtime.shutdown().await.unwrap();
 }
 
@@ -453,23 +611,51 @@ pub async fn dead_letters_bad_payloads_at_once(connect: Connect) {
         }
     })
     .retry(RetryPolicy::new(2, Duration::from_millis(20)));
-    let runtime = s.start(vec![typed, dlq_reader(&s, &topic, dlq.clone())]).await;
+    let runtime = s
+        .start(vec![typed, dlq_reader(&s, &topic, dlq.clone())])
+        .await;
     let producer = s.producer().await;
     let raw = |body: &[u8], key: &str| OutgoingMessage::new(&topic, body.to_vec()).with_key(key);
-    producer.send_raw(raw(b"{not json", "decode")).await.unwrap();
-    producer.send_raw(raw(br#"{"order_id":"x"}"#, "schema")).await.unwrap();
-    producer.send_raw(raw(&[0xff, 0xfe, 0x00], "binary")).await.unwrap();
-    producer.send_raw(raw(br#"{"order_id":1,"total":1.0}"#, "permanent")).await.unwrap();
-    producer.send_raw(raw(br#"{"order_id":2,"total":1.0}"#, "panic")).await.unwrap();
-    producer.send_raw(raw(br#"{"order_id":3,"total":1.0}"#, "fine")).await.unwrap();
+    producer
+        .send_raw(raw(b"{not json", "decode"))
+        .await
+        .unwrap();
+    producer
+        .send_raw(raw(br#"{"order_id":"x"}"#, "schema"))
+        .await
+        .unwrap();
+    producer
+        .send_raw(raw(&[0xff, 0xfe, 0x00], "binary"))
+        .await
+        .unwrap();
+    producer
+        .send_raw(raw(br#"{"order_id":1,"total":1.0}"#, "permanent"))
+        .await
+        .unwrap();
+    producer
+        .send_raw(raw(br#"{"order_id":2,"total":1.0}"#, "panic"))
+        .await
+        .unwrap();
+    producer
+        .send_raw(raw(br#"{"order_id":3,"total":1.0}"#, "fine"))
+        .await
+        .unwrap();
     eventually("5 DLQ records", || dlq.len() >= 5).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let by_key: HashMap<String, DeadLetterRecord> =
-        dlq.all().into_iter().map(|r| (r.original.key.clone().unwrap_or_default(), r)).collect();
+    let by_key: HashMap<String, DeadLetterRecord> = dlq
+        .all()
+        .into_iter()
+        .map(|r| (r.original.key.clone().unwrap_or_default(), r))
+        .collect();
     assert_eq!(by_key.len(), 5, "one record each: {:?}", by_key.keys());
     let expect = |key: &str, kind: FailureKind, attempts: u32| {
         let r = &by_key[key];
-        assert_eq!((r.error.kind, r.attempts), (kind, attempts), "{key}: {}", r.error.message);
+        assert_eq!(
+            (r.error.kind, r.attempts),
+            (kind, attempts),
+            "{key}: {}",
+            r.error.message
+        );
     };
     expect("decode", FailureKind::Decode, 1);
     expect("schema", FailureKind::Schema, 1);
@@ -498,7 +684,11 @@ pub async fn redelivers_what_a_dropped_consumer_held(connect: Connect) {
         }
     })
     .group(&group);
-    let doomed = s.start_with(vec![stuck], |b| b.concurrency(1).shutdown_timeout(Duration::from_millis(50))).await;
+    let doomed = s
+        .start_with(vec![stuck], |b| {
+            b.concurrency(1).shutdown_timeout(Duration::from_millis(50))
+        })
+        .await;
     let producer = s.producer().await;
     for i in 0..5 {
         producer.send(&topic, &json!({"i": i})).await.unwrap();
@@ -507,9 +697,18 @@ pub async fn redelivers_what_a_dropped_consumer_held(connect: Connect) {
     doomed.shutdown().await.unwrap(); // times out and aborts: nothing was acknowledged
 
     let log = Log::default();
-    let survivor = s.start(vec![recorder("survivor", &[topic.clone()], log.clone()).group(&group)]).await;
+    let survivor = s
+        .start(vec![
+            recorder("survivor", &topic, log.clone()).group(&group),
+        ])
+        .await;
     eventually("all 5 messages handled by the survivor", || {
-        log.all().iter().map(|m| m.payload.clone()).collect::<HashSet<_>>().len() == 5
+        log.all()
+            .iter()
+            .map(|m| m.payload.clone())
+            .collect::<HashSet<_>>()
+            .len()
+            == 5
     })
     .await;
     survivor.shutdown().await.unwrap();
@@ -537,12 +736,23 @@ pub async fn graceful_shutdown_finishes_in_flight_work(connect: Connect) {
     producer.send(&topic, &json!({"slow": true})).await.unwrap();
     eventually("the handler started", || !started.is_empty()).await;
     runtime.shutdown().await.unwrap();
-    assert_eq!(finished.len(), 1, "shutdown waited for the in-flight handler");
+    assert_eq!(
+        finished.len(),
+        1,
+        "shutdown waited for the in-flight handler"
+    );
 
     let runtime = s.start(vec![slow()]).await;
-    producer.send(&topic, &json!({"marker": true})).await.unwrap();
+    producer
+        .send(&topic, &json!({"marker": true}))
+        .await
+        .unwrap();
     eventually("the marker", || finished.len() >= 2).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(finished.len(), 2, "the finished message was redelivered: it was not acknowledged");
+    assert_eq!(
+        finished.len(),
+        2,
+        "the finished message was redelivered: it was not acknowledged"
+    );
     runtime.shutdown().await.unwrap();
 }

@@ -1,0 +1,78 @@
+//! The HTTP API (axum). `POST /users` fires `user.created` with `#[event]` after it returns;
+//! `POST /orders` publishes `orders.created` and waits for the broker's acknowledgement.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use messaging_core::prelude::*;
+use serde::Deserialize;
+
+use crate::domain::{OrderCreated, User};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The routes.
+pub fn router() -> axum::Router {
+    axum::Router::new()
+        .route("/users", post(register))
+        .route("/orders", post(create_order))
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+/// The body of `POST /users`.
+#[derive(Debug, Deserialize)]
+pub struct NewUser {
+    pub email: String,
+}
+
+/// Registers a user; `user.created` goes out in the background once this returned `Ok`.
+#[event("user.created", topic = "user-events", key_field = "id")]
+pub async fn register(Json(body): Json<NewUser>) -> Result<(StatusCode, Json<User>), ApiError> {
+    if !body.email.contains('@') {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid email".into(),
+        ));
+    }
+    let user = User {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        email: body.email,
+    };
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// The body of `POST /orders`.
+#[derive(Debug, Deserialize)]
+pub struct NewOrder {
+    pub user_id: u64,
+    pub total: f64,
+}
+
+/// Places an order: published synchronously, so a broker failure is a 503.
+pub async fn create_order(
+    Json(body): Json<NewOrder>,
+) -> Result<(StatusCode, Json<OrderCreated>), ApiError> {
+    let order = OrderCreated {
+        order_id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        user_id: body.user_id,
+        total: body.total,
+    };
+    let options = SendOptions::key(order.order_id.to_string());
+    get_producer()
+        .send_with("orders.created", &order, options)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok((StatusCode::CREATED, Json(order)))
+}
