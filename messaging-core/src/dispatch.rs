@@ -128,11 +128,13 @@ impl Dispatcher {
 
     async fn run_lanes(self: &Arc<Self>, consumer: &mut dyn Consumer) {
         let lane_capacity = self.batch_size.max(16);
-        let (senders, lanes): (Vec<_>, Vec<_>) = (0..self.concurrency)
+        // Owned here, so that aborting the dispatcher (shutdown timeout) aborts its lanes too.
+        let mut lanes = tokio::task::JoinSet::new();
+        let senders: Vec<_> = (0..self.concurrency)
             .map(|_| {
                 let (tx, mut rx) = mpsc::channel::<Arc<Message>>(lane_capacity);
                 let this = Arc::clone(self);
-                let lane = tokio::spawn(async move {
+                lanes.spawn(async move {
                     while let Some(message) = rx.recv().await {
                         if this.shutdown.is_cancelled() {
                             break;
@@ -140,9 +142,9 @@ impl Dispatcher {
                         this.process(message).await;
                     }
                 });
-                (tx, lane)
+                tx
             })
-            .unzip();
+            .collect();
         let mut failures = 0;
         'fetch: while let Some(batch) = self.next_batch(consumer, &mut failures).await {
             for message in batch {
@@ -155,9 +157,7 @@ impl Dispatcher {
             }
         }
         drop(senders);
-        for lane in lanes {
-            let _ = lane.await;
-        }
+        while lanes.join_next().await.is_some() {}
     }
 
     fn route(&self, message: &Message) -> Result<&Arc<Target>, Skip> {
