@@ -42,7 +42,9 @@ impl Acker for RedisAcker {
     fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             // A message this consumer did not deliver has nothing to acknowledge here.
-            let (Position::StreamId(id), Some(stream)) = (&message.position, self.member.stream_index(&message.topic)) else {
+            let (Position::StreamId(id), Some(stream)) =
+                (&message.position, self.member.stream_index(&message.topic))
+            else {
                 return Ok(());
             };
             let Ok(id) = id.parse::<EntryId>() else {
@@ -90,9 +92,15 @@ async fn acknowledge(member: &Member, batch: &[Request]) -> Result<(), RedisErro
     }
     let mut pipe = redis::pipe();
     for (stream, ids) in ids.iter().enumerate().filter(|(_, ids)| !ids.is_empty()) {
-        pipe.cmd("XACK").arg(&member.streams[stream]).arg(&member.group).arg(ids);
+        pipe.cmd("XACK")
+            .arg(&member.streams[stream])
+            .arg(&member.group)
+            .arg(ids);
     }
-    match pipe.query_async::<Vec<Value>>(&mut member.shared.conn()).await {
+    match pipe
+        .query_async::<Vec<Value>>(&mut member.shared.conn())
+        .await
+    {
         Ok(_) => Ok(()),
         // The server lost the group (restart without persistence): nothing is left to acknowledge.
         Err(e) if is_no_group(&e) => Ok(()),

@@ -49,7 +49,9 @@ impl Shared {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.options.connection_timeout))
             .set_response_timeout(Some(self.options.block + self.options.response_timeout));
-        self.client.get_multiplexed_async_connection_with_config(&config).await
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
     }
 
     /// A handle on the shared connection (cheap: it is reference-counted).
@@ -68,7 +70,9 @@ impl RedisBroker {
     /// Connects with `options`; query parameters of `url` override them.
     pub async fn connect(url: &str, mut options: RedisOptions) -> Result<Self, BrokerError> {
         let masked_url = messaging_core::config::mask_url(url);
-        let client_url = options.apply_url(url).map_err(|e| BrokerError::connection(BROKER, e))?;
+        let client_url = options
+            .apply_url(url)
+            .map_err(|e| BrokerError::connection(BROKER, e))?;
         if client_url.starts_with("rediss:") {
             install_tls_provider()?;
         }
@@ -117,7 +121,10 @@ fn install_tls_provider() -> Result<(), BrokerError> {
 
 #[cfg(not(feature = "tls"))]
 fn install_tls_provider() -> Result<(), BrokerError> {
-    Err(BrokerError::connection(BROKER, crate::error::RedisBrokerError::TlsDisabled))
+    Err(BrokerError::connection(
+        BROKER,
+        crate::error::RedisBrokerError::TlsDisabled,
+    ))
 }
 
 /// `XGROUP CREATE <stream> <group> <start> MKSTREAM`; a group that exists already is fine.
@@ -186,12 +193,19 @@ impl Broker for RedisBroker {
                     .await
                     .map_err(|e| broker_error("subscribe", e))?;
             }
-            let consumer = RedisConsumer::new(Arc::clone(&self.shared), subscription.group, subscription.topics);
+            let consumer = RedisConsumer::new(
+                Arc::clone(&self.shared),
+                subscription.group,
+                subscription.topics,
+            );
             Ok(Box::new(consumer) as Box<dyn Consumer>)
         })
     }
 
-    fn declare_topics<'a>(&'a self, topics: &'a [String]) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn declare_topics<'a>(
+        &'a self,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
         Box::pin(async move {
             let mut conn = self.shared.conn();
             for topic in topics {
@@ -224,7 +238,10 @@ impl Broker for RedisBroker {
                 .await
                 .map_err(|e| broker_error("browse", e))?;
             let entries = parse_entries("XRANGE", reply).map_err(|e| own_error("browse", e))?;
-            Ok(entries.into_iter().filter_map(|e| e.into_message(topic)).collect())
+            Ok(entries
+                .into_iter()
+                .filter_map(|e| e.into_message(topic))
+                .collect())
         })
     }
 }

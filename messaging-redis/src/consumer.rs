@@ -55,9 +55,12 @@ impl Member {
         let mut conn = self.shared.conn();
         for (stream, ids) in due.iter().enumerate().filter(|(_, ids)| !ids.is_empty()) {
             let mut cmd = redis::cmd("XCLAIM");
-            cmd.arg(&self.streams[stream]).arg(&self.group).arg(&self.name);
+            cmd.arg(&self.streams[stream])
+                .arg(&self.group)
+                .arg(&self.name);
             // Only entries idle that long: one another consumer has just taken over stays theirs.
-            cmd.arg(period.as_millis() as u64).arg(ids.iter().map(EntryId::to_string).collect::<Vec<_>>());
+            cmd.arg(period.as_millis() as u64)
+                .arg(ids.iter().map(EntryId::to_string).collect::<Vec<_>>());
             cmd.arg("JUSTID");
             match cmd.query_async::<Value>(&mut conn).await {
                 Ok(_) => {
@@ -68,7 +71,9 @@ impl Member {
                         }
                     }
                 }
-                Err(error) => tracing::warn!(stream = %self.streams[stream], group = %self.group, %error, "refreshing held entries failed"),
+                Err(error) => {
+                    tracing::warn!(stream = %self.streams[stream], group = %self.group, %error, "refreshing held entries failed")
+                }
             }
         }
     }
@@ -153,8 +158,12 @@ async fn keep(member: Arc<Member>, mut stop: oneshot::Receiver<Stop>) {
     if dropped && member.shared.options.release_on_drop {
         match member.release_all().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(group = %member.group, consumer = %member.name, entries = n, "dropped consumer handed its entries back"),
-            Err(error) => tracing::warn!(group = %member.group, consumer = %member.name, %error, "handing entries back failed; they are reclaimed after the idle time"),
+            Ok(n) => {
+                tracing::info!(group = %member.group, consumer = %member.name, entries = n, "dropped consumer handed its entries back")
+            }
+            Err(error) => {
+                tracing::warn!(group = %member.group, consumer = %member.name, %error, "handing entries back failed; they are reclaimed after the idle time")
+            }
         }
     }
 }
@@ -285,7 +294,11 @@ impl RedisConsumer {
                 .find(|(s, _)| *s == self.member.streams[i])
                 .map_or(&[][..], |(_, entries)| &entries[..]);
             self.backlog[i] = match entries.last() {
-                Some(last) => Some(last.id.parse().map_err(|e| protocol_error("XREADGROUP", e))?),
+                Some(last) => Some(
+                    last.id
+                        .parse()
+                        .map_err(|e| protocol_error("XREADGROUP", e))?,
+                ),
                 None => None,
             };
         }
@@ -304,7 +317,9 @@ impl RedisConsumer {
         let min_idle = self.member.shared.options.reclaim_idle.as_millis() as u64;
         let mut conn = self.member.shared.conn();
         for i in 0..self.reclaim.len() {
-            let Some(cursor) = self.reclaim[i] else { continue };
+            let Some(cursor) = self.reclaim[i] else {
+                continue;
+            };
             self.unsure = true;
             let reply = redis::cmd("XAUTOCLAIM")
                 .arg(&self.member.streams[i])
@@ -338,7 +353,13 @@ impl RedisConsumer {
     /// Waits for new entries (`XREADGROUP … BLOCK … >`), at most until the next reclaim round.
     async fn read_new(&mut self, max: usize) -> Result<(), RedisError> {
         let until_reclaim = self.next_reclaim.saturating_duration_since(Instant::now());
-        let block = self.member.shared.options.block.min(until_reclaim).max(Duration::from_millis(1));
+        let block = self
+            .member
+            .shared
+            .options
+            .block
+            .min(until_reclaim)
+            .max(Duration::from_millis(1));
         let mut cmd = self.read_command(max, Some(block));
         cmd.arg(&self.member.streams);
         for _ in &self.member.streams {
@@ -357,7 +378,9 @@ impl RedisConsumer {
 
     fn read_command(&self, max: usize, block: Option<Duration>) -> redis::Cmd {
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(&self.member.group).arg(&self.member.name);
+        cmd.arg("GROUP")
+            .arg(&self.member.group)
+            .arg(&self.member.name);
         cmd.arg("COUNT").arg(max);
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis() as u64);
@@ -390,7 +413,10 @@ impl RedisConsumer {
         {
             let mut held = self.member.held();
             for entry in entries {
-                let id: EntryId = entry.id.parse().map_err(|e| protocol_error("XREADGROUP", e))?;
+                let id: EntryId = entry
+                    .id
+                    .parse()
+                    .map_err(|e| protocol_error("XREADGROUP", e))?;
                 match held.get_mut(&(index, id)) {
                     Some(claimed) => *claimed = now,
                     None => match entry.into_message(stream) {

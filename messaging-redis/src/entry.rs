@@ -30,7 +30,12 @@ impl EntryId {
 impl FromStr for EntryId {
     type Err = RedisBrokerError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || RedisBrokerError::reply("a stream command", format!("`{s}` is not a stream entry id"));
+        let bad = || {
+            RedisBrokerError::reply(
+                "a stream command",
+                format!("`{s}` is not a stream entry id"),
+            )
+        };
         let (ms, seq) = s.split_once('-').ok_or_else(bad)?;
         Ok(Self {
             ms: ms.parse().map_err(|_| bad())?,
@@ -47,7 +52,10 @@ impl fmt::Display for EntryId {
 
 /// The `XADD` of `message`: `payload`, the key as `x-message-key`, then every header as a
 /// field of its own. `maxlen` trims approximately.
-pub(crate) fn xadd(message: &OutgoingMessage, maxlen: Option<usize>) -> Result<Cmd, RedisBrokerError> {
+pub(crate) fn xadd(
+    message: &OutgoingMessage,
+    maxlen: Option<usize>,
+) -> Result<Cmd, RedisBrokerError> {
     let mut cmd = redis::cmd("XADD");
     cmd.arg(&message.topic);
     if let Some(maxlen) = maxlen {
@@ -106,7 +114,10 @@ fn decode(topic: &str, id: String, fields: Vec<Value>) -> Message {
         Some(payload) => payload,
         None => {
             let mut object: serde_json::Map<String, serde_json::Value> =
-                std::mem::take(&mut headers).into_iter().map(|(k, v)| (k, v.into())).collect();
+                std::mem::take(&mut headers)
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into()))
+                    .collect();
             if let Some(key) = key.take() {
                 object.insert(header::KEY.to_owned(), key.into());
             }
@@ -144,7 +155,10 @@ fn array(command: &'static str, value: Value) -> Result<Vec<Value>, RedisBrokerE
     match value {
         Value::Array(items) | Value::Set(items) => Ok(items),
         Value::Nil => Ok(Vec::new()),
-        other => Err(RedisBrokerError::reply(command, format!("expected an array, got {other:?}"))),
+        other => Err(RedisBrokerError::reply(
+            command,
+            format!("expected an array, got {other:?}"),
+        )),
     }
 }
 
@@ -153,12 +167,18 @@ fn string(command: &'static str, value: Value) -> Result<String, RedisBrokerErro
         Value::BulkString(_) | Value::SimpleString(_) | Value::VerbatimString { .. } => {
             Ok(text(bytes_of(value)))
         }
-        other => Err(RedisBrokerError::reply(command, format!("expected a string, got {other:?}"))),
+        other => Err(RedisBrokerError::reply(
+            command,
+            format!("expected a string, got {other:?}"),
+        )),
     }
 }
 
 /// Parses a list of `[id, [field, value …] | nil]` entries.
-pub(crate) fn parse_entries(command: &'static str, value: Value) -> Result<Vec<RawEntry>, RedisBrokerError> {
+pub(crate) fn parse_entries(
+    command: &'static str,
+    value: Value,
+) -> Result<Vec<RawEntry>, RedisBrokerError> {
     array(command, value)?
         .into_iter()
         .map(|entry| {
@@ -166,7 +186,9 @@ pub(crate) fn parse_entries(command: &'static str, value: Value) -> Result<Vec<R
             let id = string(command, parts.next().unwrap_or(Value::Nil))?;
             let fields = match parts.next() {
                 None | Some(Value::Nil) => None,
-                Some(Value::Map(pairs)) => Some(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+                Some(Value::Map(pairs)) => {
+                    Some(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect())
+                }
                 Some(fields) => Some(array(command, fields)?),
             };
             Ok(RawEntry { id, fields })
@@ -185,7 +207,10 @@ pub(crate) fn parse_read(value: Value) -> Result<Vec<(String, Vec<RawEntry>)>, R
             .into_iter()
             .map(|pair| {
                 let mut parts = array(COMMAND, pair)?.into_iter();
-                Ok((parts.next().unwrap_or(Value::Nil), parts.next().unwrap_or(Value::Nil)))
+                Ok((
+                    parts.next().unwrap_or(Value::Nil),
+                    parts.next().unwrap_or(Value::Nil),
+                ))
             })
             .collect::<Result<_, RedisBrokerError>>()?,
     };
@@ -214,7 +239,11 @@ pub(crate) fn parse_autoclaim(value: Value) -> Result<AutoClaimed, RedisBrokerEr
         .into_iter()
         .map(|id| string(COMMAND, id))
         .collect::<Result<_, _>>()?;
-    Ok(AutoClaimed { next, entries, deleted })
+    Ok(AutoClaimed {
+        next,
+        entries,
+        deleted,
+    })
 }
 
 #[cfg(test)]
@@ -226,7 +255,10 @@ mod tests {
     }
 
     fn entry(id: &str, fields: &[&str]) -> Value {
-        Value::Array(vec![bulk(id), Value::Array(fields.iter().map(|f| bulk(f)).collect())])
+        Value::Array(vec![
+            bulk(id),
+            Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+        ])
     }
 
     #[test]
@@ -243,16 +275,38 @@ mod tests {
         let message = OutgoingMessage::new("orders", &b"{}"[..])
             .with_key("42")
             .with_header(header::EVENT_NAME, "order.created");
-        let packed = String::from_utf8_lossy(&xadd(&message, Some(1000)).unwrap().get_packed_command()).into_owned();
+        let packed =
+            String::from_utf8_lossy(&xadd(&message, Some(1000)).unwrap().get_packed_command())
+                .into_owned();
         // Every argument follows its `$<length>` line.
         let lines: Vec<&str> = packed.split("\r\n").collect();
-        let args: Vec<&str> = lines.windows(2).filter(|w| w[0].starts_with('$')).map(|w| w[1]).collect();
+        let args: Vec<&str> = lines
+            .windows(2)
+            .filter(|w| w[0].starts_with('$'))
+            .map(|w| w[1])
+            .collect();
         assert_eq!(
             args,
-            ["XADD", "orders", "MAXLEN", "~", "1000", "*", "payload", "{}", "x-message-key", "42", "x-event-name", "order.created"]
+            [
+                "XADD",
+                "orders",
+                "MAXLEN",
+                "~",
+                "1000",
+                "*",
+                "payload",
+                "{}",
+                "x-message-key",
+                "42",
+                "x-event-name",
+                "order.created"
+            ]
         );
         let reserved = OutgoingMessage::new("t", &b""[..]).with_header("payload", "x");
-        assert!(matches!(xadd(&reserved, None), Err(RedisBrokerError::ReservedHeader(_))));
+        assert!(matches!(
+            xadd(&reserved, None),
+            Err(RedisBrokerError::ReservedHeader(_))
+        ));
     }
 
     #[test]
@@ -260,7 +314,10 @@ mod tests {
         let reply = Value::Array(vec![Value::Array(vec![
             bulk("orders"),
             Value::Array(vec![
-                entry("1-0", &["payload", "body", "x-message-key", "k", "x-trace-id", "t"]),
+                entry(
+                    "1-0",
+                    &["payload", "body", "x-message-key", "k", "x-trace-id", "t"],
+                ),
                 Value::Array(vec![bulk("2-0"), Value::Nil]),
             ]),
         ])]);
@@ -281,7 +338,10 @@ mod tests {
 
     #[test]
     fn resp3_map_reply_is_read_too() {
-        let reply = Value::Map(vec![(bulk("s"), Value::Array(vec![entry("5-1", &["payload", "x"])]))]);
+        let reply = Value::Map(vec![(
+            bulk("s"),
+            Value::Array(vec![entry("5-1", &["payload", "x"])]),
+        )]);
         let streams = parse_read(reply).unwrap();
         assert_eq!(streams[0].0, "s");
         assert_eq!(streams[0].1[0].id, "5-1");
@@ -289,10 +349,22 @@ mod tests {
 
     #[test]
     fn foreign_entries_become_a_json_body() {
-        let raw = parse_entries("XRANGE", Value::Array(vec![entry("1-1", &["type", "BEAT_CREATED", "user", "7"])])).unwrap();
-        let message = raw.into_iter().next().unwrap().into_message("beats").unwrap();
+        let raw = parse_entries(
+            "XRANGE",
+            Value::Array(vec![entry("1-1", &["type", "BEAT_CREATED", "user", "7"])]),
+        )
+        .unwrap();
+        let message = raw
+            .into_iter()
+            .next()
+            .unwrap()
+            .into_message("beats")
+            .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
-        assert_eq!(body, serde_json::json!({"type": "BEAT_CREATED", "user": "7"}));
+        assert_eq!(
+            body,
+            serde_json::json!({"type": "BEAT_CREATED", "user": "7"})
+        );
         assert!(message.headers.is_empty());
     }
 

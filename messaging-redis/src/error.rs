@@ -13,7 +13,9 @@ pub enum RedisBrokerError {
     #[error("invalid Redis URL: {0}")]
     Url(String),
     /// A query parameter of `REDIS_URL` has a value that does not parse.
-    #[error("invalid Redis URL parameter `{key}={value}`: expected {expected} (parameters read by messaging-redis: {known})")]
+    #[error(
+        "invalid Redis URL parameter `{key}={value}`: expected {expected} (parameters read by messaging-redis: {known})"
+    )]
     UrlOption {
         key: &'static str,
         value: String,

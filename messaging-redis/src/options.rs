@@ -79,7 +79,9 @@ impl RedisOptions {
             let value = value.trim();
             match key.as_ref() {
                 "maxlen" => {
-                    let n: usize = value.parse().map_err(|_| invalid("maxlen", value, "a whole number"))?;
+                    let n: usize = value
+                        .parse()
+                        .map_err(|_| invalid("maxlen", value, "a whole number"))?;
                     self.maxlen = (n > 0).then_some(n);
                 }
                 "reclaim_idle" => self.reclaim_idle = duration("reclaim_idle", value)?,
@@ -127,7 +129,9 @@ mod tests {
     fn url_parameters_are_read_and_removed() {
         let mut options = RedisOptions::default();
         let url = options
-            .apply_url("redis://u:p@h:6379/2?maxlen=1000&reclaim_idle=1500ms&protocol=resp3&block=1s")
+            .apply_url(
+                "redis://u:p@h:6379/2?maxlen=1000&reclaim_idle=1500ms&protocol=resp3&block=1s",
+            )
             .unwrap();
         assert_eq!(url, "redis://u:p@h:6379/2?protocol=resp3");
         assert_eq!(options.maxlen, Some(1000));
@@ -139,7 +143,10 @@ mod tests {
     #[test]
     fn plain_urls_pass_unchanged() {
         let mut options = RedisOptions::default();
-        assert_eq!(options.apply_url("rediss://h:6380/0").unwrap(), "rediss://h:6380/0");
+        assert_eq!(
+            options.apply_url("rediss://h:6380/0").unwrap(),
+            "rediss://h:6380/0"
+        );
         assert_eq!(options, RedisOptions::default());
     }
 
@@ -149,7 +156,9 @@ mod tests {
             .apply_url("redis://h/0?reclaim_idle=soon")
             .unwrap_err();
         assert!(e.to_string().contains("reclaim_idle"), "{e}");
-        let e = RedisOptions::default().apply_url("redis://h/0?maxlen=-3").unwrap_err();
+        let e = RedisOptions::default()
+            .apply_url("redis://h/0?maxlen=-3")
+            .unwrap_err();
         assert!(e.to_string().contains("maxlen"), "{e}");
     }
 

@@ -26,7 +26,10 @@ fn numbers(messages: &[messaging_core::Message]) -> BTreeSet<usize> {
 async fn entries_carry_payload_key_and_every_header() {
     let broker = connect(RedisOptions::default()).await;
     let topic = unique("layout");
-    let mut consumer = broker.subscribe(subscription("g", &[&topic], StartFrom::Latest)).await.unwrap();
+    let mut consumer = broker
+        .subscribe(subscription("g", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
     let out = OutgoingMessage::new(&topic, &[0xff, 0x00, b'a'][..])
         .with_key("order-42")
         .with_header(header::EVENT_NAME, "order.created")
@@ -39,39 +42,57 @@ async fn entries_carry_payload_key_and_every_header() {
     let m = &got[0];
     assert_eq!(m.topic, topic);
     assert_eq!(m.key.as_deref(), Some("order-42"));
-    assert_eq!(m.payload, out.payload, "binary payloads arrive byte for byte");
-    assert_eq!(m.headers, out.headers, "headers arrive as published, the key apart");
+    assert_eq!(
+        m.payload, out.payload,
+        "binary payloads arrive byte for byte"
+    );
+    assert_eq!(
+        m.headers, out.headers,
+        "headers arrive as published, the key apart"
+    );
     let Position::StreamId(id) = &m.position else {
         panic!("position {:?}", m.position)
     };
 
-    // The raw entry is the documented layout.
-    let raw: Vec<(String, Vec<(String, Vec<u8>)>)> =
-        redis_cmd(&broker, redis::cmd("XRANGE").arg(&topic).arg("-").arg("+")).await;
+    // The raw entry is the documented layout: `(id, [(field, value)])` per entry.
+    type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+    let raw: Entries = redis_cmd(&broker, redis::cmd("XRANGE").arg(&topic).arg("-").arg("+")).await;
     assert_eq!(&raw[0].0, id);
     let names: Vec<&str> = raw[0].1.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["payload", "x-message-key", "custom", "x-event-name", "x-trace-id"]);
+    assert_eq!(
+        names,
+        [
+            "payload",
+            "x-message-key",
+            "custom",
+            "x-event-name",
+            "x-trace-id"
+        ]
+    );
 }
 
 #[tokio::test]
 async fn acknowledged_entries_leave_the_pending_list() {
     let broker = connect(RedisOptions::default()).await;
     let topic = unique("ack");
-    let mut consumer = broker.subscribe(subscription("g", &[&topic], StartFrom::Latest)).await.unwrap();
+    let mut consumer = broker
+        .subscribe(subscription("g", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
     publish_n(&broker, &topic, 5).await;
     let got = collect(&mut *consumer, 5, WAIT).await;
     assert_eq!(numbers(&got), (0..5).collect());
-    let pending: (usize, Option<String>, Option<String>, Option<Vec<(String, String)>>) =
-        redis_cmd(&broker, redis::cmd("XPENDING").arg(&topic).arg("g")).await;
-    assert_eq!(pending.0, 5);
+    assert_eq!(pending(&broker, &topic, "g").await, 5);
     let acker = consumer.acker();
     let acks = got.iter().map(|m| acker.ack(m));
     for result in futures::future::join_all(acks).await {
         result.unwrap();
     }
-    let pending: (usize, Option<String>, Option<String>, Option<Vec<(String, String)>>) =
-        redis_cmd(&broker, redis::cmd("XPENDING").arg(&topic).arg("g")).await;
-    assert_eq!(pending.0, 0, "all five acknowledged");
+    assert_eq!(
+        pending(&broker, &topic, "g").await,
+        0,
+        "all five acknowledged"
+    );
 }
 
 #[tokio::test]
@@ -79,11 +100,23 @@ async fn groups_start_at_the_end_or_at_the_beginning() {
     let broker = connect(RedisOptions::default()).await;
     let topic = unique("start");
     publish_n(&broker, &topic, 3).await;
-    let mut latest = broker.subscribe(subscription("late", &[&topic], StartFrom::Latest)).await.unwrap();
-    let mut earliest = broker.subscribe(subscription("early", &[&topic], StartFrom::Earliest)).await.unwrap();
-    broker.publish(OutgoingMessage::new(&topic, "3")).await.unwrap();
+    let mut latest = broker
+        .subscribe(subscription("late", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
+    let mut earliest = broker
+        .subscribe(subscription("early", &[&topic], StartFrom::Earliest))
+        .await
+        .unwrap();
+    broker
+        .publish(OutgoingMessage::new(&topic, "3"))
+        .await
+        .unwrap();
     assert_eq!(numbers(&collect(&mut *latest, 1, WAIT).await), [3].into());
-    assert_eq!(numbers(&collect(&mut *earliest, 4, WAIT).await), (0..4).collect());
+    assert_eq!(
+        numbers(&collect(&mut *earliest, 4, WAIT).await),
+        (0..4).collect()
+    );
     assert_nothing(&mut *latest, Duration::from_millis(500)).await;
 }
 
@@ -91,13 +124,23 @@ async fn groups_start_at_the_end_or_at_the_beginning() {
 async fn one_consumer_reads_several_streams_and_respects_max() {
     let broker = connect(RedisOptions::default()).await;
     let (a, b) = (unique("multi-a"), unique("multi-b"));
-    let mut consumer = broker.subscribe(subscription("g", &[&a, &b], StartFrom::Latest)).await.unwrap();
+    let mut consumer = broker
+        .subscribe(subscription("g", &[&a, &b], StartFrom::Latest))
+        .await
+        .unwrap();
     publish_n(&broker, &a, 10).await;
     publish_n(&broker, &b, 10).await;
     let mut all = Vec::new();
     while all.len() < 20 {
-        let batch = tokio::time::timeout(WAIT, consumer.next_batch(3)).await.unwrap().unwrap();
-        assert!(!batch.is_empty() && batch.len() <= 3, "batch of {}", batch.len());
+        let batch = tokio::time::timeout(WAIT, consumer.next_batch(3))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !batch.is_empty() && batch.len() <= 3,
+            "batch of {}",
+            batch.len()
+        );
         all.extend(batch.iter().map(|m| (m.topic.clone(), m.payload.clone())));
     }
     assert_eq!(all.iter().filter(|(t, _)| *t == a).count(), 10);
@@ -108,14 +151,24 @@ async fn one_consumer_reads_several_streams_and_respects_max() {
 async fn a_dropped_consumer_hands_its_entries_back() {
     let broker = connect(quick()).await;
     let topic = unique("handback");
-    let mut first = broker.subscribe(subscription("g", &[&topic], StartFrom::Latest)).await.unwrap();
-    let mut second = broker.subscribe(subscription("g", &[&topic], StartFrom::Latest)).await.unwrap();
+    let mut first = broker
+        .subscribe(subscription("g", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
+    let mut second = broker
+        .subscribe(subscription("g", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
     publish_n(&broker, &topic, 4).await;
     let held = collect(&mut *first, 4, WAIT).await;
     first.acker().ack(&held[0]).await.unwrap();
     drop(first);
     let again = collect(&mut *second, 3, WAIT).await;
-    assert_eq!(numbers(&again), [1, 2, 3].into(), "the unacknowledged three, not the acknowledged one");
+    assert_eq!(
+        numbers(&again),
+        [1, 2, 3].into(),
+        "the unacknowledged three, not the acknowledged one"
+    );
 }
 
 #[tokio::test]
@@ -126,20 +179,36 @@ async fn a_crashed_consumer_is_reclaimed_after_the_idle_time_and_a_live_one_is_n
     };
     let broker = connect(options).await;
     let topic = unique("reclaim");
-    let mut live = broker.subscribe(subscription("g", &[&topic], StartFrom::Latest)).await.unwrap();
-    let mut crashed = broker.subscribe(subscription("g", &[&topic], StartFrom::Latest)).await.unwrap();
-    let mut other = broker.subscribe(subscription("g", &[&topic], StartFrom::Latest)).await.unwrap();
+    let mut live = broker
+        .subscribe(subscription("g", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
+    let mut crashed = broker
+        .subscribe(subscription("g", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
+    let mut other = broker
+        .subscribe(subscription("g", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
 
     publish_n(&broker, &topic, 2).await;
     let kept = collect(&mut *live, 2, WAIT).await;
-    broker.publish(OutgoingMessage::new(&topic, "7")).await.unwrap();
+    broker
+        .publish(OutgoingMessage::new(&topic, "7"))
+        .await
+        .unwrap();
     let lost = collect(&mut *crashed, 1, WAIT).await;
     assert_eq!(numbers(&lost), [7].into());
     drop(crashed);
 
     // Four idle times: the live consumer's entries are refreshed, the crashed one's are not.
     let reclaimed = collect(&mut *other, 3, Duration::from_secs(2)).await;
-    assert_eq!(numbers(&reclaimed), [7].into(), "only the crashed consumer's entry moves");
+    assert_eq!(
+        numbers(&reclaimed),
+        [7].into(),
+        "only the crashed consumer's entry moves"
+    );
     let acker = live.acker();
     for m in &kept {
         acker.ack(m).await.unwrap();
@@ -151,55 +220,90 @@ async fn cancelled_fetches_lose_nothing() {
     // No reclaiming within the test: only the consumer's own re-read can recover.
     let broker = connect(RedisOptions::default()).await;
     let topic = unique("cancel");
-    let mut consumer = broker.subscribe(subscription("g", &[&topic], StartFrom::Latest)).await.unwrap();
+    let mut consumer = broker
+        .subscribe(subscription("g", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
     let acker = consumer.acker();
     let mut seen = BTreeSet::new();
     for i in 0..200usize {
-        broker.publish(OutgoingMessage::new(&topic, i.to_string())).await.unwrap();
+        broker
+            .publish(OutgoingMessage::new(&topic, i.to_string()))
+            .await
+            .unwrap();
         // Drop the fetch at varying points: before the read, while it is on the wire, after.
         let limit = Duration::from_micros(fastrand::u64(0..400));
         if let Ok(batch) = tokio::time::timeout(limit, consumer.next_batch(5)).await {
             for m in batch.unwrap() {
                 acker.ack(&m).await.unwrap();
-                seen.insert(std::str::from_utf8(&m.payload).unwrap().parse::<usize>().unwrap());
+                seen.insert(
+                    std::str::from_utf8(&m.payload)
+                        .unwrap()
+                        .parse::<usize>()
+                        .unwrap(),
+                );
             }
         }
     }
     let rest = collect(&mut *consumer, 200 - seen.len(), WAIT).await;
     seen.extend(numbers(&rest));
-    assert_eq!(seen, (0..200).collect(), "every message arrives despite the cancellations");
+    assert_eq!(
+        seen,
+        (0..200).collect(),
+        "every message arrives despite the cancellations"
+    );
 }
 
 #[tokio::test]
 async fn entries_deleted_while_pending_do_not_wedge_the_group() {
     let broker = connect(quick()).await;
     let topic = unique("deleted");
-    let mut first = broker.subscribe(subscription("g", &[&topic], StartFrom::Latest)).await.unwrap();
-    let mut second = broker.subscribe(subscription("g", &[&topic], StartFrom::Latest)).await.unwrap();
+    let mut first = broker
+        .subscribe(subscription("g", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
+    let mut second = broker
+        .subscribe(subscription("g", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
     publish_n(&broker, &topic, 3).await;
     let held = collect(&mut *first, 3, WAIT).await;
     for m in &held[..2] {
-        let Position::StreamId(id) = &m.position else { unreachable!() };
+        let Position::StreamId(id) = &m.position else {
+            unreachable!()
+        };
         let _: usize = redis_cmd(&broker, redis::cmd("XDEL").arg(&topic).arg(id)).await;
     }
     drop(first);
-    broker.publish(OutgoingMessage::new(&topic, "3")).await.unwrap();
+    broker
+        .publish(OutgoingMessage::new(&topic, "3"))
+        .await
+        .unwrap();
     let got = collect(&mut *second, 2, WAIT).await;
-    assert_eq!(numbers(&got), [2, 3].into(), "the surviving entry and the new one");
+    assert_eq!(
+        numbers(&got),
+        [2, 3].into(),
+        "the surviving entry and the new one"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     for m in &got {
         second.acker().ack(m).await.unwrap();
     }
-    let pending: (usize, Option<String>, Option<String>, Option<Vec<(String, String)>>) =
-        redis_cmd(&broker, redis::cmd("XPENDING").arg(&topic).arg("g")).await;
-    assert_eq!(pending.0, 0, "deleted entries left the pending list");
+    assert_eq!(
+        pending(&broker, &topic, "g").await,
+        0,
+        "deleted entries left the pending list"
+    );
 }
 
 #[tokio::test]
 async fn a_group_lost_by_the_server_is_created_again() {
     let broker = connect(quick()).await;
     let topic = unique("nogroup");
-    let mut consumer = broker.subscribe(subscription("g", &[&topic], StartFrom::Latest)).await.unwrap();
+    let mut consumer = broker
+        .subscribe(subscription("g", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
     publish_n(&broker, &topic, 1).await;
     assert_eq!(collect(&mut *consumer, 1, WAIT).await.len(), 1);
     // What a restart without persistence looks like to the consumer.
@@ -218,13 +322,19 @@ async fn a_group_lost_by_the_server_is_created_again() {
 async fn closing_leaves_the_group() {
     let broker = connect(RedisOptions::default()).await;
     let topic = unique("close");
-    let mut consumer = broker.subscribe(subscription("g", &[&topic], StartFrom::Latest)).await.unwrap();
+    let mut consumer = broker
+        .subscribe(subscription("g", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
     publish_n(&broker, &topic, 1).await;
     let got = collect(&mut *consumer, 1, WAIT).await;
     consumer.acker().ack(&got[0]).await.unwrap();
     consumer.close().await.unwrap();
-    let consumers: Vec<redis::Value> =
-        redis_cmd(&broker, redis::cmd("XINFO").arg("CONSUMERS").arg(&topic).arg("g")).await;
+    let consumers: Vec<redis::Value> = redis_cmd(
+        &broker,
+        redis::cmd("XINFO").arg("CONSUMERS").arg(&topic).arg("g"),
+    )
+    .await;
     assert!(consumers.is_empty(), "{consumers:?}");
 }
 
@@ -236,16 +346,24 @@ async fn dead_letter_streams_exist_before_their_first_record_and_are_never_trimm
     };
     let broker = connect(options).await;
     let (topic, dlq) = (unique("trim"), unique("trim.dlq"));
-    broker.declare_topics(std::slice::from_ref(&dlq)).await.unwrap();
+    broker
+        .declare_topics(std::slice::from_ref(&dlq))
+        .await
+        .unwrap();
     let exists: usize = redis_cmd(&broker, redis::cmd("EXISTS").arg(&dlq)).await;
     assert_eq!(exists, 1);
     let groups: Vec<std::collections::HashMap<String, redis::Value>> =
         redis_cmd(&broker, redis::cmd("XINFO").arg("GROUPS").arg(&dlq)).await;
     assert_eq!(groups.len(), 1);
-    assert!(matches!(&groups[0]["name"], redis::Value::BulkString(n) if n == KEEP_GROUP.as_bytes()));
+    assert!(
+        matches!(&groups[0]["name"], redis::Value::BulkString(n) if n == KEEP_GROUP.as_bytes())
+    );
 
     for i in 0..500 {
-        broker.publish(OutgoingMessage::new(&topic, i.to_string())).await.unwrap();
+        broker
+            .publish(OutgoingMessage::new(&topic, i.to_string()))
+            .await
+            .unwrap();
         broker
             .publish(OutgoingMessage::new(&dlq, i.to_string()).with_header(DLQ_HEADER, "1"))
             .await
@@ -256,7 +374,11 @@ async fn dead_letter_streams_exist_before_their_first_record_and_are_never_trimm
     let len: usize = redis_cmd(&broker, redis::cmd("XLEN").arg(&dlq)).await;
     assert_eq!(len, 500, "dead-letter records are kept");
     let browsed = broker.browse(&dlq, 3).await.unwrap();
-    assert_eq!(numbers(&browsed), [0, 1, 2].into(), "browse reads from the beginning");
+    assert_eq!(
+        numbers(&browsed),
+        [0, 1, 2].into(),
+        "browse reads from the beginning"
+    );
 }
 
 #[tokio::test]
@@ -267,12 +389,17 @@ async fn the_factory_is_registered_and_reads_the_url() {
         redis_url: format!("{URL}?reclaim_idle=3s"),
         ..messaging_core::Config::default()
     };
-    let broker = messaging_core::broker::connect_once(&config).await.expect("connect through the factory");
+    let broker = messaging_core::broker::connect_once(&config)
+        .await
+        .expect("connect through the factory");
     assert_eq!(broker.name(), "redis");
 
     let bad = messaging_core::Config {
         redis_url: "redis://127.0.0.1:1/0".into(),
         ..config
     };
-    assert!(messaging_core::broker::connect_once(&bad).await.is_err(), "nothing listens on port 1");
+    assert!(
+        messaging_core::broker::connect_once(&bad).await.is_err(),
+        "nothing listens on port 1"
+    );
 }

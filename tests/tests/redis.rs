@@ -12,7 +12,9 @@ fn connect() -> ConnectFuture {
     Box::pin(async {
         match RedisBroker::connect_url(URL).await {
             Ok(broker) => broker.into_dyn(),
-            Err(error) => panic!("Redis is not reachable at {URL} (run scripts/start-redis.sh): {error}"),
+            Err(error) => {
+                panic!("Redis is not reachable at {URL} (run scripts/start-redis.sh): {error}")
+            }
         }
     })
 }

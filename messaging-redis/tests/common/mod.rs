@@ -46,7 +46,12 @@ pub async fn collect(consumer: &mut dyn Consumer, want: usize, limit: Duration) 
     while got.len() < want {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match tokio::time::timeout(left, consumer.next_batch(want - got.len())).await {
-            Ok(batch) => got.extend(batch.expect("next_batch failed").iter().map(|m| (**m).clone())),
+            Ok(batch) => got.extend(
+                batch
+                    .expect("next_batch failed")
+                    .iter()
+                    .map(|m| (**m).clone()),
+            ),
             Err(_) => break,
         }
     }
@@ -61,7 +66,9 @@ pub async fn assert_nothing(consumer: &mut dyn Consumer, wait: Duration) {
 }
 
 pub async fn redis_cmd<T: redis::FromRedisValue>(broker: &RedisBroker, cmd: &mut redis::Cmd) -> T {
-    cmd.query_async(&mut broker.connection()).await.expect("redis command failed")
+    cmd.query_async(&mut broker.connection())
+        .await
+        .expect("redis command failed")
 }
 
 pub async fn publish_n(broker: &dyn Broker, topic: &str, n: usize) {
@@ -71,4 +78,33 @@ pub async fn publish_n(broker: &dyn Broker, topic: &str, n: usize) {
             .await
             .expect("publish failed");
     }
+}
+
+/// `XPENDING <topic> <group>`: the count, the id range, and the count per consumer.
+pub type PendingSummary = (
+    usize,
+    Option<String>,
+    Option<String>,
+    Option<Vec<(String, String)>>,
+);
+
+/// How many entries of `topic` are pending in `group`.
+pub async fn pending(broker: &RedisBroker, topic: &str, group: &str) -> usize {
+    pending_summary(broker, topic, group).await.0
+}
+
+/// Entries pending in `group` under consumers whose name starts with `prefix`.
+pub async fn pending_of(broker: &RedisBroker, topic: &str, group: &str, prefix: &str) -> usize {
+    pending_summary(broker, topic, group)
+        .await
+        .3
+        .unwrap_or_default()
+        .iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(_, count)| count.parse::<usize>().unwrap())
+        .sum()
+}
+
+async fn pending_summary(broker: &RedisBroker, topic: &str, group: &str) -> PendingSummary {
+    redis_cmd(broker, redis::cmd("XPENDING").arg(topic).arg(group)).await
 }
