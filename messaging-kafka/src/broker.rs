@@ -16,9 +16,6 @@ use crate::error::{KafkaSetupError, NAME, connection, from_kafka, operation};
 use crate::settings::KafkaSettings;
 use crate::topics::Topics;
 
-/// How long `connect` waits for the cluster's metadata.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The producer's defaults, which `KAFKA_CONFIG_*` properties may override.
 const PRODUCER_DEFAULTS: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
 
@@ -69,7 +66,8 @@ impl KafkaBroker {
         Self::connect_with(settings).await
     }
 
-    /// Connects with these settings; fails when the cluster does not answer within 10 s.
+    /// Connects with these settings; fails when the cluster does not answer within
+    /// `messaging.connect.timeout.ms` (10 s by default).
     pub async fn connect_with(settings: KafkaSettings) -> Result<Self, BrokerError> {
         let producer: FutureProducer = settings
             .client_config(PRODUCER_DEFAULTS, &[])
@@ -77,15 +75,13 @@ impl KafkaBroker {
             .map_err(|e| operation("create producer", e))?;
         let probe = producer.clone();
         let servers = settings.bootstrap_servers().to_owned();
-        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, CONNECT_TIMEOUT))
+        let timeout = settings.connect_timeout;
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout))
             .await
             .map_err(|e| operation("connect", e))?
             .map_err(|error| {
                 tracing::debug!(%error, "Kafka metadata request failed");
-                connection(KafkaSetupError::Unreachable {
-                    servers,
-                    seconds: CONNECT_TIMEOUT.as_secs(),
-                })
+                connection(KafkaSetupError::Unreachable { servers, timeout })
             })?;
         let topics = Topics::new(&settings)?;
         Ok(Self {

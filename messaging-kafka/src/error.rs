@@ -21,7 +21,8 @@ pub enum KafkaSetupError {
     /// A `messaging.*` option this crate does not know.
     #[error(
         "unknown option `{name}`; this crate reads messaging.topic.partitions, \
-         messaging.topic.replication.factor and messaging.join.timeout.ms"
+         messaging.topic.replication.factor, messaging.join.timeout.ms and \
+         messaging.connect.timeout.ms"
     )]
     UnknownOption { name: String },
     /// The broker refused to create a topic.
@@ -34,8 +35,11 @@ pub enum KafkaSetupError {
         code: RDKafkaErrorCode,
     },
     /// The broker did not answer in time.
-    #[error("no answer from {servers} within {seconds} s")]
-    Unreachable { servers: String, seconds: u64 },
+    #[error("no answer from {servers} within {timeout:?}")]
+    Unreachable {
+        servers: String,
+        timeout: std::time::Duration,
+    },
 }
 
 pub(crate) fn operation(

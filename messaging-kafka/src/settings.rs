@@ -17,10 +17,13 @@ pub const PARTITIONS: &str = "messaging.topic.partitions";
 pub const REPLICATION_FACTOR: &str = "messaging.topic.replication.factor";
 /// How long `subscribe` waits for the group to assign partitions (`messaging.join.timeout.ms`).
 pub const JOIN_TIMEOUT_MS: &str = "messaging.join.timeout.ms";
+/// How long connecting waits for the cluster's metadata (`messaging.connect.timeout.ms`).
+pub const CONNECT_TIMEOUT_MS: &str = "messaging.connect.timeout.ms";
 
 const DEFAULT_PARTITIONS: i32 = 3;
 const DEFAULT_REPLICATION_FACTOR: i32 = -1;
 const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a Kafka client of this crate is built from.
 #[derive(Clone, PartialEq, Eq)]
@@ -33,6 +36,8 @@ pub struct KafkaSettings {
     pub replication_factor: i32,
     /// How long `subscribe` waits for its first partition assignment.
     pub join_timeout: Duration,
+    /// How long connecting waits for the cluster to answer.
+    pub connect_timeout: Duration,
 }
 
 impl KafkaSettings {
@@ -45,6 +50,7 @@ impl KafkaSettings {
             partitions: DEFAULT_PARTITIONS,
             replication_factor: DEFAULT_REPLICATION_FACTOR,
             join_timeout: DEFAULT_JOIN_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         }
     }
 
@@ -103,6 +109,10 @@ impl KafkaSettings {
             }
             JOIN_TIMEOUT_MS => {
                 self.join_timeout =
+                    Duration::from_millis(value.trim().parse().map_err(|_| invalid())?);
+            }
+            CONNECT_TIMEOUT_MS => {
+                self.connect_timeout =
                     Duration::from_millis(value.trim().parse().map_err(|_| invalid())?);
             }
             other if other.starts_with("messaging.") => {
@@ -168,6 +178,7 @@ impl fmt::Debug for KafkaSettings {
             .field("partitions", &self.partitions)
             .field("replication_factor", &self.replication_factor)
             .field("join_timeout", &self.join_timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .finish()
     }
 }

@@ -12,10 +12,15 @@ fn connect() -> ConnectFuture {
     Box::pin(async {
         // The test broker's first group join takes about half of `session.timeout.ms`;
         // librdkafka's 45 s default would make every test wait 20 s.
-        let properties = [("session.timeout.ms", "6000"), ("messaging.topic.replication.factor", "1")];
+        let properties = [
+            ("session.timeout.ms", "6000"),
+            ("messaging.topic.replication.factor", "1"),
+        ];
         match KafkaBroker::connect_with_properties(BOOTSTRAP, properties).await {
             Ok(broker) => broker.into_dyn(),
-            Err(error) => panic!("Kafka is not reachable at {BOOTSTRAP} (run scripts/start-kafka.sh): {error}"),
+            Err(error) => panic!(
+                "Kafka is not reachable at {BOOTSTRAP} (run scripts/start-kafka.sh): {error}"
+            ),
         }
     })
 }

@@ -1,0 +1,139 @@
+//! A handler failing with retries keeps its partition's order: later messages of that
+//! partition wait for it, while the other partitions go on.
+//!
+//! Run with: scripts/start-kafka.sh && cargo test -p messaging-kafka --test order
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Log, connect, eventually, producer, start, unique};
+use messaging_core::{
+    HandlerError, HandlerSpec, Invocation, Position, RetryPolicy, SendOptions, decode_json,
+};
+use serde_json::json;
+
+const MESSAGES: u64 = 120;
+const RETRY_DELAY: Duration = Duration::from_millis(300);
+
+/// One attempt: which message, where, which attempt, when it started and ended, its outcome.
+#[derive(Clone, Debug)]
+struct Attempt {
+    n: u64,
+    partition: i32,
+    offset: i64,
+    attempt: u32,
+    started: Instant,
+    ended: Instant,
+    ok: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_message_holds_back_its_partition_only() {
+    let broker = connect(6).await;
+    let topic = unique("ordered");
+    // Everything is published first, so every partition has work waiting when the first
+    // message of one starts failing.
+    let producer = producer(&broker);
+    for n in 0..MESSAGES {
+        producer
+            .send_with(
+                &topic,
+                &json!({"n": n}),
+                SendOptions::key(format!("k{}", n % 12)),
+            )
+            .await
+            .expect("send is acknowledged");
+    }
+    let log: Log<Attempt> = Log::default();
+    let handler = HandlerSpec::new("ordered", [topic.clone()], {
+        let log = log.clone();
+        move |inv: Invocation| {
+            let log = log.clone();
+            async move {
+                let started = Instant::now();
+                let n = decode_json::<serde_json::Value>(&inv.message)?["n"]
+                    .as_u64()
+                    .unwrap_or(u64::MAX);
+                let Position::Partition { partition, offset } = inv.message.position else {
+                    panic!("not a Kafka position");
+                };
+                // Message 0 fails twice, then succeeds on its third attempt.
+                let ok = n != 0 || inv.attempt >= 3;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                log.push(Attempt {
+                    n,
+                    partition,
+                    offset,
+                    attempt: inv.attempt,
+                    started,
+                    ended: Instant::now(),
+                    ok,
+                });
+                if ok {
+                    Ok(())
+                } else {
+                    Err(HandlerError::retryable("not yet"))
+                }
+            }
+        }
+    })
+    .group(unique("ordered"))
+    .retry(RetryPolicy::new(3, RETRY_DELAY));
+    // Enough lanes that other partitions almost surely do not share message 0's lane.
+    let runtime = start(&broker, vec![handler], 16).await;
+    eventually("every message handled", Duration::from_secs(60), || {
+        log.all().iter().filter(|a| a.ok).count() as u64 >= MESSAGES
+    })
+    .await;
+    runtime.shutdown().await.unwrap();
+
+    let attempts = log.all();
+    let zero: Vec<&Attempt> = attempts.iter().filter(|a| a.n == 0).collect();
+    assert_eq!(
+        zero.iter().map(|a| (a.attempt, a.ok)).collect::<Vec<_>>(),
+        vec![(1, false), (2, false), (3, true)]
+    );
+    let (held_partition, held_offset) = (zero[0].partition, zero[0].offset);
+    let (first_failure, success) = (zero[0].ended, zero[2].ended);
+
+    // Its partition: nothing after it started before it succeeded, and order is kept.
+    let mut by_partition: BTreeMap<i32, Vec<&Attempt>> = BTreeMap::new();
+    for a in attempts.iter().filter(|a| a.ok) {
+        by_partition.entry(a.partition).or_default().push(a);
+    }
+    for a in &by_partition[&held_partition] {
+        if a.offset > held_offset {
+            assert!(
+                a.started >= success,
+                "offset {} of the held partition ran before the retried message succeeded",
+                a.offset
+            );
+        }
+    }
+    for (partition, handled) in &by_partition {
+        let offsets: Vec<i64> = handled.iter().map(|a| a.offset).collect();
+        let mut sorted = offsets.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            offsets, sorted,
+            "partition {partition} handled out of order"
+        );
+    }
+    // Other partitions went on while message 0 waited between its attempts.
+    let meanwhile: Vec<&Attempt> = attempts
+        .iter()
+        .filter(|a| {
+            a.partition != held_partition && a.ok && a.started > first_failure && a.ended < success
+        })
+        .collect();
+    assert!(
+        !meanwhile.is_empty(),
+        "no other partition made progress during the retries"
+    );
+    assert!(
+        by_partition.len() > 1,
+        "messages spread over several partitions"
+    );
+}
