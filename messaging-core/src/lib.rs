@@ -120,8 +120,84 @@ pub mod __private {
         label = "cannot be decoded",
         note = "derive `serde::Deserialize` for it, or take `serde_json::Value`, `Bytes`, `Vec<u8>`, `Message` or `Event<T>`"
     )]
-    pub trait JsonPayload {}
-    impl<T: serde::de::DeserializeOwned> JsonPayload for T {}
+    pub trait JsonPayload: Sized {
+        /// The body decoded as `Self`. The macros decode through this trait rather than
+        /// `decode_json`, so that a type that is not `Deserialize` is reported once, with the
+        /// message above, at the handler's argument.
+        fn decode_payload(message: &crate::message::Message) -> Result<Self, HandlerError>;
+
+        /// The body decoded as an envelope whose data is a `Self`.
+        fn decode_envelope(
+            message: &crate::message::Message,
+            fields: &EnvelopeFields,
+        ) -> Result<crate::envelope::Event<Self>, HandlerError>;
+    }
+
+    // Not recommended: an error names `JsonPayload` (with the message above), not serde's
+    // bounds and a list of every type that implements `Deserialize`.
+    #[diagnostic::do_not_recommend]
+    impl<T: serde::de::DeserializeOwned> JsonPayload for T {
+        fn decode_payload(message: &crate::message::Message) -> Result<Self, HandlerError> {
+            decode_json(message)
+        }
+
+        fn decode_envelope(
+            message: &crate::message::Message,
+            fields: &EnvelopeFields,
+        ) -> Result<crate::envelope::Event<Self>, HandlerError> {
+            decode_event(message, fields)
+        }
+    }
+
+    /// What a `#[consumer]` type must be; the macros reach its instance through this trait so
+    /// that a type that does not qualify is reported once, at the `impl` block's type.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be a #[consumer] type",
+        label = "not `Default + Send + Sync + 'static`",
+        note = "the runtime makes the one instance every #[on_event] method shares with \
+                `Default::default()` (unless one is registered with `.state(value)`) and uses it \
+                from several tasks: derive or implement `Default`, and keep the fields \
+                `Send + Sync` (e.g. `Arc<Mutex<_>>`, atomics, connection pools)"
+    )]
+    pub trait ConsumerType: Sized {
+        /// The instance the runtime made at start-up.
+        fn instance(invocation: &Invocation) -> Result<Arc<Self>, HandlerError>;
+
+        /// Makes the default instance.
+        fn make_default() -> (TypeId, Arc<dyn Any + Send + Sync>);
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<T: Default + Send + Sync + 'static> ConsumerType for T {
+        fn instance(invocation: &Invocation) -> Result<Arc<Self>, HandlerError> {
+            instance::<T>(invocation)
+        }
+
+        fn make_default() -> (TypeId, Arc<dyn Any + Send + Sync>) {
+            default_instance::<T>()
+        }
+    }
+
+    /// What a handler may return, as the macros check it: `IntoHandlerResult` under a name
+    /// whose error is reported as a whole, at the declared return type, instead of as the
+    /// first unmet bound of the error type.
+    #[diagnostic::on_unimplemented(
+        message = "a handler must return `()` or `Result<_, E>` where `E: Into<HandlerError>`, not `{Self}`",
+        label = "unsupported return type",
+        note = "return `anyhow::Result<()>`, `Result<(), HandlerError>`, or a `Result` whose error \
+                type implements `std::error::Error + Send + Sync` (e.g. with `thiserror`)"
+    )]
+    pub trait HandlerReturn {
+        /// The attempt's outcome.
+        fn into_handler_result(self) -> Result<(), HandlerError>;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<T: IntoHandlerResult> HandlerReturn for T {
+        fn into_handler_result(self) -> Result<(), HandlerError> {
+            IntoHandlerResult::into_handler_result(self)
+        }
+    }
 
     /// Compile-time check of a payload type.
     pub fn assert_json_payload<T: JsonPayload>() {}

@@ -90,9 +90,7 @@ impl Param {
     /// What the value looks like, for error messages.
     fn example(self) -> &'static str {
         match self {
-            Param::Topic => {
-                r#"topic = "orders.created" or topic = ["orders.created", "orders.updated"]"#
-            }
+            Param::Topic => r#"topic = "orders.created""#,
             Param::Topics => r#"topics = ["user-events", "payment-events"]"#,
             Param::Group => r#"group = "order-service""#,
             Param::MaxRetries => "max_retries = 3",
@@ -232,11 +230,16 @@ pub(crate) struct Args {
 }
 
 /// Whether the attribute starts with a string that is not a key (the event name).
-#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Leading {
     None,
-    /// The event name, with an example of the whole attribute for the error message.
-    EventName(&'static str),
+    /// The event name is expected first.
+    EventName {
+        /// The whole attribute as it should look, for the error message.
+        example: &'static str,
+        /// Where to report a missing name: the attribute's tokens, or nothing for the macro's
+        /// own call site.
+        attribute: TokenStream,
+    },
 }
 
 /// Parses the arguments of `#[<macro_name>(…)]`, accepting the keys in `allowed`. Every
@@ -251,8 +254,15 @@ pub(crate) fn parse_args(
         let mut errors = Errors::default();
         let mut args = Args::default();
         let mut seen = Vec::new();
-        if let Leading::EventName(example) = leading {
-            parse_leading_name(input, macro_name, example, &mut args, &mut errors);
+        if let Leading::EventName { example, attribute } = &leading {
+            parse_leading_name(
+                input,
+                macro_name,
+                example,
+                attribute,
+                &mut args,
+                &mut errors,
+            );
         }
         while !input.is_empty() {
             parse_pair(
@@ -283,6 +293,7 @@ fn parse_leading_name(
     input: ParseStream<'_>,
     macro_name: &str,
     example: &str,
+    attribute: &TokenStream,
     args: &mut Args,
     errors: &mut Errors,
 ) {
@@ -310,7 +321,12 @@ fn parse_leading_name(
     let message =
         format!("#[{macro_name}] needs the event name first, as a string literal: `{example}`");
     if starts_with_key || input.is_empty() {
-        errors.push(syn::Error::new(Span::call_site(), message));
+        let error = if attribute.is_empty() {
+            syn::Error::new(Span::call_site(), message)
+        } else {
+            syn::Error::new_spanned(attribute, message)
+        };
+        errors.push(error);
     } else {
         let tokens = skip_to_comma(input);
         errors.push(syn::Error::new_spanned(tokens, message));
@@ -548,9 +564,9 @@ fn parse_topics(key: Param, value: TokenStream) -> syn::Result<Spanned<Vec<LitSt
         return Err(syn::Error::new(
             list_span,
             format!(
-                "`{} = []` names no topic; give at least one: `{}`",
+                "`{} = []` names no topic; give at least one: `{} = [\"orders.created\"]`",
                 key.name(),
-                key.example()
+                key.name()
             ),
         ));
     }
@@ -774,7 +790,17 @@ mod tests {
 
     #[test]
     fn leading_name_is_required_when_asked_for() {
-        let parse = |t| parse_args(t, "event", EVENT_KEYS, Leading::EventName("x"));
+        let parse = |t| {
+            parse_args(
+                t,
+                "event",
+                EVENT_KEYS,
+                Leading::EventName {
+                    example: "x",
+                    attribute: TokenStream::new(),
+                },
+            )
+        };
         let args = parse(quote!("user.created", topic = "t", include_result = false)).unwrap();
         assert_eq!(args.name.unwrap().value(), "user.created");
         assert!(!args.include_result.unwrap().value);

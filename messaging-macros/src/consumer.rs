@@ -111,20 +111,15 @@ fn on_event_args(attr: &Attribute) -> syn::Result<Args> {
             ));
         }
     };
-    let args = attr::parse_args(
+    attr::parse_args(
         tokens,
         "on_event",
         attr::ON_EVENT_KEYS,
-        Leading::EventName(ON_EVENT_EXAMPLE),
-    );
-    // An empty `#[on_event()]` has no token to point at: point at the attribute.
-    args.map_err(|error| {
-        if error.span().source_text().is_none() {
-            syn::Error::new_spanned(attr, error.to_string())
-        } else {
-            error
-        }
-    })
+        Leading::EventName {
+            example: ON_EVENT_EXAMPLE,
+            attribute: attr.to_token_stream(),
+        },
+    )
 }
 
 fn check_impl(item_impl: &ItemImpl, errors: &mut Errors) {

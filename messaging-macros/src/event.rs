@@ -25,7 +25,10 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         attr,
         "event",
         attr::EVENT_KEYS,
-        Leading::EventName(EXAMPLE),
+        Leading::EventName {
+            example: EXAMPLE,
+            attribute: TokenStream::new(),
+        },
     ));
     let topic = args.as_ref().and_then(|args| match &args.topics {
         None => {

@@ -1,7 +1,7 @@
 //! The code shared by `#[message_handler]` and `#[on_event]`: the erased call function, the
 //! spanned type checks and the `inventory` registration, all inside `const _: () = { … };`.
 
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{LitStr, Type};
@@ -34,7 +34,6 @@ pub(crate) struct Registration<'a> {
 
 impl Registration<'_> {
     pub(crate) fn expand(&self) -> TokenStream {
-        let checks = self.checks();
         let call = self.call();
         let registration = self.registration();
         let envelope = match &self.envelope {
@@ -46,41 +45,9 @@ impl Registration<'_> {
         quote! {
             const _: () = {
                 const __MESSAGING_ENVELOPE: ::messaging_core::__private::EnvelopeFields = #envelope;
-                #checks
                 #call
                 #registration
             };
-        }
-    }
-
-    /// Trait checks at the user's tokens, so a wrong type is reported where it is written,
-    /// with the message of the trait's `#[diagnostic::on_unimplemented]`.
-    fn checks(&self) -> TokenStream {
-        let sig = self.sig;
-        let mut checks = Vec::new();
-        let payload = &sig.payload;
-        match &payload.kind {
-            PayloadKind::Json => checks.push(assert("assert_json_payload", &payload.ty)),
-            PayloadKind::Event(inner) => checks.push(assert("assert_json_payload", inner)),
-            PayloadKind::Bytes | PayloadKind::Vec | PayloadKind::Message => {}
-        }
-        if let Some(schema) = self.schema {
-            checks.push(assert("assert_json_payload", schema));
-        }
-        for ty in &sig.extractors {
-            checks.push(assert("assert_extractor", ty));
-        }
-        if let Some(output) = &sig.output {
-            checks.push(assert("assert_handler_result", output));
-        }
-        if let Kind::OnEvent { self_ty, .. } = self.kind {
-            checks.push(assert("assert_consumer_type", self_ty));
-        }
-        quote! {
-            #[allow(dead_code, clippy::all)]
-            fn __messaging_checks() {
-                #(#checks)*
-            }
         }
     }
 
@@ -90,22 +57,27 @@ impl Registration<'_> {
         let sig = self.sig;
         let payload_ty = &sig.payload.ty;
         let decode = match &sig.payload.kind {
-            PayloadKind::Event(inner) => quote_spanned! {payload_ty.span()=>
-                ::messaging_core::__private::decode_event::<#inner>(&__inv.message, &__MESSAGING_ENVELOPE)?
+            PayloadKind::Event(inner) => quote_spanned! {inner.span()=>
+                <#inner as ::messaging_core::__private::JsonPayload>::decode_envelope(
+                    &__inv.message,
+                    &__MESSAGING_ENVELOPE,
+                )?
             },
             PayloadKind::Bytes => quote!(::messaging_core::__private::decode_bytes(&__inv)),
             PayloadKind::Vec => quote!(::messaging_core::__private::decode_vec(&__inv)),
             PayloadKind::Message => quote!(::messaging_core::__private::decode_message(&__inv)),
             PayloadKind::Json => quote_spanned! {payload_ty.span()=>
-                ::messaging_core::__private::decode_json::<#payload_ty>(&__inv.message)?
+                <#payload_ty as ::messaging_core::__private::JsonPayload>::decode_payload(&__inv.message)?
             },
         };
+        // The body must also decode as the schema type, unless that is the argument's type.
         let schema_check = self
             .schema
             .filter(|schema| !same_type(schema, payload_ty))
             .map(|schema| {
                 quote_spanned! {schema.span()=>
-                    ::messaging_core::__private::validate_schema::<#schema>(&__inv)?;
+                    <#schema as ::messaging_core::__private::JsonPayload>::decode_payload(&__inv.message)
+                        .map(::core::mem::drop)?;
                 }
             });
         let args: Vec<_> = (0..sig.extractors.len())
@@ -121,31 +93,36 @@ impl Registration<'_> {
             Kind::MessageHandler => (None, quote!(#ident)),
             Kind::OnEvent { self_ty, .. } => (
                 Some(quote_spanned! {self_ty.span()=>
-                    let __this = ::messaging_core::__private::instance::<#self_ty>(&__inv)?;
+                    let __this = <#self_ty as ::messaging_core::__private::ConsumerType>::instance(&__inv)?;
                 }),
                 quote!(__this.#ident),
             ),
         };
-        let result_span = sig
-            .output
-            .as_ref()
-            .map_or_else(Span::call_site, Spanned::span);
-        let into_result = quote_spanned! {result_span=>
-            ::messaging_core::__private::IntoHandlerResult::into_handler_result
+        // Through the declared type, so that an unsupported one is reported where it is written.
+        let into_result = match &sig.output {
+            Some(output) => quote_spanned! {output.span()=>
+                <#output as ::messaging_core::__private::HandlerReturn>::into_handler_result(__result)
+            },
+            None => quote!(
+                ::messaging_core::__private::IntoHandlerResult::into_handler_result(__result)
+            ),
         };
         // Spanned at the function's name: a future that is not `Send` is reported there.
-        let boxed = quote_spanned! {ident.span()=> ::std::boxed::Box::pin};
+        let body = quote_spanned! {ident.span()=>
+            ::std::boxed::Box::pin(async move {
+                #schema_check
+                let __payload = #decode;
+                #(#extract)*
+                #this
+                let __result = #callee(__payload #(, #args)*).await;
+                #into_result
+            })
+        };
         quote! {
             fn __messaging_call(
                 __inv: ::messaging_core::__private::Invocation,
             ) -> ::messaging_core::__private::HandlerFuture {
-                #boxed(async move {
-                    #schema_check
-                    let __payload = #decode;
-                    #(#extract)*
-                    #this
-                    #into_result(#callee(__payload #(, #args)*).await)
-                })
+                #body
             }
         }
     }
@@ -167,9 +144,11 @@ impl Registration<'_> {
             } => (
                 quote!(OnEvent),
                 quote!(::core::option::Option::Some(#event_name)),
-                quote!(::core::option::Option::Some(
-                    ::messaging_core::__private::default_instance::<#self_ty>
-                )),
+                quote_spanned! {self_ty.span()=>
+                    ::core::option::Option::Some(
+                        <#self_ty as ::messaging_core::__private::ConsumerType>::make_default
+                    )
+                },
             ),
         };
         let topics = self.topics;
@@ -203,13 +182,6 @@ impl Registration<'_> {
                 }
             }
         }
-    }
-}
-
-fn assert(check: &str, ty: &Type) -> TokenStream {
-    let check = quote::format_ident!("{}", check);
-    quote_spanned! {ty.span()=>
-        ::messaging_core::__private::#check::<#ty>();
     }
 }
 

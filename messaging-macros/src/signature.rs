@@ -146,16 +146,17 @@ pub(crate) fn analyze(sig: &Signature, place: &Place<'_>) -> syn::Result<Handler
             None
         }
         None => {
-            let example = match place {
-                Place::Free => {
-                    "`msg: serde_json::Value`, `order: OrderCreated`, `event: Event<T>` or `body: Bytes`"
-                }
-                Place::Method { .. } => "`&self, event: Event<UserCreated>`",
+            let message = match place {
+                Place::Free => format!(
+                    "{what} takes the message as its first argument, e.g. `msg: \
+                     serde_json::Value`, `order: OrderCreated`, `event: Event<T>` or `body: Bytes`"
+                ),
+                Place::Method { .. } => format!(
+                    "{what} takes the event after `&self`: `async fn {name}(&self, event: \
+                     Event<UserCreated>)`"
+                ),
             };
-            errors.push(syn::Error::new(
-                sig.paren_token.span.join(),
-                format!("{what} takes the message as its first argument, e.g. {example}"),
-            ));
+            errors.push(syn::Error::new(sig.paren_token.span.join(), message));
             None
         }
     };
@@ -216,15 +217,15 @@ fn check_receiver(receiver: &syn::Receiver) -> syn::Result<()> {
 fn check_argument_type(ty: &Type, first: bool) -> syn::Result<()> {
     match ty {
         Type::Reference(reference) => {
-            let inner = reference.elem.to_token_stream();
+            let owned = owned_form(&reference.elem);
             let message = if first {
                 format!(
-                    "the message is passed to the handler by value: take `{inner}` instead of a \
-                     reference (use `String`, not `&str`)"
+                    "the message is passed to the handler by value: take `{owned}` instead of a \
+                     reference"
                 )
             } else {
                 format!(
-                    "handler arguments are passed by value: take `{inner}` instead of a reference"
+                    "handler arguments are passed by value: take `{owned}` instead of a reference"
                 )
             };
             Err(syn::Error::new_spanned(ty, message))
@@ -236,6 +237,18 @@ fn check_argument_type(ty: &Type, first: bool) -> syn::Result<()> {
         )),
         Type::Infer(_) => Err(syn::Error::new_spanned(ty, "handler arguments need a type")),
         _ => Ok(()),
+    }
+}
+
+/// The owned type to suggest for `&inner`.
+fn owned_form(inner: &Type) -> String {
+    match inner {
+        Type::Path(path) if path.path.is_ident("str") => "String".to_owned(),
+        Type::Slice(slice) if matches!(&*slice.elem, Type::Path(p) if p.path.is_ident("u8")) => {
+            "Bytes` or `Vec<u8>".to_owned()
+        }
+        Type::Slice(slice) => format!("Vec<{}>", slice.elem.to_token_stream()),
+        other => other.to_token_stream().to_string(),
     }
 }
 
