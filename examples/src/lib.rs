@@ -7,3 +7,14 @@
 pub mod api;
 pub mod domain;
 pub mod handlers;
+
+/// Links the broker crates enabled as features, so that `MESSAGING_BACKEND` can select them
+/// (a crate that nothing refers to is not linked, and its registration would be missing).
+pub fn link_brokers() {
+    #[cfg(feature = "kafka")]
+    use messaging_kafka as _;
+    #[cfg(feature = "rabbitmq")]
+    use messaging_rabbit as _;
+    #[cfg(feature = "redis")]
+    use messaging_redis as _;
+}

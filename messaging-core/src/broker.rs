@@ -176,6 +176,10 @@ impl ConnectionState {
     pub fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::Relaxed);
     }
+    /// Counts a failed attempt to reach the broker.
+    pub fn record_failure(&self) {
+        self.retry_count.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Connects, retrying `connect_max_retries` times `connect_retry_delay` apart, then cooling
@@ -206,7 +210,7 @@ pub async fn connect_with_retry(
             }
             Err(error) => {
                 state.set_connected(false);
-                state.retry_count.fetch_add(1, Ordering::Relaxed);
+                state.record_failure();
                 tracing::warn!(backend = factory.name, %error, "connection attempt {attempt}/{per_round} failed");
                 if attempt >= per_round {
                     tracing::warn!("Cooling down for {:?}", config.connect_cooldown);

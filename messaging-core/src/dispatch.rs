@@ -14,8 +14,9 @@ use futures::FutureExt as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
-use crate::broker::{Acker, Broker, Consumer};
+use crate::broker::{Acker, Broker, ConnectionState, Consumer};
 use crate::dlq::{DeadLetterRecord, OriginalMessage, RECORD_VERSION, RecordedError};
 use crate::envelope::{EnvelopeFields, event_name};
 use crate::error::{FailureKind, HandlerError};
@@ -52,6 +53,8 @@ pub(crate) struct Dispatcher {
     pub batch_size: usize,
     pub max_message_size: usize,
     pub shutdown: CancellationToken,
+    /// Fetch failures and successes are reported here, for `/health`.
+    pub connection: Arc<ConnectionState>,
 }
 
 /// Why a message was acknowledged without a handler.
@@ -97,11 +100,17 @@ impl Dispatcher {
             };
             match batch {
                 Ok(batch) => {
+                    if *failures > 0 {
+                        tracing::info!(group = %self.group, "fetching again after {failures} failures");
+                        self.connection.set_connected(true);
+                    }
                     *failures = 0;
                     return Some(batch);
                 }
                 Err(error) => {
                     *failures += 1;
+                    self.connection.set_connected(false);
+                    self.connection.record_failure();
                     let wait = Duration::from_millis(100 * 2u64.pow((*failures).min(8)))
                         .min(Duration::from_secs(30));
                     tracing::warn!(group = %self.group, %error, ?wait, "fetching failed; retrying");
@@ -277,7 +286,15 @@ impl Dispatcher {
             Ok(future) => future,
             Err(panic) => return Err(panicked(panic)),
         };
-        let guarded = AssertUnwindSafe(future).catch_unwind();
+        // One span per attempt; debug level, so it costs next to nothing unless enabled.
+        let span = tracing::debug_span!(
+            "message",
+            topic = %message.topic,
+            handler = target.spec.name,
+            attempt,
+            trace_id = trace_id.as_deref().unwrap_or(""),
+        );
+        let guarded = AssertUnwindSafe(future).catch_unwind().instrument(span);
         let outcome = match (trace_id, target.spec.retry.timeout) {
             (None, None) => guarded.await,
             (trace_id, None) => trace::with_trace_id(trace_id, guarded).await,

@@ -2,6 +2,8 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod broker;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
 mod disabled;
 mod dispatch;
@@ -11,6 +13,8 @@ pub mod error;
 mod event;
 pub mod extract;
 pub mod handler;
+#[cfg(feature = "cli")]
+pub mod health;
 pub mod memory;
 pub mod message;
 pub mod metrics;

@@ -38,6 +38,19 @@ impl HandlerMetrics {
     }
 }
 
+/// Counters summed over every handler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandlerTotals {
+    /// Handler calls.
+    pub attempts: u64,
+    /// Messages handled successfully.
+    pub succeeded: u64,
+    /// Retries scheduled.
+    pub retried: u64,
+    /// Messages dead-lettered.
+    pub dead_lettered: u64,
+}
+
 /// Process-wide counters, rendered as Prometheus text by [`Metrics::render`].
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -84,6 +97,18 @@ impl Metrics {
         let m = Arc::new(HandlerMetrics::default());
         lock(&self.handlers).push((topic.to_owned(), handler.to_owned(), Arc::clone(&m)));
         m
+    }
+
+    /// Counters summed over every handler.
+    pub fn handler_totals(&self) -> HandlerTotals {
+        let mut totals = HandlerTotals::default();
+        for (_, _, m) in lock(&self.handlers).iter() {
+            totals.attempts += m.attempts.load(Relaxed);
+            totals.succeeded += m.succeeded.load(Relaxed);
+            totals.retried += m.retried.load(Relaxed);
+            totals.dead_lettered += m.dead_lettered.load(Relaxed);
+        }
+        totals
     }
 
     /// Events dropped by the background publisher (`messaging_events_dropped_total`).

@@ -296,6 +296,7 @@ impl RuntimeBuilder {
                 batch_size: self.batch_size,
                 max_message_size: config.max_message_size,
                 shutdown: shutdown.clone(),
+                connection: Arc::clone(&self.connection),
             });
             tasks.spawn(dispatcher.run(consumer));
         }

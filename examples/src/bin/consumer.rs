@@ -1,0 +1,13 @@
+//! The consumer: runs every handler of the example service, or those of the topics named with
+//! `--topic`, on the backend chosen by MESSAGING_BACKEND.
+//!
+//! Run with: MESSAGING_BACKEND=redis cargo run -p messaging-examples --bin consumer -- --topic orders.created
+
+use std::process::ExitCode;
+
+use messaging_examples::domain::PaymentGateway;
+
+fn main() -> ExitCode {
+    messaging_examples::link_brokers();
+    messaging_core::cli::main_with(|runtime| runtime.state(PaymentGateway::default()))
+}

@@ -1,0 +1,498 @@
+//! The `consumer` command line (DESIGN §6). A service's consumer binary is one line:
+//!
+//! ```no_run
+//! fn main() -> std::process::ExitCode {
+//!     messaging_core::cli::main()
+//! }
+//! ```
+//!
+//! or, to register state for `State<T>` extractors, `cli::main_with(|runtime| runtime.state(pool))`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{ConnectionState, StartFrom, Subscription, connect_once};
+use crate::config::{Config, parse_duration, try_current_config};
+use crate::dlq::{DeadLetterRecord, default_dlq_topic};
+use crate::error::Error;
+use crate::health::{self, Health};
+use crate::metrics::metrics;
+use crate::registry::{HandlerKind, HandlerSpec, check, registered_handlers};
+use crate::retry::Backoff;
+use crate::runtime::{Runtime, RuntimeBuilder};
+
+/// Runs the registered handlers, or inspects them and their dead-letter queues.
+#[derive(Debug, Parser)]
+#[command(
+    name = "consumer",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the handlers (the default when no command is given).
+    Run(RunArgs),
+    /// Lists the registered handlers: kind, topics, group, retries, schema, DLQ.
+    List,
+    /// Lints the handler topology; exits non-zero on problems.
+    Check,
+    /// Inspects or replays a dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Runs only the handlers of this topic (repeatable; none = every handler).
+    #[arg(long = "topic", value_name = "T")]
+    topics: Vec<String>,
+    /// Puts every handler in this consumer group.
+    #[arg(long, value_name = "G")]
+    group: Option<String>,
+    /// The backend, instead of MESSAGING_BACKEND.
+    #[arg(long, value_name = "NAME")]
+    broker: Option<String>,
+    /// Handlers running at once per group (order is kept per key).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: Option<u16>,
+    /// Serves GET /health and GET /metrics on this address.
+    #[arg(long, value_name = "ADDR")]
+    health_addr: Option<SocketAddr>,
+    /// How long shutdown waits for in-flight handlers.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration_arg)]
+    shutdown_timeout: Duration,
+    /// New groups start from the oldest message the broker holds.
+    #[arg(long)]
+    from_beginning: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Prints the records of a topic's dead-letter queue, without consuming them.
+    List(DlqArgs),
+    /// Re-publishes dead-letter records to their original topic, each once.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+struct DlqArgs {
+    /// The original topic (its DLQ is `<topic>.dlq` unless a handler names another).
+    #[arg(long, value_name = "T")]
+    topic: String,
+    /// At most this many records.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    limit: usize,
+    /// The backend, instead of MESSAGING_BACKEND.
+    #[arg(long, value_name = "NAME")]
+    broker: Option<String>,
+    /// One JSON record per line instead of a summary line each.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    /// The original topic (its DLQ is `<topic>.dlq` unless a handler names another).
+    #[arg(long, value_name = "T")]
+    topic: String,
+    /// At most this many records.
+    #[arg(long, value_name = "N", default_value_t = usize::MAX, hide_default_value = true)]
+    limit: usize,
+    /// The backend, instead of MESSAGING_BACKEND.
+    #[arg(long, value_name = "NAME")]
+    broker: Option<String>,
+    /// Stop when no record arrived for this long.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration_arg)]
+    idle: Duration,
+}
+
+fn duration_arg(value: &str) -> Result<Duration, String> {
+    parse_duration("duration", value).map_err(|e| e.to_string())
+}
+
+/// Parses the process arguments and runs; the exit code says how it went.
+pub fn main() -> ExitCode {
+    main_with(|runtime| runtime)
+}
+
+/// [`main`] with the runtime adjusted first (state for `State<T>`, handlers built in code).
+pub fn main_with(adjust: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder) -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("consumer: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_cli(cli, adjust)) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!(%error, "consumer failed");
+            eprintln!("consumer: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run_cli(
+    cli: Cli,
+    adjust: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder,
+) -> Result<ExitCode, Error> {
+    match cli.command {
+        None => run(cli.run, adjust).await,
+        Some(Command::Run(args)) => run(args, adjust).await,
+        Some(Command::List) => {
+            print!("{}", list(&adjust(Runtime::builder()).selected_handlers()?));
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Check) => {
+            let handlers = adjust(Runtime::builder()).selected_handlers()?;
+            let problems = check(&handlers);
+            if problems.is_empty() {
+                println!("ok: {} handlers, no problems", handlers.len());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for problem in &problems {
+                    println!("problem: {problem}");
+                }
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Some(Command::Dlq(DlqCommand::List(args))) => dlq_list(args).await,
+        Some(Command::Dlq(DlqCommand::Replay(args))) => dlq_replay(args).await,
+    }
+}
+
+fn config_for(broker: Option<&str>) -> Result<Config, Error> {
+    let mut config = try_current_config()?;
+    if let Some(broker) = broker {
+        config.backend = broker.trim().to_ascii_lowercase();
+    }
+    Ok(config)
+}
+
+/// Resolves on the first SIGINT or SIGTERM; a second one exits the process at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tracing::info!("shutting down: finishing in-flight messages (signal again to exit now)");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(
+    args: RunArgs,
+    adjust: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder,
+) -> Result<ExitCode, Error> {
+    let config = config_for(args.broker.as_deref())?;
+    let connection = Arc::new(ConnectionState::default());
+    let mut builder = adjust(Runtime::builder())
+        .config(config.clone())
+        .connection_state(Arc::clone(&connection))
+        .from_beginning(args.from_beginning)
+        .shutdown_timeout(args.shutdown_timeout);
+    if !args.topics.is_empty() {
+        builder = builder.topics(args.topics.clone());
+    }
+    if let Some(group) = &args.group {
+        builder = builder.group(group.clone());
+    }
+    if let Some(n) = args.concurrency {
+        builder = builder.concurrency(n.into());
+    }
+    let handlers = builder.selected_handlers()?;
+    let stop_serving = CancellationToken::new();
+    let _stop_serving = stop_serving.clone().drop_guard();
+    if let Some(addr) = args.health_addr {
+        let health = Arc::new(Health {
+            backend: config.backend.clone(),
+            enabled: config.backend != "disabled",
+            handlers: handlers.len(),
+            connection: Arc::clone(&connection),
+        });
+        let bound = health::serve(addr, health, stop_serving.clone())
+            .await
+            .map_err(|e| Error::Config {
+                key: "--health-addr".into(),
+                message: format!("cannot listen on {addr}: {e}"),
+            })?;
+        tracing::info!(%bound, "serving /health and /metrics");
+    }
+    tracing::info!(
+        backend = %config.backend,
+        handlers = handlers.len(),
+        topics = ?handlers.iter().flat_map(|h| h.topics().iter().cloned()).collect::<std::collections::BTreeSet<_>>(),
+        "starting consumer"
+    );
+
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let runtime = tokio::select! {
+        runtime = builder.start() => runtime?,
+        _ = &mut signal => return Ok(ExitCode::SUCCESS),
+    };
+    let summary = tokio::spawn(log_summaries(Duration::from_secs(60)));
+    runtime.run_until(signal).await?;
+    summary.abort();
+    log_summary("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn log_summaries(every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        log_summary("running");
+    }
+}
+
+fn log_summary(state: &str) {
+    let totals = metrics().handler_totals();
+    tracing::info!(
+        state,
+        handled = totals.succeeded,
+        dead_lettered = totals.dead_lettered,
+        retried = totals.retried,
+        "consumer summary"
+    );
+}
+
+/// The `list` table.
+fn list(handlers: &[HandlerSpec]) -> String {
+    let mut rows = vec![
+        [
+            "KIND", "HANDLER", "TOPICS", "GROUP", "EVENT", "RETRIES", "DELAY", "BACKOFF", "SCHEMA",
+            "DLQ",
+        ]
+        .map(str::to_owned),
+    ];
+    for h in handlers {
+        let retry = h.retry_policy();
+        rows.push([
+            match h.kind() {
+                HandlerKind::MessageHandler => "message_handler".to_owned(),
+                HandlerKind::OnEvent => "on_event".to_owned(),
+            },
+            h.qualified_name().to_owned(),
+            h.topics().join(","),
+            h.group_name().to_owned(),
+            h.event_name().unwrap_or("-").to_owned(),
+            retry.max_retries.to_string(),
+            humantime::format_duration(retry.retry_delay).to_string(),
+            match retry.backoff {
+                Backoff::Constant => "constant",
+                Backoff::Linear => "linear",
+                Backoff::Exponential => "exponential",
+            }
+            .to_owned(),
+            h.schema().unwrap_or("-").to_owned(),
+            h.topics()
+                .iter()
+                .map(|t| h.dlq_topic(t))
+                .collect::<Vec<_>>()
+                .join(","),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The DLQ topic of `topic`: the one a registered handler names, else `<topic>.dlq`.
+fn dlq_topic_of(topic: &str) -> String {
+    registered_handlers()
+        .iter()
+        .find(|h| h.topics().iter().any(|t| t == topic))
+        .map(|h| h.dlq_topic(topic))
+        .unwrap_or_else(|| default_dlq_topic(topic))
+}
+
+async fn dlq_list(args: DlqArgs) -> Result<ExitCode, Error> {
+    let config = config_for(args.broker.as_deref())?;
+    let broker = connect_once(&config).await?;
+    let dlq_topic = dlq_topic_of(&args.topic);
+    let messages = broker.browse(&dlq_topic, args.limit).await?;
+    if messages.is_empty() {
+        eprintln!("{dlq_topic}: no records");
+    }
+    for message in messages {
+        if args.json {
+            println!("{}", String::from_utf8_lossy(&message.payload));
+            continue;
+        }
+        match DeadLetterRecord::from_bytes(&message.payload) {
+            Ok(r) => println!(
+                "{} {} attempts={} kind={} handler={} group={} key={} at={} error={:?}",
+                r.dead_lettered_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                r.original.topic,
+                r.attempts,
+                r.error.kind,
+                r.handler,
+                r.group,
+                r.original.key.as_deref().unwrap_or("-"),
+                r.original.position,
+                r.error.message,
+            ),
+            Err(error) => println!("{}: not a DLQ record ({error})", message.position),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The group `dlq replay` reads with, so that each record is replayed once.
+pub const REPLAY_GROUP: &str = "messaging-dlq-replay";
+
+async fn dlq_replay(args: ReplayArgs) -> Result<ExitCode, Error> {
+    let config = config_for(args.broker.as_deref())?;
+    let broker = connect_once(&config).await?;
+    let dlq_topic = dlq_topic_of(&args.topic);
+    let mut consumer = broker
+        .subscribe(Subscription {
+            group: REPLAY_GROUP.to_owned(),
+            topics: vec![dlq_topic.clone()],
+            start: StartFrom::Earliest,
+            prefetch: 64,
+        })
+        .await?;
+    let acker = consumer.acker();
+    let (mut replayed, mut skipped) = (0usize, 0usize);
+    while replayed + skipped < args.limit {
+        let wanted = (args.limit - replayed - skipped).min(64);
+        let batch = match tokio::time::timeout(args.idle, consumer.next_batch(wanted)).await {
+            Ok(batch) => batch?,
+            Err(_) => break,
+        };
+        for message in batch {
+            let replay = DeadLetterRecord::from_bytes(&message.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.original.to_replay().map_err(|e| e.to_string()));
+            match replay {
+                Ok(out) => {
+                    let topic = out.topic.clone();
+                    broker.publish(out).await?;
+                    replayed += 1;
+                    tracing::info!(%topic, position = %message.position, "replayed");
+                }
+                Err(error) => {
+                    skipped += 1;
+                    tracing::warn!(position = %message.position, %error, "not a DLQ record; skipped");
+                }
+            }
+            // Acknowledged only once its copy is back on the original topic.
+            acker.ack(&message).await?;
+        }
+    }
+    consumer.close().await?;
+    broker.flush(Duration::from_secs(10)).await?;
+    println!("replayed {replayed} records from {dlq_topic} ({skipped} skipped)");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_parses_as_designed() {
+        let cli = Cli::try_parse_from([
+            "consumer",
+            "--topic",
+            "a",
+            "--topic",
+            "b",
+            "--group",
+            "g",
+            "--concurrency",
+            "4",
+            "--health-addr",
+            "127.0.0.1:9000",
+            "--shutdown-timeout",
+            "5s",
+            "--from-beginning",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.topics, ["a", "b"]);
+        assert_eq!(cli.run.shutdown_timeout, Duration::from_secs(5));
+        assert!(cli.run.from_beginning);
+        let cli =
+            Cli::try_parse_from(["consumer", "dlq", "replay", "--topic", "t", "--limit", "3"])
+                .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Dlq(DlqCommand::Replay(ReplayArgs {
+                limit: 3,
+                ..
+            })))
+        ));
+        assert!(Cli::try_parse_from(["consumer", "--concurrency", "0"]).is_err());
+        assert!(Cli::try_parse_from(["consumer", "--shutdown-timeout", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["consumer", "list"]).is_ok());
+        assert!(Cli::try_parse_from(["consumer", "check"]).is_ok());
+    }
+}
