@@ -192,6 +192,10 @@ fn option(value: Option<TokenStream>) -> TokenStream {
     }
 }
 
+/// The number of fields of `messaging_core::RetryPolicy` (a new field without a key here makes
+/// the generated literal fail to compile when every key is given, so it cannot go unnoticed).
+const RETRY_POLICY_FIELDS: usize = 5;
+
 /// The `RetryPolicy` literal: the keys given, the rest from `RetryPolicy::DEFAULT`, so the
 /// defaults live in one place (the core).
 fn retry_policy(retry: &RetryArgs) -> TokenStream {
@@ -224,10 +228,13 @@ fn retry_policy(retry: &RetryArgs) -> TokenStream {
         let d = duration(d.value);
         fields.push(quote!(timeout: ::core::option::Option::Some(#d),));
     }
+    // With every field given, `..DEFAULT` would trip `clippy::needless_update` in user crates.
+    let rest = (fields.len() < RETRY_POLICY_FIELDS)
+        .then(|| quote!(..::messaging_core::__private::RetryPolicy::DEFAULT));
     quote! {
         ::messaging_core::__private::RetryPolicy {
             #(#fields)*
-            ..::messaging_core::__private::RetryPolicy::DEFAULT
+            #rest
         }
     }
 }
