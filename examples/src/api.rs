@@ -11,6 +11,7 @@ use messaging_core::prelude::*;
 use serde::Deserialize;
 
 use crate::domain::{OrderCreated, User};
+use crate::mood::MoodCreated;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -19,6 +20,7 @@ pub fn router() -> axum::Router {
     axum::Router::new()
         .route("/users", post(register))
         .route("/orders", post(create_order))
+        .route("/mood-entries", post(create_mood_entry))
 }
 
 /// An error response.
@@ -75,4 +77,22 @@ pub async fn create_order(
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok((StatusCode::CREATED, Json(order)))
+}
+
+/// Records a mood entry; `user.mood.created` starts the context pipeline in the background.
+#[event(
+    "user.mood.created",
+    topic = "aura360.user.events",
+    key_field = "user_id"
+)]
+pub async fn create_mood_entry(
+    Json(entry): Json<MoodCreated>,
+) -> Result<(StatusCode, Json<MoodCreated>), ApiError> {
+    if !(1..=10).contains(&entry.mood_score) {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "mood_score must be 1 to 10".into(),
+        ));
+    }
+    Ok((StatusCode::CREATED, Json(entry)))
 }

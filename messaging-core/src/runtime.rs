@@ -77,6 +77,12 @@ impl RuntimeBuilder {
         self
     }
 
+    /// [`RuntimeBuilder::state`] with a value the caller keeps a handle to (tests inspect it).
+    pub fn state_arc<T: Send + Sync + 'static>(mut self, value: Arc<T>) -> Self {
+        self.states.insert(TypeId::of::<T>(), value);
+        self
+    }
+
     /// Adds a handler built in code.
     pub fn handler(mut self, spec: HandlerSpec) -> Self {
         self.handlers.push(spec);

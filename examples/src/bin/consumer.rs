@@ -5,9 +5,7 @@
 
 use std::process::ExitCode;
 
-use messaging_examples::domain::PaymentGateway;
-
 fn main() -> ExitCode {
     messaging_examples::link_brokers();
-    messaging_core::cli::main_with(|runtime| runtime.state(PaymentGateway::default()))
+    messaging_core::cli::main_with(messaging_examples::with_state)
 }

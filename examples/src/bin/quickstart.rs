@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
+use messaging_core::OutgoingMessage;
 use messaging_core::prelude::*;
 use messaging_core::{MemoryBroker, Runtime};
-use messaging_examples::{api, domain::PaymentGateway};
+use messaging_examples::api;
 use tower::ServiceExt as _;
 
 #[tokio::main]
@@ -20,8 +21,7 @@ async fn main() -> anyhow::Result<()> {
         source: "quickstart".into(),
         ..Config::default()
     });
-    let runtime = Runtime::builder()
-        .state(PaymentGateway::default())
+    let runtime = messaging_examples::with_state(Runtime::builder())
         .start()
         .await?;
 
@@ -29,6 +29,10 @@ async fn main() -> anyhow::Result<()> {
         ("/users", r#"{"email":"ada@example.com"}"#),
         ("/orders", r#"{"user_id":1,"total":42.5}"#),
         ("/orders", r#"{"user_id":1,"total":250000}"#),
+        (
+            "/mood-entries",
+            r#"{"user_id":"u-1","mood_score":7,"tags":["rested"]}"#,
+        ),
     ] {
         let request = Request::post(uri)
             .header("content-type", "application/json")
@@ -41,6 +45,16 @@ async fn main() -> anyhow::Result<()> {
             String::from_utf8_lossy(&bytes)
         );
     }
+
+    // Another team's service publishes in its own envelope shape.
+    let beat = r#"{"type":"BEAT_CREATED","payload":{"beatId":"b-1","userId":"u-1","audioUrl":"s3://beats/b-1.wav"}}"#;
+    get_producer()
+        .send_raw(OutgoingMessage::new(
+            "beats-events",
+            beat.as_bytes().to_vec(),
+        ))
+        .await?;
+    println!("[node] published {beat}");
 
     // Background `#[event]` publishes, retries and DLQ writes all settle here.
     get_producer().flush().await?;

@@ -1,0 +1,150 @@
+//! The mood-entry pipeline of the AURA360 plan: a mood entry is aggregated into the user's
+//! context, the context is vectorized, and the vectors are ingested into a store. Each step
+//! is a handler that publishes the next event, so a slow or failing step never blocks the API.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use messaging_core::TypedEvent;
+use messaging_core::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// `user.mood.created`, fired by `POST /mood-entries`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MoodCreated {
+    pub user_id: String,
+    pub mood_score: u8,
+    pub tags: Vec<String>,
+}
+
+impl TypedEvent for MoodCreated {
+    const NAME: &'static str = "user.mood.created";
+    const TOPIC: &'static str = "aura360.user.events";
+}
+
+/// The user's context after a new entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContextAggregated {
+    pub user_id: String,
+    pub entries: u32,
+    pub average_mood: f32,
+}
+
+impl TypedEvent for ContextAggregated {
+    const NAME: &'static str = "context.aggregated";
+    const TOPIC: &'static str = "aura360.context.aggregated";
+}
+
+/// The context as vectors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContextVectorized {
+    pub user_id: String,
+    pub vector: Vec<f32>,
+    pub embedding_model: String,
+}
+
+impl TypedEvent for ContextVectorized {
+    const NAME: &'static str = "context.vectorized";
+    const TOPIC: &'static str = "aura360.context.vectorized";
+}
+
+/// Mood history per user (stands in for the database).
+#[derive(Debug, Default)]
+pub struct MoodHistory(Mutex<HashMap<String, Vec<u8>>>);
+
+impl MoodHistory {
+    /// Adds a score; returns the user's entry count and average.
+    pub fn record(&self, user_id: &str, score: u8) -> (u32, f32) {
+        let mut all = self.0.lock().unwrap();
+        let scores = all.entry(user_id.to_owned()).or_default();
+        scores.push(score);
+        let average = scores.iter().map(|&s| f32::from(s)).sum::<f32>() / scores.len() as f32;
+        (scores.len() as u32, average)
+    }
+}
+
+/// Ingested vectors per user (stands in for Qdrant).
+#[derive(Debug, Default)]
+pub struct VectorStore(Mutex<HashMap<String, Vec<f32>>>);
+
+impl VectorStore {
+    /// Stores a user's vector.
+    pub fn insert(&self, user_id: &str, vector: Vec<f32>) {
+        self.0.lock().unwrap().insert(user_id.to_owned(), vector);
+    }
+
+    /// The vector stored for a user.
+    pub fn get(&self, user_id: &str) -> Option<Vec<f32>> {
+        self.0.lock().unwrap().get(user_id).cloned()
+    }
+}
+
+/// Aggregates mood entries into the user's context.
+#[derive(Debug, Default)]
+pub struct ContextAggregator;
+
+#[consumer(group = "vectordb-context-aggregator", topics = ["aura360.user.events"])]
+impl ContextAggregator {
+    #[on_event(
+        "user.mood.created",
+        max_retries = 5,
+        retry_delay = "1s",
+        backoff = "exponential"
+    )]
+    async fn aggregate(
+        &self,
+        event: Event<MoodCreated>,
+        history: State<MoodHistory>,
+        producer: Producer,
+    ) -> anyhow::Result<()> {
+        let (entries, average_mood) = history.record(&event.data.user_id, event.data.mood_score);
+        let context = ContextAggregated {
+            user_id: event.data.user_id.clone(),
+            entries,
+            average_mood,
+        };
+        println!(
+            "[context] user {}: {} entries, average mood {:.1}",
+            context.user_id, context.entries, context.average_mood
+        );
+        producer.publish(&context).await?;
+        Ok(())
+    }
+}
+
+/// Turns a context into vectors (a toy embedding).
+#[message_handler(
+    topic = "aura360.context.aggregated",
+    group = "vectordb-vectorizer",
+    max_retries = 3,
+    retry_delay = "2s"
+)]
+pub async fn vectorize(event: Event<ContextAggregated>, producer: Producer) -> anyhow::Result<()> {
+    let c = &event.data;
+    let vector = vec![c.average_mood / 10.0, c.entries as f32 / 100.0];
+    let vectorized = ContextVectorized {
+        user_id: c.user_id.clone(),
+        vector,
+        embedding_model: "toy-2d".into(),
+    };
+    println!(
+        "[vectorize] user {} -> {:?}",
+        vectorized.user_id, vectorized.vector
+    );
+    producer.publish(&vectorized).await?;
+    Ok(())
+}
+
+/// Stores the vectors.
+#[message_handler(topic = "aura360.context.vectorized", group = "vectordb-ingest")]
+pub async fn ingest(
+    event: Event<ContextVectorized>,
+    store: State<VectorStore>,
+) -> anyhow::Result<()> {
+    store.insert(&event.data.user_id, event.data.vector.clone());
+    println!(
+        "[ingest] user {} stored ({})",
+        event.data.user_id, event.data.embedding_model
+    );
+    Ok(())
+}
