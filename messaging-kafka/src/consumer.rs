@@ -1,40 +1,55 @@
-//! One member of a consumer group. Offsets are stored only when the runtime acknowledges
+//! One member of a consumer group. Offsets are stored only for acknowledged messages
 //! (`enable.auto.offset.store=false`) and committed by librdkafka's periodic auto-commit, on
 //! revocation and on close, so a committed offset never passes an unfinished message.
 //!
-//! On revocation the stored offsets are committed at once; messages of revoked partitions
-//! still in the handlers are not waited for: their acknowledgements are dropped and the new
-//! owner reads them again (at least once, with duplicates bounded by what was in flight).
+//! Acknowledging records the message in the [`OffsetTracker`]; the consumer task hands the
+//! advanced offsets to librdkafka once per batch, and when woken by an acknowledgement while
+//! it waits for messages.
+//!
+//! On revocation the settled offsets are stored and committed at once; messages of revoked
+//! partitions still in the handlers are not waited for: their acknowledgements are dropped
+//! and the new owner reads them again (at least once, duplicates bounded by what was in
+//! flight).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::FutureExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use messaging_core::{Acker, BoxFuture, BrokerError, Consumer, Message, Position, StartFrom};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::BorrowedMessage;
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::Notify;
 
 use crate::convert::to_message;
 use crate::error::{NAME, from_kafka, operation};
-use crate::offsets::{Acked, OffsetTracker};
+use crate::offsets::{Acked, OffsetTracker, ToStore};
 
 /// Broker requests made inside a rebalance (committed offsets, high watermarks, commit).
 const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the consumer task and its acker share.
+#[derive(Default)]
+pub(crate) struct Acks {
+    tracker: OffsetTracker,
+    /// Woken when an acknowledgement advanced a partition that had nothing left to store.
+    wake: Notify,
+    /// Set on close: later acknowledgements cannot be stored any more.
+    closed: AtomicBool,
+}
 
 /// Callbacks of one consumer: positions new partitions and keeps the offset tracker in step
 /// with the assignment.
 pub(crate) struct GroupContext {
     group: String,
     start: StartFrom,
-    tracker: OffsetTracker,
+    acks: Arc<Acks>,
     /// Assignments received so far; `subscribe` waits for the first.
     assignments: AtomicU64,
 }
@@ -44,7 +59,7 @@ impl GroupContext {
         Self {
             group,
             start,
-            tracker: OffsetTracker::default(),
+            acks: Arc::default(),
             assignments: AtomicU64::new(0),
         }
     }
@@ -89,7 +104,8 @@ impl GroupContext {
     fn on_assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         self.position(base, tpl);
         let partitions = pairs(tpl);
-        self.tracker
+        self.acks
+            .tracker
             .assign(partitions.iter().map(|(t, p)| (t.as_str(), *p)));
         let assigned = match base.rebalance_protocol() {
             RebalanceProtocol::Cooperative => base.incremental_assign(tpl),
@@ -108,11 +124,13 @@ impl GroupContext {
 
     fn on_revoke(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let partitions = pairs(tpl);
-        // First stop storing for these partitions, then commit what was stored: nothing
-        // stored after this commit can be lost to the next owner.
-        self.tracker
+        // Stop tracking these partitions, store what was settled, then commit: nothing
+        // acknowledged after this point can be lost to the next owner, it is read again.
+        let unstored = self
+            .acks
+            .tracker
             .revoke(partitions.iter().map(|(t, p)| (t.as_str(), *p)));
-        if let Err(error) = commit_stored(base) {
+        if let Err(error) = store(base, &unstored).and_then(|()| commit_stored(base)) {
             tracing::warn!(group = %self.group, %error, "committing offsets on revocation failed; the next owner may read some messages again");
         }
         let unassigned = match base.rebalance_protocol() {
@@ -159,6 +177,24 @@ fn pairs(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
         .collect()
 }
 
+/// Hands next-to-read offsets to librdkafka's offset store (local, no I/O); the next
+/// commit sends them.
+fn store<C: ConsumerContext>(
+    consumer: &impl rdkafka::consumer::Consumer<C>,
+    offsets: &[ToStore],
+) -> KafkaResult<()> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+    for (topic, partition, next) in offsets {
+        // `store_offsets` takes the next offset to read, as a commit does (whereas
+        // `store_offset` takes the last one handled and adds 1 itself).
+        tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+    }
+    consumer.store_offsets(&tpl)
+}
+
 /// Commits the stored offsets; having nothing to commit is fine.
 fn commit_stored<C: ConsumerContext>(
     consumer: &impl rdkafka::consumer::Consumer<C>,
@@ -171,10 +207,19 @@ fn commit_stored<C: ConsumerContext>(
 
 type GroupConsumer = StreamConsumer<GroupContext>;
 
+/// Stores what was acknowledged since the last call.
+fn store_acknowledged(consumer: &GroupConsumer) {
+    let unstored = consumer.context().acks.tracker.take_unstored();
+    if let Err(error) = store(consumer, &unstored) {
+        // The partition was revoked meanwhile: its new owner reads those messages again.
+        tracing::debug!(%error, "storing offsets failed");
+    }
+}
+
 /// A subscribed member of a group.
 pub(crate) struct KafkaConsumer {
-    /// `None` once closed. Ackers hold it weakly so dropping this leaves the group.
-    consumer: Option<Arc<GroupConsumer>>,
+    /// `None` once closed.
+    consumer: Option<GroupConsumer>,
     acker: Arc<KafkaAcker>,
     /// Messages received while waiting for the first assignment.
     buffered: VecDeque<Arc<Message>>,
@@ -185,38 +230,34 @@ impl KafkaConsumer {
     /// so that the positions are set when `subscribe` returns. Polling is what drives the
     /// rebalance callbacks; messages that arrive meanwhile are kept for `next_batch`.
     pub(crate) async fn joined(consumer: GroupConsumer, timeout: Duration) -> Self {
-        let consumer = Arc::new(consumer);
         let mut buffered = VecDeque::new();
         let deadline = tokio::time::Instant::now() + timeout;
         let context = consumer.context();
+        let mut stream = consumer.stream();
         while context.assignments.load(Ordering::Acquire) == 0 {
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!(group = %context.group, ?timeout, "no partitions assigned yet; consuming as soon as they are");
                 break;
             }
-            match tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await {
-                Ok(Ok(record)) => buffered.extend(track(&consumer, &record)),
-                Ok(Err(error)) => tracing::debug!(group = %context.group, %error, "while joining"),
-                Err(_elapsed) => {}
+            match tokio::time::timeout(Duration::from_millis(50), stream.next()).await {
+                Ok(Some(Ok(record))) => {
+                    buffered.extend(context.acks.tracker.deliver(vec![to_message(&record)]));
+                }
+                Ok(Some(Err(error))) => {
+                    tracing::debug!(group = %context.group, %error, "while joining")
+                }
+                Ok(None) | Err(_) => {}
             }
         }
+        drop(stream);
         Self {
             acker: Arc::new(KafkaAcker {
-                consumer: Arc::downgrade(&consumer),
+                acks: Arc::clone(&context.acks),
             }),
             consumer: Some(consumer),
             buffered,
         }
     }
-}
-
-/// The record as a message, if its partition is still assigned to this member.
-fn track(consumer: &GroupConsumer, record: &BorrowedMessage<'_>) -> Option<Arc<Message>> {
-    use rdkafka::Message as _;
-    let tracker = &consumer.context().tracker;
-    tracker
-        .deliver(record.topic(), record.partition(), record.offset())
-        .then(|| Arc::new(to_message(record)))
 }
 
 impl Consumer for KafkaConsumer {
@@ -231,27 +272,37 @@ impl Consumer for KafkaConsumer {
                 .consumer
                 .as_ref()
                 .ok_or(BrokerError::Closed { broker: NAME })?;
-            let mut batch = Vec::new();
-            // The only await: `recv` is cancel-safe, and nothing is taken before it resolves.
-            while batch.is_empty() {
-                let record = consumer
-                    .recv()
-                    .await
-                    .map_err(|e| from_kafka("receive", e))?;
-                batch.extend(track(consumer, &record));
-            }
-            // Whatever librdkafka already holds, without waiting.
-            while batch.len() < max {
-                match consumer.recv().now_or_never() {
-                    Some(Ok(record)) => batch.extend(track(consumer, &record)),
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "Kafka consumer error");
-                        break;
+            let acks = &consumer.context().acks;
+            let mut stream = consumer.stream();
+            loop {
+                store_acknowledged(consumer);
+                // The only await. Both branches are cancel-safe: the stream takes a message
+                // only when it returns it, and a dropped `notified` loses no permit.
+                let first = tokio::select! {
+                    biased;
+                    record = stream.next() => record,
+                    () = acks.wake.notified() => continue,
+                };
+                let Some(first) = first else {
+                    return Err(BrokerError::Closed { broker: NAME });
+                };
+                let mut received = vec![to_message(&first.map_err(|e| from_kafka("receive", e))?)];
+                // Whatever librdkafka already holds, without waiting.
+                while received.len() < max {
+                    match stream.next().now_or_never() {
+                        Some(Some(Ok(record))) => received.push(to_message(&record)),
+                        Some(Some(Err(error))) => {
+                            tracing::warn!(%error, "Kafka consumer error");
+                            break;
+                        }
+                        Some(None) | None => break,
                     }
-                    None => break,
+                }
+                let batch = acks.tracker.deliver(received);
+                if !batch.is_empty() {
+                    return Ok(batch);
                 }
             }
-            Ok(batch)
         })
     }
 
@@ -265,9 +316,11 @@ impl Consumer for KafkaConsumer {
             let Some(consumer) = consumer else {
                 return Ok(());
             };
+            consumer.context().acks.closed.store(true, Ordering::SeqCst);
+            store_acknowledged(&consumer);
             // Committing and leaving the group are blocking librdkafka calls.
             tokio::task::spawn_blocking(move || {
-                let committed = commit_stored(&*consumer);
+                let committed = commit_stored(&consumer);
                 drop(consumer);
                 committed
             })
@@ -280,52 +333,43 @@ impl Consumer for KafkaConsumer {
 
 impl Drop for KafkaConsumer {
     fn drop(&mut self) {
-        // Dropping the last handle leaves the group, which blocks: keep it off async threads.
-        if let Some(consumer) = self.consumer.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        consumer.context().acks.closed.store(true, Ordering::SeqCst);
+        store_acknowledged(&consumer);
+        // Dropping it leaves the group (committing what is stored), which blocks: keep that
+        // off the async threads when there are some.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn_blocking(move || drop(consumer));
         }
     }
 }
 
-/// Stores offsets of acknowledged messages.
+/// Records acknowledgements for the consumer task to store.
 struct KafkaAcker {
-    consumer: Weak<GroupConsumer>,
-}
-
-impl KafkaAcker {
-    fn store(&self, message: &Message) -> Result<(), BrokerError> {
-        let Position::Partition { partition, offset } = message.position else {
-            return Err(operation(
-                "acknowledge",
-                format!("{} is not a Kafka position", message.position),
-            ));
-        };
-        let consumer = self
-            .consumer
-            .upgrade()
-            .ok_or(BrokerError::Closed { broker: NAME })?;
-        let outcome = consumer
-            .context()
-            .tracker
-            .ack(&message.topic, partition, offset, |next| {
-                // `store_offsets` takes the next offset to read, as a commit does.
-                let mut tpl = TopicPartitionList::with_capacity(1);
-                tpl.add_partition_offset(&message.topic, partition, Offset::Offset(next))?;
-                consumer.store_offsets(&tpl)
-            })
-            .map_err(|e| operation("store offset", e))?;
-        if outcome == Acked::Stale {
-            tracing::debug!(topic = %message.topic, partition, offset, "acknowledged after its partition was revoked; the new owner reads it again");
-        }
-        Ok(())
-    }
+    acks: Arc<Acks>,
 }
 
 impl Acker for KafkaAcker {
     fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>> {
-        let result = self.store(message);
+        let result = if self.acks.closed.load(Ordering::SeqCst) {
+            Err(BrokerError::Closed { broker: NAME })
+        } else if let Position::Partition { partition, offset } = message.position {
+            match self.acks.tracker.ack(&message.topic, partition, offset) {
+                Acked::Advanced { first: true, .. } => self.acks.wake.notify_one(),
+                Acked::Stale => {
+                    tracing::debug!(topic = %message.topic, partition, offset, "acknowledged after its partition was revoked; the new owner reads it again");
+                }
+                Acked::Advanced { .. } | Acked::Held => {}
+            }
+            Ok(())
+        } else {
+            Err(operation(
+                "acknowledge",
+                format!("{} is not a Kafka position", message.position),
+            ))
+        };
         Box::pin(async move { result })
     }
 }

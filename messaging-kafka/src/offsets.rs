@@ -1,23 +1,33 @@
 //! Which offset may be stored for commit. Kafka commits one offset per partition, "the next
 //! to read", so an acknowledgement can only move it past messages that are all settled.
 //! Acknowledgements may come out of order (a message being retried while later ones of its
-//! partition were already fetched, or a handler of another lane finishing first); the stored
-//! offset is therefore the lowest unsettled offset of the partition, never more.
+//! partition were already fetched, or a handler of another lane finishing first); the offset
+//! to store is therefore the lowest unsettled offset of the partition, never more.
+//!
+//! Acknowledging only updates this tracker; the consumer hands the advanced offsets to
+//! librdkafka in one call per batch ([`OffsetTracker::take_unstored`]), which costs far less
+//! than a librdkafka call per message.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use messaging_core::{Message, Position};
 
 /// What an acknowledgement did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Acked {
-    /// The partition's stored offset moved to this one (the next to read).
-    Stored(i64),
+    /// The partition's next-to-read offset moved to `next`; `first` tells that the partition
+    /// had nothing waiting to be stored before (the consumer should be woken to store it).
+    Advanced { next: i64, first: bool },
     /// Recorded; an earlier message of the partition is still unsettled.
     Held,
     /// Not delivered under the current assignment (the partition was revoked since, or the
-    /// message was acknowledged already): nothing stored, the new owner reads it again.
+    /// message was acknowledged already): nothing to store, the new owner reads it again.
     Stale,
 }
+
+/// A partition's offset to hand to librdkafka: the next to read.
+pub(crate) type ToStore = (String, i32, i64);
 
 #[derive(Debug)]
 struct PartitionState {
@@ -25,7 +35,9 @@ struct PartitionState {
     in_flight: BTreeSet<i64>,
     /// One past the highest offset delivered.
     next_unseen: i64,
-    /// The offset last stored (the next to read), or -1.
+    /// The next offset to read, as far as acknowledgements go; -1 before any.
+    settled: i64,
+    /// The last `settled` handed out to be stored.
     stored: i64,
 }
 
@@ -49,63 +61,89 @@ impl OffsetTracker {
                 PartitionState {
                     in_flight: BTreeSet::new(),
                     next_unseen: -1,
+                    settled: -1,
                     stored: -1,
                 },
             );
         }
     }
 
-    /// Forgets revoked partitions: later acknowledgements of their messages are [`Acked::Stale`].
-    pub(crate) fn revoke<'a>(&self, partitions: impl IntoIterator<Item = (&'a str, i32)>) {
+    /// Forgets revoked partitions and returns their offsets not yet stored, to store before
+    /// committing. Later acknowledgements of their messages are [`Acked::Stale`].
+    pub(crate) fn revoke<'a>(
+        &self,
+        partitions: impl IntoIterator<Item = (&'a str, i32)>,
+    ) -> Vec<ToStore> {
         let mut topics = self.lock();
+        let mut unstored = Vec::new();
         for (topic, partition) in partitions {
-            if let Some(parts) = topics.get_mut(topic) {
-                parts.remove(&partition);
+            if let Some(state) = topics.get_mut(topic).and_then(|p| p.remove(&partition))
+                && state.settled > state.stored
+            {
+                unstored.push((topic.to_owned(), partition, state.settled));
             }
         }
+        unstored
     }
 
-    /// Records a delivered message. False when its partition is not assigned (a message
-    /// fetched before a revocation): it must not be handed out.
-    pub(crate) fn deliver(&self, topic: &str, partition: i32, offset: i64) -> bool {
+    /// Records delivered messages and returns those that may be handed out: a message of a
+    /// partition no longer assigned (fetched before a revocation) must not be.
+    pub(crate) fn deliver(&self, messages: Vec<Message>) -> Vec<Arc<Message>> {
         let mut topics = self.lock();
-        let Some(state) = topics.get_mut(topic).and_then(|p| p.get_mut(&partition)) else {
-            return false;
-        };
-        state.in_flight.insert(offset);
-        state.next_unseen = state.next_unseen.max(offset + 1);
-        true
+        messages
+            .into_iter()
+            .filter(|m| {
+                let Position::Partition { partition, offset } = m.position else {
+                    return false;
+                };
+                let Some(state) = topics.get_mut(&m.topic).and_then(|p| p.get_mut(&partition))
+                else {
+                    return false;
+                };
+                state.in_flight.insert(offset);
+                state.next_unseen = state.next_unseen.max(offset + 1);
+                true
+            })
+            .map(Arc::new)
+            .collect()
     }
 
-    /// Settles a message and, when that moves the partition's low-water mark, calls `store`
-    /// with the new next-to-read offset. `store` runs under the tracker's lock so two
-    /// acknowledgements of one partition cannot store out of order; it must be quick (it is
-    /// librdkafka's local offset store, no I/O).
-    pub(crate) fn ack<E>(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        store: impl FnOnce(i64) -> Result<(), E>,
-    ) -> Result<Acked, E> {
+    /// Settles a message, moving its partition's next-to-read offset as far as every
+    /// earlier delivered message is settled.
+    pub(crate) fn ack(&self, topic: &str, partition: i32, offset: i64) -> Acked {
         let mut topics = self.lock();
         let Some(state) = topics.get_mut(topic).and_then(|p| p.get_mut(&partition)) else {
-            return Ok(Acked::Stale);
+            return Acked::Stale;
         };
         if !state.in_flight.remove(&offset) {
-            return Ok(Acked::Stale);
+            return Acked::Stale;
         }
         let next = state
             .in_flight
             .first()
             .copied()
             .unwrap_or(state.next_unseen);
-        if next <= state.stored {
-            return Ok(Acked::Held);
+        if next <= state.settled {
+            return Acked::Held;
         }
-        store(next)?;
-        state.stored = next;
-        Ok(Acked::Stored(next))
+        let first = state.settled == state.stored;
+        state.settled = next;
+        Acked::Advanced { next, first }
+    }
+
+    /// The offsets that advanced since last taken, marked as stored.
+    pub(crate) fn take_unstored(&self) -> Vec<ToStore> {
+        let mut topics = self.lock();
+        let mut unstored = Vec::new();
+        for (topic, partitions) in topics.iter_mut() {
+            for (partition, state) in partitions.iter_mut() {
+                if state.settled > state.stored {
+                    state.stored = state.settled;
+                    unstored.push((topic.clone(), *partition, state.settled));
+                }
+            }
+        }
+        unstored
     }
 
     /// Messages delivered and not yet acknowledged, over all partitions.
@@ -122,39 +160,48 @@ impl OffsetTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::convert::Infallible;
 
-    fn ack(t: &OffsetTracker, topic: &str, partition: i32, offset: i64) -> Acked {
-        let mut stored = None;
-        let outcome = t
-            .ack(topic, partition, offset, |o| {
-                stored = Some(o);
-                Ok::<_, Infallible>(())
-            })
-            .unwrap();
-        if let Acked::Stored(o) = outcome {
-            assert_eq!(
-                stored,
-                Some(o),
-                "Stored must mean `store` ran with that offset"
-            );
-        } else {
-            assert_eq!(stored, None, "{outcome:?} must not store");
+    fn at(topic: &str, partition: i32, offset: i64) -> Message {
+        Message {
+            topic: topic.to_owned(),
+            position: Position::Partition { partition, offset },
+            ..Message::default()
         }
-        outcome
+    }
+
+    fn deliver(t: &OffsetTracker, messages: &[(&str, i32, i64)]) -> usize {
+        t.deliver(
+            messages
+                .iter()
+                .map(|(topic, p, o)| at(topic, *p, *o))
+                .collect(),
+        )
+        .len()
+    }
+
+    fn advanced(next: i64) -> Acked {
+        Acked::Advanced { next, first: false }
+    }
+
+    /// The outcome with `first` ignored, for checks of the offsets alone.
+    fn ack(t: &OffsetTracker, topic: &str, partition: i32, offset: i64) -> Acked {
+        match t.ack(topic, partition, offset) {
+            Acked::Advanced { next, .. } => advanced(next),
+            other => other,
+        }
     }
 
     #[test]
-    fn in_order_acks_store_the_next_offset() {
+    fn in_order_acks_advance_to_the_next_offset() {
         let t = OffsetTracker::default();
         t.assign([("t", 0)]);
-        for o in 10..13 {
-            assert!(t.deliver("t", 0, o));
-        }
-        assert_eq!(ack(&t, "t", 0, 10), Acked::Stored(11));
-        assert_eq!(ack(&t, "t", 0, 11), Acked::Stored(12));
-        assert_eq!(ack(&t, "t", 0, 12), Acked::Stored(13));
+        assert_eq!(deliver(&t, &[("t", 0, 10), ("t", 0, 11), ("t", 0, 12)]), 3);
+        assert_eq!(ack(&t, "t", 0, 10), advanced(11));
+        assert_eq!(ack(&t, "t", 0, 11), advanced(12));
+        assert_eq!(ack(&t, "t", 0, 12), advanced(13));
         assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.take_unstored(), vec![("t".to_owned(), 0, 13)]);
+        assert_eq!(t.take_unstored(), vec![], "taken once");
     }
 
     #[test]
@@ -162,58 +209,84 @@ mod tests {
         let t = OffsetTracker::default();
         t.assign([("t", 0), ("t", 1)]);
         for o in 0..4 {
-            t.deliver("t", 0, o);
-            t.deliver("t", 1, o);
+            deliver(&t, &[("t", 0, o), ("t", 1, o)]);
         }
         // Offset 1 of partition 0 is being retried; 2 and 3 finish first.
-        assert_eq!(ack(&t, "t", 0, 0), Acked::Stored(1));
+        assert_eq!(ack(&t, "t", 0, 0), advanced(1));
         assert_eq!(ack(&t, "t", 0, 2), Acked::Held);
         assert_eq!(ack(&t, "t", 0, 3), Acked::Held);
         // Meanwhile partition 1 goes on by itself.
         for o in 0..4 {
-            assert_eq!(ack(&t, "t", 1, o), Acked::Stored(o + 1));
+            assert_eq!(ack(&t, "t", 1, o), advanced(o + 1));
         }
+        let mut unstored = t.take_unstored();
+        unstored.sort();
+        assert_eq!(
+            unstored,
+            vec![("t".to_owned(), 0, 1), ("t".to_owned(), 1, 4)]
+        );
         // Once the retried message settles, everything up to 3 is done.
-        assert_eq!(ack(&t, "t", 0, 1), Acked::Stored(4));
+        assert_eq!(ack(&t, "t", 0, 1), advanced(4));
+        assert_eq!(t.take_unstored(), vec![("t".to_owned(), 0, 4)]);
+    }
+
+    #[test]
+    fn the_first_advance_after_a_store_asks_for_a_wake_up() {
+        let t = OffsetTracker::default();
+        t.assign([("t", 0)]);
+        deliver(&t, &[("t", 0, 0), ("t", 0, 1), ("t", 0, 2)]);
+        assert_eq!(
+            t.ack("t", 0, 0),
+            Acked::Advanced {
+                next: 1,
+                first: true
+            }
+        );
+        assert_eq!(
+            t.ack("t", 0, 1),
+            Acked::Advanced {
+                next: 2,
+                first: false
+            }
+        );
+        t.take_unstored();
+        assert_eq!(
+            t.ack("t", 0, 2),
+            Acked::Advanced {
+                next: 3,
+                first: true
+            }
+        );
     }
 
     #[test]
     fn gaps_in_offsets_are_fine() {
         let t = OffsetTracker::default();
         t.assign([("t", 0)]);
-        t.deliver("t", 0, 5);
-        t.deliver("t", 0, 9);
-        assert_eq!(ack(&t, "t", 0, 9), Acked::Stored(5));
-        assert_eq!(ack(&t, "t", 0, 5), Acked::Stored(10));
+        deliver(&t, &[("t", 0, 5), ("t", 0, 9)]);
+        assert_eq!(ack(&t, "t", 0, 9), advanced(5));
+        assert_eq!(ack(&t, "t", 0, 5), advanced(10));
     }
 
     #[test]
-    fn revoked_partitions_and_repeated_acks_are_stale() {
+    fn revocation_returns_what_is_unstored_and_later_acks_are_stale() {
         let t = OffsetTracker::default();
         t.assign([("t", 0), ("t", 1)]);
-        t.deliver("t", 0, 0);
-        t.deliver("t", 1, 0);
-        assert_eq!(ack(&t, "t", 1, 0), Acked::Stored(1));
-        assert_eq!(ack(&t, "t", 1, 0), Acked::Stale);
-        t.revoke([("t", 0)]);
-        assert_eq!(ack(&t, "t", 0, 0), Acked::Stale);
-        assert!(
-            !t.deliver("t", 0, 1),
-            "a revoked partition's message must not be handed out"
+        deliver(&t, &[("t", 0, 0), ("t", 0, 1), ("t", 1, 0)]);
+        assert_eq!(ack(&t, "t", 1, 0), advanced(1));
+        assert_eq!(ack(&t, "t", 1, 0), Acked::Stale, "acknowledged twice");
+        assert_eq!(ack(&t, "t", 0, 0), advanced(1));
+        assert_eq!(t.revoke([("t", 0)]), vec![("t".to_owned(), 0, 1)]);
+        assert_eq!(ack(&t, "t", 0, 1), Acked::Stale);
+        assert_eq!(
+            deliver(&t, &[("t", 0, 2), ("other", 0, 1)]),
+            0,
+            "messages of partitions not assigned must not be handed out"
         );
-        assert!(!t.deliver("other", 0, 1));
+        assert_eq!(t.take_unstored(), vec![("t".to_owned(), 1, 1)]);
         // Assigned again: a fresh start; the old in-flight offset is not remembered.
         t.assign([("t", 0)]);
-        assert_eq!(ack(&t, "t", 0, 0), Acked::Stale);
-    }
-
-    #[test]
-    fn a_failed_store_leaves_the_mark_for_the_next_ack() {
-        let t = OffsetTracker::default();
-        t.assign([("t", 0)]);
-        t.deliver("t", 0, 0);
-        t.deliver("t", 0, 1);
-        assert!(t.ack("t", 0, 0, |_| Err("store failed")).is_err());
-        assert_eq!(ack(&t, "t", 0, 1), Acked::Stored(2));
+        assert_eq!(ack(&t, "t", 0, 1), Acked::Stale);
+        assert_eq!(t.revoke([("t", 0)]), vec![]);
     }
 }
