@@ -1,11 +1,13 @@
 //! A group member: its own connection and channel, `basic.qos` prefetch, one `basic.consume`
-//! on the group's queue, manual acknowledgements. When the channel dies, `next_batch`
-//! reconnects (paced by the retry gate), declares the topology again and consumes anew;
-//! what was delivered and not acknowledged is redelivered by RabbitMQ.
+//! on the group's queue (on the kept queues for `consumer dlq replay`), manual
+//! acknowledgements. When the channel dies, `next_batch` reconnects (paced by the retry
+//! gate), declares the topology again and consumes anew; what was delivered and not
+//! acknowledged is redelivered by RabbitMQ.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use futures::stream::SelectAll;
 use futures::{FutureExt as _, StreamExt as _};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -18,13 +20,16 @@ use crate::headers;
 use crate::options::RabbitOptions;
 use crate::topology;
 
-/// What `subscribe` checked once: names and routing keys.
+/// The group `consumer dlq replay` reads with (`messaging_core::cli::REPLAY_GROUP`, behind
+/// the core's `cli` feature, which this crate does not need; a test checks they agree).
+pub(crate) const REPLAY_GROUP: &str = "messaging-dlq-replay";
+
+/// What `subscribe` checked once: the queues to consume, each with its routing keys.
 pub(crate) struct Plan {
     pub options: Arc<RabbitOptions>,
     pub subscription: Subscription,
     pub exchange: ShortString,
-    pub queue: ShortString,
-    pub routing_keys: Vec<ShortString>,
+    pub queues: Vec<(ShortString, Vec<ShortString>)>,
 }
 
 impl Plan {
@@ -32,21 +37,35 @@ impl Plan {
         options: Arc<RabbitOptions>,
         subscription: Subscription,
     ) -> Result<Self, RabbitError> {
-        let routing_keys = subscription
+        let routing_keys: Vec<ShortString> = subscription
             .topics
             .iter()
             .map(|t| topology::routing_key(t))
             .collect::<Result<_, _>>()?;
+        let queues = if subscription.group == REPLAY_GROUP {
+            // `consumer dlq replay` must read the records already kept, which a new group's
+            // queue would not hold: it drains the kept queues themselves.
+            subscription
+                .topics
+                .iter()
+                .zip(routing_keys)
+                .map(|(topic, key)| {
+                    Ok((topology::topic_queue(&options.exchange, topic)?, vec![key]))
+                })
+                .collect::<Result<_, RabbitError>>()?
+        } else {
+            let queue = topology::group_queue(&options.exchange, &subscription.group)?;
+            vec![(queue, routing_keys)]
+        };
         Ok(Self {
             exchange: topology::exchange(&options.exchange)?,
-            queue: topology::group_queue(&options.exchange, &subscription.group)?,
-            routing_keys,
+            queues,
             options,
             subscription,
         })
     }
 
-    /// Connects, declares the exchange and the group's queue with its bindings, sets the
+    /// Connects, declares the exchange and the queues with their bindings, sets the
     /// prefetch and starts consuming.
     async fn open(&self) -> Result<Session, RabbitError> {
         let role = format!("consumer {}", self.subscription.group);
@@ -57,22 +76,21 @@ impl Plan {
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
         topology::declare_exchange(&channel, &self.exchange).await?;
-        topology::declare_bound_queue(
-            &channel,
-            &self.exchange,
-            &self.queue,
-            &self.routing_keys,
-            self.options.queue_expires,
-        )
-        .await?;
-        let stream = channel
-            .basic_consume(
-                self.queue.clone(),
-                ShortString::default(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let mut stream = SelectAll::new();
+        for (queue, routing_keys) in &self.queues {
+            let expires = self.options.queue_expires;
+            topology::declare_bound_queue(&channel, &self.exchange, queue, routing_keys, expires)
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    queue.clone(),
+                    ShortString::default(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            stream.push(consumer);
+        }
         Ok(Session {
             connection,
             _channel: channel,
@@ -85,7 +103,9 @@ struct Session {
     connection: Connection,
     /// Kept open for the deliveries' acknowledgements.
     _channel: Channel,
-    stream: lapin::Consumer,
+    /// Deliveries of the consumed queues: the group's queue (the kept queues for
+    /// `dlq replay`).
+    stream: SelectAll<lapin::Consumer>,
 }
 
 /// Deliveries handed out and not yet acknowledged, by delivery tag, with the message as
@@ -135,7 +155,7 @@ impl RabbitConsumer {
                     self.gate.succeeded();
                     // Tags of the dead channel mean nothing on the new one.
                     self.pending.lock().clear();
-                    tracing::info!(group = %self.plan.subscription.group, queue = %self.plan.queue, "consumer reconnected");
+                    tracing::info!(group = %self.plan.subscription.group, "consumer reconnected");
                     self.session = Some(session);
                 }
                 Err(error) => {

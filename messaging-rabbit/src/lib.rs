@@ -22,6 +22,9 @@
 //! - [`StartFrom`](messaging_core::StartFrom) has no effect: a queue holds what was
 //!   published since it was first declared and not yet acknowledged, so a new group starts
 //!   at the latest message and an existing one where it left off, whatever is asked.
+//! - The one exception is the group of `consumer dlq replay`
+//!   (`messaging-dlq-replay`): it consumes the kept queues of
+//!   its topics directly, since the records are there, and replaying removes them.
 //!
 //! # Messages
 //!

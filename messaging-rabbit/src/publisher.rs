@@ -143,9 +143,10 @@ impl Publisher {
     /// have been stored before the loss).
     pub(crate) async fn publish(&self, message: &OutgoingMessage) -> Result<(), RabbitError> {
         let routing_key = topology::routing_key(&message.topic)?;
-        let properties = headers::properties(message)?;
         let mut retried = false;
         loop {
+            // Built per attempt rather than cloned: the retry is the rare case.
+            let properties = headers::properties(message)?;
             let channel = self.channel().await?;
             let sent = async {
                 let confirm = channel
@@ -154,7 +155,7 @@ impl Publisher {
                         routing_key.clone(),
                         BasicPublishOptions::default(),
                         &message.payload,
-                        properties.clone(),
+                        properties,
                     )
                     .await?;
                 match confirm.await? {

@@ -475,3 +475,45 @@ async fn foreign_headers_of_any_type_arrive_as_text() {
     consumer.acker().ack(&m).await.unwrap();
     cleanup(&broker, &[group], &[]).await;
 }
+
+/// `consumer dlq replay` subscribes the replay group to the DLQ topic: on RabbitMQ it drains
+/// the kept queue, where the records already are (a new group's queue would hold none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_group_drains_the_kept_queue() {
+    let n = Names::new("replay");
+    let broker = n.broker().await;
+    let dlq = n.topic("orders.dlq");
+    broker
+        .declare_topics(std::slice::from_ref(&dlq))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        broker
+            .publish(OutgoingMessage::new(&dlq, format!("record {i}")))
+            .await
+            .unwrap();
+    }
+    let replay = Subscription {
+        start: StartFrom::Earliest,
+        ..subscription(messaging_core::cli::REPLAY_GROUP, &[&dlq], 64)
+    };
+    let mut consumer = broker.subscribe(replay).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), consumer.next_batch(64))
+            .await
+            .unwrap()
+            .unwrap();
+        for m in batch {
+            consumer.acker().ack(&m).await.unwrap();
+            got.push(String::from_utf8_lossy(&m.payload).into_owned());
+        }
+    }
+    assert_eq!(got, ["record 0", "record 1", "record 2"]);
+    consumer.close().await.unwrap();
+    assert!(
+        broker.browse(&dlq, 10).await.unwrap().is_empty(),
+        "replayed records leave the DLQ"
+    );
+    cleanup(&broker, &[], &[dlq]).await;
+}
