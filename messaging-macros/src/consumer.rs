@@ -48,10 +48,10 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     // add their own "outside a #[consumer]" errors.
     let methods = take_on_event_attributes(&mut item_impl, &mut errors);
     check_impl(&item_impl, &mut errors);
-    let registrations = match args {
-        Some(args) => registrations(&item_impl, &args, &methods, &mut errors),
-        None => Vec::new(),
-    };
+    // With a broken attribute, the methods are still checked (the code made from the
+    // defaults is then thrown away with the errors).
+    let args = args.unwrap_or_default();
+    let registrations = registrations(&item_impl, &args, &methods, &mut errors);
     let generated = match errors.finish() {
         Ok(()) => quote!(#(#registrations)*),
         Err(error) => error.into_compile_error(),
@@ -86,9 +86,9 @@ fn take_on_event_attributes(item_impl: &mut ItemImpl, errors: &mut Errors) -> Ve
                 ));
                 continue;
             }
-            if let Some(args) = errors.keep(on_event_args(attr)) {
-                methods.push(OnEvent { index, args });
-            }
+            // A method whose attribute is broken is still checked, with default arguments.
+            let args = errors.keep(on_event_args(attr)).unwrap_or_default();
+            methods.push(OnEvent { index, args });
         }
     }
     methods
@@ -123,7 +123,7 @@ fn on_event_args(attr: &Attribute) -> syn::Result<Args> {
 }
 
 fn check_impl(item_impl: &ItemImpl, errors: &mut Errors) {
-    let ty = item_impl.self_ty.to_token_stream();
+    let ty = signature::type_string(&item_impl.self_ty);
     if let Some((_, path, _)) = &item_impl.trait_ {
         errors.push(syn::Error::new_spanned(
             path,
@@ -184,6 +184,11 @@ fn registrations(
         let ImplItem::Fn(function) = &item_impl.items[method.index] else {
             continue;
         };
+        let sig = errors.keep(signature::analyze(
+            &function.sig,
+            &Place::Method { self_ty },
+        ));
+        // No name: its attribute was rejected and reported.
         let Some(event_name) = &method.args.name else {
             continue;
         };
@@ -200,10 +205,7 @@ fn registrations(
             continue;
         }
         seen.push((event_name.value(), method_name.clone()));
-        let Some(sig) = errors.keep(signature::analyze(
-            &function.sig,
-            &Place::Method { self_ty },
-        )) else {
+        let Some(sig) = sig else {
             continue;
         };
         let registration = Registration {
@@ -231,8 +233,8 @@ fn type_name(ty: &Type) -> String {
             .path
             .segments
             .last()
-            .map_or_else(|| ty.to_token_stream().to_string(), |s| s.ident.to_string()),
-        _ => ty.to_token_stream().to_string().replace(' ', ""),
+            .map_or_else(|| signature::type_string(ty), |s| s.ident.to_string()),
+        _ => signature::type_string(ty),
     }
 }
 

@@ -247,9 +247,33 @@ fn owned_form(inner: &Type) -> String {
         Type::Slice(slice) if matches!(&*slice.elem, Type::Path(p) if p.path.is_ident("u8")) => {
             "Bytes` or `Vec<u8>".to_owned()
         }
-        Type::Slice(slice) => format!("Vec<{}>", slice.elem.to_token_stream()),
-        other => other.to_token_stream().to_string(),
+        Type::Slice(slice) => format!("Vec<{}>", type_string(&slice.elem)),
+        other => type_string(other),
     }
+}
+
+/// A type as it would be written: `Event<String>`, not `Event < String >`.
+pub(crate) fn type_string(ty: &Type) -> String {
+    let spaced = ty.to_token_stream().to_string();
+    let chars: Vec<char> = spaced.chars().collect();
+    let word = |c: char| c.is_alphanumeric() || c == '_' || c == '\'';
+    let mut out = String::with_capacity(chars.len());
+    for (i, &c) in chars.iter().enumerate() {
+        if c == ' ' {
+            let before = i.checked_sub(1).map(|j| chars[j]);
+            let after = chars.get(i + 1).copied();
+            // Keep the spaces between words (`dyn Trait`, `&'a str`), after commas, around `+`.
+            let keep = matches!((before, after), (Some(b), Some(a)) if word(b) && word(a))
+                || before == Some(',')
+                || before == Some('+')
+                || after == Some('+');
+            if !keep {
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn classify(ty: &Type) -> PayloadKind {
@@ -307,4 +331,50 @@ fn replace_in(tokens: TokenStream, with: &TokenStream) -> TokenStream {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ty(s: &str) -> Type {
+        syn::parse_str(s).unwrap()
+    }
+
+    #[test]
+    fn types_print_as_written() {
+        for written in [
+            "Event<String>",
+            "(StatusCode, Json<UserOut>)",
+            "&'a str",
+            "Box<dyn Error + Send>",
+            "a::b::C<Vec<u8>>",
+        ] {
+            assert_eq!(type_string(&ty(written)), written);
+        }
+    }
+
+    #[test]
+    fn the_first_argument_is_decoded_by_its_last_path_segment() {
+        let kind = |s| match classify(&ty(s)) {
+            PayloadKind::Event(_) => "event",
+            PayloadKind::Bytes => "bytes",
+            PayloadKind::Vec => "vec",
+            PayloadKind::Message => "message",
+            PayloadKind::Json => "json",
+        };
+        assert_eq!(kind("messaging_core::Event<User>"), "event");
+        assert_eq!(kind("bytes::Bytes"), "bytes");
+        assert_eq!(kind("Vec<u8>"), "vec");
+        assert_eq!(kind("Vec<u64>"), "json");
+        assert_eq!(kind("Message"), "message");
+        assert_eq!(kind("serde_json::Value"), "json");
+        assert_eq!(kind("Event"), "json");
+    }
+
+    #[test]
+    fn self_is_replaced_in_method_argument_types() {
+        let replaced = replace_self(&ty("State<Self>"), Some(&ty("OrderEvents")));
+        assert_eq!(type_string(&replaced), "State<OrderEvents>");
+    }
 }
