@@ -297,8 +297,9 @@ fn parse_leading_name(
     args: &mut Args,
     errors: &mut Errors,
 ) {
-    if input.peek(LitStr) {
-        let name: LitStr = input.parse().expect("peeked a string literal");
+    if input.peek(LitStr)
+        && let Ok(name) = input.parse::<LitStr>()
+    {
         if name.value().trim().is_empty() {
             errors.push(syn::Error::new(
                 name.span(),
@@ -349,13 +350,14 @@ fn parse_pair(
         skip_to_comma(input);
         return;
     };
-    let key_ident: syn::Ident = input
-        .step(|cursor| match cursor.token_tree() {
-            Some((TokenTree::Ident(ident), rest)) => Ok((ident, rest)),
-            _ => Err(cursor.error("expected a key")),
-        })
-        .expect("peeked a keyword");
-    let key_span = key_ident.span();
+    let key_span = match input.call(<syn::Ident as syn::ext::IdentExt>::parse_any) {
+        Ok(ident) => ident.span(),
+        Err(error) => {
+            errors.push(error);
+            skip_to_comma(input);
+            return;
+        }
+    };
     if let Err(error) = first_time(seen, key, key_span) {
         errors.push(error);
         skip_to_comma(input);
@@ -370,6 +372,13 @@ fn parse_pair(
         return;
     }
     let value = skip_to_comma(input);
+    if let Some(next_key) = missing_comma(&value) {
+        errors.push(syn::Error::new(
+            next_key.span(),
+            format!("expected `,` before `{next_key}`: keys are separated by commas"),
+        ));
+        return;
+    }
     if value.is_empty() {
         errors.push(syn::Error::new(
             key_span,
@@ -418,6 +427,17 @@ fn unknown_key(
             valid.join(", ")
         ),
     )
+}
+
+/// In `topic = "a" group = "b"`, the value of `topic` runs into the next key: returns `group`.
+fn missing_comma(value: &TokenStream) -> Option<proc_macro2::Ident> {
+    let tokens: Vec<TokenTree> = value.clone().into_iter().collect();
+    tokens.windows(2).skip(1).find_map(|pair| match pair {
+        [TokenTree::Ident(ident), TokenTree::Punct(eq)] if eq.as_char() == '=' => {
+            Some(ident.clone())
+        }
+        _ => None,
+    })
 }
 
 /// Consumes tokens up to (not including) the next top-level comma and returns them.
@@ -785,6 +805,15 @@ mod tests {
         assert!(
             errors[1].contains("did you mean `max_retries`"),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_missing_comma_is_named() {
+        let errors = messages(handler(quote!(topic = "a" group = "b")));
+        assert_eq!(
+            errors,
+            ["expected `,` before `group`: keys are separated by commas"]
         );
     }
 
