@@ -80,6 +80,17 @@ struct Account {
     owner: String,
 }
 
+/// Declares its event name, so its handler needs no string.
+#[derive(Debug, Serialize, Deserialize)]
+struct AccountRenamed {
+    owner: String,
+}
+
+impl TypedEvent for AccountRenamed {
+    const NAME: &'static str = "account.renamed";
+    const TOPIC: &'static str = "macros-test.accounts";
+}
+
 /// One instance serves every method: `opened` counts on it.
 #[derive(Default)]
 struct Accounts {
@@ -109,6 +120,12 @@ impl Accounts {
         ));
         anyhow::ensure!(meta.attempt > 1, "first attempt fails");
         Ok(())
+    }
+
+    /// The name comes from `AccountRenamed: TypedEvent`.
+    #[on_event]
+    async fn renamed(&self, event: Event<AccountRenamed>, calls: State<Calls>) {
+        calls.push(format!("renamed {}", event.data.owner));
     }
 
     /// Not an event handler: left alone by `#[consumer]`.
@@ -206,6 +223,9 @@ fn consumer_registers_one_handler_per_on_event_method() {
         closed.retry_policy().retry_delay,
         Duration::from_millis(100)
     );
+    let renamed = handler("Accounts::renamed");
+    assert_eq!(renamed.event_name(), Some("account.renamed"));
+    assert_eq!(renamed.group_name(), "macros-test-accounts");
     assert!(
         registered_handlers()
             .iter()
@@ -300,6 +320,13 @@ async fn consumer_dispatches_event_names_to_their_methods_on_one_instance() {
         .publish_event("account.opened", &bob, topic)
         .await
         .unwrap();
+    let carol = AccountRenamed {
+        owner: "carol".into(),
+    };
+    harness
+        .publish_event(AccountRenamed::NAME, &carol, topic)
+        .await
+        .unwrap();
     harness.wait_idle().await;
     assert_eq!(
         calls.take(),
@@ -308,6 +335,7 @@ async fn consumer_dispatches_event_names_to_their_methods_on_one_instance() {
             "closed alice attempt 1",
             "closed alice attempt 2",
             "opened bob #2",
+            "renamed carol",
         ]
     );
     assert_eq!(harness.attempts("Accounts::closed"), 2);

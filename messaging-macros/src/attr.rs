@@ -239,6 +239,8 @@ pub(crate) enum Leading {
         /// Where to report a missing name: the attribute's tokens, or nothing for the macro's
         /// own call site.
         attribute: TokenStream,
+        /// Whether leaving it out is an error (else the caller finds the name elsewhere).
+        required: bool,
     },
 }
 
@@ -254,12 +256,18 @@ pub(crate) fn parse_args(
         let mut errors = Errors::default();
         let mut args = Args::default();
         let mut seen = Vec::new();
-        if let Leading::EventName { example, attribute } = &leading {
+        if let Leading::EventName {
+            example,
+            attribute,
+            required,
+        } = &leading
+        {
+            let missing_at = required.then_some(attribute);
             parse_leading_name(
                 input,
                 macro_name,
                 example,
-                attribute,
+                missing_at,
                 &mut args,
                 &mut errors,
             );
@@ -293,7 +301,7 @@ fn parse_leading_name(
     input: ParseStream<'_>,
     macro_name: &str,
     example: &str,
-    attribute: &TokenStream,
+    missing_at: Option<&TokenStream>,
     args: &mut Args,
     errors: &mut Errors,
 ) {
@@ -322,12 +330,13 @@ fn parse_leading_name(
     let message =
         format!("#[{macro_name}] needs the event name first, as a string literal: `{example}`");
     if starts_with_key || input.is_empty() {
-        let error = if attribute.is_empty() {
-            syn::Error::new(Span::call_site(), message)
-        } else {
-            syn::Error::new_spanned(attribute, message)
-        };
-        errors.push(error);
+        match missing_at {
+            None => {}
+            Some(attribute) if attribute.is_empty() => {
+                errors.push(syn::Error::new(Span::call_site(), message));
+            }
+            Some(attribute) => errors.push(syn::Error::new_spanned(attribute, message)),
+        }
     } else {
         let tokens = skip_to_comma(input);
         errors.push(syn::Error::new_spanned(tokens, message));
@@ -827,6 +836,7 @@ mod tests {
                 Leading::EventName {
                     example: "x",
                     attribute: TokenStream::new(),
+                    required: true,
                 },
             )
         };

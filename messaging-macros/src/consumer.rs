@@ -3,14 +3,14 @@
 //! and the other methods are left alone. `#[on_event]` expanding on its own is an error.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, quote};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{Attribute, ImplItem, Item, ItemImpl, LitStr, Meta, Type};
 
 use crate::attr::{self, Args, Leading};
 use crate::errors::{Errors, with_item};
 use crate::registration::{Kind, Registration};
-use crate::signature::{self, Place};
+use crate::signature::{self, HandlerSig, PayloadKind, Place};
 
 const ON_EVENT_EXAMPLE: &str = r#"#[on_event("user.created")]"#;
 
@@ -62,10 +62,12 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
-/// One `#[on_event]` method: its index among the impl items and its arguments.
+/// One `#[on_event]` method: its index among the impl items, its attribute, and the
+/// attribute's arguments (`None` when they were rejected, which is reported already).
 struct OnEvent {
     index: usize,
-    args: Args,
+    attr: Attribute,
+    args: Option<Args>,
 }
 
 fn take_on_event_attributes(item_impl: &mut ItemImpl, errors: &mut Errors) -> Vec<OnEvent> {
@@ -86,9 +88,12 @@ fn take_on_event_attributes(item_impl: &mut ItemImpl, errors: &mut Errors) -> Ve
                 ));
                 continue;
             }
-            // A method whose attribute is broken is still checked, with default arguments.
-            let args = errors.keep(on_event_args(attr)).unwrap_or_default();
-            methods.push(OnEvent { index, args });
+            // A method whose attribute is broken is still checked.
+            methods.push(OnEvent {
+                index,
+                attr: attr.clone(),
+                args: errors.keep(on_event_args(attr)),
+            });
         }
     }
     methods
@@ -104,10 +109,12 @@ fn is_on_event(attr: &Attribute) -> bool {
 fn on_event_args(attr: &Attribute) -> syn::Result<Args> {
     let tokens = match &attr.meta {
         Meta::List(list) => list.tokens.clone(),
-        Meta::Path(_) | Meta::NameValue(_) => {
+        // The name then comes from the payload's `TypedEvent` impl.
+        Meta::Path(_) => return Ok(Args::default()),
+        Meta::NameValue(_) => {
             return Err(syn::Error::new_spanned(
                 attr,
-                format!("#[on_event] needs the event name: `{ON_EVENT_EXAMPLE}`"),
+                format!("write the event name in parentheses: `{ON_EVENT_EXAMPLE}`"),
             ));
         }
     };
@@ -118,6 +125,7 @@ fn on_event_args(attr: &Attribute) -> syn::Result<Args> {
         Leading::EventName {
             example: ON_EVENT_EXAMPLE,
             attribute: attr.to_token_stream(),
+            required: false,
         },
     )
 }
@@ -188,42 +196,69 @@ fn registrations(
             &function.sig,
             &Place::Method { self_ty },
         ));
-        // No name: its attribute was rejected and reported.
-        let Some(event_name) = &method.args.name else {
+        let (Some(method_args), Some(sig)) = (&method.args, sig) else {
             continue;
         };
         let method_name = function.sig.ident.to_string();
-        if let Some((_, first)) = seen.iter().find(|(name, _)| *name == event_name.value()) {
-            errors.push(syn::Error::new(
-                event_name.span(),
+        let Some((event_name, shown)) = event_name(&method.attr, method_args, &sig, errors) else {
+            continue;
+        };
+        if let Some((_, first)) = seen.iter().find(|(name, _)| *name == shown) {
+            errors.push(syn::Error::new_spanned(
+                &method.attr,
                 format!(
-                    "event `{}` is already handled by `{first}` in this consumer; one method per \
-                     event name",
-                    event_name.value()
+                    "event `{shown}` is already handled by `{first}` in this consumer; one \
+                     method per event name"
                 ),
             ));
             continue;
         }
-        seen.push((event_name.value(), method_name.clone()));
-        let Some(sig) = sig else {
-            continue;
-        };
+        seen.push((shown, method_name.clone()));
         let registration = Registration {
             name: format!("{type_name}::{method_name}"),
             sig: &sig,
             kind: Kind::OnEvent {
                 self_ty,
-                event_name,
+                event_name: &event_name,
             },
             topics: &topics,
             group: Some(group.clone()),
             envelope: envelope.clone(),
-            retry: method.args.retry.or(&args.retry),
+            retry: method_args.retry.or(&args.retry),
             schema: None,
         };
         out.push(registration.expand());
     }
     out
+}
+
+/// The event name expression of a method and how to show it: the attribute's string, or
+/// `<T as TypedEvent>::NAME` for a method taking `Event<T>` under a bare `#[on_event]`.
+fn event_name(
+    attr: &Attribute,
+    args: &Args,
+    sig: &HandlerSig,
+    errors: &mut Errors,
+) -> Option<(TokenStream, String)> {
+    if let Some(name) = &args.name {
+        return Some((quote!(#name), name.value()));
+    }
+    let PayloadKind::Event(data) = &sig.payload.kind else {
+        errors.push(syn::Error::new_spanned(
+            attr,
+            format!(
+                "#[on_event] needs the event name, `{ON_EVENT_EXAMPLE}`, unless the method takes \
+                 `Event<T>` with `T: TypedEvent` (which declares it)"
+            ),
+        ));
+        return None;
+    };
+    // Spanned at `T`: a type that is not `TypedEvent` is reported there.
+    let name = quote_spanned!(data.span()=> <#data as ::messaging_core::TypedEvent>::NAME);
+    Some((
+        name,
+        format!("<{} as TypedEvent>::NAME", signature::type_string(data)),
+    ))
 }
 
 /// `OrderEvents` for `OrderEvents` or `crate::events::OrderEvents`.

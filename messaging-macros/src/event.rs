@@ -28,6 +28,7 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         Leading::EventName {
             example: EXAMPLE,
             attribute: TokenStream::new(),
+            required: true,
         },
     ));
     let topic = args.as_ref().and_then(|args| match &args.topics {

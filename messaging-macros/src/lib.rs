@@ -161,6 +161,34 @@ pub fn consumer(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// return rules as [`macro@message_handler`]; the event is usually `Event<T>`. The
 /// registration is named `Type::method`, and takes its group and topics from the consumer.
 ///
+/// A bare `#[on_event]` (or one with only retry keys) takes the event name from the data
+/// type, which must then implement `TypedEvent`:
+///
+/// ```
+/// use messaging_core::prelude::*;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct MoodCreated { score: u8 }
+///
+/// impl TypedEvent for MoodCreated {
+///     const NAME: &'static str = "user.mood.created";
+///     const TOPIC: &'static str = "aura360.user.events";
+/// }
+///
+/// #[derive(Default)]
+/// struct Moods;
+///
+/// #[consumer(topics = ["aura360.user.events"])]
+/// impl Moods {
+///     #[on_event] // "user.mood.created"
+///     async fn created(&self, event: Event<MoodCreated>) {
+///         let _ = event.data.score;
+///     }
+/// }
+/// # fn main() {}
+/// ```
+///
 /// `#[consumer]` reads and removes these attributes; one that expands on its own was placed
 /// outside a `#[consumer]` impl, which is an error.
 #[proc_macro_attribute]

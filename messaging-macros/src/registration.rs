@@ -14,7 +14,8 @@ pub(crate) enum Kind<'a> {
     MessageHandler,
     OnEvent {
         self_ty: &'a Type,
-        event_name: &'a LitStr,
+        /// A string literal or `<T as TypedEvent>::NAME`.
+        event_name: &'a TokenStream,
     },
 }
 

@@ -5,11 +5,15 @@ struct C;
 
 #[consumer(topics = ["events"])]
 impl C {
+    // No name, and nothing to take it from.
     #[on_event]
-    async fn no_name(&self, _: Event<serde_json::Value>) {}
+    async fn no_name(&self, _: serde_json::Value) {}
 
-    #[on_event(max_retries = 1)]
-    async fn key_first(&self, _: Event<serde_json::Value>) {}
+    #[on_event = "e"]
+    async fn name_value(&self, _: Event<serde_json::Value>) {}
+
+    #[on_event(user.created)]
+    async fn not_a_string(&self, _: Event<serde_json::Value>) {}
 
     #[on_event("dup")]
     async fn first(&self, _: Event<serde_json::Value>) {}

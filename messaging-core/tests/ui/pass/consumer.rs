@@ -66,6 +66,41 @@ impl OrderEvents {
     }
 }
 
+// A bare `#[on_event]` takes the event name from the data type's `TypedEvent` impl.
+#[derive(Deserialize, serde::Serialize)]
+struct MoodCreated {
+    score: u8,
+}
+
+impl TypedEvent for MoodCreated {
+    const NAME: &'static str = "user.mood.created";
+    const TOPIC: &'static str = "aura360.user.events";
+}
+
+#[derive(Default)]
+struct Moods;
+
+#[consumer(topics = ["aura360.user.events"])]
+impl Moods {
+    #[on_event]
+    async fn created(&self, event: Event<MoodCreated>) {
+        let _ = event.data.score;
+    }
+
+    #[on_event(max_retries = 0)]
+    async fn also_typed(&self, event: Event<Typed2>) {
+        let _ = event;
+    }
+}
+
+#[derive(Deserialize, serde::Serialize)]
+struct Typed2;
+
+impl TypedEvent for Typed2 {
+    const NAME: &'static str = "user.mood.deleted";
+    const TOPIC: &'static str = "aura360.user.events";
+}
+
 // The group defaults to the type's name; one topic may be a plain string.
 #[derive(Default)]
 struct Audit;
