@@ -88,7 +88,7 @@ fn conformance_config() -> messaging_core::Config {
     }
 }
 
-/// Waits until `done` holds, panicking with `what` after [`PATIENCE`].
+/// Waits until `done` holds, panicking with `what` after a minute.
 pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
     while !done() {
