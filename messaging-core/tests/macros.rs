@@ -68,10 +68,13 @@ async fn record_raw(body: Bytes, calls: State<Calls>) {
     calls.push(format!("raw {}", String::from_utf8_lossy(&body)));
 }
 
-/// Typed envelope in a free handler.
-#[message_handler(topic = "macros-test.enveloped")]
-async fn record_enveloped(event: Event<Order>, calls: State<Calls>) -> anyhow::Result<()> {
-    calls.push(format!("{} {}", event.name, event.data.id));
+/// Typed envelope in a free handler; `schema` checks the envelope's data.
+#[message_handler(topic = "macros-test.enveloped", schema = Order)]
+async fn record_enveloped(
+    event: Event<serde_json::Value>,
+    calls: State<Calls>,
+) -> anyhow::Result<()> {
+    calls.push(format!("{} {}", event.name, event.data["id"]));
     Ok(())
 }
 
@@ -280,6 +283,12 @@ async fn schema_and_event_payloads_are_decoded_by_the_generated_code() {
         .publish_event("order.placed", &Order { id: 2 }, "macros-test.enveloped")
         .await
         .unwrap();
+    // An envelope whose data is not an `Order`.
+    let not_an_order = serde_json::json!({"id": "three"});
+    harness
+        .publish_event("order.placed", &not_an_order, "macros-test.enveloped")
+        .await
+        .unwrap();
     harness.wait_idle().await;
     // Two groups, consumed concurrently: compare sorted.
     let mut seen = calls.take();
@@ -289,6 +298,13 @@ async fn schema_and_event_payloads_are_decoded_by_the_generated_code() {
     assert_eq!(parked.len(), 1, "the invalid body is dead-lettered");
     assert_eq!(parked[0].error.kind, messaging_core::FailureKind::Schema);
     assert_eq!(parked[0].handler, "record_validated");
+    let parked = harness.dlq("macros-test.enveloped");
+    assert_eq!(
+        parked.len(),
+        1,
+        "the envelope with bad data is dead-lettered"
+    );
+    assert_eq!(parked[0].error.kind, messaging_core::FailureKind::Schema);
     assert_eq!(
         harness.attempts("record_validated"),
         2,

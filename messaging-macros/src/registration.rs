@@ -71,16 +71,23 @@ impl Registration<'_> {
                 <#payload_ty as ::messaging_core::__private::JsonPayload>::decode_payload(&__inv.message)?
             },
         };
-        // The body must also decode as the schema type, unless that is the argument's type.
-        let schema_check = self
-            .schema
-            .filter(|schema| !same_type(schema, payload_ty))
-            .map(|schema| {
-                quote_spanned! {schema.span()=>
-                    <#schema as ::messaging_core::__private::JsonPayload>::decode_payload(&__inv.message)
-                        .map(::core::mem::drop)?;
-                }
-            });
+        // The body (for `Event<T>`: the envelope's data) must also decode as the schema type,
+        // unless that is the type decoded anyway.
+        let schema_check = self.schema.and_then(|schema| match &sig.payload.kind {
+            PayloadKind::Event(inner) if !same_type(schema, inner) => Some(quote_spanned! {schema.span()=>
+                <#schema as ::messaging_core::__private::JsonPayload>::decode_envelope(
+                    &__inv.message,
+                    &__MESSAGING_ENVELOPE,
+                )
+                .map(::core::mem::drop)?;
+            }),
+            PayloadKind::Event(_) => None,
+            _ if same_type(schema, payload_ty) => None,
+            _ => Some(quote_spanned! {schema.span()=>
+                <#schema as ::messaging_core::__private::JsonPayload>::decode_payload(&__inv.message)
+                    .map(::core::mem::drop)?;
+            }),
+        });
         let args: Vec<_> = (0..sig.extractors.len())
             .map(|i| quote::format_ident!("__arg{}", i))
             .collect();
