@@ -1,6 +1,10 @@
-//! Acknowledgements (`XACK`), batched: acknowledgements that arrive while one `XACK` is on its
-//! way go out together in the next, one command per stream. An idle consumer's
-//! acknowledgement leaves at once; a busy one's share round trips.
+//! Acknowledgements (`XACK`), batched and pipelined: `ack` queues the entry and returns, and a
+//! task sends what is queued, one `XACK` per stream per round trip. An idle consumer's
+//! acknowledgement leaves at once; a busy one's share round trips instead of each waiting for
+//! its own, which would serialise a lane of handlers on the network.
+//!
+//! At least once still holds: an `XACK` that fails (logged) leaves the entry pending, and it
+//! is reclaimed and delivered again. `close` waits until the queue is sent.
 
 use std::sync::Arc;
 
@@ -14,14 +18,15 @@ use crate::entry::EntryId;
 use crate::error::{BROKER, is_no_group};
 
 /// The most entries one `XACK` round carries.
-const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 4096;
 
-type Outcome = Result<(), Arc<RedisError>>;
-
-struct Request {
-    stream: usize,
-    id: EntryId,
-    done: oneshot::Sender<Outcome>,
+enum Request {
+    Ack {
+        stream: usize,
+        id: EntryId,
+    },
+    /// Answered once everything queued before it was sent.
+    Flush(oneshot::Sender<()>),
 }
 
 /// Acknowledges what one consumer delivered.
@@ -36,30 +41,33 @@ impl RedisAcker {
         tokio::spawn(run(Arc::clone(&member), receiver));
         Self { requests, member }
     }
+
+    /// Waits until every acknowledgement queued so far was sent (and answered or failed).
+    pub(crate) async fn flush(&self) -> Result<(), BrokerError> {
+        let (done, sent) = oneshot::channel();
+        self.requests
+            .send(Request::Flush(done))
+            .map_err(|_| BrokerError::Closed { broker: BROKER })?;
+        sent.await
+            .map_err(|_| BrokerError::Closed { broker: BROKER })
+    }
 }
 
 impl Acker for RedisAcker {
     fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async move {
+        let queued = match (&message.position, self.member.stream_index(&message.topic)) {
+            (Position::StreamId(id), Some(stream)) => match id.parse::<EntryId>() {
+                Ok(id) => self
+                    .requests
+                    .send(Request::Ack { stream, id })
+                    .map_err(|_| BrokerError::Closed { broker: BROKER }),
+                // Not an entry id this crate wrote: nothing to acknowledge here.
+                Err(_) => Ok(()),
+            },
             // A message this consumer did not deliver has nothing to acknowledge here.
-            let (Position::StreamId(id), Some(stream)) =
-                (&message.position, self.member.stream_index(&message.topic))
-            else {
-                return Ok(());
-            };
-            let Ok(id) = id.parse::<EntryId>() else {
-                return Ok(());
-            };
-            let (done, outcome) = oneshot::channel();
-            self.requests
-                .send(Request { stream, id, done })
-                .map_err(|_| BrokerError::Closed { broker: BROKER })?;
-            match outcome.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(error)) => Err(BrokerError::operation(BROKER, "ack", error)),
-                Err(_) => Err(BrokerError::Closed { broker: BROKER }),
-            }
-        })
+            _ => Ok(()),
+        };
+        Box::pin(async move { queued })
     }
 }
 
@@ -67,31 +75,38 @@ impl Acker for RedisAcker {
 async fn run(member: Arc<Member>, mut requests: mpsc::UnboundedReceiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let outcome = acknowledge(&member, &batch).await.map_err(Arc::new);
-        if let Err(error) = &outcome {
-            tracing::warn!(group = %member.group, %error, entries = batch.len(), "XACK failed; the entries will be reclaimed and delivered again");
-        }
-        {
-            // Acknowledged or not, this consumer is done with them: no longer refreshed, a
-            // failed acknowledgement lets them idle out and be reclaimed.
-            let mut held = member.held();
-            for request in &batch {
-                held.remove(&(request.stream, request.id));
+        let mut ids: Vec<Vec<EntryId>> = vec![Vec::new(); member.streams.len()];
+        let mut flushes = Vec::new();
+        for request in batch.drain(..) {
+            match request {
+                Request::Ack { stream, id } => ids[stream].push(id),
+                Request::Flush(done) => flushes.push(done),
             }
         }
-        for request in batch.drain(..) {
-            let _ = request.done.send(outcome.clone());
+        let count: usize = ids.iter().map(Vec::len).sum();
+        if count > 0 {
+            if let Err(error) = acknowledge(&member, &ids).await {
+                tracing::warn!(group = %member.group, %error, entries = count, "XACK failed; the entries will be reclaimed and delivered again");
+            }
+            // Acknowledged or not, this consumer is done with them: no longer refreshed, so a
+            // failed acknowledgement lets them idle out and be reclaimed.
+            let mut held = member.held();
+            for (stream, ids) in ids.iter().enumerate() {
+                for id in ids {
+                    held.remove(&(stream, *id));
+                }
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
     }
 }
 
-async fn acknowledge(member: &Member, batch: &[Request]) -> Result<(), RedisError> {
-    let mut ids: Vec<Vec<String>> = vec![Vec::new(); member.streams.len()];
-    for request in batch {
-        ids[request.stream].push(request.id.to_string());
-    }
+async fn acknowledge(member: &Member, ids: &[Vec<EntryId>]) -> Result<(), RedisError> {
     let mut pipe = redis::pipe();
     for (stream, ids) in ids.iter().enumerate().filter(|(_, ids)| !ids.is_empty()) {
+        let ids: Vec<String> = ids.iter().map(EntryId::to_string).collect();
         pipe.cmd("XACK")
             .arg(&member.streams[stream])
             .arg(&member.group)

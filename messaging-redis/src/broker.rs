@@ -13,6 +13,7 @@ use crate::consumer::RedisConsumer;
 use crate::entry::{parse_entries, xadd};
 use crate::error::{BROKER, broker_error, own_error};
 use crate::options::RedisOptions;
+use crate::publisher::Publisher;
 
 /// The group that keeps dead-letter streams in existence before their first record.
 pub const KEEP_GROUP: &str = "messaging-keep";
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     /// reclaim, groups. It reconnects by itself.
     pub conn: ConnectionManager,
     pub options: RedisOptions,
+    /// Pipelines the publishes over `conn`.
+    publisher: Publisher,
     masked_url: String,
 }
 
@@ -89,6 +92,7 @@ impl RedisBroker {
         Ok(Self {
             shared: Arc::new(Shared {
                 client,
+                publisher: Publisher::start(conn.clone()),
                 conn,
                 options,
                 masked_url,
@@ -161,20 +165,7 @@ impl Broker for RedisBroker {
                 false => self.shared.options.maxlen,
             };
             let cmd = xadd(&message, maxlen).map_err(|e| own_error("publish", e))?;
-            let mut conn = self.shared.conn();
-            match cmd.query_async::<Value>(&mut conn).await {
-                Ok(_) => Ok(()),
-                // A connection found dead (Redis restarted) fails the first request and is
-                // replaced; one more try on the new connection spares the caller that error.
-                Err(e) if e.is_unrecoverable_error() => {
-                    tracing::debug!(error = %e, "publish failed on a dropped connection; retrying once");
-                    cmd.query_async::<Value>(&mut conn)
-                        .await
-                        .map(drop)
-                        .map_err(|e| broker_error("publish", e))
-                }
-                Err(e) => Err(broker_error("publish", e)),
-            }
+            self.shared.publisher.send(cmd).await
         })
     }
 

@@ -460,7 +460,9 @@ impl Consumer for RedisConsumer {
             let _ = keeper.send(Stop::Closing);
         }
         let member = Arc::clone(&self.member);
+        let acker = Arc::clone(&self.acker);
         Box::pin(async move {
+            acker.flush().await?;
             member.leave().await.map_err(|e| broker_error("close", e))?;
             tracing::debug!(group = %member.group, consumer = %member.name, "left the group");
             Ok(())

@@ -28,7 +28,12 @@
 //! is a member with a unique name (`<prefix>-<pid>-<random>`) reading with
 //! `XREADGROUP … COUNT n BLOCK ms` over all its streams on a connection of its own, since a
 //! blocking read would stall a shared one; publishing, acknowledging and reclaiming share one
-//! multiplexed connection. Acknowledgements are `XACK`s, batched while one is in flight.
+//! multiplexed connection. Concurrent publishes are pipelined: each waits for its own `XADD`
+//! reply, but they travel together, one pipeline per round trip, and a failing one fails
+//! alone. Acknowledging queues the entry and returns; a task sends the
+//! queue as one `XACK` per stream per round trip, so handlers never wait on the network to
+//! acknowledge. An `XACK` that fails is logged and the entry, still pending, is reclaimed and
+//! delivered again; `close` waits for the queue.
 //!
 //! # Reclaiming
 //!
@@ -74,6 +79,7 @@ mod consumer;
 mod entry;
 mod error;
 mod options;
+mod publisher;
 
 use std::sync::Arc;
 

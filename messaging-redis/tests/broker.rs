@@ -89,7 +89,7 @@ async fn acknowledged_entries_leave_the_pending_list() {
         result.unwrap();
     }
     assert_eq!(
-        pending(&broker, &topic, "g").await,
+        settle_pending(&broker, &topic, "g", 0).await,
         0,
         "all five acknowledged"
     );
@@ -290,7 +290,7 @@ async fn entries_deleted_while_pending_do_not_wedge_the_group() {
         second.acker().ack(m).await.unwrap();
     }
     assert_eq!(
-        pending(&broker, &topic, "g").await,
+        settle_pending(&broker, &topic, "g", 0).await,
         0,
         "deleted entries left the pending list"
     );
@@ -401,5 +401,35 @@ async fn the_factory_is_registered_and_reads_the_url() {
     assert!(
         messaging_core::broker::connect_once(&bad).await.is_err(),
         "nothing listens on port 1"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_publish_fails_alone_in_its_pipeline() {
+    let broker = connect(RedisOptions::default()).await;
+    let (good, bad) = (unique("good"), unique("bad"));
+    // Not a stream: XADD answers WRONGTYPE.
+    let _: () = redis_cmd(&broker, redis::cmd("SET").arg(&bad).arg("x")).await;
+    let sends = (0..200).map(|i| {
+        let topic = if i % 10 == 3 { &bad } else { &good };
+        broker.publish(OutgoingMessage::new(topic, i.to_string()))
+    });
+    let results = futures::future::join_all(sends).await;
+    for (i, result) in results.iter().enumerate() {
+        match (i % 10 == 3, result) {
+            (true, Err(e)) => assert!(e.to_string().contains("WRONGTYPE"), "{e}"),
+            (false, Ok(())) => {}
+            (expect_error, result) => {
+                panic!("publish {i}: expected error {expect_error}, got {result:?}")
+            }
+        }
+    }
+    let len: usize = redis_cmd(&broker, redis::cmd("XLEN").arg(&good)).await;
+    assert_eq!(len, 180);
+    let reserved =
+        OutgoingMessage::new(&good, "x").with_header(messaging_redis::PAYLOAD_FIELD, "y");
+    assert!(
+        broker.publish(reserved).await.is_err(),
+        "a header named `payload` is refused"
     );
 }

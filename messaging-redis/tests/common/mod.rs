@@ -108,3 +108,16 @@ pub async fn pending_of(broker: &RedisBroker, topic: &str, group: &str, prefix: 
 async fn pending_summary(broker: &RedisBroker, topic: &str, group: &str) -> PendingSummary {
     redis_cmd(broker, redis::cmd("XPENDING").arg(topic).arg(group)).await
 }
+
+/// Waits (up to 5 s) until `topic` has `want` entries pending in `group`; acknowledgements
+/// are sent in the background.
+pub async fn settle_pending(broker: &RedisBroker, topic: &str, group: &str, want: usize) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = pending(broker, topic, group).await;
+        if now == want || tokio::time::Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
