@@ -11,7 +11,7 @@ use redis::{AsyncConnectionConfig, Client, RedisError, Value};
 
 use crate::consumer::RedisConsumer;
 use crate::entry::{parse_entries, xadd};
-use crate::error::{BROKER, broker_error, own_error};
+use crate::error::{BROKER, RedisBrokerError, broker_error, own_error};
 use crate::options::RedisOptions;
 use crate::publisher::Publisher;
 
@@ -76,10 +76,11 @@ impl RedisBroker {
         let client_url = options
             .apply_url(url)
             .map_err(|e| BrokerError::connection(BROKER, e))?;
-        if client_url.starts_with("rediss:") {
-            install_tls_provider()?;
+        let client = match client_url.starts_with("rediss:") {
+            true => tls_client(&client_url, &options)?,
+            false => Client::open(client_url),
         }
-        let client = Client::open(client_url).map_err(|e| BrokerError::connection(BROKER, e))?;
+        .map_err(|e| BrokerError::connection(BROKER, e))?;
         // Few quick retries: the caller's connect loop does the long waiting.
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(2)
@@ -116,18 +117,48 @@ impl RedisBroker {
     }
 }
 
+/// The client of a `rediss://` URL: the system's root certificates, or the configured CA
+/// and client certificate.
 #[cfg(feature = "tls")]
-fn install_tls_provider() -> Result<(), BrokerError> {
+fn tls_client(
+    url: &str,
+    options: &RedisOptions,
+) -> Result<redis::RedisResult<Client>, BrokerError> {
     // Another crate may have installed a provider already; any provider will do.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(())
+    if options.tls_ca.is_none() && options.tls_client.is_none() {
+        return Ok(Client::open(url));
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            let error = RedisBrokerError::TlsFile {
+                path: path.to_owned(),
+                error: e.to_string(),
+            };
+            BrokerError::connection(BROKER, error)
+        })
+    };
+    let certificates = redis::TlsCertificates {
+        client_tls: match &options.tls_client {
+            Some((cert, key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            None => None,
+        },
+        root_cert: options.tls_ca.as_deref().map(read).transpose()?,
+    };
+    Ok(Client::build_with_tls(url, certificates))
 }
 
 #[cfg(not(feature = "tls"))]
-fn install_tls_provider() -> Result<(), BrokerError> {
+fn tls_client(
+    _url: &str,
+    _options: &RedisOptions,
+) -> Result<redis::RedisResult<Client>, BrokerError> {
     Err(BrokerError::connection(
         BROKER,
-        crate::error::RedisBrokerError::TlsDisabled,
+        RedisBrokerError::TlsDisabled,
     ))
 }
 

@@ -25,6 +25,12 @@ pub enum RedisBrokerError {
     /// `rediss://` needs the `tls` feature of messaging-redis.
     #[error("`rediss://` needs the `tls` feature of messaging-redis")]
     TlsDisabled,
+    /// A TLS certificate or key file named in the options cannot be read.
+    #[error("cannot read TLS file {}: {error}", path.display())]
+    TlsFile {
+        path: std::path::PathBuf,
+        error: String,
+    },
     /// Redis answered with something this crate does not expect.
     #[error("unexpected reply to {command}: {detail}")]
     Reply {

@@ -57,13 +57,15 @@
 //!
 //! # URL
 //!
-//! `redis://[user[:password]@]host[:port][/db]`, `rediss://…` for TLS (the default `tls`
-//! feature: rustls on ring, the system's root certificates; `rediss://…/#insecure` skips
-//! verification only with the `redis` crate's own insecure features), `redis+unix:///path`
-//! for a socket; `?protocol=resp3` is passed on. The query parameters of [`RedisOptions`]
-//! tune this crate: `maxlen=100000` (approximate `MAXLEN ~` on publish; dead-letter records
-//! are never trimmed), `reclaim_idle=30s`, `block=2s`, `release_on_drop=false`,
-//! `consumer_prefix=orders`. A password never reaches a log.
+//! `redis://[user[:password]@]host[:port][/db]` (a password alone: `redis://:password@host`),
+//! `rediss://…` for TLS, `redis+unix:///path` for a socket; `?protocol=resp3` is passed on.
+//! TLS (the default `tls` feature: rustls on ring, no OpenSSL) verifies the server against
+//! the system's root certificates, or against the CA file named by `tls_ca=/path/ca.pem`;
+//! `tls_cert=…&tls_key=…` add a client certificate (mutual TLS). The other query parameters
+//! of [`RedisOptions`] tune this crate: `maxlen=100000` (approximate `MAXLEN ~` on publish;
+//! dead-letter records are never trimmed), `reclaim_idle=30s`, `block=2s`,
+//! `release_on_drop=false`, `consumer_prefix=orders`. They are taken off the URL before the
+//! `redis` client sees it. A password never reaches a log.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), messaging_core::BrokerError> {

@@ -2,6 +2,7 @@
 //! `REDIS_URL` (`?maxlen=100000&reclaim_idle=30s`), which are taken off before the URL reaches
 //! the `redis` client.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use url::Url;
@@ -28,6 +29,12 @@ pub struct RedisOptions {
     /// The start of each consumer's name; a process id and a random suffix follow, so every
     /// consumer is unique. URL: `consumer_prefix=orders`.
     pub consumer_prefix: String,
+    /// For `rediss://`: a PEM file of the certificate authorities to trust instead of the
+    /// system's (a private CA). URL: `tls_ca=/etc/redis/ca.pem`.
+    pub tls_ca: Option<PathBuf>,
+    /// For `rediss://` with client certificates (mutual TLS): the PEM certificate and key
+    /// files. URL: `tls_cert=/etc/redis/client.pem&tls_key=/etc/redis/client.key`.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
     /// Limit of one request on the shared connection (publish, acknowledge, reclaim).
     pub response_timeout: Duration,
     /// Limit of one connection attempt.
@@ -42,6 +49,8 @@ impl Default for RedisOptions {
             block: Duration::from_secs(2),
             release_on_drop: true,
             consumer_prefix: "messaging".to_owned(),
+            tls_ca: None,
+            tls_client: None,
             response_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(2),
         }
@@ -49,12 +58,15 @@ impl Default for RedisOptions {
 }
 
 /// The query parameters this crate reads from the URL.
-const KEYS: [&str; 5] = [
+const KEYS: [&str; 8] = [
     "maxlen",
     "reclaim_idle",
     "block",
     "release_on_drop",
     "consumer_prefix",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
 ];
 
 impl RedisOptions {
@@ -75,6 +87,7 @@ impl RedisOptions {
     pub fn apply_url(&mut self, url: &str) -> Result<String, RedisBrokerError> {
         let mut parsed = Url::parse(url).map_err(|e| RedisBrokerError::Url(e.to_string()))?;
         let mut kept = Vec::new();
+        let (mut tls_cert, mut tls_key) = (None, None);
         for (key, value) in parsed.query_pairs() {
             let value = value.trim();
             match key.as_ref() {
@@ -92,7 +105,26 @@ impl RedisOptions {
                         .map_err(|_| invalid("release_on_drop", value, "`true` or `false`"))?;
                 }
                 "consumer_prefix" => self.consumer_prefix = value.to_owned(),
+                "tls_ca" => self.tls_ca = Some(value.into()),
+                "tls_cert" => tls_cert = Some(PathBuf::from(value)),
+                "tls_key" => tls_key = Some(PathBuf::from(value)),
                 _ => kept.push((key.into_owned(), value.to_owned())),
+            }
+        }
+        match (tls_cert, tls_key) {
+            (Some(cert), Some(key)) => self.tls_client = Some((cert, key)),
+            (None, None) => {}
+            (cert, _) => {
+                let missing = if cert.is_some() {
+                    "tls_key"
+                } else {
+                    "tls_cert"
+                };
+                return Err(invalid(
+                    missing,
+                    "",
+                    "a file path: `tls_cert` and `tls_key` go together",
+                ));
             }
         }
         if self.reclaim_idle.is_zero() {
@@ -138,6 +170,21 @@ mod tests {
         assert_eq!(options.reclaim_idle, Duration::from_millis(1500));
         assert_eq!(options.block, Duration::from_secs(1));
         assert!(options.release_on_drop);
+    }
+
+    #[test]
+    fn tls_files_come_from_the_url() {
+        let mut options = RedisOptions::default();
+        let url = options
+            .apply_url("rediss://h:6380/0?tls_ca=/ca.pem&tls_cert=/c.pem&tls_key=/c.key")
+            .unwrap();
+        assert_eq!(url, "rediss://h:6380/0");
+        assert_eq!(options.tls_ca, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(options.tls_client, Some(("/c.pem".into(), "/c.key".into())));
+        let e = RedisOptions::default()
+            .apply_url("rediss://h/0?tls_cert=/c.pem")
+            .unwrap_err();
+        assert!(e.to_string().contains("tls_key"), "{e}");
     }
 
     #[test]
