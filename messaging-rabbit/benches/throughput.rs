@@ -3,7 +3,9 @@
 //! publish→handler latency. Needs RabbitMQ on 127.0.0.1:5672 (scripts/start-rabbitmq.sh).
 //!
 //! Run with: cargo bench -p messaging-rabbit --bench throughput
-//! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 2; `RABBITMQ_URL`.)
+//! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 2; `BENCH_PHASES`, default
+//! `publish,consume,latency`; `BENCH_CONCURRENCY`, the runtime's, default 16;
+//! `RABBITMQ_URL`.)
 //!
 //! - publish: N messages of about 200 bytes, at most `WINDOW` awaiting their confirm at once;
 //!   framework = `Producer::send_raw` over `RabbitBroker`, raw = `basic_publish` + confirm.
@@ -88,6 +90,8 @@ async fn run() -> Result<()> {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
     let n = env_number("BENCH_MESSAGES", 100_000);
     let rounds = env_number("BENCH_ROUNDS", 2).max(1);
+    let phases =
+        std::env::var("BENCH_PHASES").unwrap_or_else(|_| "publish,consume,latency".to_owned());
     let id = format!("{}", std::process::id());
     let broker = RabbitBroker::connect(
         RabbitOptions::new(&url)
@@ -130,49 +134,66 @@ async fn run() -> Result<()> {
     println!(
         "RabbitMQ throughput: {n} messages of {PAYLOAD} bytes, prefetch {PREFETCH}, {WINDOW} publishes in flight, persistent, confirmed"
     );
-    let (mut publish, mut consume) = ([0f64; 2], [0f64; 2]);
+    // [raw, framework] per round.
+    let (mut publish, mut consume) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         // Alternate who goes first, and delete queues only between timed phases: RabbitMQ
         // reclaiming 100 000 persistent messages would otherwise slow whoever comes next.
         let mut queues = Vec::new();
-        let (mut raw_pub, mut fw_pub, mut raw_con, mut fw_con) = (0.0, 0.0, 0.0, 0.0);
+        let (mut pubs, mut cons) = ([Phase::default(); 2], [Phase::default(); 2]);
         for raw_turn in [round % 2 == 0, round % 2 == 1] {
+            if !phases.contains("publish") {
+                break;
+            }
             settle().await;
             if raw_turn {
-                raw_pub = bench.raw_publish_round(round, &mut queues).await?;
+                pubs[0] = bench.raw_publish_round(round, &mut queues).await?;
             } else {
-                fw_pub = bench.framework_publish_round(round, &mut queues).await?;
+                pubs[1] = bench.framework_publish_round(round, &mut queues).await?;
             }
         }
         bench.delete_all(&mut queues).await?;
         for raw_turn in [round % 2 == 0, round % 2 == 1] {
+            if !phases.contains("consume") {
+                break;
+            }
             if raw_turn {
-                raw_con = bench.raw_consume_round(round, &mut queues).await?;
+                cons[0] = bench.raw_consume_round(round, &mut queues).await?;
             } else {
-                fw_con = bench.framework_consume_round(round, &mut queues).await?;
+                cons[1] = bench.framework_consume_round(round, &mut queues).await?;
             }
         }
         bench.delete_all(&mut queues).await?;
         println!(
-            "round {}: publish raw {raw_pub:>8.0}/s framework {fw_pub:>8.0}/s | consume raw {raw_con:>8.0}/s framework {fw_con:>8.0}/s",
-            round + 1
+            "round {}: publish raw {} framework {} | consume raw {} framework {}",
+            round + 1,
+            pubs[0],
+            pubs[1],
+            cons[0],
+            cons[1]
         );
-        publish = [publish[0].max(raw_pub), publish[1].max(fw_pub)];
-        consume = [consume[0].max(raw_con), consume[1].max(fw_con)];
+        publish.push(pubs);
+        consume.push(cons);
     }
-    println!(
-        "publish: raw {:.0} msg/s, framework {:.0} msg/s, ratio {:.3}",
-        publish[0],
-        publish[1],
-        publish[1] / publish[0]
-    );
-    println!(
-        "consume: raw {:.0} msg/s, framework {:.0} msg/s, ratio {:.3}",
-        consume[0],
-        consume[1],
-        consume[1] / consume[0]
-    );
+    for (what, runs) in [("publish", &publish), ("consume", &consume)] {
+        if runs.iter().all(|r| r[0].rate == 0.0) {
+            continue;
+        }
+        let best = |i: usize| {
+            runs.iter()
+                .map(|r| r[i])
+                .fold(Phase::default(), Phase::best)
+        };
+        let (raw, fw) = (best(0), best(1));
+        println!(
+            "{what}: best raw {raw}, best framework {fw}, ratio {:.3}",
+            fw.rate / raw.rate
+        );
+    }
 
+    if !phases.contains("latency") {
+        return Ok(());
+    }
     let raw_latency = bench.raw_latency().await?;
     let fw_latency = bench.framework_latency().await?;
     println!(
@@ -184,6 +205,68 @@ async fn run() -> Result<()> {
         percentile(&raw_latency, 99)
     );
     Ok(())
+}
+
+/// Throughput of one timed phase, and the client's CPU time per message in it (both the
+/// client and RabbitMQ run on this machine, so CPU spent here is taken from the broker).
+#[derive(Clone, Copy, Debug, Default)]
+struct Phase {
+    rate: f64,
+    cpu_per_message: Duration,
+}
+
+impl Phase {
+    fn best(self, other: Phase) -> Phase {
+        if other.rate > self.rate { other } else { self }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>6.0} msg/s ({:>5.1} µs CPU/msg)",
+            self.rate,
+            self.cpu_per_message.as_secs_f64() * 1e6
+        )
+    }
+}
+
+struct Clock {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: process_cpu(),
+        }
+    }
+
+    fn phase(&self, messages: usize) -> Phase {
+        let elapsed = self.wall.elapsed().as_secs_f64();
+        let cpu = process_cpu().saturating_sub(self.cpu);
+        Phase {
+            rate: messages as f64 / elapsed,
+            cpu_per_message: cpu / messages.max(1) as u32,
+        }
+    }
+}
+
+/// User + system time of this process so far (Linux `/proc/self/stat`, 100 ticks a second).
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Duration::from_millis(fields.iter().sum::<u64>() * 10)
 }
 
 /// Lets RabbitMQ finish background work (queue deletion, message store) between phases.
@@ -301,34 +384,38 @@ impl Bench {
         Ok(())
     }
 
-    async fn raw_publish_round(&self, round: usize, queues: &mut Vec<String>) -> Result<f64> {
+    async fn raw_publish_round(&self, round: usize, queues: &mut Vec<String>) -> Result<Phase> {
         let topic = self.topic("raw-pub", round);
         queues.push(self.raw_queue(&topic).await?);
-        let started = Instant::now();
+        let started = Clock::start();
         self.raw_publish_all(&topic, self.n).await?;
-        Ok(self.n as f64 / started.elapsed().as_secs_f64())
+        Ok(started.phase(self.n))
     }
 
-    async fn framework_publish_round(&self, round: usize, queues: &mut Vec<String>) -> Result<f64> {
+    async fn framework_publish_round(
+        &self,
+        round: usize,
+        queues: &mut Vec<String>,
+    ) -> Result<Phase> {
         let topic = self.topic("fw-pub", round);
         self.broker
             .declare_topics(std::slice::from_ref(&topic))
             .await?;
         queues.push(self.broker.topic_queue(&topic)?);
-        let started = Instant::now();
+        let started = Clock::start();
         self.framework_publish_all(&topic, self.n).await?;
-        Ok(self.n as f64 / started.elapsed().as_secs_f64())
+        Ok(started.phase(self.n))
     }
 
     /// One `basic.ack` per delivery, like the framework, without waiting for each ack before
     /// taking the next delivery (the framework acks from its lanes concurrently too).
-    async fn raw_consume_round(&self, round: usize, queues: &mut Vec<String>) -> Result<f64> {
+    async fn raw_consume_round(&self, round: usize, queues: &mut Vec<String>) -> Result<Phase> {
         let topic = self.topic("raw-con", round);
         let queue = self.raw_queue(&topic).await?;
         queues.push(queue.clone());
         self.raw_publish_all(&topic, self.n).await?;
         settle().await;
-        let started = Instant::now();
+        let started = Clock::start();
         let conn = Connection::connect(&self.url, ConnectionProperties::default()).await?;
         let ch = conn.create_channel().await?;
         ch.basic_qos(PREFETCH as u16, BasicQosOptions::default())
@@ -357,12 +444,16 @@ impl Bench {
                 }
             }
         }
-        let rate = self.n as f64 / started.elapsed().as_secs_f64();
+        let rate = started.phase(self.n);
         conn.close(200, "done".into()).await?;
         Ok(rate)
     }
 
-    async fn framework_consume_round(&self, round: usize, queues: &mut Vec<String>) -> Result<f64> {
+    async fn framework_consume_round(
+        &self,
+        round: usize,
+        queues: &mut Vec<String>,
+    ) -> Result<Phase> {
         let topic = self.topic("fw-con", round);
         let group = format!("bench-{}-{round}", self.id);
         // The group's queue exists before the messages are published, as after a first start.
@@ -396,18 +487,19 @@ impl Bench {
             }
         })
         .group(&group);
-        let started = Instant::now();
+        let started = Clock::start();
         let runtime = messaging_core::Runtime::builder()
             .broker(self.broker.clone().into_dyn())
             .config(Config::default())
             .without_registered()
             .install_global_producer(false)
             .batch_size(PREFETCH)
+            .concurrency(env_number("BENCH_CONCURRENCY", 16))
             .handler(handler)
             .start()
             .await?;
         done.notified().await;
-        let rate = self.n as f64 / started.elapsed().as_secs_f64();
+        let rate = started.phase(self.n);
         runtime.shutdown().await?;
         Ok(rate)
     }
@@ -519,6 +611,7 @@ impl Bench {
             .without_registered()
             .install_global_producer(false)
             .batch_size(PREFETCH)
+            .concurrency(env_number("BENCH_CONCURRENCY", 16))
             .handler(handler)
             .start()
             .await?;

@@ -133,7 +133,8 @@ impl RabbitBroker {
                 .basic_get(queue.clone(), BasicGetOptions::default())
                 .await?
             {
-                Some(got) => messages.push(headers::to_message(got.delivery)),
+                // Its acker is dropped unused: closing the channel returns the message.
+                Some(got) => messages.push(headers::to_message(got.delivery).0),
                 None => break,
             }
         }

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures::stream::SelectAll;
+use futures::stream::{FuturesUnordered, SelectAll};
 use futures::{FutureExt as _, StreamExt as _};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -111,14 +111,46 @@ struct Session {
 /// Deliveries handed out and not yet acknowledged, by delivery tag, with the message as
 /// handed out: tags restart on every channel, so an acknowledgement must come with the very
 /// message of the current channel (pointer-equal) to be sent.
+/// Also the acknowledgements sent and not yet written out, so `close` can wait for them.
 #[derive(Default)]
 struct Pending {
     by_tag: Mutex<HashMap<u64, (Arc<Message>, lapin::Acker)>>,
+    sending: Mutex<FuturesUnordered<BoxFuture<'static, lapin::Result<bool>>>>,
 }
 
 impl Pending {
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, (Arc<Message>, lapin::Acker)>> {
         self.by_tag.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sending(&self) -> MutexGuard<'_, FuturesUnordered<BoxFuture<'static, lapin::Result<bool>>>> {
+        self.sending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands the acknowledgement to lapin's I/O loop without waiting for it to be written:
+    /// AMQP acks get no reply, and waiting costs two thread hops per message. If the
+    /// connection dies before it is written, RabbitMQ redelivers the message.
+    fn send_ack(&self, acker: lapin::Acker) {
+        let mut sending = self.sending();
+        sending.push(Box::pin(async move {
+            acker.ack(BasicAckOptions::default()).await
+        }));
+        // The first poll of the new one sends it; finished ones are reaped.
+        while let Some(Some(result)) = sending.next().now_or_never() {
+            if let Err(error) = result {
+                tracing::debug!(%error, "an acknowledgement was not written; the broker redelivers");
+            }
+        }
+    }
+
+    /// Waits until every acknowledgement sent so far is written out.
+    async fn flush(&self) {
+        let mut sending = std::mem::take(&mut *self.sending());
+        while let Some(result) = sending.next().await {
+            if let Err(error) = result {
+                tracing::debug!(%error, "an acknowledgement was not written; the broker redelivers");
+            }
+        }
     }
 }
 
@@ -171,9 +203,9 @@ impl RabbitConsumer {
     }
 
     fn hand_out(&self, delivery: lapin::message::Delivery) -> Arc<Message> {
-        let acker = delivery.acker.clone();
         let tag = delivery.delivery_tag;
-        let message = Arc::new(headers::to_message(delivery));
+        let (message, acker) = headers::to_message(delivery);
+        let message = Arc::new(message);
         self.pending
             .lock()
             .insert(tag, (Arc::clone(&message), acker));
@@ -231,6 +263,8 @@ impl Consumer for RabbitConsumer {
             let Some(session) = self.session.take() else {
                 return Ok(());
             };
+            // Acknowledgements go out before the close.
+            self.pending.flush().await;
             // Closing the connection hands unacknowledged deliveries back to the queue.
             match session
                 .connection
@@ -254,7 +288,7 @@ struct RabbitAcker {
 }
 
 impl RabbitAcker {
-    async fn ack_delivery(&self, message: &Message) -> Result<(), RabbitError> {
+    fn ack_delivery(&self, message: &Message) -> Result<(), RabbitError> {
         let Position::DeliveryTag(tag) = message.position else {
             return Err(RabbitError::NotADelivery {
                 position: message.position.to_string(),
@@ -270,21 +304,18 @@ impl RabbitAcker {
             }
         };
         let acker = acker.ok_or(RabbitError::StaleDelivery { tag })?;
-        // `Ok(false)`: the channel was closed (the acker is poisoned).
-        if acker.ack(BasicAckOptions::default()).await? {
-            Ok(())
-        } else {
-            Err(RabbitError::ChannelClosed)
+        if acker.poisoned() {
+            // Its channel closed: the broker redelivers the message.
+            return Err(RabbitError::ChannelClosed);
         }
+        self.pending.send_ack(acker);
+        Ok(())
     }
 }
 
 impl Acker for RabbitAcker {
     fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(async move {
-            self.ack_delivery(message)
-                .await
-                .map_err(|e| e.into_broker("ack"))
-        })
+        let result = self.ack_delivery(message);
+        Box::pin(std::future::ready(result.map_err(|e| e.into_broker("ack"))))
     }
 }

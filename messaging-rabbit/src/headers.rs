@@ -5,9 +5,9 @@
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::types::{AMQPValue, DecimalValue, FieldTable, LongString, ShortString};
+use lapin::{Acker, BasicProperties};
 use messaging_core::message::header;
 use messaging_core::{Headers, Message, OutgoingMessage, Position};
 
@@ -51,23 +51,32 @@ fn header_name(name: &str) -> Result<ShortString, RabbitError> {
     })
 }
 
-/// The core's message for a delivery: the routing key as topic, the key header as key (and
-/// not among the headers, so records read the same as on the other brokers).
-pub(crate) fn to_message(delivery: Delivery) -> Message {
-    let mut headers = delivery
-        .properties
+/// The core's message for a delivery, and the delivery's acker: the routing key as topic,
+/// the key header as key (and not among the headers, so records read the same as on the
+/// other brokers).
+pub(crate) fn to_message(delivery: Delivery) -> (Message, Acker) {
+    let Delivery {
+        delivery_tag,
+        routing_key,
+        properties,
+        data,
+        acker,
+        ..
+    } = delivery;
+    let mut headers = properties
         .headers()
         .as_ref()
         .map(to_headers)
         .unwrap_or_default();
     let key = headers.remove(header::KEY);
-    Message {
-        topic: delivery.routing_key.to_string(),
+    let message = Message {
+        topic: routing_key.into(),
         key,
-        payload: Bytes::from(delivery.data),
+        payload: Bytes::from(data),
         headers,
-        position: Position::DeliveryTag(delivery.delivery_tag),
-    }
+        position: Position::DeliveryTag(delivery_tag),
+    };
+    (message, acker)
 }
 
 /// Every entry of an AMQP table as a string.

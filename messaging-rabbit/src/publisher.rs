@@ -21,17 +21,17 @@ use crate::topology;
 pub(crate) struct Publisher {
     options: Arc<RabbitOptions>,
     exchange: ShortString,
-    session: Mutex<Option<Session>>,
+    /// Shared by reference: cloning a lapin `Channel` per publish costs more.
+    session: Mutex<Option<Arc<Session>>>,
     /// Held while (re)connecting so concurrent publishes wait for one attempt.
     gate: tokio::sync::Mutex<RetryGate>,
     /// Topics declared with `declare_topics`, declared again after a reconnect.
     kept: Mutex<BTreeSet<String>>,
 }
 
-#[derive(Clone)]
 struct Session {
     /// Also opens side channels (`browse`).
-    connection: Arc<Connection>,
+    connection: Connection,
     channel: Channel,
 }
 
@@ -45,29 +45,29 @@ impl Publisher {
             gate: tokio::sync::Mutex::new(RetryGate::default()),
             kept: Mutex::new(BTreeSet::new()),
         };
-        publisher.channel().await?;
+        publisher.current().await?;
         Ok(publisher)
     }
 
-    fn session(&self) -> MutexGuard<'_, Option<Session>> {
+    fn session(&self) -> MutexGuard<'_, Option<Arc<Session>>> {
         self.session.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn connected(&self) -> Option<Channel> {
+    fn connected(&self) -> Option<Arc<Session>> {
         self.session()
             .as_ref()
             .filter(|s| s.channel.status().connected())
-            .map(|s| s.channel.clone())
+            .map(Arc::clone)
     }
 
-    /// A connected channel in confirm mode, reconnecting when the last one died.
-    pub(crate) async fn channel(&self) -> Result<Channel, RabbitError> {
-        if let Some(channel) = self.connected() {
-            return Ok(channel);
+    /// A connected session, its channel in confirm mode, reconnecting when the last one died.
+    async fn current(&self) -> Result<Arc<Session>, RabbitError> {
+        if let Some(session) = self.connected() {
+            return Ok(session);
         }
         let mut gate = self.gate.lock().await;
-        if let Some(channel) = self.connected() {
-            return Ok(channel);
+        if let Some(session) = self.connected() {
+            return Ok(session);
         }
         if !gate.wait().is_zero() {
             return Err(gate.waiting());
@@ -79,9 +79,9 @@ impl Publisher {
                 if reconnect {
                     tracing::info!(exchange = %self.exchange, "publisher reconnected");
                 }
-                let channel = session.channel.clone();
-                *self.session() = Some(session);
-                Ok(channel)
+                let session = Arc::new(session);
+                *self.session() = Some(Arc::clone(&session));
+                Ok(session)
             }
             Err(error) => {
                 gate.failed(&self.options, &error);
@@ -103,7 +103,7 @@ impl Publisher {
             self.declare_kept(&channel, topic).await?;
         }
         Ok(Session {
-            connection: Arc::new(connection),
+            connection,
             channel,
         })
     }
@@ -130,9 +130,9 @@ impl Publisher {
         for topic in topics {
             topology::routing_key(topic)?;
         }
-        let channel = self.channel().await?;
+        let session = self.current().await?;
         for topic in topics {
-            self.declare_kept(&channel, topic).await?;
+            self.declare_kept(&session.channel, topic).await?;
             self.kept().insert(topic.clone());
         }
         Ok(())
@@ -147,7 +147,8 @@ impl Publisher {
         loop {
             // Built per attempt rather than cloned: the retry is the rare case.
             let properties = headers::properties(message)?;
-            let channel = self.channel().await?;
+            let session = self.current().await?;
+            let channel = &session.channel;
             let sent = async {
                 let confirm = channel
                     .basic_publish(
@@ -177,13 +178,7 @@ impl Publisher {
 
     /// A fresh channel on the publishing connection (for `browse`).
     pub(crate) async fn side_channel(&self) -> Result<Channel, RabbitError> {
-        let connection = {
-            self.channel().await?;
-            self.session().as_ref().map(|s| Arc::clone(&s.connection))
-        };
-        match connection {
-            Some(connection) => Ok(connection.create_channel().await?),
-            None => Err(RabbitError::ChannelClosed),
-        }
+        let session = self.current().await?;
+        Ok(session.connection.create_channel().await?)
     }
 }
