@@ -3,7 +3,9 @@
 //! broker on 127.0.0.1:9092 (scripts/start-kafka.sh starts Tansu there).
 //!
 //! Run with: cargo bench -p messaging-kafka --bench throughput
-//! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 2; `KAFKA_BOOTSTRAP_SERVERS`.)
+//! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 2; `KAFKA_BOOTSTRAP_SERVERS`;
+//! `BENCH_KAFKA_PROPERTIES="fetch.wait.max.ms=5,linger.ms=1"`: more librdkafka properties for
+//! both sides.)
 //!
 //! - produce: N messages of about 200 bytes with a key, at most `WINDOW` awaiting their
 //!   delivery report at once; framework = `Producer::send_raw` over `KafkaBroker`, raw =
@@ -16,8 +18,9 @@
 //! - latency: `LATENCY_MESSAGES` published at a steady rate, timed from before the publish to
 //!   the handler (framework) or to `recv` (raw).
 //!
-//! Rounds alternate raw and framework; the best round of each is reported, as the machine
-//! is shared (the broker runs on the same two cores).
+//! Both producers first send a warm-up batch; rounds alternate which side goes first, and the
+//! best round of each side is reported, as the machine is shared (the broker runs on the same
+//! two cores).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -79,12 +82,53 @@ fn sent_ns(body: &[u8]) -> Option<u128> {
     text[start..end].parse().ok()
 }
 
+/// CPU time of this process so far, all threads (ended ones included), from /proc
+/// (clock ticks of 10 ms). The broker's own CPU is not in it.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map_or(Vec::new(), |(_, rest)| rest.split(' ').collect());
+    // After the command: state is field 3, utime 14 and stime 15.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// One measurement: wall-clock time of the work, and this process's CPU time for it.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl Sample {
+    const NONE: Self = Self {
+        wall: Duration::MAX,
+        cpu: Duration::MAX,
+    };
+
+    /// The best of two samples, each figure on its own.
+    fn best(self, other: Self) -> Self {
+        Self {
+            wall: self.wall.min(other.wall),
+            cpu: self.cpu.min(other.cpu),
+        }
+    }
+}
+
 fn key(i: usize) -> String {
     format!("k{}", i % 64)
 }
 
 struct Bench {
     bootstrap: String,
+    /// librdkafka properties of both sides.
+    properties: Vec<(String, String)>,
     run: String,
     n: usize,
     broker: KafkaBroker,
@@ -100,8 +144,8 @@ impl Bench {
     fn raw_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.bootstrap);
-        for (k, v) in COMMON {
-            config.set(*k, *v);
+        for (k, v) in &self.properties {
+            config.set(k, v);
         }
         config
     }
@@ -130,9 +174,9 @@ impl Bench {
             .await?)
     }
 
-    async fn produce_framework(&self, topic: &str) -> Result<Duration> {
+    async fn produce_framework(&self, topic: &str) -> Result<Sample> {
         self.broker.declare_topics(&[topic.to_owned()]).await?;
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), cpu_time());
         futures::stream::iter(0..self.n)
             .map(|i| {
                 let message = OutgoingMessage::new(topic, payload(i, 0)).with_key(key(i));
@@ -141,12 +185,33 @@ impl Bench {
             .buffer_unordered(WINDOW)
             .try_for_each(|()| async { Ok(()) })
             .await?;
-        Ok(started.elapsed())
+        Ok(Sample {
+            wall: started.elapsed(),
+            cpu: cpu_time() - cpu,
+        })
     }
 
-    async fn produce_raw(&self, topic: &str) -> Result<Duration> {
+    /// `KafkaBroker::publish` alone, without the framework's `Producer`.
+    async fn produce_broker(&self, topic: &str) -> Result<Sample> {
         self.broker.declare_topics(&[topic.to_owned()]).await?;
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), cpu_time());
+        futures::stream::iter(0..self.n)
+            .map(|i| {
+                let message = OutgoingMessage::new(topic, payload(i, 0)).with_key(key(i));
+                self.broker.publish(message)
+            })
+            .buffer_unordered(WINDOW)
+            .try_for_each(|()| async { Ok(()) })
+            .await?;
+        Ok(Sample {
+            wall: started.elapsed(),
+            cpu: cpu_time() - cpu,
+        })
+    }
+
+    async fn produce_raw(&self, topic: &str) -> Result<Sample> {
+        self.broker.declare_topics(&[topic.to_owned()]).await?;
+        let (started, cpu) = (Instant::now(), cpu_time());
         futures::stream::iter(0..self.n)
             .map(|i| async move {
                 let (body, key) = (payload(i, 0), key(i));
@@ -160,10 +225,14 @@ impl Bench {
             .buffer_unordered(WINDOW)
             .try_for_each(|()| async { Ok(()) })
             .await?;
-        Ok(started.elapsed())
+        Ok(Sample {
+            wall: started.elapsed(),
+            cpu: cpu_time() - cpu,
+        })
     }
 
-    async fn consume_framework(&self, topic: &str, group: &str) -> Result<Duration> {
+    async fn consume_framework(&self, topic: &str, group: &str) -> Result<Sample> {
+        let cpu = cpu_time();
         let count = Arc::new(AtomicUsize::new(0));
         let first = Arc::new(OnceLock::new());
         let last = Arc::new(OnceLock::new());
@@ -184,16 +253,21 @@ impl Bench {
         .group(group);
         let runtime = self.runtime(handler).await?;
         tokio::time::timeout(PATIENCE, done.notified()).await?;
+        let cpu = cpu_time() - cpu;
         runtime.shutdown().await?;
         let (first, last): (Instant, Instant) = (
             *first.get().ok_or("no first")?,
             *last.get().ok_or("no last")?,
         );
-        Ok(last - first)
+        Ok(Sample {
+            wall: last - first,
+            cpu,
+        })
     }
 
     /// The broker's consumer alone, without the runtime: `next_batch` and one `ack` each.
-    async fn consume_broker(&self, topic: &str, group: &str) -> Result<Duration> {
+    async fn consume_broker(&self, topic: &str, group: &str) -> Result<Sample> {
+        let cpu = cpu_time();
         let mut consumer = self
             .broker
             .subscribe(messaging_core::Subscription {
@@ -218,11 +292,16 @@ impl Bench {
             Ok::<_, messaging_core::BrokerError>(Instant::now())
         };
         let last = tokio::time::timeout(PATIENCE, consume).await??;
+        let cpu = cpu_time() - cpu;
         consumer.close().await?;
-        Ok(last - first.ok_or("no first")?)
+        Ok(Sample {
+            wall: last - first.ok_or("no first")?,
+            cpu,
+        })
     }
 
-    async fn consume_raw(&self, topic: &str, group: &str) -> Result<Duration> {
+    async fn consume_raw(&self, topic: &str, group: &str) -> Result<Sample> {
+        let cpu = cpu_time();
         let consumer = self.raw_consumer(group, topic)?;
         let mut first = None;
         let consume = async {
@@ -234,7 +313,10 @@ impl Bench {
             Ok::<_, rdkafka::error::KafkaError>(Instant::now())
         };
         let last = tokio::time::timeout(PATIENCE, consume).await??;
-        Ok(last - first.ok_or("no first")?)
+        Ok(Sample {
+            wall: last - first.ok_or("no first")?,
+            cpu: cpu_time() - cpu,
+        })
     }
 
     async fn latency_framework(&self, topic: &str, group: &str) -> Result<(Duration, Duration)> {
@@ -340,9 +422,25 @@ async fn run() -> Result<()> {
         std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
     let n = env_number("BENCH_MESSAGES", 100_000);
     let rounds = env_number("BENCH_ROUNDS", 2).max(1);
-    let mut properties = COMMON.to_vec();
-    properties.push(("messaging.topic.replication.factor", "1"));
-    let broker = KafkaBroker::connect_with_properties(&bootstrap, properties)
+    let mut properties: Vec<(String, String)> = COMMON
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for pair in std::env::var("BENCH_KAFKA_PROPERTIES")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+    {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or("BENCH_KAFKA_PROPERTIES: write name=value,…")?;
+        properties.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let framework_properties = properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .chain([("messaging.topic.replication.factor", "1")]);
+    let broker = KafkaBroker::connect_with_properties(&bootstrap, framework_properties)
         .await
         .map_err(|e| {
             format!("Kafka is not reachable at {bootstrap} (run scripts/start-kafka.sh): {e}")
@@ -352,14 +450,15 @@ async fn run() -> Result<()> {
         .set("bootstrap.servers", &bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all");
-    for (k, v) in COMMON {
-        raw_config.set(*k, *v);
+    for (k, v) in &properties {
+        raw_config.set(k, v);
     }
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos();
-    let bench = Bench {
+    let mut bench = Bench {
         bootstrap,
+        properties: properties.clone(),
         run: format!("{:x}", nanos & 0xffff_ffff_ffff),
         n,
         producer: Producer::new(broker.clone().into_dyn(), Config::default()),
@@ -367,43 +466,49 @@ async fn run() -> Result<()> {
         raw_producer: raw_config.create()?,
     };
     println!(
-        "Kafka throughput: {n} messages of {PAYLOAD} bytes, {rounds} round(s), window {WINDOW}"
+        "Kafka throughput: {n} messages of {PAYLOAD} bytes, {rounds} round(s), window {WINDOW}, properties {properties:?}"
     );
+    // Warm-up: connections, producer ids and the broker's first topics.
+    bench.n = 2_000;
+    bench.produce_raw(&bench.name("warm-raw", 0)).await?;
+    bench.produce_framework(&bench.name("warm-fw", 0)).await?;
+    bench.n = n;
 
-    let (mut produce, mut consume) = (
-        (Duration::MAX, Duration::MAX),
-        (Duration::MAX, Duration::MAX),
-    );
-    let mut latency = (
-        (Duration::MAX, Duration::MAX),
-        (Duration::MAX, Duration::MAX),
-    );
+    let mut produce_broker_only = Sample::NONE;
+    let (mut produce, mut consume, mut broker_only) =
+        ([Sample::NONE; 2], [Sample::NONE; 2], Sample::NONE);
+    let mut latency = [(Duration::MAX, Duration::MAX); 2];
     for round in 0..rounds {
         let (raw_topic, fw_topic) = (bench.name("raw", round), bench.name("fw", round));
-        let raw_p = bench.produce_raw(&raw_topic).await?;
-        let fw_p = bench.produce_framework(&fw_topic).await?;
-        let raw_c = bench
-            .consume_raw(&raw_topic, &bench.name("raw-group", round))
-            .await?;
-        let fw_c = bench
-            .consume_framework(&fw_topic, &bench.name("fw-group", round))
-            .await?;
+        let (raw_group, fw_group) = (
+            bench.name("raw-group", round),
+            bench.name("fw-group", round),
+        );
+        let (raw_p, fw_p, raw_c, fw_c);
+        if round % 2 == 0 {
+            raw_p = bench.produce_raw(&raw_topic).await?;
+            fw_p = bench.produce_framework(&fw_topic).await?;
+            raw_c = bench.consume_raw(&raw_topic, &raw_group).await?;
+            fw_c = bench.consume_framework(&fw_topic, &fw_group).await?;
+        } else {
+            fw_p = bench.produce_framework(&fw_topic).await?;
+            raw_p = bench.produce_raw(&raw_topic).await?;
+            fw_c = bench.consume_framework(&fw_topic, &fw_group).await?;
+            raw_c = bench.consume_raw(&raw_topic, &raw_group).await?;
+        }
+        let broker_p = bench.produce_broker(&bench.name("broker", round)).await?;
+        produce_broker_only = produce_broker_only.best(broker_p);
         let broker_c = bench
             .consume_broker(&fw_topic, &bench.name("broker-group", round))
             .await?;
+        println!("round {round}: produce raw {raw_p:?} framework {fw_p:?}");
+        println!("round {round}: produce by the broker layer {broker_p:?}");
         println!(
-            "round {round}: consume by the broker alone {:.0}/s",
-            rate(n - 1, broker_c)
+            "round {round}: consume raw {raw_c:?} framework {fw_c:?} broker layer {broker_c:?}"
         );
-        println!(
-            "round {round}: produce raw {:.0}/s framework {:.0}/s; consume raw {:.0}/s framework {:.0}/s",
-            rate(n, raw_p),
-            rate(n, fw_p),
-            rate(n - 1, raw_c),
-            rate(n - 1, fw_c)
-        );
-        produce = (produce.0.min(raw_p), produce.1.min(fw_p));
-        consume = (consume.0.min(raw_c), consume.1.min(fw_c));
+        produce = [produce[0].best(raw_p), produce[1].best(fw_p)];
+        consume = [consume[0].best(raw_c), consume[1].best(fw_c)];
+        broker_only = broker_only.best(broker_c);
         let raw_l = bench
             .latency_raw(
                 &bench.name("lat-raw", round),
@@ -416,39 +521,53 @@ async fn run() -> Result<()> {
                 &bench.name("lat-fw-group", round),
             )
             .await?;
-        println!(
-            "round {round}: latency raw p50 {:?} p99 {:?}; framework p50 {:?} p99 {:?}",
-            raw_l.0, raw_l.1, fw_l.0, fw_l.1
-        );
-        if raw_l.0 < latency.0.0 {
-            latency.0 = raw_l;
-        }
-        if fw_l.0 < latency.1.0 {
-            latency.1 = fw_l;
+        println!("round {round}: latency p50/p99 raw {raw_l:?} framework {fw_l:?}");
+        for (best, new) in latency.iter_mut().zip([raw_l, fw_l]) {
+            if new.0 < best.0 {
+                *best = new;
+            }
         }
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let us_per_message = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+    let wall_rate = |s: Sample| rate(n, s.wall);
     println!();
-    println!("| measure | raw rdkafka | framework | ratio |");
+    println!("| measure (best of {rounds} rounds) | raw rdkafka | framework | framework / raw |");
     println!("|---|---|---|---|");
+    for (what, [raw, fw]) in [("produce", produce), ("consume", consume)] {
+        println!(
+            "| {what}, messages/s | {:.0} | {:.0} | {:.2} |",
+            wall_rate(raw),
+            wall_rate(fw),
+            wall_rate(fw) / wall_rate(raw)
+        );
+        println!(
+            "| {what}, client CPU µs/message | {:.2} | {:.2} | {:.2} (raw CPU / framework CPU) |",
+            us_per_message(raw.cpu),
+            us_per_message(fw.cpu),
+            raw.cpu.as_secs_f64() / fw.cpu.as_secs_f64()
+        );
+    }
     println!(
-        "| produce, msg/s | {:.0} | {:.0} | {:.2} |",
-        rate(n, produce.0),
-        rate(n, produce.1),
-        produce.0.as_secs_f64() / produce.1.as_secs_f64()
+        "| produce through `KafkaBroker` alone (no `Producer`), messages/s; CPU µs/message | | {:.0}; {:.2} | {:.2}; {:.2} |",
+        wall_rate(produce_broker_only),
+        us_per_message(produce_broker_only.cpu),
+        wall_rate(produce_broker_only) / wall_rate(produce[0]),
+        produce[0].cpu.as_secs_f64() / produce_broker_only.cpu.as_secs_f64()
     );
     println!(
-        "| consume, msg/s | {:.0} | {:.0} | {:.2} |",
-        rate(n - 1, consume.0),
-        rate(n - 1, consume.1),
-        consume.0.as_secs_f64() / consume.1.as_secs_f64()
+        "| consume through `KafkaBroker` alone (no runtime), messages/s; CPU µs/message | | {:.0}; {:.2} | {:.2}; {:.2} |",
+        wall_rate(broker_only),
+        us_per_message(broker_only.cpu),
+        wall_rate(broker_only) / wall_rate(consume[0]),
+        consume[0].cpu.as_secs_f64() / broker_only.cpu.as_secs_f64()
     );
     println!(
-        "| publish→handler p50 / p99, ms | {:.1} / {:.1} | {:.1} / {:.1} | |",
-        ms(latency.0.0),
-        ms(latency.0.1),
-        ms(latency.1.0),
-        ms(latency.1.1)
+        "| publish→handler latency p50 / p99, ms | {:.1} / {:.1} | {:.1} / {:.1} | |",
+        ms(latency[0].0),
+        ms(latency[0].1),
+        ms(latency[1].0),
+        ms(latency[1].1)
     );
     Ok(())
 }

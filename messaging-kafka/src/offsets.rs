@@ -8,7 +8,7 @@
 //! librdkafka in one call per batch ([`OffsetTracker::take_unstored`]), which costs far less
 //! than a librdkafka call per message.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use messaging_core::{Message, Position};
@@ -31,8 +31,11 @@ pub(crate) type ToStore = (String, i32, i64);
 
 #[derive(Debug)]
 struct PartitionState {
-    /// Delivered and not yet acknowledged.
-    in_flight: BTreeSet<i64>,
+    topic: String,
+    partition: i32,
+    /// Delivered offsets not yet settled up to, in increasing order, each with whether it
+    /// was acknowledged. The front is the lowest unsettled message.
+    window: VecDeque<(i64, bool)>,
     /// One past the highest offset delivered.
     next_unseen: i64,
     /// The next offset to read, as far as acknowledgements go; -1 before any.
@@ -41,30 +44,37 @@ struct PartitionState {
     stored: i64,
 }
 
-/// Per assigned partition, the delivered and settled offsets of one consumer.
+impl PartitionState {
+    fn is(&self, topic: &str, partition: i32) -> bool {
+        self.partition == partition && self.topic == topic
+    }
+}
+
+/// Per assigned partition, the delivered and settled offsets of one consumer. A consumer
+/// holds few partitions, so a list searched in order beats hashing the topic per message.
 #[derive(Debug, Default)]
 pub(crate) struct OffsetTracker {
-    topics: Mutex<HashMap<String, HashMap<i32, PartitionState>>>,
+    partitions: Mutex<Vec<PartitionState>>,
 }
 
 impl OffsetTracker {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, HashMap<i32, PartitionState>>> {
-        self.topics.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Vec<PartitionState>> {
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Starts tracking newly assigned partitions afresh.
-    pub(crate) fn assign<'a>(&self, partitions: impl IntoIterator<Item = (&'a str, i32)>) {
-        let mut topics = self.lock();
-        for (topic, partition) in partitions {
-            topics.entry(topic.to_owned()).or_default().insert(
+    pub(crate) fn assign<'a>(&self, assigned: impl IntoIterator<Item = (&'a str, i32)>) {
+        let mut partitions = self.lock();
+        for (topic, partition) in assigned {
+            partitions.retain(|s| !s.is(topic, partition));
+            partitions.push(PartitionState {
+                topic: topic.to_owned(),
                 partition,
-                PartitionState {
-                    in_flight: BTreeSet::new(),
-                    next_unseen: -1,
-                    settled: -1,
-                    stored: -1,
-                },
-            );
+                window: VecDeque::new(),
+                next_unseen: -1,
+                settled: -1,
+                stored: -1,
+            });
         }
     }
 
@@ -72,15 +82,16 @@ impl OffsetTracker {
     /// committing. Later acknowledgements of their messages are [`Acked::Stale`].
     pub(crate) fn revoke<'a>(
         &self,
-        partitions: impl IntoIterator<Item = (&'a str, i32)>,
+        revoked: impl IntoIterator<Item = (&'a str, i32)>,
     ) -> Vec<ToStore> {
-        let mut topics = self.lock();
+        let mut partitions = self.lock();
         let mut unstored = Vec::new();
-        for (topic, partition) in partitions {
-            if let Some(state) = topics.get_mut(topic).and_then(|p| p.remove(&partition))
-                && state.settled > state.stored
-            {
-                unstored.push((topic.to_owned(), partition, state.settled));
+        for (topic, partition) in revoked {
+            if let Some(i) = partitions.iter().position(|s| s.is(topic, partition)) {
+                let state = partitions.swap_remove(i);
+                if state.settled > state.stored {
+                    unstored.push((state.topic, partition, state.settled));
+                }
             }
         }
         unstored
@@ -89,18 +100,25 @@ impl OffsetTracker {
     /// Records delivered messages and returns those that may be handed out: a message of a
     /// partition no longer assigned (fetched before a revocation) must not be.
     pub(crate) fn deliver(&self, messages: Vec<Message>) -> Vec<Arc<Message>> {
-        let mut topics = self.lock();
+        let mut partitions = self.lock();
         messages
             .into_iter()
             .filter(|m| {
                 let Position::Partition { partition, offset } = m.position else {
                     return false;
                 };
-                let Some(state) = topics.get_mut(&m.topic).and_then(|p| p.get_mut(&partition))
-                else {
+                let Some(state) = partitions.iter_mut().find(|s| s.is(&m.topic, partition)) else {
                     return false;
                 };
-                state.in_flight.insert(offset);
+                match state.window.back() {
+                    Some(&(last, _)) if offset <= last => {
+                        // Not seen in practice (a partition is read in order); kept sorted.
+                        if let Err(at) = state.window.binary_search_by_key(&offset, |e| e.0) {
+                            state.window.insert(at, (offset, false));
+                        }
+                    }
+                    _ => state.window.push_back((offset, false)),
+                }
                 state.next_unseen = state.next_unseen.max(offset + 1);
                 true
             })
@@ -111,18 +129,18 @@ impl OffsetTracker {
     /// Settles a message, moving its partition's next-to-read offset as far as every
     /// earlier delivered message is settled.
     pub(crate) fn ack(&self, topic: &str, partition: i32, offset: i64) -> Acked {
-        let mut topics = self.lock();
-        let Some(state) = topics.get_mut(topic).and_then(|p| p.get_mut(&partition)) else {
+        let mut partitions = self.lock();
+        let Some(state) = partitions.iter_mut().find(|s| s.is(topic, partition)) else {
             return Acked::Stale;
         };
-        if !state.in_flight.remove(&offset) {
-            return Acked::Stale;
+        match state.window.binary_search_by_key(&offset, |e| e.0) {
+            Ok(i) if !state.window[i].1 => state.window[i].1 = true,
+            _ => return Acked::Stale,
         }
-        let next = state
-            .in_flight
-            .first()
-            .copied()
-            .unwrap_or(state.next_unseen);
+        while state.window.front().is_some_and(|e| e.1) {
+            state.window.pop_front();
+        }
+        let next = state.window.front().map_or(state.next_unseen, |e| e.0);
         if next <= state.settled {
             return Acked::Held;
         }
@@ -133,14 +151,12 @@ impl OffsetTracker {
 
     /// The offsets that advanced since last taken, marked as stored.
     pub(crate) fn take_unstored(&self) -> Vec<ToStore> {
-        let mut topics = self.lock();
+        let mut partitions = self.lock();
         let mut unstored = Vec::new();
-        for (topic, partitions) in topics.iter_mut() {
-            for (partition, state) in partitions.iter_mut() {
-                if state.settled > state.stored {
-                    state.stored = state.settled;
-                    unstored.push((topic.clone(), *partition, state.settled));
-                }
+        for state in partitions.iter_mut() {
+            if state.settled > state.stored {
+                state.stored = state.settled;
+                unstored.push((state.topic.clone(), state.partition, state.settled));
             }
         }
         unstored
@@ -150,9 +166,8 @@ impl OffsetTracker {
     #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
         self.lock()
-            .values()
-            .flat_map(HashMap::values)
-            .map(|s| s.in_flight.len())
+            .iter()
+            .map(|s| s.window.iter().filter(|e| !e.1).count())
             .sum()
     }
 }
@@ -257,6 +272,16 @@ mod tests {
                 first: true
             }
         );
+    }
+
+    #[test]
+    fn an_offset_delivered_out_of_order_is_kept_in_order() {
+        let t = OffsetTracker::default();
+        t.assign([("t", 0)]);
+        deliver(&t, &[("t", 0, 4), ("t", 0, 2), ("t", 0, 2)]);
+        assert_eq!(t.in_flight(), 2, "a repeated delivery is one message");
+        assert_eq!(ack(&t, "t", 0, 4), advanced(2));
+        assert_eq!(ack(&t, "t", 0, 2), advanced(5));
     }
 
     #[test]

@@ -47,21 +47,31 @@ async fn a_retried_message_holds_back_its_partition_only() {
             .expect("send is acknowledged");
     }
     let log: Log<Attempt> = Log::default();
+    // Partitions are fetched in no set order: other messages wait (up to 2 s) for message 0's
+    // first failure, so that whether they then go on during its retries is what is measured.
+    let (failed_once, _) = tokio::sync::watch::channel(false);
+    let failed_once = std::sync::Arc::new(failed_once);
     let handler = HandlerSpec::new("ordered", [topic.clone()], {
         let log = log.clone();
         move |inv: Invocation| {
-            let log = log.clone();
+            let (log, failed_once) = (log.clone(), failed_once.clone());
             async move {
-                let started = Instant::now();
                 let n = decode_json::<serde_json::Value>(&inv.message)?["n"]
                     .as_u64()
                     .unwrap_or(u64::MAX);
+                if n != 0 {
+                    // Bounded: a message ahead of message 0 in its lane must not wait for ever.
+                    let mut gate = failed_once.subscribe();
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), gate.wait_for(|f| *f)).await;
+                }
+                let started = Instant::now();
                 let Position::Partition { partition, offset } = inv.message.position else {
                     panic!("not a Kafka position");
                 };
                 // Message 0 fails twice, then succeeds on its third attempt.
                 let ok = n != 0 || inv.attempt >= 3;
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 log.push(Attempt {
                     n,
                     partition,
@@ -71,6 +81,9 @@ async fn a_retried_message_holds_back_its_partition_only() {
                     ended: Instant::now(),
                     ok,
                 });
+                if n == 0 {
+                    failed_once.send_replace(true);
+                }
                 if ok {
                     Ok(())
                 } else {
