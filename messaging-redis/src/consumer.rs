@@ -117,6 +117,49 @@ impl Member {
         Ok(released)
     }
 
+    /// Removes the names of dead consumers from the group: idle for `forget_after` with nothing
+    /// pending (what they held was reclaimed). Deleting a name that has nothing pending loses
+    /// nothing, and a consumer that was not dead after all is recreated by its next read.
+    async fn forget_dead(&self) -> Result<usize, RedisError> {
+        let forget_after = self.shared.options.forget_after.as_millis() as i64;
+        let mut conn = self.shared.conn();
+        let mut forgotten = 0;
+        for stream in &self.streams {
+            let consumers: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(stream)
+                .arg(&self.group)
+                .query_async(&mut conn)
+                .await?;
+            for consumer in consumers {
+                let (
+                    Some(Value::BulkString(name)),
+                    Some(Value::Int(pending)),
+                    Some(Value::Int(idle)),
+                ) = (
+                    consumer.get("name"),
+                    consumer.get("pending"),
+                    consumer.get("idle"),
+                )
+                else {
+                    continue;
+                };
+                if *name == self.name.as_bytes() || *pending > 0 || *idle < forget_after {
+                    continue;
+                }
+                redis::cmd("XGROUP")
+                    .arg("DELCONSUMER")
+                    .arg(stream)
+                    .arg(&self.group)
+                    .arg(&name[..])
+                    .query_async::<Value>(&mut conn)
+                    .await?;
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
+    }
+
     /// Leaves the group for good when nothing is pending under this name any more.
     async fn leave(&self) -> Result<(), RedisError> {
         if self.release_all().await? > 0 {
@@ -143,16 +186,25 @@ enum Stop {
     Closing,
 }
 
-/// Refreshes held entries every period; when the consumer is dropped without `close`, hands
-/// what it held back to the group (if so configured) and ends.
+/// Refreshes held entries every period and forgets dead consumers now and then; when the
+/// consumer is dropped without `close`, hands what it held back to the group (if so
+/// configured) and ends.
 async fn keep(member: Arc<Member>, mut stop: oneshot::Receiver<Stop>) {
     let period = member.shared.options.keeper_period();
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut forget = tokio::time::interval(member.shared.options.forget_period());
+    forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let dropped = loop {
         tokio::select! {
             stopped = &mut stop => break stopped.is_err(),
             _ = tick.tick() => member.refresh(period).await,
+            _ = forget.tick() => match member.forget_dead().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(group = %member.group, consumers = n, "forgot dead consumers"),
+                // NOGROUP while the server lost the group, a dropped connection …: next time.
+                Err(error) => tracing::debug!(group = %member.group, %error, "looking for dead consumers failed"),
+            },
         }
     };
     if dropped && member.shared.options.release_on_drop {

@@ -46,6 +46,9 @@
 //! them; a process that crashes leaves them for `reclaim_idle`. The attempt count of a
 //! reclaimed entry continues from the `x-messaging-attempt` header, never from Redis's
 //! delivery counter. Entries deleted or trimmed while pending are acknowledged and skipped.
+//! Names of consumers idle for `forget_after` (default 1 h) with nothing pending are removed
+//! from the group, so crashed processes do not pile up in `XINFO CONSUMERS`; a clean `close`
+//! removes its own name at once.
 //! A consumer also re-reads its own pending list on start and after a read whose reply it did
 //! not see (connection lost, future dropped), so `next_batch` loses nothing when cancelled.
 //!
@@ -64,7 +67,8 @@
 //! `tls_cert=…&tls_key=…` add a client certificate (mutual TLS). The other query parameters
 //! of [`RedisOptions`] tune this crate: `maxlen=100000` (approximate `MAXLEN ~` on publish;
 //! dead-letter records are never trimmed), `reclaim_idle=30s`, `block=2s`,
-//! `release_on_drop=false`, `consumer_prefix=orders`. They are taken off the URL before the
+//! `release_on_drop=false`, `forget_after=1h` (keep it well above `block`),
+//! `consumer_prefix=orders`. They are taken off the URL before the
 //! `redis` client sees it. A password never reaches a log.
 //!
 //! ```no_run

@@ -26,6 +26,10 @@ pub struct RedisOptions {
     /// once (they are marked idle so the next reclaim takes them) instead of waiting for
     /// `reclaim_idle`. URL: `release_on_drop=false`.
     pub release_on_drop: bool,
+    /// Consumers of the group idle this long with nothing pending are dead (their process
+    /// crashed, since every live consumer reads at least every `block`): their names are
+    /// removed from the group, so crashed processes do not pile up. URL: `forget_after=1h`.
+    pub forget_after: Duration,
     /// The start of each consumer's name; a process id and a random suffix follow, so every
     /// consumer is unique. URL: `consumer_prefix=orders`.
     pub consumer_prefix: String,
@@ -48,6 +52,7 @@ impl Default for RedisOptions {
             reclaim_idle: Duration::from_secs(30),
             block: Duration::from_secs(2),
             release_on_drop: true,
+            forget_after: Duration::from_secs(3600),
             consumer_prefix: "messaging".to_owned(),
             tls_ca: None,
             tls_client: None,
@@ -58,11 +63,12 @@ impl Default for RedisOptions {
 }
 
 /// The query parameters this crate reads from the URL.
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 9] = [
     "maxlen",
     "reclaim_idle",
     "block",
     "release_on_drop",
+    "forget_after",
     "consumer_prefix",
     "tls_ca",
     "tls_cert",
@@ -80,6 +86,12 @@ impl RedisOptions {
     /// entries a dropped consumer handed back move on quickly; a round is cheap.
     pub(crate) fn reclaim_interval(&self) -> Duration {
         (self.reclaim_idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+
+    /// How often a consumer looks for dead consumers to forget.
+    pub(crate) fn forget_period(&self) -> Duration {
+        self.forget_after
+            .clamp(Duration::from_millis(50), Duration::from_secs(60))
     }
 
     /// Takes this crate's parameters off `url`, applying them over `self`; returns the URL
@@ -104,6 +116,7 @@ impl RedisOptions {
                         .parse()
                         .map_err(|_| invalid("release_on_drop", value, "`true` or `false`"))?;
                 }
+                "forget_after" => self.forget_after = duration("forget_after", value)?,
                 "consumer_prefix" => self.consumer_prefix = value.to_owned(),
                 "tls_ca" => self.tls_ca = Some(value.into()),
                 "tls_cert" => tls_cert = Some(PathBuf::from(value)),

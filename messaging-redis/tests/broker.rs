@@ -433,3 +433,68 @@ async fn a_failing_publish_fails_alone_in_its_pipeline() {
         "a header named `payload` is refused"
     );
 }
+
+#[tokio::test]
+async fn dead_consumers_with_nothing_pending_are_forgotten() {
+    let options = RedisOptions {
+        forget_after: Duration::from_millis(300),
+        ..RedisOptions::default()
+    };
+    let broker = connect(options).await;
+    let topic = unique("forget");
+    let mut consumer = broker
+        .subscribe(subscription("g", &[&topic], StartFrom::Latest))
+        .await
+        .unwrap();
+    // A crashed process's name, and one that still holds an entry.
+    let _: usize = redis_cmd(
+        &broker,
+        redis::cmd("XGROUP")
+            .arg("CREATECONSUMER")
+            .arg(&topic)
+            .arg("g")
+            .arg("ghost"),
+    )
+    .await;
+    publish_n(&broker, &topic, 1).await;
+    let _: redis::Value = redis_cmd(
+        &broker,
+        redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("holder")
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(&topic)
+            .arg(">"),
+    )
+    .await;
+    let names = || async {
+        let consumers: Vec<std::collections::HashMap<String, redis::Value>> = redis_cmd(
+            &broker,
+            redis::cmd("XINFO").arg("CONSUMERS").arg(&topic).arg("g"),
+        )
+        .await;
+        consumers
+            .iter()
+            .map(|c| match &c["name"] {
+                redis::Value::BulkString(n) => String::from_utf8_lossy(n).into_owned(),
+                other => panic!("{other:?}"),
+            })
+            .collect::<BTreeSet<_>>()
+    };
+    assert!(names().await.contains("ghost"));
+    // Keep the live consumer reading, as a running one does.
+    assert_nothing(&mut *consumer, Duration::from_millis(1500)).await;
+    let left = names().await;
+    assert!(
+        !left.contains("ghost"),
+        "the idle consumer with nothing pending is forgotten: {left:?}"
+    );
+    assert!(
+        left.contains("holder"),
+        "a consumer holding entries is kept: {left:?}"
+    );
+    assert_eq!(left.len(), 2, "the live consumer is kept: {left:?}");
+}
