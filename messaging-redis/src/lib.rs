@@ -5,6 +5,10 @@
 //! [`RedisBroker::connect_url`] (or [`RedisBroker::connect`] with [`RedisOptions`]) and hand it
 //! to `Runtime::builder().broker(…)`.
 //!
+//! Needs Redis 6.2 or later (`XAUTOCLAIM`), or a server speaking its stream commands; Redis
+//! Cluster is not supported (one consumer reads all its streams in one command, which would
+//! cross hash slots).
+//!
 //! # Streams and entries
 //!
 //! One stream per topic, named as the topic; a dead-letter topic (`<topic>.dlq`) is a stream
@@ -28,12 +32,18 @@
 //! is a member with a unique name (`<prefix>-<pid>-<random>`) reading with
 //! `XREADGROUP … COUNT n BLOCK ms` over all its streams on a connection of its own, since a
 //! blocking read would stall a shared one; publishing, acknowledging and reclaiming share one
-//! multiplexed connection. Concurrent publishes are pipelined: each waits for its own `XADD`
-//! reply, but they travel together, one pipeline per round trip, and a failing one fails
-//! alone. Acknowledging queues the entry and returns; a task sends the
-//! queue as one `XACK` per stream per round trip, so handlers never wait on the network to
-//! acknowledge. An `XACK` that fails is logged and the entry, still pending, is reclaimed and
-//! delivered again; `close` waits for the queue.
+//! multiplexed connection. Each fetch reads up to the batch the runtime asks for (the
+//! subscription's `prefetch` is not used).
+//!
+//! Concurrent publishes are pipelined: each waits for its own `XADD` reply, but they travel
+//! together, one pipeline per round trip, and a failing one fails alone. Acknowledging queues
+//! the entry and returns; a task sends the queue as one `XACK` per stream per round trip, so
+//! handlers never wait on the network to acknowledge. An `XACK` that fails is logged and the
+//! entry, still pending, is reclaimed and delivered again; `close` waits for the queue.
+//!
+//! Dead-letter streams are declared at start-up (`declare_topics`) with a placeholder group,
+//! [`KEEP_GROUP`], so they exist before their first record; Redis keeps a stream's entries
+//! with or without readers, and records are never trimmed.
 //!
 //! # Reclaiming
 //!
@@ -48,8 +58,7 @@
 //! delivery counter. Entries deleted or trimmed while pending are acknowledged and skipped.
 //! Names of consumers idle for `forget_after` (default 1 h) with nothing pending are removed
 //! from the group, so crashed processes do not pile up in `XINFO CONSUMERS`; a clean `close`
-//! removes its own name at once.
-//! A consumer also re-reads its own pending list on start and after a read whose reply it did
+//! removes its own name at once. A consumer also re-reads its own pending list on start and after a read whose reply it did
 //! not see (connection lost, future dropped), so `next_batch` loses nothing when cancelled.
 //!
 //! # Connection loss
@@ -68,8 +77,8 @@
 //! of [`RedisOptions`] tune this crate: `maxlen=100000` (approximate `MAXLEN ~` on publish;
 //! dead-letter records are never trimmed), `reclaim_idle=30s`, `block=2s`,
 //! `release_on_drop=false`, `forget_after=1h` (keep it well above `block`),
-//! `consumer_prefix=orders`. They are taken off the URL before the
-//! `redis` client sees it. A password never reaches a log.
+//! `consumer_prefix=orders`. They are taken off the URL before the `redis` client sees it. A
+//! password never reaches a log.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), messaging_core::BrokerError> {
