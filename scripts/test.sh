@@ -28,4 +28,4 @@ step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps --quiet
 
 step "cargo test"
-cargo test --workspace --all-features
+cargo test --workspace --all-features --no-fail-fast
