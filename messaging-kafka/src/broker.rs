@@ -83,7 +83,7 @@ impl KafkaBroker {
                 tracing::debug!(%error, "Kafka metadata request failed");
                 connection(KafkaSetupError::Unreachable { servers, timeout })
             })?;
-        let topics = Topics::new(&settings)?;
+        let topics = Topics::new(&settings, producer.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 settings,

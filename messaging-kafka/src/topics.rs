@@ -1,6 +1,8 @@
 //! Creating topics that are missing, through the admin client. Kafka brokers often do not
 //! create topics on first use (Confluent Cloud and the test broker do not), and a consumer
 //! of a missing topic would wait for ever, so topics are created before they are used.
+//! Existing topics are looked up in the cluster's metadata first: a client allowed to use a
+//! topic but not to create topics (a common ACL) must not be refused.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -11,6 +13,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
+use rdkafka::producer::{FutureProducer, Producer as _};
+
 use crate::error::{KafkaSetupError, from_kafka, operation};
 use crate::settings::KafkaSettings;
 
@@ -19,6 +23,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Creates topics on first use and remembers which exist.
 pub(crate) struct Topics {
     admin: AdminClient<DefaultClientContext>,
+    /// For metadata requests, which block: a clonable handle can move to a blocking thread.
+    metadata: FutureProducer,
     partitions: i32,
     replication_factor: i32,
     /// Topics known to exist, so each is created at most once per client.
@@ -26,13 +32,17 @@ pub(crate) struct Topics {
 }
 
 impl Topics {
-    pub(crate) fn new(settings: &KafkaSettings) -> Result<Self, BrokerError> {
+    pub(crate) fn new(
+        settings: &KafkaSettings,
+        metadata: FutureProducer,
+    ) -> Result<Self, BrokerError> {
         let admin = settings
             .client_config(&[], &[])
             .create()
             .map_err(|e| operation("create admin client", e))?;
         Ok(Self {
             admin,
+            metadata,
             partitions: settings.partitions,
             replication_factor: settings.replication_factor,
             known: Mutex::default(),
@@ -54,7 +64,16 @@ impl Topics {
     /// Makes sure `topics` exist, creating the missing ones with the configured partitions
     /// and replication. An existing topic is left as it is.
     pub(crate) async fn ensure(&self, topics: &[String]) -> Result<(), BrokerError> {
-        let missing = self.unknown(topics);
+        let mut missing = self.unknown(topics);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let existing = self.existing().await?;
+        missing.retain(|t| !existing.contains(*t));
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(existing);
         if missing.is_empty() {
             return Ok(());
         }
@@ -96,6 +115,22 @@ impl Topics {
             Some(error) => Err(operation("create topic", error)),
             None => Ok(()),
         }
+    }
+
+    /// The topics the cluster has.
+    async fn existing(&self) -> Result<HashSet<String>, BrokerError> {
+        let client = self.metadata.clone();
+        let metadata =
+            tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, TIMEOUT))
+                .await
+                .map_err(|e| operation("read metadata", e))?
+                .map_err(|e| from_kafka("read metadata", e))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none())
+            .map(|t| t.name().to_owned())
+            .collect())
     }
 
     /// Like [`Topics::ensure`] for a topic about to be published to; a refusal is only logged,

@@ -205,3 +205,20 @@ async fn the_factory_is_registered_as_kafka() {
     assert_eq!(broker.name(), "kafka");
     let _ = KafkaBroker::connect; // the typed constructor stays public
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_settings_create_topics_with_the_broker_default_replication() {
+    let broker = KafkaBroker::connect(common::BOOTSTRAP)
+        .await
+        .expect("connects");
+    let topic = unique("defaults");
+    broker
+        .declare_topics(std::slice::from_ref(&topic))
+        .await
+        .expect("created with replication factor -1");
+    broker
+        .publish(OutgoingMessage::new(&topic, "x"))
+        .await
+        .unwrap();
+    assert_eq!(broker.browse(&topic, 10).await.unwrap().len(), 1);
+}
