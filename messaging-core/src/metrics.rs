@@ -54,7 +54,9 @@ pub struct HandlerTotals {
 /// Process-wide counters, rendered as Prometheus text by [`Metrics::render`].
 #[derive(Debug, Default)]
 pub struct Metrics {
-    published: Mutex<BTreeMap<(String, String), u64>>,
+    /// By backend, then event name; nested so the hot path looks up with `&str` and allocates
+    /// only for a new pair.
+    published: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
     dropped: AtomicU64,
     skipped: Mutex<BTreeMap<(String, String), u64>>,
     handlers: Mutex<Vec<(String, String, Arc<HandlerMetrics>)>>,
@@ -73,8 +75,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Metrics {
     pub(crate) fn record_published(&self, backend: &str, event: Option<&str>) {
-        *lock(&self.published)
-            .entry((backend.to_owned(), event.unwrap_or("").to_owned()))
+        let event = event.unwrap_or("");
+        let mut published = lock(&self.published);
+        if let Some(count) = published
+            .get_mut(backend)
+            .and_then(|events| events.get_mut(event))
+        {
+            *count += 1;
+            return;
+        }
+        *published
+            .entry(backend.to_owned())
+            .or_default()
+            .entry(event.to_owned())
             .or_default() += 1;
     }
 
@@ -119,7 +132,8 @@ impl Metrics {
     /// Messages published through this process's producers, by backend and event name.
     pub fn published(&self, backend: &str, event: &str) -> u64 {
         lock(&self.published)
-            .get(&(backend.to_owned(), event.to_owned()))
+            .get(backend)
+            .and_then(|events| events.get(event))
             .copied()
             .unwrap_or(0)
     }
@@ -136,7 +150,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# TYPE messaging_published_total counter");
-        for ((backend, event), n) in lock(&self.published).iter() {
+        for (backend, event, n) in lock(&self.published)
+            .iter()
+            .flat_map(|(b, events)| events.iter().map(move |(e, n)| (b, e, n)))
+        {
             let _ = writeln!(
                 out,
                 "messaging_published_total{{backend=\"{}\",event=\"{}\"}} {n}",

@@ -17,3 +17,60 @@ pub fn current() -> Option<String> {
 pub async fn with_trace_id<F: Future>(trace_id: Option<String>, future: F) -> F::Output {
     TRACE_ID.scope(trace_id, future).await
 }
+
+/// The trace id an HTTP request carries: `x-trace-id`, else the trace id of a W3C
+/// `traceparent` header (`00-<trace id>-<span id>-<flags>`).
+#[cfg(feature = "axum")]
+pub fn from_http_headers(headers: &axum::http::HeaderMap) -> Option<String> {
+    if let Some(id) = headers.get("x-trace-id").and_then(|v| v.to_str().ok()) {
+        let id = id.trim();
+        if !id.is_empty() && id.len() <= 128 {
+            return Some(id.to_owned());
+        }
+    }
+    let parent = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = parent.trim().split('-');
+    let (_version, trace) = (parts.next()?, parts.next()?);
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then(|| trace.to_owned())
+}
+
+/// An axum middleware that puts the request's trace id in scope, so events fired by
+/// `#[event]` handlers carry it: `router.layer(axum::middleware::from_fn(trace::http_middleware))`.
+#[cfg(feature = "axum")]
+pub async fn http_middleware(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let trace_id = from_http_headers(request.headers());
+    with_trace_id(trace_id, next.run(request)).await
+}
+
+#[cfg(all(test, feature = "axum"))]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+
+    #[test]
+    fn reads_x_trace_id_then_traceparent() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(from_http_headers(&headers), None);
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            from_http_headers(&headers).as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        headers.insert("x-trace-id", "req-42".parse().unwrap());
+        assert_eq!(from_http_headers(&headers).as_deref(), Some("req-42"));
+        let mut bad = HeaderMap::new();
+        bad.insert(
+            "traceparent",
+            "00-nothex-00f067aa0ba902b7-01".parse().unwrap(),
+        );
+        assert_eq!(from_http_headers(&bad), None);
+    }
+}

@@ -89,11 +89,18 @@ fn app() -> axum::Router {
     axum::Router::new()
         .route("/users", post(register))
         .route("/users/delete", post(delete_user))
+        .layer(axum::middleware::from_fn(
+            messaging_core::trace::http_middleware,
+        ))
 }
 
 async fn call(uri: &str, body: &str) -> (StatusCode, String) {
     let request = Request::post(uri)
         .header("content-type", "application/json")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .body(Body::from(body.to_owned()))
         .unwrap();
     let response = app().oneshot(request).await.unwrap();
@@ -133,6 +140,15 @@ async fn ok_publishes_the_envelope_after_the_handler_returned_with_the_key() {
     let event: Event<serde_json::Value> = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(event.name, "user.created");
     assert_eq!(event.source, "users-api");
+    assert_eq!(
+        event.trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "trace id from the request"
+    );
+    assert_eq!(
+        m.header("x-trace-id"),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
     assert_eq!(event.data, serde_json::json!({"id": 7, "email": "a@b.c"}));
     assert_eq!(m.header("x-event-id"), Some(event.id.to_string().as_str()));
 }
