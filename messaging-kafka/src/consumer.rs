@@ -2,9 +2,9 @@
 //! (`enable.auto.offset.store=false`) and committed by librdkafka's periodic auto-commit, on
 //! revocation and on close, so a committed offset never passes an unfinished message.
 //!
-//! Acknowledging records the message in the [`OffsetTracker`]; the consumer task hands the
-//! advanced offsets to librdkafka once per batch, and when woken by an acknowledgement while
-//! it waits for messages.
+//! Acknowledging records the message in the [`OffsetTracker`]; the advanced offsets are
+//! handed to librdkafka once per batch by the consumer task, and every 200 ms by a
+//! background task (for when the runtime is busy with handlers and not fetching).
 //!
 //! On revocation the settled offsets are stored and committed at once; messages of revoked
 //! partitions still in the handlers are not waited for: their acknowledgements are dropped
@@ -12,8 +12,8 @@
 //! flight).
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt as _};
@@ -25,7 +25,6 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::Notify;
 
 use crate::convert::to_message;
 use crate::error::{NAME, from_kafka, operation};
@@ -34,12 +33,13 @@ use crate::offsets::{Acked, OffsetTracker, ToStore};
 /// Broker requests made inside a rebalance (committed offsets, high watermarks, commit).
 const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often acknowledged offsets are stored when the consumer task does not fetch.
+const STORE_INTERVAL: Duration = Duration::from_millis(200);
+
 /// What the consumer task and its acker share.
 #[derive(Default)]
 pub(crate) struct Acks {
     tracker: OffsetTracker,
-    /// Woken when an acknowledgement advanced a partition that had nothing left to store.
-    wake: Notify,
     /// Set on close: later acknowledgements cannot be stored any more.
     closed: AtomicBool,
 }
@@ -216,10 +216,37 @@ fn store_acknowledged(consumer: &GroupConsumer) {
     }
 }
 
+/// Stores acknowledged offsets every [`STORE_INTERVAL`] until the consumer is gone.
+async fn store_periodically(consumer: Weak<GroupConsumer>) {
+    let mut ticks = tokio::time::interval(STORE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(consumer) = consumer.upgrade() else {
+            return;
+        };
+        store_acknowledged(&consumer);
+        if Arc::strong_count(&consumer) == 1 {
+            // Dropped meanwhile and this is the last handle: leave the group off this thread.
+            tokio::task::spawn_blocking(move || drop(consumer));
+            return;
+        }
+    }
+}
+
+/// Drops the last handle of a consumer (leaving the group, which blocks) off the async
+/// threads when there are some.
+fn drop_off_thread(consumer: Arc<GroupConsumer>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(consumer))),
+        Err(_) => drop(consumer),
+    }
+}
+
 /// A subscribed member of a group.
 pub(crate) struct KafkaConsumer {
-    /// `None` once closed.
-    consumer: Option<GroupConsumer>,
+    /// `None` once closed. The periodic store task holds it weakly.
+    consumer: Option<Arc<GroupConsumer>>,
     acker: Arc<KafkaAcker>,
     /// Messages received while waiting for the first assignment.
     buffered: VecDeque<Arc<Message>>,
@@ -250,10 +277,11 @@ impl KafkaConsumer {
             }
         }
         drop(stream);
+        let acks = Arc::clone(&context.acks);
+        let consumer = Arc::new(consumer);
+        tokio::spawn(store_periodically(Arc::downgrade(&consumer)));
         Self {
-            acker: Arc::new(KafkaAcker {
-                acks: Arc::clone(&context.acks),
-            }),
+            acker: Arc::new(KafkaAcker { acks }),
             consumer: Some(consumer),
             buffered,
         }
@@ -276,14 +304,9 @@ impl Consumer for KafkaConsumer {
             let mut stream = consumer.stream();
             loop {
                 store_acknowledged(consumer);
-                // The only await. Both branches are cancel-safe: the stream takes a message
-                // only when it returns it, and a dropped `notified` loses no permit.
-                let first = tokio::select! {
-                    biased;
-                    record = stream.next() => record,
-                    () = acks.wake.notified() => continue,
-                };
-                let Some(first) = first else {
+                // The only await; cancel-safe: the stream takes a message only when it
+                // returns it.
+                let Some(first) = stream.next().await else {
                     return Err(BrokerError::Closed { broker: NAME });
                 };
                 let mut received = vec![to_message(&first.map_err(|e| from_kafka("receive", e))?)];
@@ -320,7 +343,7 @@ impl Consumer for KafkaConsumer {
             store_acknowledged(&consumer);
             // Committing and leaving the group are blocking librdkafka calls.
             tokio::task::spawn_blocking(move || {
-                let committed = commit_stored(&consumer);
+                let committed = commit_stored(&*consumer);
                 drop(consumer);
                 committed
             })
@@ -338,11 +361,8 @@ impl Drop for KafkaConsumer {
         };
         consumer.context().acks.closed.store(true, Ordering::SeqCst);
         store_acknowledged(&consumer);
-        // Dropping it leaves the group (committing what is stored), which blocks: keep that
-        // off the async threads when there are some.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn_blocking(move || drop(consumer));
-        }
+        // Leaving the group commits what is stored.
+        drop_off_thread(consumer);
     }
 }
 
@@ -357,11 +377,10 @@ impl Acker for KafkaAcker {
             Err(BrokerError::Closed { broker: NAME })
         } else if let Position::Partition { partition, offset } = message.position {
             match self.acks.tracker.ack(&message.topic, partition, offset) {
-                Acked::Advanced { first: true, .. } => self.acks.wake.notify_one(),
                 Acked::Stale => {
                     tracing::debug!(topic = %message.topic, partition, offset, "acknowledged after its partition was revoked; the new owner reads it again");
                 }
-                Acked::Advanced { .. } | Acked::Held => {}
+                Acked::Advanced(_) | Acked::Held => {}
             }
             Ok(())
         } else {

@@ -16,9 +16,8 @@ use messaging_core::{Message, Position};
 /// What an acknowledgement did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Acked {
-    /// The partition's next-to-read offset moved to `next`; `first` tells that the partition
-    /// had nothing waiting to be stored before (the consumer should be woken to store it).
-    Advanced { next: i64, first: bool },
+    /// The partition's next-to-read offset moved to this one.
+    Advanced(i64),
     /// Recorded; an earlier message of the partition is still unsettled.
     Held,
     /// Not delivered under the current assignment (the partition was revoked since, or the
@@ -144,9 +143,8 @@ impl OffsetTracker {
         if next <= state.settled {
             return Acked::Held;
         }
-        let first = state.settled == state.stored;
         state.settled = next;
-        Acked::Advanced { next, first }
+        Acked::Advanced(next)
     }
 
     /// The offsets that advanced since last taken, marked as stored.
@@ -195,15 +193,11 @@ mod tests {
     }
 
     fn advanced(next: i64) -> Acked {
-        Acked::Advanced { next, first: false }
+        Acked::Advanced(next)
     }
 
-    /// The outcome with `first` ignored, for checks of the offsets alone.
     fn ack(t: &OffsetTracker, topic: &str, partition: i32, offset: i64) -> Acked {
-        match t.ack(topic, partition, offset) {
-            Acked::Advanced { next, .. } => advanced(next),
-            other => other,
-        }
+        t.ack(topic, partition, offset)
     }
 
     #[test]
@@ -243,35 +237,6 @@ mod tests {
         // Once the retried message settles, everything up to 3 is done.
         assert_eq!(ack(&t, "t", 0, 1), advanced(4));
         assert_eq!(t.take_unstored(), vec![("t".to_owned(), 0, 4)]);
-    }
-
-    #[test]
-    fn the_first_advance_after_a_store_asks_for_a_wake_up() {
-        let t = OffsetTracker::default();
-        t.assign([("t", 0)]);
-        deliver(&t, &[("t", 0, 0), ("t", 0, 1), ("t", 0, 2)]);
-        assert_eq!(
-            t.ack("t", 0, 0),
-            Acked::Advanced {
-                next: 1,
-                first: true
-            }
-        );
-        assert_eq!(
-            t.ack("t", 0, 1),
-            Acked::Advanced {
-                next: 2,
-                first: false
-            }
-        );
-        t.take_unstored();
-        assert_eq!(
-            t.ack("t", 0, 2),
-            Acked::Advanced {
-                next: 3,
-                first: true
-            }
-        );
     }
 
     #[test]
