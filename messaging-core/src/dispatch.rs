@@ -212,7 +212,7 @@ impl Dispatcher {
                 &target,
                 &message,
                 &error,
-                message.previous_attempts() + 1,
+                message.previous_attempts().saturating_add(1),
                 now,
                 now,
             )
@@ -221,7 +221,8 @@ impl Dispatcher {
         }
         let policy = target.spec.retry;
         let trace_id = message.header(header::TRACE_ID).map(str::to_owned);
-        let mut attempt = message.previous_attempts() + 1;
+        // Saturating: the header may come from another program (`x-messaging-attempt: 4294967295`).
+        let mut attempt = message.previous_attempts().saturating_add(1);
         let mut first_failure: Option<DateTime<Utc>> = None;
         loop {
             let result = self
