@@ -19,6 +19,9 @@ use messaging_core::{BoxFuture, Broker};
 mod suite;
 pub use suite::*;
 
+pub mod hostile;
+pub use hostile::{ConnectRaw, Limits, RawMessage, RawSend};
+
 /// What a broker's `connect` function returns: a new client connection, as a new process would
 /// open it.
 pub type ConnectFuture = BoxFuture<'static, Arc<dyn Broker>>;
