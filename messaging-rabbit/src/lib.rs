@@ -42,7 +42,10 @@
 //! [`Subscription::prefetch`](messaging_core::Subscription) (at most 65 535), and acknowledges
 //! manually: the runtime acknowledges after the handler succeeded or the dead-letter record
 //! was confirmed. Messages of one queue arrive in order. An acknowledgement for a delivery
-//! whose channel has closed fails (the broker redelivers that message).
+//! whose channel has closed fails (the broker redelivers that message). `ack` hands the
+//! `basic.ack` to the connection without waiting for it to be written (AMQP acks get no
+//! reply, and the wait would cost two thread hops per message); closing the consumer waits
+//! for them, and one lost with its connection means a redelivery, never a loss.
 //!
 //! # Reconnection
 //!
