@@ -1,21 +1,31 @@
-//! The Kafka backend of `messaging`, on `rdkafka` (bundled librdkafka).
+//! The Kafka backend of `messaging`, on `rdkafka` (bundled librdkafka, built from source with
+//! the system's gcc, make and OpenSSL: Debian's librdkafka 2.0.2 is too old).
 //!
 //! Linking this crate registers the broker under the name `kafka`, so
 //! `MESSAGING_BACKEND=kafka KAFKA_BOOTSTRAP_SERVERS=host:9092` runs every handler unchanged.
 //!
 //! - **Publishing** is idempotent (`enable.idempotence=true`, `acks=all`); the key and every
 //!   header travel as Kafka key and headers; `publish` resolves on the delivery report.
-//! - **Consuming**: one consumer group per handler group. An offset is stored only when the
-//!   runtime acknowledges (after the handler succeeded or the DLQ record was delivered), never
-//!   past an earlier unsettled message of its partition, and committed every 5 s
+//! - **Consuming**: one consumer group per handler group; `subscribe` returns once the group
+//!   has assigned the member its partitions, positioned at the committed offset, else at the
+//!   beginning or (`StartFrom::Latest`) at the end as it was then. An offset is stored only
+//!   for acknowledged messages (after the handler succeeded or the DLQ record was delivered),
+//!   never past an earlier unsettled message of its partition, and committed every 5 s
 //!   (`auto.commit.interval.ms`), on revocation and on close. Order is per partition.
-//! - **Topics** (subscribed and dead-letter ones) are created when missing, with
-//!   `messaging.topic.partitions` partitions (default 3) and `messaging.topic.replication.factor`
-//!   (default -1, the broker's default).
+//!   Messages of revoked partitions still in handlers are read again by the new owner.
+//! - **Topics** (subscribed and dead-letter ones, and any published to) are created when the
+//!   cluster's metadata lacks them.
 //! - **Configuration**: `KAFKA_API_KEY`/`KAFKA_API_SECRET` switch to `SASL_SSL` + `PLAIN`
 //!   (Confluent Cloud); any librdkafka property is passed with `KAFKA_CONFIG_<NAME>`
 //!   (`KAFKA_CONFIG_SESSION_TIMEOUT_MS=6000` → `session.timeout.ms`), and so are this crate's
-//!   `messaging.*` options (`KAFKA_CONFIG_MESSAGING_TOPIC_PARTITIONS=6`).
+//!   options (see [`settings`]): `messaging.topic.partitions` (default 3),
+//!   `messaging.topic.replication.factor` (default -1, the broker's default),
+//!   `messaging.join.timeout.ms` (60 000) and `messaging.connect.timeout.ms` (10 000).
+//!   Secrets never appear in `Debug` output or logs.
+//!
+//! The tests run against Tansu, a Kafka-compatible broker started by `scripts/start-kafka.sh`
+//! on 127.0.0.1:9092, with `session.timeout.ms=6000` (its first group join takes about half
+//! the session timeout).
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), messaging_core::BrokerError> {
