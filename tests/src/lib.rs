@@ -20,6 +20,7 @@ mod suite;
 pub use suite::*;
 
 pub mod hostile;
+pub mod reliability;
 pub use hostile::{ConnectRaw, Limits, RawMessage, RawSend};
 
 /// What a broker's `connect` function returns: a new client connection, as a new process would
