@@ -18,7 +18,8 @@
 //! - latency: `LATENCY_MESSAGES` published at a steady rate, timed from before the publish to
 //!   the handler (framework) or to `recv` (raw).
 //!
-//! Both producers first send a warm-up batch; rounds alternate which side goes first, and the
+//! `BENCH_PHASES` (default `produce,consume,latency`) picks the phases; produce always runs,
+//! as consume reads what it wrote. Both producers first send a warm-up batch; rounds alternate which side goes first, and the
 //! best round of each side is reported, as the machine is shared (the broker runs on the same
 //! two cores).
 
@@ -478,53 +479,65 @@ async fn run() -> Result<()> {
     let (mut produce, mut consume, mut broker_only) =
         ([Sample::NONE; 2], [Sample::NONE; 2], Sample::NONE);
     let mut latency = [(Duration::MAX, Duration::MAX); 2];
+    let phases =
+        std::env::var("BENCH_PHASES").unwrap_or_else(|_| "produce,consume,latency".to_owned());
+    let (with_consume, with_latency) = (phases.contains("consume"), phases.contains("latency"));
     for round in 0..rounds {
-        let (raw_topic, fw_topic) = (bench.name("raw", round), bench.name("fw", round));
-        let (raw_group, fw_group) = (
-            bench.name("raw-group", round),
-            bench.name("fw-group", round),
-        );
-        let (raw_p, fw_p, raw_c, fw_c);
-        if round % 2 == 0 {
-            raw_p = bench.produce_raw(&raw_topic).await?;
-            fw_p = bench.produce_framework(&fw_topic).await?;
-            raw_c = bench.consume_raw(&raw_topic, &raw_group).await?;
-            fw_c = bench.consume_framework(&fw_topic, &fw_group).await?;
-        } else {
-            fw_p = bench.produce_framework(&fw_topic).await?;
-            raw_p = bench.produce_raw(&raw_topic).await?;
-            fw_c = bench.consume_framework(&fw_topic, &fw_group).await?;
-            raw_c = bench.consume_raw(&raw_topic, &raw_group).await?;
+        let topics = [
+            bench.name("raw", round),
+            bench.name("fw", round),
+            bench.name("broker", round),
+        ];
+        // The three sides take turns at going first.
+        let mut p = [Sample::NONE; 3];
+        for side in (0..3).map(|k| (k + round) % 3) {
+            p[side] = match side {
+                0 => bench.produce_raw(&topics[0]).await?,
+                1 => bench.produce_framework(&topics[1]).await?,
+                _ => bench.produce_broker(&topics[2]).await?,
+            };
         }
-        let broker_p = bench.produce_broker(&bench.name("broker", round)).await?;
-        produce_broker_only = produce_broker_only.best(broker_p);
-        let broker_c = bench
-            .consume_broker(&fw_topic, &bench.name("broker-group", round))
-            .await?;
-        println!("round {round}: produce raw {raw_p:?} framework {fw_p:?}");
-        println!("round {round}: produce by the broker layer {broker_p:?}");
         println!(
-            "round {round}: consume raw {raw_c:?} framework {fw_c:?} broker layer {broker_c:?}"
+            "round {round}: produce raw {:?} framework {:?} broker layer {:?}",
+            p[0], p[1], p[2]
         );
-        produce = [produce[0].best(raw_p), produce[1].best(fw_p)];
-        consume = [consume[0].best(raw_c), consume[1].best(fw_c)];
-        broker_only = broker_only.best(broker_c);
-        let raw_l = bench
-            .latency_raw(
-                &bench.name("lat-raw", round),
-                &bench.name("lat-raw-group", round),
-            )
-            .await?;
-        let fw_l = bench
-            .latency_framework(
-                &bench.name("lat-fw", round),
-                &bench.name("lat-fw-group", round),
-            )
-            .await?;
-        println!("round {round}: latency p50/p99 raw {raw_l:?} framework {fw_l:?}");
-        for (best, new) in latency.iter_mut().zip([raw_l, fw_l]) {
-            if new.0 < best.0 {
-                *best = new;
+        produce = [produce[0].best(p[0]), produce[1].best(p[1])];
+        produce_broker_only = produce_broker_only.best(p[2]);
+        if with_consume {
+            let mut c = [Sample::NONE; 3];
+            for side in (0..3).map(|k| (k + round) % 3) {
+                let group = bench.name(&format!("group-{side}"), round);
+                c[side] = match side {
+                    0 => bench.consume_raw(&topics[0], &group).await?,
+                    1 => bench.consume_framework(&topics[1], &group).await?,
+                    _ => bench.consume_broker(&topics[2], &group).await?,
+                };
+            }
+            println!(
+                "round {round}: consume raw {:?} framework {:?} broker layer {:?}",
+                c[0], c[1], c[2]
+            );
+            consume = [consume[0].best(c[0]), consume[1].best(c[1])];
+            broker_only = broker_only.best(c[2]);
+        }
+        if with_latency {
+            let raw_l = bench
+                .latency_raw(
+                    &bench.name("lat-raw", round),
+                    &bench.name("lat-raw-group", round),
+                )
+                .await?;
+            let fw_l = bench
+                .latency_framework(
+                    &bench.name("lat-fw", round),
+                    &bench.name("lat-fw-group", round),
+                )
+                .await?;
+            println!("round {round}: latency p50/p99 raw {raw_l:?} framework {fw_l:?}");
+            for (best, new) in latency.iter_mut().zip([raw_l, fw_l]) {
+                if new.0 < best.0 {
+                    *best = new;
+                }
             }
         }
     }
@@ -535,6 +548,9 @@ async fn run() -> Result<()> {
     println!("| measure (best of {rounds} rounds) | raw rdkafka | framework | framework / raw |");
     println!("|---|---|---|---|");
     for (what, [raw, fw]) in [("produce", produce), ("consume", consume)] {
+        if raw.wall == Duration::MAX {
+            continue;
+        }
         println!(
             "| {what}, messages/s | {:.0} | {:.0} | {:.2} |",
             wall_rate(raw),
@@ -555,19 +571,23 @@ async fn run() -> Result<()> {
         wall_rate(produce_broker_only) / wall_rate(produce[0]),
         produce[0].cpu.as_secs_f64() / produce_broker_only.cpu.as_secs_f64()
     );
-    println!(
-        "| consume through `KafkaBroker` alone (no runtime), messages/s; CPU µs/message | | {:.0}; {:.2} | {:.2}; {:.2} |",
-        wall_rate(broker_only),
-        us_per_message(broker_only.cpu),
-        wall_rate(broker_only) / wall_rate(consume[0]),
-        consume[0].cpu.as_secs_f64() / broker_only.cpu.as_secs_f64()
-    );
-    println!(
-        "| publish→handler latency p50 / p99, ms | {:.1} / {:.1} | {:.1} / {:.1} | |",
-        ms(latency[0].0),
-        ms(latency[0].1),
-        ms(latency[1].0),
-        ms(latency[1].1)
-    );
+    if with_consume {
+        println!(
+            "| consume through `KafkaBroker` alone (no runtime), messages/s; CPU µs/message | | {:.0}; {:.2} | {:.2}; {:.2} |",
+            wall_rate(broker_only),
+            us_per_message(broker_only.cpu),
+            wall_rate(broker_only) / wall_rate(consume[0]),
+            consume[0].cpu.as_secs_f64() / broker_only.cpu.as_secs_f64()
+        );
+    }
+    if with_latency {
+        println!(
+            "| publish→handler latency p50 / p99, ms | {:.1} / {:.1} | {:.1} / {:.1} | |",
+            ms(latency[0].0),
+            ms(latency[0].1),
+            ms(latency[1].0),
+            ms(latency[1].1)
+        );
+    }
     Ok(())
 }
