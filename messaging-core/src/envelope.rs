@@ -207,9 +207,18 @@ pub(crate) mod rfc3339 {
 
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&s)
+        let t = DateTime::parse_from_rfc3339(&s)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)
+            .map_err(serde::de::Error::custom)?;
+        // An offset can move a valid time out of years 0000-9999 in UTC
+        // (`0000-01-01T00:00:00+01:00`), which `serialize` would write as `-0001-…` and could
+        // not read back: refuse it here.
+        if !(0..=9999).contains(&chrono::Datelike::year(&t)) {
+            return Err(serde::de::Error::custom(format!(
+                "timestamp `{s}` is outside years 0000-9999 in UTC"
+            )));
+        }
+        Ok(t)
     }
 }
 
