@@ -515,3 +515,28 @@ fn broken_base64_in_a_record_is_an_error_not_a_panic() {
     );
     assert!(original.to_replay().is_err());
 }
+
+#[test]
+fn timestamps_that_leave_years_0000_to_9999_in_utc_are_refused() {
+    // Either would be written back as `-0001-…` or `+10000-…`, which RFC 3339 cannot read.
+    for timestamp in ["0000-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"] {
+        let mut event = serde_json::to_value(Event::new("e", serde_json::json!({}), "s")).unwrap();
+        event["timestamp"] = Value::from(timestamp);
+        let message = with_payload(serde_json::to_vec(&event).unwrap(), Headers::new());
+        let error = decode_event::<Value>(&message, &EnvelopeFields::STANDARD).unwrap_err();
+        assert_eq!(error.kind(), FailureKind::Decode, "{timestamp}: {error}");
+    }
+    for timestamp in [
+        "0000-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "2026-06-30T23:59:60.5Z",
+    ] {
+        let mut event = serde_json::to_value(Event::new("e", serde_json::json!({}), "s")).unwrap();
+        event["timestamp"] = Value::from(timestamp);
+        let message = with_payload(serde_json::to_vec(&event).unwrap(), Headers::new());
+        let decoded: Event<Value> = decode_event(&message, &EnvelopeFields::STANDARD).unwrap();
+        let again = with_payload(serde_json::to_vec(&decoded).unwrap(), Headers::new());
+        let back: Event<Value> = decode_event(&again, &EnvelopeFields::STANDARD).unwrap();
+        assert_eq!(back, decoded, "{timestamp} round trips");
+    }
+}
