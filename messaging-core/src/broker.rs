@@ -109,6 +109,14 @@ pub trait Acker: Send + Sync {
     /// Marks `message` done: it will not be delivered to this group again. The runtime calls it
     /// only after the handler succeeded or the message's DLQ record was acknowledged.
     fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Acknowledges without a future when that can be done at once (an in-process broker, a
+    /// client that only queues the ack): `Some(result)`, else `None` and the runtime awaits
+    /// [`Acker::ack`]. Saves an allocation per message on the hot path.
+    fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
+        let _ = message;
+        None
+    }
 }
 
 /// What a [`BrokerFactory`] runs: one connection attempt with this configuration.

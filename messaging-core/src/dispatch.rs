@@ -12,7 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+// Real time, not Tokio's (which may be paused in tests): this measures handler latency.
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -44,7 +45,9 @@ pub(crate) enum Route {
 
 pub(crate) struct Dispatcher {
     pub group: String,
-    pub routes: HashMap<String, Route>,
+    /// By topic. A group reads a handful of topics: a scan comparing lengths first beats
+    /// hashing the topic of every message.
+    pub routes: Vec<(String, Route)>,
     pub context: Arc<Context>,
     pub broker: Arc<dyn Broker>,
     pub acker: Arc<dyn Acker>,
@@ -170,7 +173,12 @@ impl Dispatcher {
     }
 
     fn route(&self, message: &Message) -> Result<&Arc<Target>, Skip> {
-        match self.routes.get(&message.topic).ok_or(Skip::UnknownTopic)? {
+        let route = self
+            .routes
+            .iter()
+            .find(|(topic, _)| *topic == message.topic)
+            .map(|(_, route)| route);
+        match route.ok_or(Skip::UnknownTopic)? {
             Route::Single(target) => Ok(target),
             Route::ByEvent { envelope, targets } => {
                 let name = event_name(message, envelope).ok_or(Skip::NoEventName)?;
@@ -180,7 +188,11 @@ impl Dispatcher {
     }
 
     async fn ack(&self, message: &Message) {
-        if let Err(error) = self.acker.ack(message).await {
+        let result = match self.acker.ack_now(message) {
+            Some(result) => result,
+            None => self.acker.ack(message).await,
+        };
+        if let Err(error) = result {
             // Not acknowledged means delivered again later: at least once still holds.
             tracing::warn!(topic = %message.topic, position = %message.position, %error, "acknowledgement failed; the message may be redelivered");
         }
@@ -190,7 +202,7 @@ impl Dispatcher {
     /// when shutdown interrupts a back-off.
     pub async fn process(&self, message: Arc<Message>) {
         let target = match self.route(&message) {
-            Ok(target) => Arc::clone(target),
+            Ok(target) => target,
             Err(skip) => {
                 metrics().record_skipped(&message.topic, skip.reason());
                 tracing::debug!(topic = %message.topic, reason = skip.reason(), "message skipped");
@@ -209,7 +221,7 @@ impl Dispatcher {
                 ),
             );
             self.dead_letter(
-                &target,
+                target,
                 &message,
                 &error,
                 message.previous_attempts().saturating_add(1),
@@ -226,7 +238,7 @@ impl Dispatcher {
         let mut first_failure: Option<DateTime<Utc>> = None;
         loop {
             let result = self
-                .attempt(&target, &message, attempt, trace_id.clone())
+                .attempt(target, &message, attempt, trace_id.clone())
                 .await;
             let error = match result {
                 Ok(()) => {
@@ -258,7 +270,7 @@ impl Dispatcher {
                 attempt += 1;
                 continue;
             }
-            self.dead_letter(&target, &message, &error, attempt, first, now)
+            self.dead_letter(target, &message, &error, attempt, first, now)
                 .await;
             return;
         }
@@ -295,12 +307,15 @@ impl Dispatcher {
             attempt,
             trace_id = trace_id.as_deref().unwrap_or(""),
         );
-        let guarded = AssertUnwindSafe(future).catch_unwind().instrument(span);
+        let guarded = AssertUnwindSafe(future).catch_unwind();
         let outcome = match (trace_id, target.spec.retry.timeout) {
-            (None, None) => guarded.await,
-            (trace_id, None) => trace::with_trace_id(trace_id, guarded).await,
+            // The common case, kept free of wrappers: no trace id, no time limit, logs off.
+            (None, None) if span.is_disabled() => guarded.await,
+            (None, None) => guarded.instrument(span).await,
+            (trace_id, None) => trace::with_trace_id(trace_id, guarded.instrument(span)).await,
             (trace_id, Some(limit)) => {
-                match tokio::time::timeout(limit, trace::with_trace_id(trace_id, guarded)).await {
+                let guarded = trace::with_trace_id(trace_id, guarded.instrument(span));
+                match tokio::time::timeout(limit, guarded).await {
                     Ok(outcome) => outcome,
                     Err(_) => Ok(Err(HandlerError::new(
                         FailureKind::Timeout,

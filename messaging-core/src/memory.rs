@@ -74,9 +74,17 @@ struct State {
 #[derive(Default)]
 struct Topic {
     log: Vec<Arc<Message>>,
-    groups: HashMap<String, Cursor>,
+    /// One cursor per group, shared by the group's consumers; locked on its own so that
+    /// acknowledgements do not take the broker-wide lock.
+    groups: HashMap<String, SharedCursor>,
     /// Consumers to wake when something arrives, by consumer id.
     waiters: HashMap<u64, Weak<Notify>>,
+}
+
+type SharedCursor = Arc<Mutex<Cursor>>;
+
+fn lock(cursor: &Mutex<Cursor>) -> MutexGuard<'_, Cursor> {
+    cursor.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Default)]
@@ -114,26 +122,49 @@ impl MemoryBroker {
 
     /// Appends a message; returns its offset.
     pub fn append(&self, message: OutgoingMessage) -> u64 {
+        self.append_all(std::iter::once(message))
+    }
+
+    /// Appends messages in order under one lock and wakes each waiting consumer once; returns
+    /// the offset of the last one (0 when there were none).
+    pub fn append_all(&self, messages: impl IntoIterator<Item = OutgoingMessage>) -> u64 {
         let mut state = self.state();
-        let topic = state.topics.entry(message.topic.clone()).or_default();
-        let offset = topic.log.len();
-        topic.log.push(Arc::new(Message {
-            topic: message.topic,
-            key: message.key,
-            payload: message.payload,
-            headers: message.headers,
-            position: Position::Offset(offset as u64),
-        }));
-        topic.waiters.retain(|_, waiter| match waiter.upgrade() {
-            Some(notify) => {
-                notify.notify_one();
-                true
+        let mut last = 0;
+        let mut touched: Vec<String> = Vec::new();
+        for message in messages {
+            let topic = match state.topics.get_mut(&message.topic) {
+                Some(topic) => topic,
+                None => state.topics.entry(message.topic.clone()).or_default(),
+            };
+            let offset = topic.log.len();
+            topic.log.push(Arc::new(Message {
+                topic: message.topic,
+                key: message.key,
+                payload: message.payload,
+                headers: message.headers,
+                position: Position::Offset(offset as u64),
+            }));
+            last = offset as u64;
+            if touched.last() != Some(&topic.log[offset].topic)
+                && !touched.contains(&topic.log[offset].topic)
+            {
+                touched.push(topic.log[offset].topic.clone());
             }
-            None => false,
-        });
+        }
+        for name in &touched {
+            if let Some(topic) = state.topics.get_mut(name) {
+                topic.waiters.retain(|_, waiter| match waiter.upgrade() {
+                    Some(notify) => {
+                        notify.notify_one();
+                        true
+                    }
+                    None => false,
+                });
+            }
+        }
         drop(state);
         self.shared.changed();
-        offset as u64
+        last
     }
 
     /// Every message ever published to `topic`, in order.
@@ -150,7 +181,7 @@ impl MemoryBroker {
         self.state()
             .topics
             .values()
-            .all(|t| t.groups.values().all(|c| c.is_settled(t.log.len())))
+            .all(|t| t.groups.values().all(|c| lock(c).is_settled(t.log.len())))
     }
 
     /// Messages of `topic` not yet acknowledged by `group` (handed out or not).
@@ -160,6 +191,7 @@ impl MemoryBroker {
             return 0;
         };
         t.groups.get(group).map_or(0, |c| {
+            let c = lock(c);
             t.log.len().saturating_sub(c.next) + c.redeliver.len() + c.in_flight.len()
         })
     }
@@ -186,16 +218,19 @@ impl MemoryBroker {
         }
     }
 
-    fn take(&self, consumer: u64, group: &str, topics: &[String], max: usize) -> Vec<Arc<Message>> {
-        let mut state = self.state();
+    fn take(
+        &self,
+        consumer: u64,
+        cursors: &[(String, SharedCursor)],
+        max: usize,
+    ) -> Vec<Arc<Message>> {
+        let state = self.state();
         let mut out = Vec::new();
-        for name in topics {
-            let Some(topic) = state.topics.get_mut(name) else {
+        for (name, cursor) in cursors {
+            let Some(topic) = state.topics.get(name) else {
                 continue;
             };
-            let Some(cursor) = topic.groups.get_mut(group) else {
-                continue;
-            };
+            let mut cursor = lock(cursor);
             while out.len() < max {
                 let offset = match cursor.redeliver.pop_first() {
                     Some(offset) => offset,
@@ -212,35 +247,14 @@ impl MemoryBroker {
         out
     }
 
-    fn ack(&self, consumer: u64, group: &str, message: &Message) {
-        let Position::Offset(offset) = message.position else {
-            return;
-        };
+    fn leave(&self, consumer: u64, cursors: &[(String, SharedCursor)]) {
         let mut state = self.state();
-        if let Some(cursor) = state
-            .topics
-            .get_mut(&message.topic)
-            .and_then(|t| t.groups.get_mut(group))
-            && let Entry::Occupied(held) = cursor.in_flight.entry(offset as usize)
-            // A message handed back by a dropped consumer belongs to someone else now.
-            && *held.get() == consumer
-        {
-            held.remove();
-        }
-        drop(state);
-        self.shared.changed();
-    }
-
-    fn leave(&self, consumer: u64, group: &str, topics: &[String]) {
-        let mut state = self.state();
-        for name in topics {
+        for (name, cursor) in cursors {
             let Some(topic) = state.topics.get_mut(name) else {
                 continue;
             };
             topic.waiters.remove(&consumer);
-            let Some(cursor) = topic.groups.get_mut(group) else {
-                continue;
-            };
+            let mut cursor = lock(cursor);
             let held: Vec<usize> = cursor
                 .in_flight
                 .iter()
@@ -281,19 +295,23 @@ impl Broker for MemoryBroker {
         let mut state = self.state();
         let id = state.next_consumer;
         state.next_consumer += 1;
+        let mut cursors = Vec::new();
         for name in &subscription.topics {
             let topic = state.topics.entry(name.clone()).or_default();
             let start = match subscription.start {
                 StartFrom::Latest => topic.log.len(),
                 StartFrom::Earliest => 0,
             };
-            topic
+            let cursor = topic
                 .groups
                 .entry(subscription.group.clone())
-                .or_insert_with(|| Cursor {
-                    next: start,
-                    ..Cursor::default()
+                .or_insert_with(|| {
+                    Arc::new(Mutex::new(Cursor {
+                        next: start,
+                        ..Cursor::default()
+                    }))
                 });
+            cursors.push((name.clone(), Arc::clone(cursor)));
             topic.waiters.insert(id, Arc::downgrade(&notify));
         }
         drop(state);
@@ -301,9 +319,8 @@ impl Broker for MemoryBroker {
             acker: Arc::new(MemoryAcker {
                 broker: self.clone(),
                 consumer: id,
-                group: subscription.group,
+                cursors,
             }),
-            topics: subscription.topics,
             notify,
         };
         Box::pin(async move { Ok(Box::new(consumer) as Box<dyn Consumer>) })
@@ -337,7 +354,6 @@ impl Broker for MemoryBroker {
 
 struct MemoryConsumer {
     acker: Arc<MemoryAcker>,
-    topics: Vec<String>,
     notify: Arc<Notify>,
 }
 
@@ -347,9 +363,7 @@ impl Consumer for MemoryConsumer {
             loop {
                 // Taking happens under the lock with no await in between: cancel-safe.
                 let a = &self.acker;
-                let batch = a
-                    .broker
-                    .take(a.consumer, &a.group, &self.topics, max.max(1));
+                let batch = a.broker.take(a.consumer, &a.cursors, max.max(1));
                 if !batch.is_empty() {
                     return Ok(batch);
                 }
@@ -367,20 +381,46 @@ impl Consumer for MemoryConsumer {
 impl Drop for MemoryConsumer {
     fn drop(&mut self) {
         let a = &self.acker;
-        a.broker.leave(a.consumer, &a.group, &self.topics);
+        a.broker.leave(a.consumer, &a.cursors);
     }
 }
 
 struct MemoryAcker {
     broker: MemoryBroker,
     consumer: u64,
-    group: String,
+    /// This consumer's topics and its group's cursor on each.
+    cursors: Vec<(String, SharedCursor)>,
+}
+
+impl MemoryAcker {
+    fn settle(&self, message: &Message) {
+        let Position::Offset(offset) = message.position else {
+            return;
+        };
+        let Some((_, cursor)) = self.cursors.iter().find(|(t, _)| *t == message.topic) else {
+            return;
+        };
+        let mut cursor = lock(cursor);
+        if let Entry::Occupied(held) = cursor.in_flight.entry(offset as usize)
+            // A message handed back by a dropped consumer belongs to someone else now.
+            && *held.get() == self.consumer
+        {
+            held.remove();
+        }
+        drop(cursor);
+        self.broker.shared.changed();
+    }
 }
 
 impl Acker for MemoryAcker {
     fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>> {
-        self.broker.ack(self.consumer, &self.group, message);
+        self.settle(message);
         Box::pin(async { Ok(()) })
+    }
+
+    fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
+        self.settle(message);
+        Some(Ok(()))
     }
 }
 

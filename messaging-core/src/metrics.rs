@@ -21,18 +21,19 @@ pub struct HandlerMetrics {
     pub retried: AtomicU64,
     /// Messages dead-lettered.
     pub dead_lettered: AtomicU64,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    latency_count: AtomicU64,
+    /// One counter per bucket plus one for slower calls; the count is their sum.
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
 }
 
 impl HandlerMetrics {
     pub(crate) fn observe_latency(&self, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
-            self.latency_buckets[i].fetch_add(1, Relaxed);
-        }
-        self.latency_count.fetch_add(1, Relaxed);
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[bucket].fetch_add(1, Relaxed);
         self.latency_sum_micros
             .fetch_add(elapsed.as_micros().min(u64::MAX as u128) as u64, Relaxed);
     }
@@ -221,7 +222,7 @@ impl Metrics {
                     "messaging_handler_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
                 );
             }
-            let total = m.latency_count.load(Relaxed);
+            let total: u64 = m.latency_buckets.iter().map(|b| b.load(Relaxed)).sum();
             let _ = writeln!(
                 out,
                 "messaging_handler_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
