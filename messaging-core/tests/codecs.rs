@@ -540,3 +540,43 @@ fn timestamps_that_leave_years_0000_to_9999_in_utc_are_refused() {
         assert_eq!(back, decoded, "{timestamp} round trips");
     }
 }
+
+proptest! {
+    #[test]
+    fn timestamps_with_any_offset_decode_only_if_they_re_encode(
+        (year, month, day) in prop_oneof![
+            (0i32..=9999, 1u32..=12, 1u32..=28),
+            // The edges, where an offset moves the time out of four-digit years.
+            Just((0, 1, 1)),
+            Just((9999, 12, 31)),
+        ],
+        (hour, minute, second) in (0u32..24, 0u32..60, 0u32..60),
+        fraction in prop_oneof![Just(String::new()), "\\.[0-9]{1,9}"],
+        offset in prop_oneof![Just("Z".to_owned()), (any::<bool>(), 0u32..24, 0u32..60)
+            .prop_map(|(east, h, m)| format!("{}{h:02}:{m:02}", if east { '+' } else { '-' }))],
+    ) {
+        let timestamp = format!(
+            "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}{offset}"
+        );
+        let mut event = serde_json::to_value(Event::new("e", Value::Null, "s")).unwrap();
+        event["timestamp"] = Value::from(timestamp.clone());
+        let message = with_payload(serde_json::to_vec(&event).unwrap(), Headers::new());
+        let utc = chrono::DateTime::parse_from_rfc3339(&timestamp).unwrap().with_timezone(&Utc);
+        match decode_event::<Value>(&message, &EnvelopeFields::STANDARD) {
+            Ok(decoded) => {
+                prop_assert_eq!(decoded.timestamp, utc);
+                let again = with_payload(serde_json::to_vec(&decoded).unwrap(), Headers::new());
+                let back: Event<Value> =
+                    decode_event(&again, &EnvelopeFields::STANDARD).unwrap();
+                prop_assert_eq!(back, decoded);
+            }
+            Err(error) => {
+                prop_assert_eq!(error.kind(), FailureKind::Decode);
+                prop_assert!(
+                    !(0..=9999).contains(&chrono::Datelike::year(&utc)),
+                    "{} refused: {}", timestamp, error
+                );
+            }
+        }
+    }
+}
