@@ -70,6 +70,14 @@ impl Scenario {
             .concurrency(4)
             .shutdown_timeout(Duration::from_secs(10));
         for h in handlers {
+            // Groups are scoped to the scenario too, so runs sharing a broker (CI and a
+            // developer, two test binaries) never split each other's messages.
+            let h = if h.group_name().starts_with(&self.prefix) {
+                h
+            } else {
+                let group = self.group(h.group_name());
+                h.group(group)
+            };
             builder = builder.handler(h);
         }
         adjust(builder).start().await.expect("runtime starts")
