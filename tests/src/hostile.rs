@@ -349,7 +349,8 @@ async fn start(scenario: &Scenario, limits: Limits, handler: HandlerSpec) -> Run
 }
 
 /// A `#[message_handler(schema = Order)]`-like handler: the whole body decoded as `Order`.
-fn typed_handler(topic: &str, seen: Log<Seen>) -> HandlerSpec {
+/// Its group is the scenario's, so concurrent runs on one broker never share a queue.
+fn typed_handler(scenario: &Scenario, topic: &str, seen: Log<Seen>) -> HandlerSpec {
     HandlerSpec::new("typed", [topic], move |inv: Invocation| {
         let seen = seen.clone();
         async move {
@@ -363,6 +364,7 @@ fn typed_handler(topic: &str, seen: Log<Seen>) -> HandlerSpec {
             Ok(())
         }
     })
+    .group(scenario.group("typed"))
     .retry(RetryPolicy::new(2, Duration::from_millis(10)))
 }
 
@@ -376,7 +378,7 @@ pub async fn typed_handler_dead_letters_hostile_bodies(
     let s = Scenario::new(connect);
     let topic = s.topic("typed");
     let seen = Log::default();
-    let runtime = start(&s, limits, typed_handler(&topic, seen.clone())).await;
+    let runtime = start(&s, limits, typed_handler(&s, &topic, seen.clone())).await;
     let sender = raw().await;
 
     let mut plan = Plan::new(good_order, Vec::new());
@@ -576,7 +578,7 @@ pub async fn garbage_headers_never_stop_good_messages(
     let s = Scenario::new(connect);
     let topic = s.topic("headers");
     let seen = Log::default();
-    let runtime = start(&s, limits, typed_handler(&topic, seen.clone())).await;
+    let runtime = start(&s, limits, typed_handler(&s, &topic, seen.clone())).await;
     let sender = raw().await;
 
     let mut plan = Plan::new(good_order, Vec::new());
