@@ -67,7 +67,8 @@ impl GroupContext {
     /// Sets where each new partition starts: its committed offset, else the beginning or the
     /// high watermark. Resolving "latest" here, before `subscribe` returns, means a message
     /// published after `subscribe` returned is always read (librdkafka's own reset would
-    /// look the end up later, racing with such a publish).
+    /// look the end up later, racing with such a publish). The two requests block the
+    /// thread polling the consumer, once per rebalance.
     fn position(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let partitions = pairs(tpl);
         let committed = match base.committed_offsets(tpl.clone(), REBALANCE_REQUEST_TIMEOUT) {

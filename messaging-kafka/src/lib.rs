@@ -10,8 +10,8 @@
 //!   has assigned the member its partitions, positioned at the committed offset, else at the
 //!   beginning or (`StartFrom::Latest`) at the end as it was then. An offset is stored only
 //!   for acknowledged messages (after the handler succeeded or the DLQ record was delivered),
-//!   never past an earlier unsettled message of its partition, and committed every 5 s
-//!   (`auto.commit.interval.ms`), on revocation and on close. Order is per partition.
+//!   never past an earlier unsettled message of its partition, and committed every second
+//!   (`auto.commit.interval.ms`, librdkafka's default is 5 s), on revocation and on close. Order is per partition.
 //!   Messages of revoked partitions still in handlers are read again by the new owner.
 //! - **Topics** (subscribed and dead-letter ones, and any published to) are created when the
 //!   cluster's metadata lacks them.
