@@ -20,6 +20,8 @@
 //! 100 000 and 30 000. The random points come from `RELIABILITY_SEED` when set, else from the
 //! clock; the seed is printed. Each test prints a one-line [`Report`] and appends it to the
 //! file named by `RELIABILITY_REPORT` when set (the figures in `RELIABILITY.md` come from there).
+//! Each run's files (handled ids per process, consumer output) are in a directory under the
+//! system's temporary directory, removed when the test passes unless `RELIABILITY_KEEP=1`.
 
 use std::fmt;
 use std::fs::File;
@@ -357,6 +359,13 @@ impl Tally {
         self.distinct
     }
 
+    /// Whether any id of `ids` was handled.
+    pub fn any_handled(&self, ids: Range<u64>) -> bool {
+        self.counts[ids.start as usize..ids.end as usize]
+            .iter()
+            .any(|&c| c > 0)
+    }
+
     /// Lines recorded by the process with this index.
     pub fn lines(&self, index: usize) -> u64 {
         self.tails[index].lines
@@ -445,6 +454,11 @@ impl fmt::Debug for Run<'_> {
 impl Drop for Run<'_> {
     fn drop(&mut self) {
         (self.backend.cleanup)(&self.topic, &self.group);
+        // A failed run keeps its files (handled ids, consumer output) for a look, and so
+        // does every run with `RELIABILITY_KEEP=1`.
+        if !std::thread::panicking() && std::env::var_os("RELIABILITY_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -681,7 +695,8 @@ pub fn delete_rabbit_queues(topic: &str, group: &str) {
 const CONCURRENCY: u16 = 8;
 
 /// How long each message takes in the handler: enough that a kill lands while messages are
-/// being handled, not only between fetches.
+/// being handled, not only between fetches, and (on Kafka) that a consumer lives through
+/// offset commits before it is killed.
 const SLOW: Option<Duration> = Some(Duration::from_millis(1));
 
 /// Publishes `n` messages (10 000; 100 000 long), then runs one consumer and SIGKILLs it at
@@ -756,27 +771,26 @@ where
         away.as_secs_f64()
     )];
     let back = Instant::now();
-    let at_restart = run.tally.distinct();
-    let (took, failures) = publish(
-        Arc::clone(&backend.publisher),
-        &run.topic,
-        half..messages,
-        true,
-    )
-    .await;
-    notes.push(format!(
-        "second half published in {:.1}s with {failures} failed attempts",
-        took.as_secs_f64()
-    ));
-    run.until(&mut [&mut consumer], |t| t.distinct() > at_restart)
+    let publisher = Arc::clone(&backend.publisher);
+    let topic = run.topic.clone();
+    let publishing =
+        tokio::spawn(async move { publish(publisher, &topic, half..messages, true).await });
+    // Fetching again, not just finishing what was fetched before the restart: the first of
+    // the messages published since.
+    run.until(&mut [&mut consumer], |t| t.any_handled(half..messages))
         .await;
     notes.push(format!(
-        "first id handled {:.1}s after the broker was back",
+        "the first message published after the restart handled {:.1}s after the broker was back",
         back.elapsed().as_secs_f64()
     ));
     run.until(&mut [&mut consumer], |t| t.distinct() == messages)
         .await;
     let elapsed = started.elapsed();
+    let (took, failures) = publishing.await.expect("publishing finished");
+    notes.push(format!(
+        "second half published in {:.1}s with {failures} failed attempts",
+        took.as_secs_f64()
+    ));
     run.finish(&mut [&mut consumer]);
     run.report(0, 1, elapsed, 0, notes)
 }
