@@ -360,7 +360,8 @@ impl Dispatcher {
             trace_id: message.header(header::TRACE_ID).map(str::to_owned),
             dead_lettered_at: Utc::now(),
         };
-        let out = record.to_message(&target.dlq_topic);
+        let limit = self.max_message_size.min(crate::dlq::MAX_RECORD_BYTES);
+        let out = record.to_message_within(&target.dlq_topic, limit);
         let mut wait = Duration::from_millis(100);
         loop {
             match self.broker.publish(out.clone()).await {

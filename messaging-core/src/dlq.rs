@@ -16,6 +16,12 @@ pub const RECORD_VERSION: u32 = 1;
 /// Header set on every dead-letter record message.
 pub const DLQ_HEADER: &str = "x-messaging-dlq";
 
+/// The largest DLQ record the runtime writes by default: under Kafka's default limit of
+/// 1 000 000 bytes per message, so that a record is accepted by every broker's defaults.
+/// A record that would be larger keeps only the start of the original body (see
+/// [`OriginalMessage::truncated`]); a record that cannot be written would stall its lane.
+pub const MAX_RECORD_BYTES: usize = 900 * 1024;
+
 /// The default dead-letter topic of `topic`.
 pub fn default_dlq_topic(topic: &str) -> String {
     format!("{topic}.dlq")
@@ -74,6 +80,28 @@ pub struct OriginalMessage {
     pub headers: Headers,
     /// The broker's position (`partition 2 offset 1187`, `stream id …`, `delivery tag …`).
     pub position: String,
+    /// Set when the record would have exceeded the size limit: `payload` then holds only the
+    /// start of the body (base64) and `size` its full length; headers may be left out too.
+    /// Such a record cannot be replayed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// The full body length, when `truncated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
+}
+
+/// Why a record cannot be replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The payload says it is base64 but is not.
+    #[error("the payload is not valid base64: {0}")]
+    Base64(#[from] base64::DecodeError),
+    /// Only the start of the body was kept.
+    #[error("the record keeps only the start of a {size}-byte body; it cannot be replayed")]
+    Truncated {
+        /// The full body length.
+        size: usize,
+    },
 }
 
 impl OriginalMessage {
@@ -90,7 +118,20 @@ impl OriginalMessage {
             encoding,
             headers: message.headers.clone(),
             position: message.position.to_string(),
+            truncated: false,
+            size: None,
         }
+    }
+
+    /// Keeps only the first `keep` bytes of the body, in base64, and marks the record.
+    fn truncate(&mut self, keep: usize) {
+        let body = self
+            .payload_bytes()
+            .unwrap_or_else(|_| Bytes::from(self.payload.clone().into_bytes()));
+        self.size = Some(body.len());
+        self.payload = BASE64.encode(&body[..keep.min(body.len())]);
+        self.encoding = Some("base64".to_owned());
+        self.truncated = true;
     }
 
     /// The original body bytes.
@@ -103,7 +144,12 @@ impl OriginalMessage {
 
     /// The message to re-publish on replay: same topic, key, body and headers, the attempt
     /// count reset and the replay marked.
-    pub fn to_replay(&self) -> Result<OutgoingMessage, base64::DecodeError> {
+    pub fn to_replay(&self) -> Result<OutgoingMessage, ReplayError> {
+        if self.truncated {
+            return Err(ReplayError::Truncated {
+                size: self.size.unwrap_or_default(),
+            });
+        }
         let mut headers = self.headers.clone();
         headers.remove(header::ATTEMPT);
         headers.insert(header::REPLAYED.to_owned(), "1".to_owned());
@@ -126,9 +172,31 @@ pub struct RecordedError {
 }
 
 impl DeadLetterRecord {
-    /// The record as the message to publish on `dlq_topic`.
+    /// The record as the message to publish on `dlq_topic`, within [`MAX_RECORD_BYTES`].
     pub fn to_message(&self, dlq_topic: &str) -> OutgoingMessage {
-        let payload = serde_json::to_vec(self).expect("a DLQ record always serializes");
+        self.to_message_within(dlq_topic, MAX_RECORD_BYTES)
+    }
+
+    /// The record as the message to publish on `dlq_topic`, at most about `limit` bytes: a
+    /// larger one keeps only the start of the original body, then drops the headers and
+    /// shortens the error message, rather than be refused by the broker for ever.
+    pub fn to_message_within(&self, dlq_topic: &str, limit: usize) -> OutgoingMessage {
+        let mut payload = serde_json::to_vec(self).expect("a DLQ record always serializes");
+        if payload.len() > limit {
+            let mut record = self.clone();
+            // Base64 grows 4/3; a quarter of the limit leaves room for everything else.
+            record.original.truncate(limit / 4);
+            payload = serde_json::to_vec(&record).expect("a DLQ record always serializes");
+            if payload.len() > limit {
+                record.original.headers.clear();
+                let mut end = record.error.message.len().min(limit / 8);
+                while !record.error.message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                record.error.message.truncate(end);
+                payload = serde_json::to_vec(&record).expect("a DLQ record always serializes");
+            }
+        }
         let mut message = OutgoingMessage::new(dlq_topic, payload).with_header(DLQ_HEADER, "1");
         message.key = self.original.key.clone();
         if let Some(name) = &self.event_name {
@@ -177,6 +245,31 @@ mod tests {
             trace_id: None,
             dead_lettered_at: now,
         }
+    }
+
+    #[test]
+    fn oversized_records_keep_the_start_of_the_body_and_refuse_replay() {
+        // NUL bytes grow six-fold as JSON escapes: the case that once stalled a Kafka lane.
+        let body = vec![0u8; 300_000];
+        let r = record(&body);
+        let message = r.to_message_within("orders.created.dlq", 100_000);
+        assert!(
+            message.payload.len() <= 100_000,
+            "{} bytes",
+            message.payload.len()
+        );
+        let back = DeadLetterRecord::from_bytes(&message.payload).unwrap();
+        assert!(back.original.truncated);
+        assert_eq!(back.original.size, Some(300_000));
+        let kept = back.original.payload_bytes().unwrap();
+        assert!(!kept.is_empty() && body.starts_with(&kept));
+        assert!(matches!(
+            back.original.to_replay(),
+            Err(ReplayError::Truncated { size: 300_000 })
+        ));
+        // Small records are untouched and say nothing of truncation.
+        let small = record(b"{}").to_message("t.dlq");
+        assert!(!String::from_utf8_lossy(&small.payload).contains("truncated"));
     }
 
     #[test]

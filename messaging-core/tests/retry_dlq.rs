@@ -85,6 +85,8 @@ struct Recording {
     inner: MemoryBroker,
     log: Arc<Mutex<Vec<String>>>,
     refuse_dlq_writes: Arc<AtomicU32>,
+    /// Messages larger than this are refused, as Kafka refuses those over 1 000 000 bytes.
+    max_bytes: usize,
 }
 
 impl Recording {
@@ -93,6 +95,7 @@ impl Recording {
             inner: MemoryBroker::new(),
             log: Arc::default(),
             refuse_dlq_writes: Arc::new(AtomicU32::new(refuse_dlq_writes)),
+            max_bytes: usize::MAX,
         }
     }
 
@@ -109,6 +112,17 @@ impl Broker for Recording {
     fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
         Box::pin(async move {
             let topic = message.topic.clone();
+            if message.payload.len() > self.max_bytes {
+                self.log
+                    .lock()
+                    .unwrap()
+                    .push(format!("too big for {topic}"));
+                return Err(BrokerError::operation(
+                    "recording",
+                    "publish",
+                    "message too large",
+                ));
+            }
             let refused = topic.ends_with(".dlq")
                 && self
                     .refuse_dlq_writes
@@ -401,4 +415,60 @@ async fn bad_payloads_and_permanent_errors_skip_retries_and_panics_do_not() {
         "two 3 s waits for the panics"
     );
     harness.shutdown().await;
+}
+
+// ---- a DLQ record too big for the broker must not stall the lane ---------------------------
+
+static BIG_SEEN: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+#[message_handler(topic = "retry-test.big", max_retries = 0)]
+async fn big(body: serde_json::Value) -> anyhow::Result<()> {
+    BIG_SEEN.lock().unwrap().push(body.to_string().len());
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_oversized_dlq_record_is_truncated_and_the_lane_goes_on() {
+    let broker = Recording {
+        max_bytes: 1_000_000,
+        ..Recording::new(0)
+    };
+    let runtime = Runtime::builder()
+        .config(Config::default())
+        .broker(Arc::new(broker.clone()))
+        .install_global_producer(false)
+        .topics(["retry-test.big"])
+        .concurrency(1)
+        .start()
+        .await
+        .unwrap();
+    // 700 kB of NUL bytes: not JSON, and six times larger once escaped in a JSON record.
+    let poison = OutgoingMessage::new("retry-test.big", vec![0u8; 700_000]).with_key("k");
+    broker.inner.append(poison);
+    broker
+        .inner
+        .append(OutgoingMessage::new("retry-test.big", b"{\"ok\":1}".to_vec()).with_key("k"));
+    // Virtual time: an hour of DLQ-write retries would pass in no time if the lane stalled.
+    tokio::time::timeout(Duration::from_secs(3600), broker.inner.wait_idle())
+        .await
+        .expect("the lane stalled on a DLQ record the broker refuses");
+    runtime.shutdown().await.unwrap();
+
+    assert_eq!(
+        BIG_SEEN.lock().unwrap().len(),
+        1,
+        "the message after the poison was handled"
+    );
+    let dlq = broker.inner.messages("retry-test.big.dlq");
+    assert_eq!(dlq.len(), 1);
+    assert!(dlq[0].payload.len() <= messaging_core::dlq::MAX_RECORD_BYTES);
+    let record = messaging_core::DeadLetterRecord::from_bytes(&dlq[0].payload).unwrap();
+    assert_eq!(record.error.kind, FailureKind::Decode);
+    assert!(record.original.truncated);
+    assert_eq!(record.original.size, Some(700_000));
+    assert!(
+        !broker.log().iter().any(|l| l.starts_with("too big")),
+        "{:?}",
+        broker.log()
+    );
 }
