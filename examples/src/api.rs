@@ -22,7 +22,9 @@ pub fn router() -> axum::Router {
         .route("/orders", post(create_order))
         .route("/mood-entries", post(create_mood_entry))
         // Events fired by these handlers carry the request's trace id (x-trace-id / traceparent).
-        .layer(axum::middleware::from_fn(messaging_core::trace::http_middleware))
+        .layer(axum::middleware::from_fn(
+            messaging_core::trace::http_middleware,
+        ))
 }
 
 /// An error response.
