@@ -10,13 +10,17 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
 
-step "brokers"
+step "brokers and test tools"
 for broker in redis rabbitmq kafka; do
     script=scripts/start-$broker.sh
     if [[ -f $script ]]; then
         bash "$script"
     fi
 done
+# The Kafka restart test keeps Tansu's log in an S3 server of its own (moto).
+if [[ -f scripts/install-moto.sh ]]; then
+    bash scripts/install-moto.sh
+fi
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
