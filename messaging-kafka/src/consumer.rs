@@ -372,24 +372,32 @@ struct KafkaAcker {
     acks: Arc<Acks>,
 }
 
-impl Acker for KafkaAcker {
-    fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>> {
-        let result = if self.acks.closed.load(Ordering::SeqCst) {
-            Err(BrokerError::Closed { broker: NAME })
-        } else if let Position::Partition { partition, offset } = message.position {
-            match self.acks.tracker.ack(&message.topic, partition, offset) {
-                Acked::Stale => {
-                    tracing::debug!(topic = %message.topic, partition, offset, "acknowledged after its partition was revoked; the new owner reads it again");
-                }
-                Acked::Advanced(_) | Acked::Held => {}
-            }
-            Ok(())
-        } else {
-            Err(operation(
+impl KafkaAcker {
+    /// Records the acknowledgement; the store happens later, so this never waits.
+    fn record(&self, message: &Message) -> Result<(), BrokerError> {
+        if self.acks.closed.load(Ordering::SeqCst) {
+            return Err(BrokerError::Closed { broker: NAME });
+        }
+        let Position::Partition { partition, offset } = message.position else {
+            return Err(operation(
                 "acknowledge",
                 format!("{} is not a Kafka position", message.position),
-            ))
+            ));
         };
+        if self.acks.tracker.ack(&message.topic, partition, offset) == Acked::Stale {
+            tracing::debug!(topic = %message.topic, partition, offset, "acknowledged after its partition was revoked; the new owner reads it again");
+        }
+        Ok(())
+    }
+}
+
+impl Acker for KafkaAcker {
+    fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let result = self.record(message);
         Box::pin(async move { result })
+    }
+
+    fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
+        Some(self.record(message))
     }
 }
