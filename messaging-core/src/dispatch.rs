@@ -7,13 +7,12 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
 use tokio::sync::mpsc;
-// Real time, not Tokio's (which may be paused in tests): this measures handler latency.
-use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -58,6 +57,16 @@ pub(crate) struct Dispatcher {
     pub shutdown: CancellationToken,
     /// Fetch failures and successes are reported here, for `/health`.
     pub connection: Arc<ConnectionState>,
+    /// Times handler attempts: real time, not Tokio's (which may be paused in tests), read
+    /// from the CPU's time-stamp counter where that is reliable. Two `std::time::Instant`
+    /// reads cost more than the rest of the framework's work on a message (BENCHMARKS.md).
+    pub clock: quanta::Clock,
+}
+
+/// The process's handler clock; calibrating one takes a few milliseconds, so it is made once.
+pub(crate) fn handler_clock() -> quanta::Clock {
+    static CLOCK: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(quanta::Clock::new).clone()
 }
 
 /// Why a message was acknowledged without a handler.
@@ -200,6 +209,10 @@ impl Dispatcher {
 
     /// Handles one message to the end: acknowledged, dead-lettered, or left for redelivery
     /// when shutdown interrupts a back-off.
+    ///
+    /// The first attempt is the hot path and is kept small; what follows a failure (back-off,
+    /// more attempts, the DLQ write) is a boxed future of its own, so that its state does not
+    /// weigh on every message.
     pub async fn process(&self, message: Arc<Message>) {
         let target = match self.route(&message) {
             Ok(target) => target,
@@ -210,8 +223,10 @@ impl Dispatcher {
                 return;
             }
         };
+        let delivery = message.delivery_headers();
+        // Saturating: the header may come from another program (`x-messaging-attempt: 4294967295`).
+        let attempt = delivery.previous_attempts.saturating_add(1);
         if message.payload.len() > self.max_message_size {
-            let now = Utc::now();
             let error = HandlerError::new(
                 FailureKind::TooLarge,
                 format!(
@@ -220,59 +235,61 @@ impl Dispatcher {
                     self.max_message_size
                 ),
             );
-            self.dead_letter(
-                target,
-                &message,
-                &error,
-                message.previous_attempts().saturating_add(1),
-                now,
-                now,
-            )
-            .await;
+            let now = Utc::now();
+            Box::pin(self.dead_letter(target, &message, &error, attempt, now, now)).await;
             return;
         }
-        let policy = target.spec.retry;
-        let trace_id = message.header(header::TRACE_ID).map(str::to_owned);
-        // Saturating: the header may come from another program (`x-messaging-attempt: 4294967295`).
-        let mut attempt = message.previous_attempts().saturating_add(1);
-        let mut first_failure: Option<DateTime<Utc>> = None;
-        loop {
-            let result = self
-                .attempt(target, &message, attempt, trace_id.clone())
-                .await;
-            let error = match result {
-                Ok(()) => {
-                    target
-                        .metrics
-                        .succeeded
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!(topic = %message.topic, handler = target.spec.name, attempt, "handled");
-                    self.ack(&message).await;
-                    return;
-                }
-                Err(error) => error,
-            };
-            let now = Utc::now();
-            let first = *first_failure.get_or_insert(now);
-            if error.is_retryable() && attempt < policy.max_attempts() {
-                let delay = policy.delay_before_retry(attempt);
-                target
-                    .metrics
-                    .retried
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(topic = %message.topic, handler = target.spec.name, attempt, ?delay, %error, "attempt failed; retrying");
-                tokio::select! {
-                    biased;
-                    // Not acknowledged: another instance (or the next start) gets it again.
-                    _ = self.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                attempt += 1;
-                continue;
+        match self
+            .attempt(target, &message, attempt, delivery.trace_id)
+            .await
+        {
+            Ok(()) => self.handled(target, &message, attempt).await,
+            Err(error) => {
+                Box::pin(self.after_failure(target, &message, error, attempt, delivery.trace_id))
+                    .await
             }
-            self.dead_letter(target, &message, &error, attempt, first, now)
-                .await;
-            return;
+        }
+    }
+
+    async fn handled(&self, target: &Target, message: &Message, attempt: u32) {
+        target.metrics.succeeded.fetch_add(1, Relaxed);
+        tracing::debug!(topic = %message.topic, handler = target.spec.name, attempt, "handled");
+        self.ack(message).await;
+    }
+
+    /// Retries with the handler's back-off until an attempt succeeds, the error is not
+    /// retryable or the attempts are used up; then dead-letters.
+    async fn after_failure(
+        &self,
+        target: &Target,
+        message: &Arc<Message>,
+        mut error: HandlerError,
+        mut attempt: u32,
+        trace_id: Option<&str>,
+    ) {
+        let policy = target.spec.retry;
+        let first_failure = Utc::now();
+        loop {
+            if !(error.is_retryable() && attempt < policy.max_attempts()) {
+                let now = Utc::now();
+                self.dead_letter(target, message, &error, attempt, first_failure, now)
+                    .await;
+                return;
+            }
+            let delay = policy.delay_before_retry(attempt);
+            target.metrics.retried.fetch_add(1, Relaxed);
+            tracing::info!(topic = %message.topic, handler = target.spec.name, attempt, ?delay, %error, "attempt failed; retrying");
+            tokio::select! {
+                biased;
+                // Not acknowledged: another instance (or the next start) gets it again.
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            attempt += 1;
+            match self.attempt(target, message, attempt, trace_id).await {
+                Ok(()) => return self.handled(target, message, attempt).await,
+                Err(next) => error = next,
+            }
         }
     }
 
@@ -281,19 +298,16 @@ impl Dispatcher {
         target: &Target,
         message: &Arc<Message>,
         attempt: u32,
-        trace_id: Option<String>,
+        trace_id: Option<&str>,
     ) -> Result<(), HandlerError> {
-        target
-            .metrics
-            .attempts
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        target.metrics.attempts.fetch_add(1, Relaxed);
         let invocation = Invocation {
             message: Arc::clone(message),
             context: Arc::clone(&self.context),
             attempt,
             handler: target.spec.name,
         };
-        let started = Instant::now();
+        let started = self.clock.raw();
         let call = &target.spec.call;
         let future = match std::panic::catch_unwind(AssertUnwindSafe(|| call(invocation))) {
             Ok(future) => future,
@@ -305,26 +319,19 @@ impl Dispatcher {
             topic = %message.topic,
             handler = target.spec.name,
             attempt,
-            trace_id = trace_id.as_deref().unwrap_or(""),
+            trace_id = trace_id.unwrap_or(""),
         );
         let guarded = AssertUnwindSafe(future).catch_unwind();
-        let outcome = match (trace_id, target.spec.retry.timeout) {
+        let limit = target.spec.retry.timeout;
+        let outcome = if trace_id.is_none() && limit.is_none() && span.is_disabled() {
             // The common case, kept free of wrappers: no trace id, no time limit, logs off.
-            (None, None) if span.is_disabled() => guarded.await,
-            (None, None) => guarded.instrument(span).await,
-            (trace_id, None) => trace::with_trace_id(trace_id, guarded.instrument(span)).await,
-            (trace_id, Some(limit)) => {
-                let guarded = trace::with_trace_id(trace_id, guarded.instrument(span));
-                match tokio::time::timeout(limit, guarded).await {
-                    Ok(outcome) => outcome,
-                    Err(_) => Ok(Err(HandlerError::new(
-                        FailureKind::Timeout,
-                        format!("handler did not finish within {limit:?}"),
-                    ))),
-                }
-            }
+            guarded.await
+        } else {
+            Box::pin(wrapped(guarded, span, trace_id.map(str::to_owned), limit)).await
         };
-        target.metrics.observe_latency(started.elapsed());
+        target
+            .metrics
+            .observe_latency(self.clock.delta(started, self.clock.raw()));
         outcome.unwrap_or_else(|panic| Err(panicked(panic)))
     }
 
@@ -377,13 +384,34 @@ impl Dispatcher {
                 }
             }
         }
-        target
-            .metrics
-            .dead_lettered
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        target.metrics.dead_lettered.fetch_add(1, Relaxed);
         tracing::warn!(topic = %message.topic, handler = target.spec.name, attempts, kind = %error.kind(), %error, dlq = %target.dlq_topic, "message dead-lettered");
         self.ack(message).await;
     }
+}
+
+type Guarded = futures::future::CatchUnwind<AssertUnwindSafe<crate::handler::HandlerFuture>>;
+type Outcome = Result<Result<(), HandlerError>, Box<dyn Any + Send>>;
+
+/// An attempt inside its span, with the trace id in scope and the handler's time limit.
+async fn wrapped(
+    guarded: Guarded,
+    span: tracing::Span,
+    trace_id: Option<String>,
+    limit: Option<Duration>,
+) -> Outcome {
+    let scoped = trace::with_trace_id(trace_id, guarded.instrument(span));
+    let Some(limit) = limit else {
+        return scoped.await;
+    };
+    tokio::time::timeout(limit, scoped)
+        .await
+        .unwrap_or_else(|_| {
+            Ok(Err(HandlerError::new(
+                FailureKind::Timeout,
+                format!("handler did not finish within {limit:?}"),
+            )))
+        })
 }
 
 fn panicked(panic: Box<dyn Any + Send>) -> HandlerError {

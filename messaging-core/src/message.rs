@@ -97,9 +97,24 @@ impl Message {
     /// Attempts made by earlier deliveries, from the framework header (never from a
     /// broker-native counter). A missing or garbled header counts as none.
     pub fn previous_attempts(&self) -> u32 {
-        self.header(header::ATTEMPT)
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0)
+        parse_attempts(self.header(header::ATTEMPT))
+    }
+
+    /// The trace id and the earlier attempts, read in one pass over the headers: the
+    /// dispatcher needs both for every message.
+    pub(crate) fn delivery_headers(&self) -> DeliveryHeaders<'_> {
+        let (mut trace_id, mut attempts) = (None, None);
+        for (name, value) in &self.headers {
+            match name.as_str() {
+                header::TRACE_ID => trace_id = Some(value.as_str()),
+                header::ATTEMPT => attempts = Some(value.as_str()),
+                _ => {}
+            }
+        }
+        DeliveryHeaders {
+            trace_id,
+            previous_attempts: parse_attempts(attempts),
+        }
     }
 
     /// The lane key that keeps order: per Kafka partition, otherwise per topic and key.
@@ -112,6 +127,17 @@ impl Message {
         }
         hasher.finish()
     }
+}
+
+/// What the dispatcher reads from a message's headers before the first attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DeliveryHeaders<'a> {
+    pub trace_id: Option<&'a str>,
+    pub previous_attempts: u32,
+}
+
+fn parse_attempts(header: Option<&str>) -> u32 {
+    header.and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// A message to publish.

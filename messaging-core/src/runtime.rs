@@ -303,6 +303,7 @@ impl RuntimeBuilder {
                 max_message_size: config.max_message_size,
                 shutdown: shutdown.clone(),
                 connection: Arc::clone(&self.connection),
+                clock: crate::dispatch::handler_clock(),
             });
             tasks.spawn(dispatcher.run(consumer));
         }
