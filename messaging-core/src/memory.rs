@@ -3,9 +3,7 @@
 //! message is handed to one instance at a time until acknowledged, and what a dropped consumer
 //! held is delivered again. Dead-letter topics are ordinary topics.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
@@ -47,24 +45,6 @@ impl Shared {
     }
 }
 
-/// Offsets are small dense integers: hashing them with SipHash is wasted work.
-#[derive(Default, Clone, Copy)]
-struct OffsetHasher(u64);
-
-impl Hasher for OffsetHasher {
-    fn finish(&self) -> u64 {
-        self.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.0 = n as u64;
-    }
-}
-
 #[derive(Default)]
 struct State {
     topics: HashMap<String, Topic>,
@@ -94,7 +74,87 @@ struct Cursor {
     /// Offsets handed back by dropped consumers, delivered first, in order.
     redeliver: BTreeSet<usize>,
     /// Offsets handed out and not acknowledged, with the consumer holding them.
-    in_flight: HashMap<usize, u64, BuildHasherDefault<OffsetHasher>>,
+    in_flight: InFlight,
+}
+
+/// Offsets handed out and not acknowledged, as a window from the oldest one: slot `i` holds
+/// the consumer holding offset `base + i`, `None` once settled. Offsets are handed out nearly
+/// in order, so taking and settling one is an index, not a hash-map insert and removal (the
+/// memory broker is on the hot path of users' tests and of the dispatch benchmark).
+#[derive(Default)]
+struct InFlight {
+    base: usize,
+    slots: VecDeque<Option<u64>>,
+    held: usize,
+}
+
+impl InFlight {
+    fn len(&self) -> usize {
+        self.held
+    }
+
+    fn is_empty(&self) -> bool {
+        self.held == 0
+    }
+
+    fn insert(&mut self, offset: usize, consumer: u64) {
+        if self.slots.is_empty() {
+            self.base = offset;
+        }
+        // A redelivered offset can lie before the window.
+        while offset < self.base {
+            self.slots.push_front(None);
+            self.base -= 1;
+        }
+        let index = offset - self.base;
+        if index == self.slots.len() {
+            // The usual case: the next offset of the log.
+            self.slots.push_back(Some(consumer));
+            self.held += 1;
+            return;
+        }
+        if index > self.slots.len() {
+            self.slots.resize(index + 1, None);
+        }
+        if self.slots[index].replace(consumer).is_none() {
+            self.held += 1;
+        }
+    }
+
+    /// Settles `offset` if `consumer` holds it; returns whether it did.
+    fn remove(&mut self, offset: usize, consumer: u64) -> bool {
+        let Some(slot) = offset
+            .checked_sub(self.base)
+            .and_then(|index| self.slots.get_mut(index))
+        else {
+            return false;
+        };
+        if *slot != Some(consumer) {
+            return false;
+        }
+        *slot = None;
+        self.held -= 1;
+        while self.slots.front() == Some(&None) {
+            self.slots.pop_front();
+            self.base += 1;
+        }
+        true
+    }
+
+    /// Settles and returns every offset `consumer` holds.
+    fn take_all_of(&mut self, consumer: u64) -> Vec<usize> {
+        let held: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c == Some(consumer))
+            .map(|(i, _)| self.base + i)
+            .collect();
+        for &offset in &held {
+            self.remove(offset, consumer);
+        }
+        held
+    }
 }
 
 impl Cursor {
@@ -255,19 +315,11 @@ impl MemoryBroker {
             };
             topic.waiters.remove(&consumer);
             let mut cursor = lock(cursor);
-            let held: Vec<usize> = cursor
-                .in_flight
-                .iter()
-                .filter(|(_, c)| **c == consumer)
-                .map(|(o, _)| *o)
-                .collect();
+            let held = cursor.in_flight.take_all_of(consumer);
             if held.is_empty() {
                 continue;
             }
-            for offset in held {
-                cursor.in_flight.remove(&offset);
-                cursor.redeliver.insert(offset);
-            }
+            cursor.redeliver.extend(held);
             for waiter in topic.waiters.values().filter_map(Weak::upgrade) {
                 waiter.notify_one();
             }
@@ -400,14 +452,11 @@ impl MemoryAcker {
         let Some((_, cursor)) = self.cursors.iter().find(|(t, _)| *t == message.topic) else {
             return;
         };
-        let mut cursor = lock(cursor);
-        if let Entry::Occupied(held) = cursor.in_flight.entry(offset as usize)
-            // A message handed back by a dropped consumer belongs to someone else now.
-            && *held.get() == self.consumer
-        {
-            held.remove();
-        }
-        drop(cursor);
+        // A message handed back by a dropped consumer belongs to someone else now: then this
+        // settles nothing.
+        lock(cursor)
+            .in_flight
+            .remove(offset as usize, self.consumer);
         self.broker.shared.changed();
     }
 }
@@ -484,5 +533,31 @@ mod tests {
             c2.acker().ack(m).await.unwrap();
         }
         assert!(broker.is_idle());
+    }
+
+    #[test]
+    fn in_flight_window_settles_by_holder_and_takes_offsets_before_it() {
+        let mut window = InFlight::default();
+        for offset in 10..15 {
+            window.insert(offset, offset as u64 % 2);
+        }
+        assert_eq!(window.len(), 5);
+        // Only the holder settles an offset; unknown offsets settle nothing.
+        assert!(!window.remove(10, 1));
+        assert!(!window.remove(9, 0));
+        assert!(!window.remove(99, 0));
+        assert!(window.remove(10, 0));
+        assert!(!window.remove(10, 0));
+        assert_eq!(window.take_all_of(1), vec![11, 13]);
+        assert_eq!(window.len(), 2);
+        // A redelivered offset before the window, and one far after it.
+        window.insert(3, 7);
+        window.insert(40, 7);
+        assert_eq!(window.len(), 4);
+        assert_eq!(window.take_all_of(7), vec![3, 40]);
+        assert!(window.remove(12, 0));
+        assert!(window.remove(14, 0));
+        assert!(window.is_empty());
+        assert!(window.slots.is_empty());
     }
 }
