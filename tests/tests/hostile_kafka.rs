@@ -2,9 +2,10 @@
 //! producer): key, payload and headers as raw bytes, each send awaiting its delivery report.
 //! Fails, never skips, when the broker cannot be reached.
 //!
-//! Kafka refuses records over `message.max.bytes` (about 1 MB by default, on the producer and
-//! the broker), so the `too_large` case here lowers the runtime's `max_message_size` to
-//! 64 KiB and sends a body one byte over it, instead of the 10 MB of the other brokers.
+//! The raw producer raises librdkafka's `message.max.bytes` (about 1 MB by default) so that
+//! it can send the 10 MB body of the `too_large` case, as on the other brokers; the test
+//! broker takes it, and the consumer reads it whatever its fetch sizes say (a record larger
+//! than `max.partition.fetch.bytes` is still returned).
 //!
 //! Run with: cargo test -p messaging-tests --features kafka --test hostile_kafka
 
@@ -19,11 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const BOOTSTRAP: &str = "127.0.0.1:9092";
 
-const LIMITS: Limits = Limits {
-    large_body: 64 * 1024 + 1,
-    max_message_size: Some(64 * 1024),
-    huge_header: 100_000,
-};
+const LIMITS: Limits = Limits::TEN_MEGABYTES;
 
 fn connect() -> ConnectFuture {
     Box::pin(async {
@@ -73,6 +70,7 @@ fn raw_sender() -> BoxFuture<'static, Box<dyn RawSend>> {
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", BOOTSTRAP)
             .set("message.timeout.ms", "30000")
+            .set("message.max.bytes", "16777216")
             .create()
             .unwrap_or_else(|e| panic!("a Kafka producer for {BOOTSTRAP}: {e}"));
         Box::new(Produce(producer)) as Box<dyn RawSend>
