@@ -347,9 +347,10 @@ impl Dispatcher {
         first_failure_at: DateTime<Utc>,
         last_failure_at: DateTime<Utc>,
     ) {
+        let limit = self.max_message_size.min(crate::dlq::MAX_RECORD_BYTES);
         let record = DeadLetterRecord {
             version: RECORD_VERSION,
-            original: OriginalMessage::capture(message),
+            original: OriginalMessage::capture_within(message, limit),
             error: RecordedError {
                 kind: error.kind(),
                 message: error.to_string(),
@@ -367,7 +368,6 @@ impl Dispatcher {
             trace_id: message.header(header::TRACE_ID).map(str::to_owned),
             dead_lettered_at: Utc::now(),
         };
-        let limit = self.max_message_size.min(crate::dlq::MAX_RECORD_BYTES);
         let out = record.to_message_within(&target.dlq_topic, limit);
         let mut wait = Duration::from_millis(100);
         loop {

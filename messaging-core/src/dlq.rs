@@ -22,6 +22,12 @@ pub const DLQ_HEADER: &str = "x-messaging-dlq";
 /// [`OriginalMessage::truncated`]); a record that cannot be written would stall its lane.
 pub const MAX_RECORD_BYTES: usize = 900 * 1024;
 
+/// How much of a body a truncated record keeps: base64 grows 4/3, so a quarter of the limit
+/// leaves room for everything else.
+fn truncated_body_bytes(limit: usize) -> usize {
+    limit / 4
+}
+
 /// The default dead-letter topic of `topic`.
 pub fn default_dlq_topic(topic: &str) -> String {
     format!("{topic}.dlq")
@@ -111,6 +117,10 @@ impl OriginalMessage {
             Ok(text) => (text.to_owned(), None),
             Err(_) => (BASE64.encode(&message.payload), Some("base64".to_owned())),
         };
+        Self::with_body(message, payload, encoding)
+    }
+
+    fn with_body(message: &Message, payload: String, encoding: Option<String>) -> Self {
         Self {
             topic: message.topic.clone(),
             key: message.key.clone(),
@@ -123,11 +133,28 @@ impl OriginalMessage {
         }
     }
 
+    /// Captures a delivered message for a record of at most about `limit` bytes. A body
+    /// longer than that can never fit, so only its start is copied (as
+    /// [`DeadLetterRecord::to_message_within`] would keep it): a 10 MB message is not copied
+    /// and encoded whole only to be cut down.
+    pub fn capture_within(message: &Message, limit: usize) -> Self {
+        if message.payload.len() <= limit {
+            return Self::capture(message);
+        }
+        let mut captured = Self::with_body(message, String::new(), None);
+        captured.keep_start(&message.payload, truncated_body_bytes(limit));
+        captured
+    }
+
     /// Keeps only the first `keep` bytes of the body, in base64, and marks the record.
     fn truncate(&mut self, keep: usize) {
         let body = self
             .payload_bytes()
             .unwrap_or_else(|_| Bytes::from(self.payload.clone().into_bytes()));
+        self.keep_start(&body, keep);
+    }
+
+    fn keep_start(&mut self, body: &[u8], keep: usize) {
         self.size = Some(body.len());
         self.payload = BASE64.encode(&body[..keep.min(body.len())]);
         self.encoding = Some("base64".to_owned());
@@ -184,8 +211,7 @@ impl DeadLetterRecord {
         let mut payload = serde_json::to_vec(self).expect("a DLQ record always serializes");
         if payload.len() > limit {
             let mut record = self.clone();
-            // Base64 grows 4/3; a quarter of the limit leaves room for everything else.
-            record.original.truncate(limit / 4);
+            record.original.truncate(truncated_body_bytes(limit));
             payload = serde_json::to_vec(&record).expect("a DLQ record always serializes");
             if payload.len() > limit {
                 record.original.headers.clear();
@@ -295,6 +321,31 @@ mod tests {
         assert_eq!(
             replay.headers.get(header::REPLAYED).map(String::as_str),
             Some("1")
+        );
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_captured_as_the_record_would_keep_it() {
+        let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut message = Message::new("orders.created", body.clone());
+        message.key = Some("42".into());
+        message
+            .headers
+            .insert("x-event-name".into(), "order.created".into());
+        let limit = 100_000;
+        let captured = OriginalMessage::capture_within(&message, limit);
+        let mut whole = OriginalMessage::capture(&message);
+        whole.truncate(truncated_body_bytes(limit));
+        assert_eq!(captured, whole);
+        assert!(captured.truncated);
+        assert_eq!(captured.size, Some(body.len()));
+        assert_eq!(captured.key.as_deref(), Some("42"));
+        assert_eq!(captured.headers, message.headers);
+        // Within the limit, nothing changes.
+        let small = Message::new("t", &b"{}"[..]);
+        assert_eq!(
+            OriginalMessage::capture_within(&small, limit),
+            OriginalMessage::capture(&small)
         );
     }
 }
