@@ -67,15 +67,22 @@ impl Fixture {
 
     /// Starts the fixture consumer; its output goes to a file in the fixture's directory.
     fn spawn(&self, redis_url: &str, args: &[&str]) -> Running {
+        self.spawn_with(redis_url, args, &[])
+    }
+
+    /// [`Fixture::spawn`] with more environment variables.
+    fn spawn_with(&self, redis_url: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
         let n = std::fs::read_dir(&self.dir).unwrap().count();
-        let out = std::fs::File::create(self.dir.join(format!("consumer-{n}.out"))).unwrap();
+        let path = self.dir.join(format!("consumer-{n}.out"));
+        let out = std::fs::File::create(&path).unwrap();
         let child = self
             .command(FIXTURE, redis_url, args)
+            .envs(env.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .expect("the fixture consumer starts");
-        Running(Some(child))
+        Running(Some(child), path)
     }
 
     async fn publish(&self, name: &str, body: &str) {
@@ -92,10 +99,14 @@ impl Fixture {
     }
 }
 
-/// A consumer process, killed if the test ends before it exited.
-struct Running(Option<Child>);
+/// A consumer process, killed if the test ends before it exited, and the file of its output.
+struct Running(Option<Child>, PathBuf);
 
 impl Running {
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+
     fn signal(&self, signal: &str) {
         let pid = self.0.as_ref().unwrap().id().to_string();
         assert!(
@@ -193,6 +204,39 @@ async fn topic_flag_runs_only_the_named_handlers_and_list_shows_them_all() {
             "`list` lacks {name}:\n{table}"
         );
     }
+    // Every column, on the handler with a retry policy: kind, name, topic, group, event,
+    // retries, delay, back-off, schema, DLQ.
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "KIND", "HANDLER", "TOPICS", "GROUP", "EVENT", "RETRIES", "DELAY", "BACKOFF", "SCHEMA",
+            "DLQ"
+        ]
+    );
+    let fixable: Vec<&str> = table
+        .lines()
+        .find(|l| l.contains(&f.topic("fixable")))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let dlq = format!("{}.dlq", f.topic("fixable"));
+    assert_eq!(
+        fixable,
+        [
+            "message_handler",
+            "fixable",
+            &f.topic("fixable"),
+            "fixable",
+            "-",
+            "1",
+            "100ms",
+            "constant",
+            "-",
+            &dlq
+        ],
+        "{table}"
+    );
 
     let mut consumer = f.spawn(REDIS, &["--topic", &f.topic("record"), "--from-beginning"]);
     f.publish("other", "o1").await;
@@ -300,6 +344,38 @@ async fn sigterm_lets_the_slow_handler_finish_and_acknowledges_it() {
     assert!(again.wait(Duration::from_secs(15)).success());
 }
 
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let f = Fixture::new();
+    let mut consumer = f.spawn_with(
+        REDIS,
+        &["--topic", &f.topic("slow"), "--from-beginning"],
+        &[("FIXTURE_SLOW_MS", "60000")],
+    );
+    f.publish("slow", "s2").await;
+    eventually("the slow handler to start", Duration::from_secs(30), || {
+        f.lines("start s2") == 1
+    })
+    .await;
+    consumer.signal("-TERM");
+    eventually("the shutdown to begin", Duration::from_secs(10), || {
+        consumer.output().contains("shutting down")
+    })
+    .await;
+    let asked = Instant::now();
+    consumer.signal("-TERM");
+    let status = consumer.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(130), "{}", consumer.output());
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(f.lines("done s2"), 0, "the handler was not cut short");
+    // Cut short, so not acknowledged: the next consumer of the group gets it again.
+    assert_eq!(pending(&f.topic("slow"), "slow"), 1);
+}
+
 /// A `redis-server` of this test's own, so it can be down first.
 struct OwnRedis(Child);
 
@@ -336,7 +412,7 @@ async fn health_is_503_while_the_broker_is_down_then_200_and_the_backlog_is_hand
     let port = free_addr().port();
     let url = format!("redis://127.0.0.1:{port}/0");
     let health = free_addr();
-    let mut consumer = f.spawn(
+    let mut consumer = f.spawn_with(
         &url,
         &[
             "--health-addr",
@@ -345,6 +421,7 @@ async fn health_is_503_while_the_broker_is_down_then_200_and_the_backlog_is_hand
             &f.topic("record"),
             "--from-beginning",
         ],
+        &[("MESSAGING_CONNECT_MAX_RETRIES", "3")],
     );
 
     let retry_count = |body: &str| -> u64 {
@@ -372,6 +449,27 @@ async fn health_is_503_while_the_broker_is_down_then_200_and_the_backlog_is_hand
         get(health, "/health").is_some_and(|(s, b)| s == 503 && retry_count(&b) > before)
     })
     .await;
+    // Three attempts 200 ms apart, then a cooldown of 1 s, reported and logged.
+    eventually(
+        "/health reporting the cooldown",
+        Duration::from_secs(30),
+        || {
+            get(health, "/health").is_some_and(|(s, b)| {
+                s == 503
+                    && b.contains("\"in_cooldown\":true")
+                    && b.contains("\"status\":\"cooling_down\"")
+            })
+        },
+    )
+    .await;
+    let output = consumer.output();
+    for line in [
+        "Connecting… (attempt 2/3)",
+        "Connecting… (attempt 3/3)",
+        "Cooling down for 1s",
+    ] {
+        assert!(output.contains(line), "no {line:?} in:\n{output}");
+    }
 
     let _redis = OwnRedis::start(port);
     let own = loop {
