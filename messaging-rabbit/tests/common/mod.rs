@@ -55,7 +55,8 @@ impl Names {
     }
 }
 
-fn rabbitmqctl(args: &[&str]) -> String {
+/// Runs `rabbitmqctl` and returns what it printed; panics when it fails.
+pub fn rabbitmqctl(args: &[&str]) -> String {
     let out = Command::new("rabbitmqctl")
         .args(args)
         .output()
