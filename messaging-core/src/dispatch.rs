@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -67,6 +67,13 @@ pub(crate) struct Dispatcher {
 pub(crate) fn handler_clock() -> quanta::Clock {
     static CLOCK: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
     CLOCK.get_or_init(quanta::Clock::new).clone()
+}
+
+/// Where the fetching task hands messages to one lane.
+struct Lane {
+    tx: mpsc::UnboundedSender<Vec<Arc<Message>>>,
+    /// Messages the lane can still take.
+    room: Arc<Semaphore>,
 }
 
 /// Why a message was acknowledged without a handler.
@@ -147,38 +154,65 @@ impl Dispatcher {
         }
     }
 
+    /// Fetches and hands each batch's messages to `concurrency` lanes by ordering key, one
+    /// run of messages per lane and batch (one wake-up per run, not per message). A lane
+    /// holds at most `lane_capacity` messages not yet handled; the fetch waits for room, so
+    /// a lane stuck in back-off holds back only the fetching, never another lane's work.
     async fn run_lanes(self: &Arc<Self>, consumer: &mut dyn Consumer) {
         let lane_capacity = self.batch_size.max(16);
         // Owned here, so that aborting the dispatcher (shutdown timeout) aborts its lanes too.
-        let mut lanes = tokio::task::JoinSet::new();
-        let senders: Vec<_> = (0..self.concurrency)
+        let mut tasks = tokio::task::JoinSet::new();
+        let lanes: Vec<Lane> = (0..self.concurrency)
             .map(|_| {
-                let (tx, mut rx) = mpsc::channel::<Arc<Message>>(lane_capacity);
+                let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Arc<Message>>>();
+                let room = Arc::new(Semaphore::new(lane_capacity));
                 let this = Arc::clone(self);
-                lanes.spawn(async move {
-                    while let Some(message) = rx.recv().await {
-                        if this.shutdown.is_cancelled() {
-                            break;
+                let freed = Arc::clone(&room);
+                tasks.spawn(async move {
+                    while let Some(run) = rx.recv().await {
+                        let taken = run.len().min(lane_capacity);
+                        for message in run {
+                            if this.shutdown.is_cancelled() {
+                                return;
+                            }
+                            this.process(message).await;
                         }
-                        this.process(message).await;
+                        freed.add_permits(taken);
                     }
                 });
-                tx
+                Lane { tx, room }
             })
             .collect();
+        let mut runs: Vec<Vec<Arc<Message>>> = vec![Vec::new(); lanes.len()];
         let mut failures = 0;
         'fetch: while let Some(batch) = self.next_batch(consumer, &mut failures).await {
             for message in batch {
-                let lane = (message.ordering_key() % senders.len() as u64) as usize;
+                let lane = (message.ordering_key() % lanes.len() as u64) as usize;
+                runs[lane].push(message);
+            }
+            for (lane, run) in lanes.iter().zip(&mut runs) {
+                if run.is_empty() {
+                    continue;
+                }
+                // A batch is at most `batch_size` long, so a run fits in an empty lane; a
+                // broker that returned more takes the whole lane.
+                let taken = run.len().min(lane_capacity) as u32;
                 tokio::select! {
                     biased;
                     _ = self.shutdown.cancelled() => break 'fetch,
-                    sent = senders[lane].send(message) => if sent.is_err() { break 'fetch },
+                    room = lane.room.acquire_many(taken) => match room {
+                        Ok(room) => room.forget(),
+                        Err(_) => break 'fetch,
+                    },
+                }
+                let run = std::mem::replace(run, Vec::with_capacity(run.len()));
+                if lane.tx.send(run).is_err() {
+                    break 'fetch;
                 }
             }
         }
-        drop(senders);
-        while lanes.join_next().await.is_some() {}
+        drop(lanes);
+        while tasks.join_next().await.is_some() {}
     }
 
     fn route(&self, message: &Message) -> Result<&Arc<Target>, Skip> {

@@ -61,7 +61,11 @@ async fn disabled_drops_and_counts_and_unknown_names_list_the_linked_ones() {
     ));
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     runtime.shutdown().await.unwrap();
-    assert_eq!(CALLS.load(Ordering::SeqCst), 0, "the disabled backend consumed");
+    assert_eq!(
+        CALLS.load(Ordering::SeqCst),
+        0,
+        "the disabled backend consumed"
+    );
 
     configure_messaging(Config {
         backend: "kafka".into(),
