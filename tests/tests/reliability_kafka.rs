@@ -1,7 +1,7 @@
 //! Reliability on Kafka (issue 7): consumer crashes and horizontal scale on the shared test
 //! broker (Tansu on 127.0.0.1:9092, `scripts/start-kafka.sh`), on a topic of 6 partitions.
 //! A SIGKILLed consumer leaves no `LeaveGroup`: its partitions move after the session timeout
-//! (6 s here), and what it handled after its last commit (offsets are committed every 5 s) is
+//! (6 s here), and what it handled after its last commit (offsets are committed every 1 s) is
 //! handled again. Fails, never skips, when the broker is missing.
 //!
 //! The broker restart needs a broker that keeps its log: the prebuilt Tansu has no
