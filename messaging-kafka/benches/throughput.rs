@@ -422,7 +422,7 @@ async fn run() -> Result<()> {
     let bootstrap =
         std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
     let n = env_number("BENCH_MESSAGES", 100_000);
-    let rounds = env_number("BENCH_ROUNDS", 2).max(1);
+    let rounds = env_number("BENCH_ROUNDS", 6).max(1);
     let mut properties: Vec<(String, String)> = COMMON
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
