@@ -3,7 +3,7 @@
 //! broker on 127.0.0.1:9092 (scripts/start-kafka.sh starts Tansu there).
 //!
 //! Run with: cargo bench -p messaging-kafka --bench throughput
-//! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 2; `KAFKA_BOOTSTRAP_SERVERS`;
+//! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 6; `KAFKA_BOOTSTRAP_SERVERS`;
 //! `BENCH_KAFKA_PROPERTIES="fetch.wait.max.ms=5,linger.ms=1"`: more librdkafka properties for
 //! both sides.)
 //!
