@@ -95,23 +95,8 @@ impl Topics {
             .create_topics(&new, &options)
             .await
             .map_err(|e| from_kafka("create topics", e))?;
-        let mut first_error = None;
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        for result in results {
-            match result {
-                Ok(topic) => {
-                    tracing::info!(%topic, partitions = self.partitions, "created Kafka topic");
-                    known.insert(topic);
-                }
-                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                    known.insert(topic);
-                }
-                Err((topic, code)) => {
-                    first_error.get_or_insert(KafkaSetupError::CreateTopic { topic, code });
-                }
-            }
-        }
-        match first_error {
+        match settle_creations(results, &mut known, self.partitions) {
             Some(error) => Err(operation("create topic", error)),
             None => Ok(()),
         }
@@ -153,5 +138,82 @@ impl Topics {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(topic.to_owned());
         }
+    }
+}
+
+/// Records the topics that exist after a `CreateTopics` request (created, or created by
+/// someone else meanwhile) and returns the first refusal, as an error that says what to do.
+fn settle_creations(
+    results: Vec<Result<String, (String, RDKafkaErrorCode)>>,
+    known: &mut HashSet<String>,
+    partitions: i32,
+) -> Option<KafkaSetupError> {
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(topic) => {
+                tracing::info!(%topic, partitions, "created Kafka topic");
+                known.insert(topic);
+            }
+            Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                known.insert(topic);
+            }
+            Err((topic, code)) => {
+                first_error.get_or_insert(KafkaSetupError::CreateTopic { topic, code });
+            }
+        }
+    }
+    first_error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_creation_is_an_error_that_names_the_topic_and_the_fix() {
+        let mut known = HashSet::new();
+        let error = settle_creations(
+            vec![
+                Ok("orders".to_owned()),
+                Err(("payments".to_owned(), RDKafkaErrorCode::TopicAlreadyExists)),
+                Err((
+                    "audit".to_owned(),
+                    RDKafkaErrorCode::TopicAuthorizationFailed,
+                )),
+                Err(("later".to_owned(), RDKafkaErrorCode::PolicyViolation)),
+            ],
+            &mut known,
+            3,
+        )
+        .expect("a refusal is an error");
+        let text = error.to_string();
+        assert!(
+            text.starts_with("could not create topic `audit`: "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("create it beforehand, or allow this client to create topics"),
+            "{text}"
+        );
+        // What exists is remembered and never asked for again; what was refused is not.
+        let mut known: Vec<_> = known.into_iter().collect();
+        known.sort();
+        assert_eq!(known, ["orders", "payments"]);
+    }
+
+    #[test]
+    fn topics_that_exist_meanwhile_are_no_error() {
+        let mut known = HashSet::new();
+        let outcome = settle_creations(
+            vec![Err((
+                "orders".to_owned(),
+                RDKafkaErrorCode::TopicAlreadyExists,
+            ))],
+            &mut known,
+            3,
+        );
+        assert!(outcome.is_none());
+        assert!(known.contains("orders"));
     }
 }
