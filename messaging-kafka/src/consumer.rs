@@ -6,9 +6,10 @@
 //! handed to librdkafka once per batch by the consumer task, and every 200 ms by a
 //! background task (for when the runtime is busy with handlers and not fetching).
 //!
-//! On revocation the settled offsets are stored and committed at once; messages of revoked
-//! partitions still in the handlers are not waited for: their acknowledgements are dropped
-//! and the new owner reads them again (at least once, duplicates bounded by what was in
+//! On revocation the handlers first get up to 10 s to finish what they hold of the revoked
+//! partitions (on a multi-thread runtime; the rebalance waits meanwhile); then the settled
+//! offsets are stored and committed. Acknowledgements that come later are dropped and the new
+//! owner reads those messages again (at least once, duplicates bounded by what was still in
 //! flight).
 
 use std::collections::VecDeque;
@@ -32,6 +33,10 @@ use crate::offsets::{Acked, OffsetTracker, ToStore};
 
 /// Broker requests made inside a rebalance (committed offsets, high watermarks, commit).
 const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a revocation waits for the handlers to finish what they hold of the revoked
+/// partitions before committing (the group's rebalance waits meanwhile).
+const REVOKE_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often acknowledged offsets are stored when the consumer task does not fetch.
 const STORE_INTERVAL: Duration = Duration::from_millis(200);
@@ -125,6 +130,7 @@ impl GroupContext {
 
     fn on_revoke(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
         let partitions = pairs(tpl);
+        self.finish_in_flight(&partitions);
         // Stop tracking these partitions, store what was settled, then commit: nothing
         // acknowledged after this point can be lost to the next owner, it is read again.
         let unstored = self
@@ -145,6 +151,33 @@ impl GroupContext {
             Err(error) => {
                 tracing::error!(group = %self.group, %error, "unassigning partitions failed")
             }
+        }
+    }
+}
+
+impl GroupContext {
+    /// Lets the handlers finish what they hold of revoked partitions (up to
+    /// [`REVOKE_DRAIN_TIMEOUT`]), so that it is committed and the next owner does not read it
+    /// again. The callback runs inside the poll of a runtime task, so the wait hands that
+    /// worker's other tasks to another thread (`block_in_place`): the handlers go on
+    /// meanwhile. Only on a multi-thread runtime (on one thread they could not run), and not
+    /// once the consumer is closing (its acknowledgements are refused by then).
+    fn finish_in_flight(&self, partitions: &[(String, i32)]) {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if !multi_thread || self.acks.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let drain = || self.acks.tracker.drain(partitions, REVOKE_DRAIN_TIMEOUT);
+        // `block_in_place` refuses (panics) inside a `LocalSet`: then do not wait, and never
+        // let a panic out into librdkafka's callback.
+        let Ok(unsettled) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tokio::task::block_in_place(drain)
+        })) else {
+            return;
+        };
+        if unsettled > 0 {
+            tracing::warn!(group = %self.group, unsettled, timeout = ?REVOKE_DRAIN_TIMEOUT, "partitions revoked with messages still being handled; the next owner reads them again");
         }
     }
 }

@@ -9,7 +9,9 @@
 //! than a librdkafka call per message.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use messaging_core::{Message, Position};
 
@@ -54,6 +56,10 @@ impl PartitionState {
 #[derive(Debug, Default)]
 pub(crate) struct OffsetTracker {
     partitions: Mutex<Vec<PartitionState>>,
+    /// Signalled on acknowledgements while someone waits in [`OffsetTracker::drain`].
+    settled: Condvar,
+    /// Whether someone waits; acknowledgements signal only then (a signal is a system call).
+    draining: AtomicBool,
 }
 
 impl OffsetTracker {
@@ -128,6 +134,14 @@ impl OffsetTracker {
     /// Settles a message, moving its partition's next-to-read offset as far as every
     /// earlier delivered message is settled.
     pub(crate) fn ack(&self, topic: &str, partition: i32, offset: i64) -> Acked {
+        let acked = self.settle(topic, partition, offset);
+        if self.draining.load(Ordering::SeqCst) {
+            self.settled.notify_all();
+        }
+        acked
+    }
+
+    fn settle(&self, topic: &str, partition: i32, offset: i64) -> Acked {
         let mut partitions = self.lock();
         let Some(state) = partitions.iter_mut().find(|s| s.is(topic, partition)) else {
             return Acked::Stale;
@@ -145,6 +159,34 @@ impl OffsetTracker {
         }
         state.settled = next;
         Acked::Advanced(next)
+    }
+
+    /// Waits up to `timeout` until every message delivered from these partitions is
+    /// acknowledged (a revocation lets in-flight work finish before committing); returns how
+    /// many are still unsettled.
+    pub(crate) fn drain(&self, partitions: &[(String, i32)], timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        self.draining.store(true, Ordering::SeqCst);
+        let mut guard = self.lock();
+        let unsettled = loop {
+            let unsettled: usize = guard
+                .iter()
+                .filter(|s| partitions.iter().any(|(t, p)| s.is(t, *p)))
+                .map(|s| s.window.iter().filter(|e| !e.1).count())
+                .sum();
+            let now = Instant::now();
+            if unsettled == 0 || now >= deadline {
+                break unsettled;
+            }
+            guard = self
+                .settled
+                .wait_timeout(guard, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        drop(guard);
+        self.draining.store(false, Ordering::SeqCst);
+        unsettled
     }
 
     /// The offsets that advanced since last taken, marked as stored.
@@ -278,5 +320,31 @@ mod tests {
         t.assign([("t", 0)]);
         assert_eq!(ack(&t, "t", 0, 1), Acked::Stale);
         assert_eq!(t.revoke([("t", 0)]), vec![]);
+    }
+
+    #[test]
+    fn drain_waits_for_the_revoked_partitions_in_flight_messages() {
+        let t = Arc::new(OffsetTracker::default());
+        t.assign([("t", 0), ("t", 1)]);
+        assert_eq!(deliver(&t, &[("t", 0, 5), ("t", 0, 6), ("t", 1, 9)]), 3);
+        let revoked = [("t".to_owned(), 0)];
+        // Nothing acknowledges: the wait ends at its timeout with both still unsettled.
+        assert_eq!(t.drain(&revoked, Duration::from_millis(30)), 2);
+        // Acknowledged from another thread while it waits: it returns as soon as they are,
+        // whatever the other partition holds.
+        let acker = {
+            let t = Arc::clone(&t);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                ack(&t, "t", 0, 6);
+                std::thread::sleep(Duration::from_millis(50));
+                ack(&t, "t", 0, 5);
+            })
+        };
+        let started = Instant::now();
+        assert_eq!(t.drain(&revoked, Duration::from_secs(10)), 0);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        acker.join().unwrap();
+        assert_eq!(t.in_flight(), 1);
     }
 }
