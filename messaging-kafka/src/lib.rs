@@ -11,8 +11,10 @@
 //!   beginning or (`StartFrom::Latest`) at the end as it was then. An offset is stored only
 //!   for acknowledged messages (after the handler succeeded or the DLQ record was delivered),
 //!   never past an earlier unsettled message of its partition, and committed every second
-//!   (`auto.commit.interval.ms`, librdkafka's default is 5 s), on revocation and on close. Order is per partition.
-//!   Messages of revoked partitions still in handlers are read again by the new owner.
+//!   (`auto.commit.interval.ms`, librdkafka's default is 5 s), on revocation and on close.
+//!   Order is per partition. On a revocation the handlers first get up to 10 s to finish what
+//!   they hold of the revoked partitions (on a multi-thread Tokio runtime), so that it is
+//!   committed; what is still unfinished then is read again by the new owner.
 //! - **Topics** (subscribed and dead-letter ones, and any published to) are created when the
 //!   cluster's metadata lacks them.
 //! - **Configuration**: `KAFKA_API_KEY`/`KAFKA_API_SECRET` switch to `SASL_SSL` + `PLAIN`
