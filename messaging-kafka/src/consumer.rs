@@ -153,9 +153,7 @@ impl GroupContext {
             }
         }
     }
-}
 
-impl GroupContext {
     /// Lets the handlers finish what they hold of revoked partitions (up to
     /// [`REVOKE_DRAIN_TIMEOUT`]), so that it is committed and the next owner does not read it
     /// again. The callback runs inside the poll of a runtime task, so the wait hands that
