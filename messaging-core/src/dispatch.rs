@@ -7,6 +7,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use crate::error::{FailureKind, HandlerError};
 use crate::extract::Context;
 use crate::handler::Invocation;
 use crate::message::{Message, header};
-use crate::metrics::{HandlerMetrics, metrics};
+use crate::metrics::{HandlerMetrics, LaneCounters, metrics};
 use crate::registry::HandlerSpec;
 use crate::trace;
 
@@ -55,6 +56,9 @@ pub(crate) struct Dispatcher {
     pub batch_size: usize,
     pub max_message_size: usize,
     pub shutdown: CancellationToken,
+    /// Set once `shutdown` is cancelled; read before each message. (`is_cancelled` takes a
+    /// lock, which costs more than the rest of the bookkeeping of a message.)
+    pub stopping: AtomicBool,
     /// Fetch failures and successes are reported here, for `/health`.
     pub connection: Arc<ConnectionState>,
     /// Times handler attempts: real time, not Tokio's (which may be paused in tests), read
@@ -96,11 +100,19 @@ impl Skip {
 impl Dispatcher {
     /// Fetches and dispatches until shutdown, then closes the consumer.
     pub async fn run(self: Arc<Self>, mut consumer: Box<dyn Consumer>) {
+        let watcher = tokio::spawn({
+            let this = Arc::clone(&self);
+            async move {
+                this.shutdown.cancelled().await;
+                this.stopping.store(true, Relaxed);
+            }
+        });
         if self.concurrency <= 1 {
             self.run_inline(&mut *consumer).await;
         } else {
             self.run_lanes(&mut *consumer).await;
         }
+        watcher.abort();
         if let Err(error) = consumer.close().await {
             tracing::warn!(group = %self.group, %error, "closing the consumer failed");
         }
@@ -142,14 +154,20 @@ impl Dispatcher {
         }
     }
 
+    /// Whether shutdown began: exact at the start of a run of messages, and within one as
+    /// soon as the watcher in [`Dispatcher::run`] saw it.
+    fn stopping(&self, run_start: bool) -> bool {
+        self.stopping.load(Relaxed) || (run_start && self.shutdown.is_cancelled())
+    }
+
     async fn run_inline(&self, consumer: &mut dyn Consumer) {
         let mut failures = 0;
         while let Some(batch) = self.next_batch(consumer, &mut failures).await {
-            for message in batch {
-                if self.shutdown.is_cancelled() {
+            for (i, message) in batch.into_iter().enumerate() {
+                if self.stopping(i == 0) {
                     return;
                 }
-                self.process(message).await;
+                self.process(message, 0).await;
             }
         }
     }
@@ -163,7 +181,7 @@ impl Dispatcher {
         // Owned here, so that aborting the dispatcher (shutdown timeout) aborts its lanes too.
         let mut tasks = tokio::task::JoinSet::new();
         let lanes: Vec<Lane> = (0..self.concurrency)
-            .map(|_| {
+            .map(|lane| {
                 let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Arc<Message>>>();
                 let room = Arc::new(Semaphore::new(lane_capacity));
                 let this = Arc::clone(self);
@@ -171,11 +189,11 @@ impl Dispatcher {
                 tasks.spawn(async move {
                     while let Some(run) = rx.recv().await {
                         let taken = run.len().min(lane_capacity);
-                        for message in run {
-                            if this.shutdown.is_cancelled() {
+                        for (i, message) in run.into_iter().enumerate() {
+                            if this.stopping(i == 0) {
                                 return;
                             }
-                            this.process(message).await;
+                            this.process(message, lane).await;
                         }
                         freed.add_permits(taken);
                     }
@@ -247,7 +265,9 @@ impl Dispatcher {
     /// The first attempt is the hot path and is kept small; what follows a failure (back-off,
     /// more attempts, the DLQ write) is a boxed future of its own, so that its state does not
     /// weigh on every message.
-    pub async fn process(&self, message: Arc<Message>) {
+    ///
+    /// `lane` picks the counters written: one lane handles one message at a time.
+    pub async fn process(&self, message: Arc<Message>, lane: usize) {
         let target = match self.route(&message) {
             Ok(target) => target,
             Err(skip) => {
@@ -260,6 +280,12 @@ impl Dispatcher {
         let delivery = message.delivery_headers();
         // Saturating: the header may come from another program (`x-messaging-attempt: 4294967295`).
         let attempt = delivery.previous_attempts.saturating_add(1);
+        let on = Attempting {
+            target,
+            counters: target.metrics.lane(lane),
+            message: &message,
+            trace_id: delivery.trace_id,
+        };
         if message.payload.len() > self.max_message_size {
             let error = HandlerError::new(
                 FailureKind::TooLarge,
@@ -270,48 +296,37 @@ impl Dispatcher {
                 ),
             );
             let now = Utc::now();
-            Box::pin(self.dead_letter(target, &message, &error, attempt, now, now)).await;
+            Box::pin(self.dead_letter(&on, &error, attempt, now, now)).await;
             return;
         }
-        match self
-            .attempt(target, &message, attempt, delivery.trace_id)
-            .await
-        {
-            Ok(()) => self.handled(target, &message, attempt).await,
-            Err(error) => {
-                Box::pin(self.after_failure(target, &message, error, attempt, delivery.trace_id))
-                    .await
-            }
+        match self.attempt(&on, attempt).await {
+            Ok(()) => self.handled(&on, attempt).await,
+            Err(error) => Box::pin(self.after_failure(&on, error, attempt)).await,
         }
     }
 
-    async fn handled(&self, target: &Target, message: &Message, attempt: u32) {
-        target.metrics.succeeded.fetch_add(1, Relaxed);
+    async fn handled(&self, on: &Attempting<'_>, attempt: u32) {
+        let (target, message) = (on.target, on.message);
+        on.counters.succeeded();
         tracing::debug!(topic = %message.topic, handler = target.spec.name, attempt, "handled");
         self.ack(message).await;
     }
 
     /// Retries with the handler's back-off until an attempt succeeds, the error is not
     /// retryable or the attempts are used up; then dead-letters.
-    async fn after_failure(
-        &self,
-        target: &Target,
-        message: &Arc<Message>,
-        mut error: HandlerError,
-        mut attempt: u32,
-        trace_id: Option<&str>,
-    ) {
+    async fn after_failure(&self, on: &Attempting<'_>, mut error: HandlerError, mut attempt: u32) {
+        let (target, message) = (on.target, on.message);
         let policy = target.spec.retry;
         let first_failure = Utc::now();
         loop {
             if !(error.is_retryable() && attempt < policy.max_attempts()) {
                 let now = Utc::now();
-                self.dead_letter(target, message, &error, attempt, first_failure, now)
+                self.dead_letter(on, &error, attempt, first_failure, now)
                     .await;
                 return;
             }
             let delay = policy.delay_before_retry(attempt);
-            target.metrics.retried.fetch_add(1, Relaxed);
+            on.counters.retried();
             tracing::info!(topic = %message.topic, handler = target.spec.name, attempt, ?delay, %error, "attempt failed; retrying");
             tokio::select! {
                 biased;
@@ -320,21 +335,16 @@ impl Dispatcher {
                 _ = tokio::time::sleep(delay) => {}
             }
             attempt += 1;
-            match self.attempt(target, message, attempt, trace_id).await {
-                Ok(()) => return self.handled(target, message, attempt).await,
+            match self.attempt(on, attempt).await {
+                Ok(()) => return self.handled(on, attempt).await,
                 Err(next) => error = next,
             }
         }
     }
 
-    async fn attempt(
-        &self,
-        target: &Target,
-        message: &Arc<Message>,
-        attempt: u32,
-        trace_id: Option<&str>,
-    ) -> Result<(), HandlerError> {
-        target.metrics.attempts.fetch_add(1, Relaxed);
+    async fn attempt(&self, on: &Attempting<'_>, attempt: u32) -> Result<(), HandlerError> {
+        let (target, message, trace_id) = (on.target, on.message, on.trace_id);
+        on.counters.attempted();
         let invocation = Invocation {
             message: Arc::clone(message),
             context: Arc::clone(&self.context),
@@ -363,8 +373,7 @@ impl Dispatcher {
         } else {
             Box::pin(wrapped(guarded, span, trace_id.map(str::to_owned), limit)).await
         };
-        target
-            .metrics
+        on.counters
             .observe_latency(self.clock.delta(started, self.clock.raw()));
         outcome.unwrap_or_else(|panic| Err(panicked(panic)))
     }
@@ -374,13 +383,13 @@ impl Dispatcher {
     /// then the original stays unacknowledged.
     async fn dead_letter(
         &self,
-        target: &Target,
-        message: &Message,
+        on: &Attempting<'_>,
         error: &HandlerError,
         attempts: u32,
         first_failure_at: DateTime<Utc>,
         last_failure_at: DateTime<Utc>,
     ) {
+        let (target, message) = (on.target, on.message);
         let limit = self.max_message_size.min(crate::dlq::MAX_RECORD_BYTES);
         let record = DeadLetterRecord {
             version: RECORD_VERSION,
@@ -418,10 +427,18 @@ impl Dispatcher {
                 }
             }
         }
-        target.metrics.dead_lettered.fetch_add(1, Relaxed);
+        on.counters.dead_lettered();
         tracing::warn!(topic = %message.topic, handler = target.spec.name, attempts, kind = %error.kind(), %error, dlq = %target.dlq_topic, "message dead-lettered");
         self.ack(message).await;
     }
+}
+
+/// One message being attempted: its handler, the lane's counters and its trace id.
+struct Attempting<'a> {
+    target: &'a Target,
+    counters: &'a LaneCounters,
+    message: &'a Arc<Message>,
+    trace_id: Option<&'a str>,
 }
 
 type Guarded = futures::future::CatchUnwind<AssertUnwindSafe<crate::handler::HandlerFuture>>;

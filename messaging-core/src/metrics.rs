@@ -1,5 +1,6 @@
 //! Counters: what was published, handled, retried, dead-lettered and dropped. Per-handler
-//! counters are plain atomics created at start-up, so the hot path takes no lock.
+//! counters are atomics created at start-up, one shard per lane, so the hot path takes no lock
+//! and no locked instruction.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,32 +11,118 @@ use std::time::Duration;
 /// Upper bounds (seconds) of the handler latency histogram.
 pub const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
-/// Counters of one handler on one topic.
-#[derive(Debug, Default)]
+/// Counters of one handler on one topic, read by summing the lanes' shards.
+///
+/// Each lane of the dispatcher writes its own shard and no other, so a count goes up with a
+/// plain load and store instead of a locked read-modify-write: four of those per message
+/// cost more than the rest of the framework's bookkeeping of it (BENCHMARKS.md).
+#[derive(Debug)]
 pub struct HandlerMetrics {
+    shards: Box<[LaneCounters]>,
+}
+
+/// One lane's counters. Aligned to its own cache lines so that lanes on different cores do
+/// not contend for them.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct LaneCounters {
     /// Handler calls (every attempt).
-    pub attempts: AtomicU64,
+    attempts: AtomicU64,
     /// Messages handled successfully.
-    pub succeeded: AtomicU64,
+    succeeded: AtomicU64,
     /// Retries scheduled.
-    pub retried: AtomicU64,
+    retried: AtomicU64,
     /// Messages dead-lettered.
-    pub dead_lettered: AtomicU64,
+    dead_lettered: AtomicU64,
     /// One counter per bucket plus one for slower calls; the count is their sum.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
 }
 
-impl HandlerMetrics {
+/// Adds to a counter that only one lane writes. Readers may see it a moment late, never
+/// torn or lost.
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl LaneCounters {
+    pub(crate) fn attempted(&self) {
+        bump(&self.attempts, 1);
+    }
+
+    pub(crate) fn succeeded(&self) {
+        bump(&self.succeeded, 1);
+    }
+
+    pub(crate) fn retried(&self) {
+        bump(&self.retried, 1);
+    }
+
+    pub(crate) fn dead_lettered(&self) {
+        bump(&self.dead_lettered, 1);
+    }
+
     pub(crate) fn observe_latency(&self, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         let bucket = LATENCY_BUCKETS
             .iter()
             .position(|&b| secs <= b)
             .unwrap_or(LATENCY_BUCKETS.len());
-        self.latency_buckets[bucket].fetch_add(1, Relaxed);
-        self.latency_sum_micros
-            .fetch_add(elapsed.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+        bump(&self.latency_buckets[bucket], 1);
+        bump(
+            &self.latency_sum_micros,
+            elapsed.as_micros().min(u64::MAX as u128) as u64,
+        );
+    }
+}
+
+impl HandlerMetrics {
+    /// Counters for a handler run by `lanes` lanes.
+    pub(crate) fn new(lanes: usize) -> Self {
+        Self {
+            shards: (0..lanes.max(1)).map(|_| LaneCounters::default()).collect(),
+        }
+    }
+
+    /// The counters lane `lane` writes; only that lane may use them.
+    pub(crate) fn lane(&self, lane: usize) -> &LaneCounters {
+        &self.shards[lane % self.shards.len()]
+    }
+
+    fn sum(&self, pick: impl Fn(&LaneCounters) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| pick(s).load(Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
+    /// Handler calls (every attempt).
+    pub fn attempts(&self) -> u64 {
+        self.sum(|s| &s.attempts)
+    }
+
+    /// Messages handled successfully.
+    pub fn succeeded(&self) -> u64 {
+        self.sum(|s| &s.succeeded)
+    }
+
+    /// Retries scheduled.
+    pub fn retried(&self) -> u64 {
+        self.sum(|s| &s.retried)
+    }
+
+    /// Messages dead-lettered.
+    pub fn dead_lettered(&self) -> u64 {
+        self.sum(|s| &s.dead_lettered)
+    }
+
+    /// Calls per latency bucket (the last one: slower than every bound), not cumulative.
+    fn latency_buckets(&self) -> [u64; LATENCY_BUCKETS.len() + 1] {
+        std::array::from_fn(|i| self.sum(|s| &s.latency_buckets[i]))
+    }
+
+    fn latency_sum_micros(&self) -> u64 {
+        self.sum(|s| &s.latency_sum_micros)
     }
 }
 
@@ -107,8 +194,13 @@ impl Metrics {
         *lock(&self.backend) = Some(backend.to_owned());
     }
 
-    pub(crate) fn register_handler(&self, topic: &str, handler: &str) -> Arc<HandlerMetrics> {
-        let m = Arc::new(HandlerMetrics::default());
+    pub(crate) fn register_handler(
+        &self,
+        topic: &str,
+        handler: &str,
+        lanes: usize,
+    ) -> Arc<HandlerMetrics> {
+        let m = Arc::new(HandlerMetrics::new(lanes));
         lock(&self.handlers).push((topic.to_owned(), handler.to_owned(), Arc::clone(&m)));
         m
     }
@@ -117,10 +209,10 @@ impl Metrics {
     pub fn handler_totals(&self) -> HandlerTotals {
         let mut totals = HandlerTotals::default();
         for (_, _, m) in lock(&self.handlers).iter() {
-            totals.attempts += m.attempts.load(Relaxed);
-            totals.succeeded += m.succeeded.load(Relaxed);
-            totals.retried += m.retried.load(Relaxed);
-            totals.dead_lettered += m.dead_lettered.load(Relaxed);
+            totals.attempts += m.attempts();
+            totals.succeeded += m.succeeded();
+            totals.retried += m.retried();
+            totals.dead_lettered += m.dead_lettered();
         }
         totals
     }
@@ -177,8 +269,8 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE messaging_handled_total counter");
         for (topic, handler, m) in handlers.iter() {
             let labels = format!("topic=\"{}\",handler=\"{}\"", esc(topic), esc(handler));
-            let ok = m.succeeded.load(Relaxed);
-            let dead = m.dead_lettered.load(Relaxed);
+            let ok = m.succeeded();
+            let dead = m.dead_lettered();
             let _ = writeln!(
                 out,
                 "messaging_handled_total{{{labels},outcome=\"ok\"}} {ok}"
@@ -191,14 +283,13 @@ impl Metrics {
         for (name, pick) in [
             (
                 "messaging_retried_total",
-                (|m: &HandlerMetrics| m.retried.load(Relaxed)) as fn(&HandlerMetrics) -> u64,
+                HandlerMetrics::retried as fn(&HandlerMetrics) -> u64,
             ),
-            ("messaging_dead_lettered_total", |m| {
-                m.dead_lettered.load(Relaxed)
-            }),
-            ("messaging_handler_attempts_total", |m| {
-                m.attempts.load(Relaxed)
-            }),
+            (
+                "messaging_dead_lettered_total",
+                HandlerMetrics::dead_lettered,
+            ),
+            ("messaging_handler_attempts_total", HandlerMetrics::attempts),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter");
             for (topic, handler, m) in handlers.iter() {
@@ -214,20 +305,21 @@ impl Metrics {
         let _ = writeln!(out, "# TYPE messaging_handler_duration_seconds histogram");
         for (topic, handler, m) in handlers.iter() {
             let labels = format!("topic=\"{}\",handler=\"{}\"", esc(topic), esc(handler));
+            let buckets = m.latency_buckets();
             let mut cumulative = 0;
-            for (bound, count) in LATENCY_BUCKETS.iter().zip(&m.latency_buckets) {
-                cumulative += count.load(Relaxed);
+            for (bound, count) in LATENCY_BUCKETS.iter().zip(&buckets) {
+                cumulative += count;
                 let _ = writeln!(
                     out,
                     "messaging_handler_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
                 );
             }
-            let total: u64 = m.latency_buckets.iter().map(|b| b.load(Relaxed)).sum();
+            let total: u64 = buckets.iter().sum();
             let _ = writeln!(
                 out,
                 "messaging_handler_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
             );
-            let sum = m.latency_sum_micros.load(Relaxed) as f64 / 1e6;
+            let sum = m.latency_sum_micros() as f64 / 1e6;
             let _ = writeln!(
                 out,
                 "messaging_handler_duration_seconds_sum{{{labels}}} {sum}"

@@ -257,7 +257,7 @@ impl RuntimeBuilder {
         for group in plans {
             let mut target = |index: usize, topic: &str| {
                 let spec = Arc::clone(&specs[index]);
-                let m = metrics().register_handler(topic, &spec.qualified_name);
+                let m = metrics().register_handler(topic, &spec.qualified_name, concurrency);
                 handler_metrics.push((spec.name.to_owned(), Arc::clone(&m)));
                 Arc::new(Target {
                     dlq_topic: spec.dlq_topic(topic),
@@ -302,6 +302,7 @@ impl RuntimeBuilder {
                 batch_size: self.batch_size,
                 max_message_size: config.max_message_size,
                 shutdown: shutdown.clone(),
+                stopping: Default::default(),
                 connection: Arc::clone(&self.connection),
                 clock: crate::dispatch::handler_clock(),
             });

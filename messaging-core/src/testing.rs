@@ -13,8 +13,8 @@
 //! # }
 //! ```
 
+use crate::metrics::HandlerMetrics;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 
 use serde::Serialize;
 
@@ -147,20 +147,20 @@ impl TestHarness {
 
     /// How often the handler named `name` was called (every attempt).
     pub fn attempts(&self, name: &str) -> u64 {
-        self.sum(name, |m| m.attempts.load(Relaxed))
+        self.sum(name, HandlerMetrics::attempts)
     }
 
     /// How many messages the handler named `name` handled successfully.
     pub fn succeeded(&self, name: &str) -> u64 {
-        self.sum(name, |m| m.succeeded.load(Relaxed))
+        self.sum(name, HandlerMetrics::succeeded)
     }
 
     /// How many messages the handler named `name` dead-lettered.
     pub fn dead_lettered(&self, name: &str) -> u64 {
-        self.sum(name, |m| m.dead_lettered.load(Relaxed))
+        self.sum(name, HandlerMetrics::dead_lettered)
     }
 
-    fn sum(&self, name: &str, f: impl Fn(&crate::metrics::HandlerMetrics) -> u64) -> u64 {
+    fn sum(&self, name: &str, f: impl Fn(&HandlerMetrics) -> u64) -> u64 {
         self.runtime
             .handler_metrics(name)
             .iter()

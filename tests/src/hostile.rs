@@ -455,7 +455,7 @@ pub async fn typed_handler_dead_letters_hostile_bodies(
     let attempts: u64 = runtime
         .handler_metrics("typed")
         .iter()
-        .map(|m| m.attempts.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|m| m.attempts())
         .sum();
     // One call per message; the oversized one never reaches the handler.
     let calls = steps
