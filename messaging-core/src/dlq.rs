@@ -122,7 +122,7 @@ impl OriginalMessage {
 
     fn with_body(message: &Message, payload: String, encoding: Option<String>) -> Self {
         Self {
-            topic: message.topic.clone(),
+            topic: message.topic.to_string(),
             key: message.key.clone(),
             payload,
             encoding,

@@ -122,7 +122,7 @@ impl FromContext for Metadata {
     fn from_context(invocation: &Invocation) -> Result<Self, HandlerError> {
         let m = &invocation.message;
         Ok(Self {
-            topic: m.topic.clone(),
+            topic: m.topic.to_string(),
             key: m.key.clone(),
             headers: m.headers.clone(),
             position: m.position.clone(),

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use crate::broker::{Acker, Broker, BrokerFactory, Consumer, StartFrom, Subscription};
 use crate::error::BrokerError;
 use crate::handler::BoxFuture;
-use crate::message::{Message, OutgoingMessage, Position};
+use crate::message::{Message, OutgoingMessage, Position, TopicName};
 
 const NAME: &str = "memory";
 
@@ -51,14 +51,26 @@ struct State {
     next_consumer: u64,
 }
 
-#[derive(Default)]
 struct Topic {
+    /// The name every message of the topic shares.
+    name: TopicName,
     log: Vec<Arc<Message>>,
     /// One cursor per group, shared by the group's consumers; locked on its own so that
     /// acknowledgements do not take the broker-wide lock.
     groups: HashMap<String, SharedCursor>,
     /// Consumers to wake when something arrives, by consumer id.
     waiters: HashMap<u64, Weak<Notify>>,
+}
+
+impl Topic {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            log: Vec::new(),
+            groups: HashMap::new(),
+            waiters: HashMap::new(),
+        }
+    }
 }
 
 type SharedCursor = Arc<Mutex<Cursor>>;
@@ -190,15 +202,18 @@ impl MemoryBroker {
     pub fn append_all(&self, messages: impl IntoIterator<Item = OutgoingMessage>) -> u64 {
         let mut state = self.state();
         let mut last = 0;
-        let mut touched: Vec<String> = Vec::new();
+        let mut touched: Vec<TopicName> = Vec::new();
         for message in messages {
             let topic = match state.topics.get_mut(&message.topic) {
                 Some(topic) => topic,
-                None => state.topics.entry(message.topic.clone()).or_default(),
+                None => state
+                    .topics
+                    .entry(message.topic.clone())
+                    .or_insert_with_key(|name| Topic::new(name)),
             };
             let offset = topic.log.len();
             topic.log.push(Arc::new(Message {
-                topic: message.topic,
+                topic: topic.name.clone(),
                 key: message.key,
                 payload: message.payload,
                 headers: message.headers,
@@ -212,7 +227,7 @@ impl MemoryBroker {
             }
         }
         for name in &touched {
-            if let Some(topic) = state.topics.get_mut(name) {
+            if let Some(topic) = state.topics.get_mut(&**name) {
                 topic.waiters.retain(|_, waiter| match waiter.upgrade() {
                     Some(notify) => {
                         notify.notify_one();
@@ -349,7 +364,10 @@ impl Broker for MemoryBroker {
         state.next_consumer += 1;
         let mut cursors = Vec::new();
         for name in &subscription.topics {
-            let topic = state.topics.entry(name.clone()).or_default();
+            let topic = state
+                .topics
+                .entry(name.clone())
+                .or_insert_with_key(|name| Topic::new(name));
             let start = match subscription.start {
                 StartFrom::Latest => topic.log.len(),
                 StartFrom::Earliest => 0,
@@ -384,7 +402,10 @@ impl Broker for MemoryBroker {
     ) -> BoxFuture<'a, Result<(), BrokerError>> {
         let mut state = self.state();
         for topic in topics {
-            state.topics.entry(topic.clone()).or_default();
+            state
+                .topics
+                .entry(topic.clone())
+                .or_insert_with_key(|name| Topic::new(name));
         }
         Box::pin(async { Ok(()) })
     }

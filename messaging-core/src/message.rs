@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -59,11 +60,122 @@ impl fmt::Display for Position {
     }
 }
 
+/// A topic name that messages share: cloning it is a reference count, not a copy. Compares
+/// and reads as the `str` it holds.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TopicName(Arc<str>);
+
+impl TopicName {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether both share one string (then they are equal without comparing bytes).
+    pub fn ptr_eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for TopicName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for TopicName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for TopicName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for TopicName {
+    fn from(name: &str) -> Self {
+        Self(name.into())
+    }
+}
+
+impl From<String> for TopicName {
+    fn from(name: String) -> Self {
+        Self(name.into())
+    }
+}
+
+impl From<&String> for TopicName {
+    fn from(name: &String) -> Self {
+        Self(name.as_str().into())
+    }
+}
+
+impl From<Arc<str>> for TopicName {
+    fn from(name: Arc<str>) -> Self {
+        Self(name)
+    }
+}
+
+impl PartialEq<str> for TopicName {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for TopicName {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for TopicName {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<TopicName> for str {
+    fn eq(&self, other: &TopicName) -> bool {
+        *self == *other.0
+    }
+}
+
+impl PartialEq<TopicName> for &str {
+    fn eq(&self, other: &TopicName) -> bool {
+        **self == *other.0
+    }
+}
+
+impl PartialEq<TopicName> for String {
+    fn eq(&self, other: &TopicName) -> bool {
+        **self == *other.0
+    }
+}
+
 /// A message as delivered by a broker.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Message {
-    /// The topic (Kafka topic, AMQP routing key, Redis stream) it was published to.
-    pub topic: String,
+    /// The topic (Kafka topic, AMQP routing key, Redis stream) it was published to. Shared:
+    /// a broker hands every message of a topic the same string, so none copies it, and the
+    /// dispatcher's comparisons read memory that is already in the cache.
+    pub topic: TopicName,
     /// The key, if the publisher set one.
     pub key: Option<String>,
     /// The body, exactly as published.
@@ -76,7 +188,7 @@ pub struct Message {
 
 impl Message {
     /// A message on `topic` with this payload and nothing else.
-    pub fn new(topic: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    pub fn new(topic: impl Into<TopicName>, payload: impl Into<Bytes>) -> Self {
         Self {
             topic: topic.into(),
             payload: payload.into(),

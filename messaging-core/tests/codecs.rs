@@ -150,7 +150,7 @@ fn message() -> impl Strategy<Value = Message> {
         position(),
     )
         .prop_map(|(topic, key, payload, headers, position)| Message {
-            topic,
+            topic: topic.into(),
             key,
             payload: Bytes::from(payload),
             headers,
@@ -243,7 +243,7 @@ fn record(original: Message) -> impl Strategy<Value = DeadLetterRecord> {
 
 fn with_payload(payload: Vec<u8>, headers: Headers) -> Message {
     Message {
-        topic: "t".to_owned(),
+        topic: "t".into(),
         payload: Bytes::from(payload),
         headers,
         ..Message::default()
@@ -417,7 +417,7 @@ proptest! {
         // Through the wire and back, as `consumer dlq replay` reads it.
         let parsed = DeadLetterRecord::from_bytes(&record.to_message("t.dlq").payload).unwrap();
         let replay = parsed.original.to_replay().unwrap();
-        prop_assert_eq!(&replay.topic, &message.topic);
+        prop_assert_eq!(replay.topic.as_str(), &*message.topic);
         prop_assert_eq!(&replay.key, &message.key);
         prop_assert_eq!(&replay.payload, &message.payload);
         let mut expected = message.headers.clone();

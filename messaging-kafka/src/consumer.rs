@@ -27,7 +27,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::convert::to_message;
+use crate::convert::{TopicNames, to_message};
 use crate::error::{NAME, from_kafka, operation};
 use crate::offsets::{Acked, OffsetTracker, ToStore};
 
@@ -282,6 +282,7 @@ pub(crate) struct KafkaConsumer {
     acker: Arc<KafkaAcker>,
     /// Messages received while waiting for the first assignment.
     buffered: VecDeque<Arc<Message>>,
+    names: TopicNames,
 }
 
 impl KafkaConsumer {
@@ -290,6 +291,7 @@ impl KafkaConsumer {
     /// rebalance callbacks; messages that arrive meanwhile are kept for `next_batch`.
     pub(crate) async fn joined(consumer: GroupConsumer, timeout: Duration) -> Self {
         let mut buffered = VecDeque::new();
+        let mut names = TopicNames::default();
         let deadline = tokio::time::Instant::now() + timeout;
         let context = consumer.context();
         let mut stream = consumer.stream();
@@ -300,7 +302,12 @@ impl KafkaConsumer {
             }
             match tokio::time::timeout(Duration::from_millis(50), stream.next()).await {
                 Ok(Some(Ok(record))) => {
-                    buffered.extend(context.acks.tracker.deliver(vec![to_message(&record)]));
+                    buffered.extend(
+                        context
+                            .acks
+                            .tracker
+                            .deliver(vec![to_message(&record, &mut names)]),
+                    );
                 }
                 Ok(Some(Err(error))) => {
                     tracing::debug!(group = %context.group, %error, "while joining")
@@ -316,6 +323,7 @@ impl KafkaConsumer {
             acker: Arc::new(KafkaAcker { acks }),
             consumer: Some(consumer),
             buffered,
+            names,
         }
     }
 }
@@ -341,11 +349,14 @@ impl Consumer for KafkaConsumer {
                 let Some(first) = stream.next().await else {
                     return Err(BrokerError::Closed { broker: NAME });
                 };
-                let mut received = vec![to_message(&first.map_err(|e| from_kafka("receive", e))?)];
+                let first = first.map_err(|e| from_kafka("receive", e))?;
+                let mut received = vec![to_message(&first, &mut self.names)];
                 // Whatever librdkafka already holds, without waiting.
                 while received.len() < max {
                     match stream.next().now_or_never() {
-                        Some(Some(Ok(record))) => received.push(to_message(&record)),
+                        Some(Some(Ok(record))) => {
+                            received.push(to_message(&record, &mut self.names))
+                        }
                         Some(Some(Err(error))) => {
                             tracing::warn!(%error, "Kafka consumer error");
                             break;

@@ -218,7 +218,7 @@ mod tests {
 
     fn at(topic: &str, partition: i32, offset: i64) -> Message {
         Message {
-            topic: topic.to_owned(),
+            topic: topic.into(),
             position: Position::Partition { partition, offset },
             ..Message::default()
         }

@@ -70,7 +70,7 @@ pub(crate) fn to_message(delivery: Delivery) -> (Message, Acker) {
         .unwrap_or_default();
     let key = headers.remove(header::KEY);
     let message = Message {
-        topic: routing_key.into(),
+        topic: routing_key.as_str().into(),
         key,
         payload: Bytes::from(data),
         headers,

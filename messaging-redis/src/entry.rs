@@ -125,7 +125,7 @@ fn decode(topic: &str, id: String, fields: Vec<Value>) -> Message {
         }
     };
     Message {
-        topic: topic.to_owned(),
+        topic: topic.into(),
         key,
         payload,
         headers,
