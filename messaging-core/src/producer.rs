@@ -89,10 +89,17 @@ impl Producer {
 
     /// The broker, connecting on first use.
     pub async fn broker(&self) -> Result<&Arc<dyn Broker>, Error> {
-        self.inner
-            .broker
-            .get_or_try_init(|| connect_once(&self.inner.config))
-            .await
+        if let Some(broker) = self.inner.broker.get() {
+            return Ok(broker);
+        }
+        // Boxed: the connecting future is large, and every publish's future would carry
+        // its room (BENCHMARKS.md, Kafka produce).
+        Box::pin(
+            self.inner
+                .broker
+                .get_or_try_init(|| connect_once(&self.inner.config)),
+        )
+        .await
     }
 
     /// The service name written into envelopes.

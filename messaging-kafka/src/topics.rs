@@ -130,7 +130,9 @@ impl Topics {
             return;
         }
         let topics = [topic.to_owned()];
-        if let Err(error) = self.ensure(&topics).await {
+        // Boxed: the admin requests make a large future, and every publish's future would
+        // carry its room.
+        if let Err(error) = Box::pin(self.ensure(&topics)).await {
             tracing::warn!(%topic, %error, "could not make sure the topic exists; publishing anyway");
             // Do not ask again on every publish.
             self.known
