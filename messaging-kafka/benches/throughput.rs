@@ -5,7 +5,8 @@
 //! Run with: cargo bench -p messaging-kafka --bench throughput
 //! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 6; `KAFKA_BOOTSTRAP_SERVERS`;
 //! `BENCH_KAFKA_PROPERTIES="fetch.wait.max.ms=5,linger.ms=1"`: more librdkafka properties for
-//! both sides.)
+//! both sides; `BENCH_CONSUMERS=framework` (or `raw`, `broker`) consumes with that side only,
+//! to profile it: the summary's ratios then mean nothing.)
 //!
 //! - produce: N messages of about 200 bytes with a key, at most `WINDOW` awaiting their
 //!   delivery report at once; framework = `Producer::send_raw` over `KafkaBroker`, raw =
@@ -83,21 +84,12 @@ fn sent_ns(body: &[u8]) -> Option<u128> {
     text[start..end].parse().ok()
 }
 
-/// CPU time of this process so far, all threads (ended ones included), from /proc
-/// (clock ticks of 10 ms). The broker's own CPU is not in it.
+/// CPU time of this process so far, all threads (ended ones included: librdkafka's threads
+/// of a closed client), from the process's CPU clock. The broker's own CPU is not in it.
 fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map_or(Vec::new(), |(_, rest)| rest.split(' ').collect());
-    // After the command: state is field 3, utime 14 and stime 15.
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    cpu_time::ProcessTime::try_now()
+        .map(|t| t.as_duration())
+        .unwrap_or_default()
 }
 
 /// One measurement: wall-clock time of the work, and this process's CPU time for it.
@@ -482,6 +474,11 @@ async fn run() -> Result<()> {
     let phases =
         std::env::var("BENCH_PHASES").unwrap_or_else(|_| "produce,consume,latency".to_owned());
     let (with_consume, with_latency) = (phases.contains("consume"), phases.contains("latency"));
+    // `BENCH_CONSUMERS=raw,framework,broker` (the default: all) picks the consuming sides, to
+    // profile one alone.
+    let consumers =
+        std::env::var("BENCH_CONSUMERS").unwrap_or_else(|_| "raw,framework,broker".to_owned());
+    let consumes = |side: usize| consumers.contains(["raw", "framework", "broker"][side]);
     for round in 0..rounds {
         let topics = [
             bench.name("raw", round),
@@ -505,7 +502,10 @@ async fn run() -> Result<()> {
         produce_broker_only = produce_broker_only.best(p[2]);
         if with_consume {
             let mut c = [Sample::NONE; 3];
-            for side in (0..3).map(|k| (k + round) % 3) {
+            for side in (0..3)
+                .map(|k| (k + round) % 3)
+                .filter(|&side| consumes(side))
+            {
                 let group = bench.name(&format!("group-{side}"), round);
                 c[side] = match side {
                     0 => bench.consume_raw(&topics[0], &group).await?,
