@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{ConnectionState, StartFrom, Subscription, connect_once};
 use crate::config::{Config, parse_duration, try_current_config};
-use crate::dlq::{DeadLetterRecord, default_dlq_topic};
+use crate::dlq::{DeadLetterRecord, resolve_dlq_topic};
 use crate::error::Error;
 use crate::health::{self, Health};
 use crate::metrics::metrics;
@@ -170,7 +170,8 @@ async fn run_cli(
         None => run(cli.run, adjust).await,
         Some(Command::Run(args)) => run(args, adjust).await,
         Some(Command::List) => {
-            print!("{}", list(&adjust(Runtime::builder()).selected_handlers()?));
+            let handlers = adjust(Runtime::builder()).selected_handlers()?;
+            print!("{}", list(&handlers, &try_current_config()?));
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Check) => {
@@ -311,7 +312,7 @@ fn log_summary(state: &str) {
 }
 
 /// The `list` table.
-fn list(handlers: &[HandlerSpec]) -> String {
+fn list(handlers: &[HandlerSpec], config: &Config) -> String {
     let mut rows = vec![
         [
             "KIND", "HANDLER", "TOPICS", "GROUP", "EVENT", "RETRIES", "DELAY", "BACKOFF", "SCHEMA",
@@ -341,7 +342,7 @@ fn list(handlers: &[HandlerSpec]) -> String {
             h.schema().unwrap_or("-").to_owned(),
             h.topics()
                 .iter()
-                .map(|t| h.dlq_topic(t))
+                .map(|t| h.dlq_topic_in(t, config))
                 .collect::<Vec<_>>()
                 .join(","),
         ]);
@@ -362,22 +363,45 @@ fn list(handlers: &[HandlerSpec]) -> String {
     out
 }
 
-/// The DLQ topic of `topic`: the one a registered handler names, else `<topic>.dlq`.
-fn dlq_topic_of(topic: &str) -> String {
-    registered_handlers()
-        .iter()
-        .find(|h| h.topics().iter().any(|t| t == topic))
-        .map(|h| h.dlq_topic(topic))
-        .unwrap_or_else(|| default_dlq_topic(topic))
+/// Where the DLQ records of one topic are.
+struct DlqOf {
+    /// The DLQ topic: the one a registered handler names, else the configuration's
+    /// (`MESSAGING_DLQ_TOPIC`), else `<topic>.dlq`.
+    topic: String,
+    /// Whether it holds the records of every topic (a global `MESSAGING_DLQ_TOPIC` without
+    /// `{topic}`): then only the records whose original is on the asked topic are listed
+    /// and replayed.
+    shared: bool,
+}
+
+fn dlq_of(topic: &str, config: &Config) -> DlqOf {
+    let handler = registered_handlers()
+        .into_iter()
+        .find(|h| h.topics().iter().any(|t| t == topic));
+    let own = handler.as_ref().is_some_and(|h| h.dlq.is_some());
+    let global = config.dlq_topic.as_deref();
+    DlqOf {
+        topic: match &handler {
+            Some(h) => h.dlq_topic_in(topic, config),
+            None => resolve_dlq_topic(topic, None, global),
+        },
+        shared: !own && global.is_some_and(|g| !g.contains("{topic}")),
+    }
 }
 
 async fn dlq_list(args: DlqArgs) -> Result<ExitCode, Error> {
     let config = config_for(args.broker.as_deref())?;
     let broker = connect_once(&config).await?;
-    let dlq_topic = dlq_topic_of(&args.topic);
-    let messages = broker.browse(&dlq_topic, args.limit).await?;
+    let dlq = dlq_of(&args.topic, &config);
+    let dlq_topic = &dlq.topic;
+    let mut messages = broker.browse(dlq_topic, args.limit).await?;
+    if dlq.shared {
+        messages.retain(|m| {
+            DeadLetterRecord::from_bytes(&m.payload).is_ok_and(|r| r.original.topic == args.topic)
+        });
+    }
     if messages.is_empty() {
-        eprintln!("{dlq_topic}: no records");
+        eprintln!("{dlq_topic}: no records of {}", args.topic);
     }
     for message in messages {
         if args.json {
@@ -410,17 +434,25 @@ pub const REPLAY_GROUP: &str = "messaging-dlq-replay";
 async fn dlq_replay(args: ReplayArgs) -> Result<ExitCode, Error> {
     let config = config_for(args.broker.as_deref())?;
     let broker = connect_once(&config).await?;
-    let dlq_topic = dlq_topic_of(&args.topic);
+    let dlq = dlq_of(&args.topic, &config);
+    let dlq_topic = dlq.topic;
+    // A shared DLQ is read by one replay group per original topic, each passing over the
+    // records of the others.
+    let group = if dlq.shared {
+        format!("{REPLAY_GROUP}.{}", args.topic)
+    } else {
+        REPLAY_GROUP.to_owned()
+    };
     let mut consumer = broker
         .subscribe(Subscription {
-            group: REPLAY_GROUP.to_owned(),
+            group,
             topics: vec![dlq_topic.clone()],
             start: StartFrom::Earliest,
             prefetch: 64,
         })
         .await?;
     let acker = consumer.acker();
-    let (mut replayed, mut skipped) = (0usize, 0usize);
+    let (mut replayed, mut skipped, mut others) = (0usize, 0usize, 0usize);
     while replayed + skipped < args.limit {
         let wanted = (args.limit - replayed - skipped).min(64);
         let batch = match tokio::time::timeout(args.idle, consumer.next_batch(wanted)).await {
@@ -428,7 +460,16 @@ async fn dlq_replay(args: ReplayArgs) -> Result<ExitCode, Error> {
             Err(_) => break,
         };
         for message in batch {
-            let replay = DeadLetterRecord::from_bytes(&message.payload)
+            let record = DeadLetterRecord::from_bytes(&message.payload);
+            if dlq.shared
+                && let Ok(r) = &record
+                && r.original.topic != args.topic
+            {
+                others += 1;
+                acker.ack(&message).await?;
+                continue;
+            }
+            let replay = record
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.original.to_replay().map_err(|e| e.to_string()));
             match replay {
@@ -449,7 +490,14 @@ async fn dlq_replay(args: ReplayArgs) -> Result<ExitCode, Error> {
     }
     consumer.close().await?;
     broker.flush(Duration::from_secs(10)).await?;
-    println!("replayed {replayed} records from {dlq_topic} ({skipped} skipped)");
+    if dlq.shared {
+        println!(
+            "replayed {replayed} records of {} from {dlq_topic} ({skipped} skipped, {others} of other topics passed over)",
+            args.topic
+        );
+    } else {
+        println!("replayed {replayed} records from {dlq_topic} ({skipped} skipped)");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -38,6 +38,9 @@ pub struct Config {
     pub concurrency: usize,
     /// Larger messages are dead-lettered as `too_large` (`MESSAGING_MAX_MESSAGE_SIZE`, bytes).
     pub max_message_size: usize,
+    /// The dead-letter topic of every handler that names none (`MESSAGING_DLQ_TOPIC`);
+    /// `{topic}` in it stands for the handler's topic. `None`: `<topic>.dlq`.
+    pub dlq_topic: Option<String>,
 }
 
 impl Default for Config {
@@ -56,6 +59,7 @@ impl Default for Config {
             connect_cooldown: Duration::from_secs(30),
             concurrency: 16,
             max_message_size: 1024 * 1024,
+            dlq_topic: None,
         }
     }
 }
@@ -115,6 +119,18 @@ impl Config {
         if let Some(v) = set("MESSAGING_MAX_MESSAGE_SIZE") {
             c.max_message_size = parse_number("MESSAGING_MAX_MESSAGE_SIZE", &v)?;
         }
+        if let Some(v) = set("MESSAGING_DLQ_TOPIC") {
+            let v = v.trim().to_owned();
+            if v.chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    "MESSAGING_DLQ_TOPIC",
+                    format!(
+                        "`{v}` contains whitespace; write e.g. `dead-letters` or `{{topic}}.failed`"
+                    ),
+                ));
+            }
+            c.dlq_topic = Some(v);
+        }
         for (key, value) in all {
             if let Some(name) = key.strip_prefix("KAFKA_CONFIG_")
                 && !name.is_empty()
@@ -154,6 +170,7 @@ impl fmt::Debug for Config {
             .field("connect_cooldown", &self.connect_cooldown)
             .field("concurrency", &self.concurrency)
             .field("max_message_size", &self.max_message_size)
+            .field("dlq_topic", &self.dlq_topic)
             .finish()
     }
 }
@@ -280,6 +297,18 @@ mod tests {
         assert_eq!(c.backend, "redis");
         assert_eq!(c.connect_retry_delay, Duration::from_millis(250));
         assert_eq!(c.kafka_properties["session.timeout.ms"], "6000");
+    }
+
+    #[test]
+    fn a_global_dlq_topic_from_the_environment() {
+        assert_eq!(from(&[]).unwrap().dlq_topic, None);
+        let c = from(&[("MESSAGING_DLQ_TOPIC", " {topic}.failed ")]).unwrap();
+        assert_eq!(c.dlq_topic.as_deref(), Some("{topic}.failed"));
+        let e = from(&[("MESSAGING_DLQ_TOPIC", "dead letters")]).unwrap_err();
+        assert!(
+            e.to_string().contains("MESSAGING_DLQ_TOPIC") && e.to_string().contains("whitespace"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -33,6 +33,17 @@ pub fn default_dlq_topic(topic: &str) -> String {
     format!("{topic}.dlq")
 }
 
+/// The dead-letter topic of messages from `topic`: the handler's own (`dlq = "…"`), else the
+/// global one of the configuration (`MESSAGING_DLQ_TOPIC`, where `{topic}` stands for
+/// `topic`), else `<topic>.dlq`.
+pub fn resolve_dlq_topic(topic: &str, handler: Option<&str>, global: Option<&str>) -> String {
+    match (handler, global) {
+        (Some(own), _) => own.to_owned(),
+        (None, Some(global)) => global.replace("{topic}", topic),
+        (None, None) => default_dlq_topic(topic),
+    }
+}
+
 /// A message that failed for good, with why and where it came from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetterRecord {
@@ -247,6 +258,23 @@ impl DeadLetterRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_handlers_dlq_wins_then_the_global_one_then_the_default() {
+        assert_eq!(resolve_dlq_topic("orders", None, None), "orders.dlq");
+        assert_eq!(
+            resolve_dlq_topic("orders", None, Some("{topic}.failed")),
+            "orders.failed"
+        );
+        assert_eq!(
+            resolve_dlq_topic("orders", None, Some("dead-letters")),
+            "dead-letters"
+        );
+        assert_eq!(
+            resolve_dlq_topic("orders", Some("payments.dlq"), Some("dead-letters")),
+            "payments.dlq"
+        );
+    }
 
     fn record(payload: &[u8]) -> DeadLetterRecord {
         let mut message = Message::new("orders.created", payload.to_vec());

@@ -102,6 +102,11 @@ impl Producer {
         .await
     }
 
+    /// The configuration it was made with.
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
     /// The service name written into envelopes.
     pub fn source(&self) -> &str {
         &self.inner.config.source

@@ -205,11 +205,16 @@ impl HandlerSpec {
         self.kind
     }
 
-    /// The dead-letter topic for messages of `topic`.
+    /// The dead-letter topic for messages of `topic` with no global override: the handler's
+    /// own, else `<topic>.dlq`.
     pub fn dlq_topic(&self, topic: &str) -> String {
-        self.dlq
-            .clone()
-            .unwrap_or_else(|| crate::dlq::default_dlq_topic(topic))
+        crate::dlq::resolve_dlq_topic(topic, self.dlq.as_deref(), None)
+    }
+
+    /// The dead-letter topic for messages of `topic` under `config`: the handler's own, else
+    /// the global `MESSAGING_DLQ_TOPIC`, else `<topic>.dlq`.
+    pub fn dlq_topic_in(&self, topic: &str, config: &crate::config::Config) -> String {
+        crate::dlq::resolve_dlq_topic(topic, self.dlq.as_deref(), config.dlq_topic.as_deref())
     }
 
     pub(crate) fn from_registration(r: &'static HandlerRegistration) -> Self {

@@ -243,7 +243,7 @@ impl RuntimeBuilder {
 
         let dlq_topics: Vec<String> = handlers
             .iter()
-            .flat_map(|h| h.topics.iter().map(|t| h.dlq_topic(t)))
+            .flat_map(|h| h.topics.iter().map(|t| h.dlq_topic_in(t, &config)))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -260,7 +260,7 @@ impl RuntimeBuilder {
                 let m = metrics().register_handler(topic, &spec.qualified_name, concurrency);
                 handler_metrics.push((spec.name.to_owned(), Arc::clone(&m)));
                 Arc::new(Target {
-                    dlq_topic: spec.dlq_topic(topic),
+                    dlq_topic: spec.dlq_topic_in(topic, &config),
                     spec,
                     metrics: m,
                 })

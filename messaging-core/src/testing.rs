@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::dlq::{DeadLetterRecord, default_dlq_topic};
+use crate::dlq::{DeadLetterRecord, resolve_dlq_topic};
 use crate::error::Error;
 use crate::memory::MemoryBroker;
 use crate::message::OutgoingMessage;
@@ -129,9 +129,14 @@ impl TestHarness {
         self.broker.wait_idle().await;
     }
 
-    /// The DLQ records of `topic` (read from `<topic>.dlq`).
+    /// The DLQ records of `topic` (read from `<topic>.dlq`, or from the configuration's
+    /// `dlq_topic`; a handler's own `dlq` is read with [`TestHarness::dlq_topic`]).
     pub fn dlq(&self, topic: &str) -> Vec<DeadLetterRecord> {
-        self.dlq_topic(&default_dlq_topic(topic))
+        let global = self.producer().config().dlq_topic.as_deref();
+        self.dlq_topic(&resolve_dlq_topic(topic, None, global))
+            .into_iter()
+            .filter(|r| r.original.topic == topic)
+            .collect()
     }
 
     /// The DLQ records on a DLQ topic named explicitly.

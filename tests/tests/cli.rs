@@ -637,3 +637,78 @@ async fn metrics_move_and_dlq_replay_feeds_the_fixed_handler() {
     consumer.signal("-TERM");
     assert!(consumer.wait(Duration::from_secs(15)).success());
 }
+
+/// A DLQ record of a message that was on `topic`, in the wire format of DESIGN §3.
+fn dlq_record(topic: &str, body: &str) -> messaging_core::DeadLetterRecord {
+    let at = "2026-12-02T00:00:00Z";
+    serde_json::from_value(serde_json::json!({
+        "version": 1,
+        "original": {"topic": topic, "key": null, "payload": body, "headers": {}, "position": "offset 0"},
+        "error": {"kind": "handler", "message": "failed"},
+        "attempts": 1, "first_failure_at": at, "last_failure_at": at,
+        "handler": "h", "group": "g", "source": "cli-test", "dead_lettered_at": at,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_global_dlq_topic_is_replayed_per_original_topic() {
+    let f = Fixture::new();
+    let shared = f.topic("dead-letters");
+    let (a, b) = (f.topic("alpha"), f.topic("beta"));
+    let broker = RedisBroker::connect_url(REDIS).await.unwrap_or_else(|e| {
+        panic!("Redis is not reachable at {REDIS} (run scripts/start-redis.sh): {e}")
+    });
+    for (topic, body) in [(&a, "a-1"), (&b, "b-1"), (&a, "a-2")] {
+        broker
+            .publish(dlq_record(topic, body).to_message(&shared))
+            .await
+            .unwrap();
+    }
+    let run = |args: &[&str]| {
+        let out = f
+            .command(FIXTURE, REDIS, args)
+            .env("MESSAGING_DLQ_TOPIC", &shared)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let listed = run(&["dlq", "list", "--topic", &a]);
+    assert_eq!(listed.lines().count(), 2, "only alpha's records:\n{listed}");
+    assert!(listed.lines().all(|l| l.contains(&a)), "{listed}");
+
+    let replayed = run(&["dlq", "replay", "--topic", &a, "--idle", "2s"]);
+    assert!(
+        replayed.contains("replayed 2 records of") && replayed.contains("1 of other topics"),
+        "{replayed}"
+    );
+    // beta's record was passed over by alpha's replay, not consumed: its own replay gets it.
+    let replayed = run(&["dlq", "replay", "--topic", &b, "--idle", "2s"]);
+    assert!(replayed.contains("replayed 1 records of"), "{replayed}");
+    let again = run(&["dlq", "replay", "--topic", &a, "--idle", "2s"]);
+    assert!(again.contains("replayed 0 records of"), "{again}");
+
+    let bodies = |topic: &str| {
+        let broker = broker.clone();
+        let topic = topic.to_owned();
+        async move {
+            let mut bodies: Vec<String> = broker
+                .browse(&topic, 10)
+                .await
+                .unwrap()
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+                .collect();
+            bodies.sort();
+            bodies
+        }
+    };
+    assert_eq!(bodies(&a).await, ["a-1", "a-2"]);
+    assert_eq!(bodies(&b).await, ["b-1"]);
+}
