@@ -302,12 +302,9 @@ impl KafkaConsumer {
             }
             match tokio::time::timeout(Duration::from_millis(50), stream.next()).await {
                 Ok(Some(Ok(record))) => {
-                    buffered.extend(
-                        context
-                            .acks
-                            .tracker
-                            .deliver(vec![to_message(&record, &mut names)]),
-                    );
+                    let mut one = vec![Arc::new(to_message(&record, &mut names))];
+                    context.acks.tracker.deliver(&mut one);
+                    buffered.extend(one);
                 }
                 Ok(Some(Err(error))) => {
                     tracing::debug!(group = %context.group, %error, "while joining")
@@ -350,12 +347,13 @@ impl Consumer for KafkaConsumer {
                     return Err(BrokerError::Closed { broker: NAME });
                 };
                 let first = first.map_err(|e| from_kafka("receive", e))?;
-                let mut received = vec![to_message(&first, &mut self.names)];
+                let mut received = Vec::with_capacity(max.min(256));
+                received.push(Arc::new(to_message(&first, &mut self.names)));
                 // Whatever librdkafka already holds, without waiting.
                 while received.len() < max {
                     match stream.next().now_or_never() {
                         Some(Some(Ok(record))) => {
-                            received.push(to_message(&record, &mut self.names))
+                            received.push(Arc::new(to_message(&record, &mut self.names)))
                         }
                         Some(Some(Err(error))) => {
                             tracing::warn!(%error, "Kafka consumer error");
@@ -364,9 +362,9 @@ impl Consumer for KafkaConsumer {
                         Some(None) | None => break,
                     }
                 }
-                let batch = acks.tracker.deliver(received);
-                if !batch.is_empty() {
-                    return Ok(batch);
+                acks.tracker.deliver(&mut received);
+                if !received.is_empty() {
+                    return Ok(received);
                 }
             }
         })

@@ -102,33 +102,29 @@ impl OffsetTracker {
         unstored
     }
 
-    /// Records delivered messages and returns those that may be handed out: a message of a
+    /// Records delivered messages and keeps those that may be handed out: a message of a
     /// partition no longer assigned (fetched before a revocation) must not be.
-    pub(crate) fn deliver(&self, messages: Vec<Message>) -> Vec<Arc<Message>> {
+    pub(crate) fn deliver(&self, messages: &mut Vec<Arc<Message>>) {
         let mut partitions = self.lock();
-        messages
-            .into_iter()
-            .filter(|m| {
-                let Position::Partition { partition, offset } = m.position else {
-                    return false;
-                };
-                let Some(state) = partitions.iter_mut().find(|s| s.is(&m.topic, partition)) else {
-                    return false;
-                };
-                match state.window.back() {
-                    Some(&(last, _)) if offset <= last => {
-                        // Not seen in practice (a partition is read in order); kept sorted.
-                        if let Err(at) = state.window.binary_search_by_key(&offset, |e| e.0) {
-                            state.window.insert(at, (offset, false));
-                        }
+        messages.retain(|m| {
+            let Position::Partition { partition, offset } = m.position else {
+                return false;
+            };
+            let Some(state) = partitions.iter_mut().find(|s| s.is(&m.topic, partition)) else {
+                return false;
+            };
+            match state.window.back() {
+                Some(&(last, _)) if offset <= last => {
+                    // Not seen in practice (a partition is read in order); kept sorted.
+                    if let Err(at) = state.window.binary_search_by_key(&offset, |e| e.0) {
+                        state.window.insert(at, (offset, false));
                     }
-                    _ => state.window.push_back((offset, false)),
                 }
-                state.next_unseen = state.next_unseen.max(offset + 1);
-                true
-            })
-            .map(Arc::new)
-            .collect()
+                _ => state.window.push_back((offset, false)),
+            }
+            state.next_unseen = state.next_unseen.max(offset + 1);
+            true
+        });
     }
 
     /// Settles a message, moving its partition's next-to-read offset as far as every
@@ -225,13 +221,12 @@ mod tests {
     }
 
     fn deliver(t: &OffsetTracker, messages: &[(&str, i32, i64)]) -> usize {
-        t.deliver(
-            messages
-                .iter()
-                .map(|(topic, p, o)| at(topic, *p, *o))
-                .collect(),
-        )
-        .len()
+        let mut messages = messages
+            .iter()
+            .map(|(topic, p, o)| Arc::new(at(topic, *p, *o)))
+            .collect();
+        t.deliver(&mut messages);
+        messages.len()
     }
 
     fn advanced(next: i64) -> Acked {
