@@ -5,7 +5,7 @@
 //! Run with: cargo bench -p messaging-kafka --bench throughput
 //! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 6; `KAFKA_BOOTSTRAP_SERVERS`;
 //! `BENCH_KAFKA_PROPERTIES="fetch.wait.max.ms=5,linger.ms=1"`: more librdkafka properties for
-//! both sides; `BENCH_CONSUMERS=framework` (or `raw`, `broker`) consumes with that side only,
+//! both sides; `BENCH_CONCURRENCY`, the runtime's, default 16; `BENCH_CONSUMERS=framework` (or `raw`, `broker`) consumes with that side only,
 //! to profile it: the summary's ratios then mean nothing.)
 //!
 //! - produce: N messages of about 200 bytes with a key, at most `WINDOW` awaiting their
@@ -14,8 +14,9 @@
 //! - consume: the N messages just produced, read by a new group from the beginning and each
 //!   offset stored after handling; framework = the runtime running a counting handler
 //!   (default concurrency and batch size), raw = one `StreamConsumer` loop calling
-//!   `store_offset_from_message`. Timed from the first message received to the last, so the
-//!   group join (seconds on the test broker) is not counted.
+//!   `store_offset_from_message`. Wall and CPU time from the first message received to the
+//!   last, so the group join (seconds on the test broker, and about 75 ms of CPU) is not
+//!   counted.
 //! - latency: `LATENCY_MESSAGES` published at a steady rate, timed from before the publish to
 //!   the handler (framework) or to `recv` (raw).
 //!
@@ -92,6 +93,30 @@ fn cpu_time() -> Duration {
         .unwrap_or_default()
 }
 
+/// A point in time and the process's CPU time so far.
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    at: Instant,
+    cpu: Duration,
+}
+
+impl Mark {
+    fn now() -> Self {
+        Self {
+            at: Instant::now(),
+            cpu: cpu_time(),
+        }
+    }
+
+    /// From `first` to this one.
+    fn since(self, first: Mark) -> Sample {
+        Sample {
+            wall: self.at - first.at,
+            cpu: self.cpu.saturating_sub(first.cpu),
+        }
+    }
+}
+
 /// One measurement: wall-clock time of the work, and this process's CPU time for it.
 #[derive(Clone, Copy, Debug)]
 struct Sample {
@@ -158,7 +183,10 @@ impl Bench {
     async fn runtime(&self, handler: HandlerSpec) -> Result<Runtime> {
         Ok(Runtime::builder()
             .broker(self.broker.clone().into_dyn())
-            .config(Config::default())
+            .config(Config {
+                concurrency: env_number("BENCH_CONCURRENCY", Config::default().concurrency),
+                ..Config::default()
+            })
             .without_registered()
             .install_global_producer(false)
             .from_beginning(true)
@@ -225,7 +253,6 @@ impl Bench {
     }
 
     async fn consume_framework(&self, topic: &str, group: &str) -> Result<Sample> {
-        let cpu = cpu_time();
         let count = Arc::new(AtomicUsize::new(0));
         let first = Arc::new(OnceLock::new());
         let last = Arc::new(OnceLock::new());
@@ -235,9 +262,9 @@ impl Bench {
             let (count, first, last, done) =
                 (count.clone(), first.clone(), last.clone(), done.clone());
             move |_inv: Invocation| {
-                first.get_or_init(Instant::now);
+                first.get_or_init(Mark::now);
                 if count.fetch_add(1, Ordering::Relaxed) + 1 == n {
-                    let _ = last.set(Instant::now());
+                    let _ = last.set(Mark::now());
                     done.notify_one();
                 }
                 async { Ok(()) }
@@ -246,22 +273,17 @@ impl Bench {
         .group(group);
         let runtime = self.runtime(handler).await?;
         tokio::time::timeout(PATIENCE, done.notified()).await?;
-        let cpu = cpu_time() - cpu;
         runtime.shutdown().await?;
-        let (first, last): (Instant, Instant) = (
+        let (first, last): (Mark, Mark) = (
             *first.get().ok_or("no first")?,
             *last.get().ok_or("no last")?,
         );
-        Ok(Sample {
-            wall: last - first,
-            cpu,
-        })
+        Ok(last.since(first))
     }
 
     /// The broker's consumer alone, without the runtime: `next_batch` and one acknowledgement
-/// each.
+    /// each.
     async fn consume_broker(&self, topic: &str, group: &str) -> Result<Sample> {
-        let cpu = cpu_time();
         let mut consumer = self
             .broker
             .subscribe(messaging_core::Subscription {
@@ -277,7 +299,7 @@ impl Bench {
         let consume = async {
             while seen < self.n {
                 let batch = consumer.next_batch(256).await?;
-                first.get_or_insert_with(Instant::now);
+                first.get_or_insert_with(Mark::now);
                 // As the runtime acknowledges: without a future when the broker can.
                 for message in &batch {
                     match acker.ack_now(message) {
@@ -287,34 +309,26 @@ impl Bench {
                 }
                 seen += batch.len();
             }
-            Ok::<_, messaging_core::BrokerError>(Instant::now())
+            Ok::<_, messaging_core::BrokerError>(Mark::now())
         };
         let last = tokio::time::timeout(PATIENCE, consume).await??;
-        let cpu = cpu_time() - cpu;
         consumer.close().await?;
-        Ok(Sample {
-            wall: last - first.ok_or("no first")?,
-            cpu,
-        })
+        Ok(last.since(first.ok_or("no first")?))
     }
 
     async fn consume_raw(&self, topic: &str, group: &str) -> Result<Sample> {
-        let cpu = cpu_time();
         let consumer = self.raw_consumer(group, topic)?;
         let mut first = None;
         let consume = async {
             for _ in 0..self.n {
                 let message = consumer.recv().await?;
-                first.get_or_insert_with(Instant::now);
+                first.get_or_insert_with(Mark::now);
                 consumer.store_offset_from_message(&message)?;
             }
-            Ok::<_, rdkafka::error::KafkaError>(Instant::now())
+            Ok::<_, rdkafka::error::KafkaError>(Mark::now())
         };
         let last = tokio::time::timeout(PATIENCE, consume).await??;
-        Ok(Sample {
-            wall: last - first.ok_or("no first")?,
-            cpu: cpu_time() - cpu,
-        })
+        Ok(last.since(first.ok_or("no first")?))
     }
 
     async fn latency_framework(&self, topic: &str, group: &str) -> Result<(Duration, Duration)> {
