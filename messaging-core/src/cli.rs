@@ -74,7 +74,8 @@ struct RunArgs {
     /// How long shutdown waits for in-flight handlers.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration_arg)]
     shutdown_timeout: Duration,
-    /// New groups start from the oldest message the broker holds.
+    /// New groups start from the oldest message the broker holds (no effect on RabbitMQ,
+    /// where a group's queue holds only what came after it was declared).
     #[arg(long)]
     from_beginning: bool,
 }
