@@ -73,6 +73,15 @@ pub(crate) fn handler_clock() -> quanta::Clock {
     CLOCK.get_or_init(quanta::Clock::new).clone()
 }
 
+/// A task that ends when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Where the fetching task hands messages to one lane.
 struct Lane {
     tx: mpsc::UnboundedSender<Vec<Arc<Message>>>,
@@ -100,19 +109,21 @@ impl Skip {
 impl Dispatcher {
     /// Fetches and dispatches until shutdown, then closes the consumer.
     pub async fn run(self: Arc<Self>, mut consumer: Box<dyn Consumer>) {
-        let watcher = tokio::spawn({
-            let this = Arc::clone(&self);
+        // Aborted with this future, also when the runtime is dropped without a shutdown.
+        let _watcher = AbortOnDrop(tokio::spawn({
+            let (token, this) = (self.shutdown.clone(), Arc::downgrade(&self));
             async move {
-                this.shutdown.cancelled().await;
-                this.stopping.store(true, Relaxed);
+                token.cancelled().await;
+                if let Some(this) = this.upgrade() {
+                    this.stopping.store(true, Relaxed);
+                }
             }
-        });
+        }));
         if self.concurrency <= 1 {
             self.run_inline(&mut *consumer).await;
         } else {
             self.run_lanes(&mut *consumer).await;
         }
-        watcher.abort();
         if let Err(error) = consumer.close().await {
             tracing::warn!(group = %self.group, %error, "closing the consumer failed");
         }
