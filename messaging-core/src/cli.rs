@@ -390,16 +390,29 @@ fn dlq_of(topic: &str, config: &Config) -> DlqOf {
     }
 }
 
+/// How many records of a shared DLQ `dlq list` reads at most to find those of one topic.
+const SHARED_BROWSE_MAX: usize = 10_000;
+
 async fn dlq_list(args: DlqArgs) -> Result<ExitCode, Error> {
     let config = config_for(args.broker.as_deref())?;
     let broker = connect_once(&config).await?;
     let dlq = dlq_of(&args.topic, &config);
     let dlq_topic = &dlq.topic;
-    let mut messages = broker.browse(dlq_topic, args.limit).await?;
+    // A shared DLQ holds other topics' records too: look further to find `limit` of these.
+    let window = if dlq.shared {
+        args.limit
+            .saturating_mul(10)
+            .min(SHARED_BROWSE_MAX)
+            .max(args.limit)
+    } else {
+        args.limit
+    };
+    let mut messages = broker.browse(dlq_topic, window).await?;
     if dlq.shared {
         messages.retain(|m| {
             DeadLetterRecord::from_bytes(&m.payload).is_ok_and(|r| r.original.topic == args.topic)
         });
+        messages.truncate(args.limit);
     }
     if messages.is_empty() {
         eprintln!("{dlq_topic}: no records of {}", args.topic);

@@ -682,6 +682,10 @@ async fn a_global_dlq_topic_is_replayed_per_original_topic() {
     let listed = run(&["dlq", "list", "--topic", &a]);
     assert_eq!(listed.lines().count(), 2, "only alpha's records:\n{listed}");
     assert!(listed.lines().all(|l| l.contains(&a)), "{listed}");
+    // beta's one record comes after alpha's first: a limit of 1 still finds it.
+    let listed = run(&["dlq", "list", "--topic", &b, "--limit", "1"]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains(&b), "{listed}");
 
     let replayed = run(&["dlq", "replay", "--topic", &a, "--idle", "2s"]);
     assert!(
