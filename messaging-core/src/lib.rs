@@ -36,7 +36,7 @@ pub use error::{BrokerError, Error, FailureKind, HandlerError};
 pub use extract::{Context, FromContext, Metadata, State};
 pub use handler::{BoxFuture, Invocation};
 pub use memory::MemoryBroker;
-pub use message::{Headers, Message, OutgoingMessage, Position, TopicName};
+pub use message::{Headers, Message, OutgoingMessage, Position, TopicName, TopicNames};
 pub use producer::{Producer, SendOptions, get_producer, install_producer, publish, publish_event};
 pub use registry::{HandlerKind, HandlerSpec, registered_handlers};
 pub use retry::{Backoff, RetryPolicy};

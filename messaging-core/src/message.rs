@@ -127,12 +127,6 @@ impl From<&String> for TopicName {
     }
 }
 
-impl From<Arc<str>> for TopicName {
-    fn from(name: Arc<str>) -> Self {
-        Self(name)
-    }
-}
-
 impl PartialEq<str> for TopicName {
     fn eq(&self, other: &str) -> bool {
         *self.0 == *other
@@ -166,6 +160,28 @@ impl PartialEq<TopicName> for &str {
 impl PartialEq<TopicName> for String {
     fn eq(&self, other: &TopicName) -> bool {
         **self == *other.0
+    }
+}
+
+/// The names of the topics a consumer reads, made once when it subscribes, so that the
+/// messages it receives share their topic's string instead of each allocating a copy. A topic
+/// not among them (a broker delivering something unexpected) gets a string of its own.
+#[derive(Clone, Debug, Default)]
+pub struct TopicNames(Vec<TopicName>);
+
+impl TopicNames {
+    /// The names of `topics`.
+    pub fn new<S: AsRef<str>>(topics: impl IntoIterator<Item = S>) -> Self {
+        Self(topics.into_iter().map(|t| t.as_ref().into()).collect())
+    }
+
+    /// The shared name of `topic`.
+    pub fn get(&self, topic: &str) -> TopicName {
+        self.0
+            .iter()
+            .find(|name| **name == *topic)
+            .cloned()
+            .unwrap_or_else(|| topic.into())
     }
 }
 
@@ -285,5 +301,21 @@ impl OutgoingMessage {
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumers_topics_share_one_string_and_others_get_their_own() {
+        let names = TopicNames::new(["orders", "payments"]);
+        let (a, b) = (names.get("orders"), names.get("orders"));
+        assert!(a.ptr_eq(&b), "one string per known topic");
+        assert_eq!(a, "orders");
+        let unknown = names.get("audit");
+        assert_eq!(unknown, "audit");
+        assert!(!unknown.ptr_eq(&names.get("audit")), "not kept");
     }
 }

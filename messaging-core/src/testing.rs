@@ -13,7 +13,6 @@
 //! # }
 //! ```
 
-use crate::metrics::HandlerMetrics;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -23,6 +22,7 @@ use crate::dlq::{DeadLetterRecord, resolve_dlq_topic};
 use crate::error::Error;
 use crate::memory::MemoryBroker;
 use crate::message::OutgoingMessage;
+use crate::metrics::HandlerMetrics;
 use crate::producer::Producer;
 use crate::runtime::{Runtime, RuntimeBuilder};
 

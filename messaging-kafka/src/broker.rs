@@ -153,7 +153,8 @@ impl KafkaBroker {
         let topics: Vec<&str> = subscription.topics.iter().map(String::as_str).collect();
         rdkafka::consumer::Consumer::subscribe(&consumer, &topics)
             .map_err(|e| from_kafka("subscribe", e))?;
-        let consumer = KafkaConsumer::joined(consumer, inner.settings.join_timeout).await;
+        let names = messaging_core::TopicNames::new(&subscription.topics);
+        let consumer = KafkaConsumer::joined(consumer, names, inner.settings.join_timeout).await;
         Ok(Box::new(consumer))
     }
 }

@@ -9,7 +9,7 @@ use messaging_core::{BrokerError, Message, Position};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::convert::{TopicNames, to_message};
+use crate::convert::to_message;
 use crate::error::{KafkaSetupError, connection, from_kafka};
 use crate::settings::KafkaSettings;
 
@@ -75,7 +75,7 @@ pub(crate) fn browse(
     consumer.assign(&assignment).map_err(fail)?;
     let started = Instant::now();
     let mut messages = Vec::new();
-    let mut names = TopicNames::default();
+    let names = messaging_core::TopicNames::new([topic]);
     while !until.is_empty() {
         if started.elapsed() > TIMEOUT {
             return Err(connection(KafkaSetupError::Unreachable {
@@ -86,7 +86,7 @@ pub(crate) fn browse(
         let Some(received) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let message = to_message(&received.map_err(fail)?, &mut names);
+        let message = to_message(&received.map_err(fail)?, &names);
         let Position::Partition { partition, offset } = message.position else {
             continue;
         };

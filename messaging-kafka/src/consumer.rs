@@ -18,7 +18,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt as _};
-use messaging_core::{Acker, BoxFuture, BrokerError, Consumer, Message, Position, StartFrom};
+use messaging_core::{
+    Acker, BoxFuture, BrokerError, Consumer, Message, Position, StartFrom, TopicNames,
+};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol, StreamConsumer,
@@ -27,7 +29,7 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::convert::{TopicNames, to_message};
+use crate::convert::to_message;
 use crate::error::{NAME, from_kafka, operation};
 use crate::offsets::{Acked, OffsetTracker, ToStore};
 
@@ -282,6 +284,7 @@ pub(crate) struct KafkaConsumer {
     acker: Arc<KafkaAcker>,
     /// Messages received while waiting for the first assignment.
     buffered: VecDeque<Arc<Message>>,
+    /// The subscribed topics' names, shared by the messages received.
     names: TopicNames,
 }
 
@@ -289,9 +292,12 @@ impl KafkaConsumer {
     /// Waits (up to `timeout`) until the group has assigned this member its partitions,
     /// so that the positions are set when `subscribe` returns. Polling is what drives the
     /// rebalance callbacks; messages that arrive meanwhile are kept for `next_batch`.
-    pub(crate) async fn joined(consumer: GroupConsumer, timeout: Duration) -> Self {
+    pub(crate) async fn joined(
+        consumer: GroupConsumer,
+        names: TopicNames,
+        timeout: Duration,
+    ) -> Self {
         let mut buffered = VecDeque::new();
-        let mut names = TopicNames::default();
         let deadline = tokio::time::Instant::now() + timeout;
         let context = consumer.context();
         let mut stream = consumer.stream();
@@ -302,7 +308,7 @@ impl KafkaConsumer {
             }
             match tokio::time::timeout(Duration::from_millis(50), stream.next()).await {
                 Ok(Some(Ok(record))) => {
-                    let mut one = vec![Arc::new(to_message(&record, &mut names))];
+                    let mut one = vec![Arc::new(to_message(&record, &names))];
                     context.acks.tracker.deliver(&mut one);
                     buffered.extend(one);
                 }
@@ -348,12 +354,12 @@ impl Consumer for KafkaConsumer {
                 };
                 let first = first.map_err(|e| from_kafka("receive", e))?;
                 let mut received = Vec::with_capacity(max.min(256));
-                received.push(Arc::new(to_message(&first, &mut self.names)));
+                received.push(Arc::new(to_message(&first, &self.names)));
                 // Whatever librdkafka already holds, without waiting.
                 while received.len() < max {
                     match stream.next().now_or_never() {
                         Some(Some(Ok(record))) => {
-                            received.push(Arc::new(to_message(&record, &mut self.names)))
+                            received.push(Arc::new(to_message(&record, &self.names)))
                         }
                         Some(Some(Err(error))) => {
                             tracing::warn!(%error, "Kafka consumer error");

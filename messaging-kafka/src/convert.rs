@@ -1,27 +1,12 @@
 //! Between the framework's messages and Kafka records. Keys and header values that are not
 //! UTF-8 are converted lossily (the framework's headers are text), never rejected.
 
-use messaging_core::{Headers, Message, Position, TopicName};
+use messaging_core::{Headers, Message, Position, TopicNames};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 
-/// The topic names of received records, so that the messages of a topic share one string
-/// rather than each copying it. A consumer reads a handful of topics.
-#[derive(Debug, Default)]
-pub(crate) struct TopicNames(Vec<TopicName>);
-
-impl TopicNames {
-    pub(crate) fn get(&mut self, topic: &str) -> TopicName {
-        if let Some(name) = self.0.iter().find(|name| **name == *topic) {
-            return name.clone();
-        }
-        let name = TopicName::from(topic);
-        self.0.push(name.clone());
-        name
-    }
-}
-
 /// A received record as the framework's message.
-pub(crate) fn to_message(record: &impl rdkafka::Message, names: &mut TopicNames) -> Message {
+/// Its topic's name comes from `names`, the consumer's topics, shared.
+pub(crate) fn to_message(record: &impl rdkafka::Message, names: &TopicNames) -> Message {
     let mut headers = Headers::new();
     if let Some(h) = record.headers() {
         for header in h.iter() {
@@ -89,10 +74,10 @@ mod tests {
             1187,
             Some(headers),
         );
-        let mut names = TopicNames::default();
-        let m = to_message(&record, &mut names);
+        let names = TopicNames::new(["orders"]);
+        let m = to_message(&record, &names);
         assert_eq!(&*m.topic, "orders");
-        let again = to_message(&record, &mut names);
+        let again = to_message(&record, &names);
         assert!(m.topic.ptr_eq(&again.topic), "one string per topic");
         assert_eq!(m.key.as_deref(), Some("k\u{fffd}"));
         assert_eq!(&m.payload[..], b"{\"id\":1}");

@@ -127,6 +127,7 @@ impl RabbitBroker {
             Err(error) if error.is_amqp_soft_error() => return Ok(Vec::new()),
             Err(error) => return Err(error.into()),
         }
+        let names = messaging_core::TopicNames::new([topic]);
         let mut messages = Vec::new();
         while messages.len() < limit {
             match channel
@@ -134,7 +135,7 @@ impl RabbitBroker {
                 .await?
             {
                 // Its acker is dropped unused: closing the channel returns the message.
-                Some(got) => messages.push(headers::to_message(got.delivery).0),
+                Some(got) => messages.push(headers::to_message(got.delivery, &names).0),
                 None => break,
             }
         }

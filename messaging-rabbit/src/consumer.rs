@@ -12,7 +12,9 @@ use futures::{FutureExt as _, StreamExt as _};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection};
-use messaging_core::{Acker, BoxFuture, BrokerError, Consumer, Message, Position, Subscription};
+use messaging_core::{
+    Acker, BoxFuture, BrokerError, Consumer, Message, Position, Subscription, TopicNames,
+};
 
 use crate::connection::{self, RetryGate};
 use crate::error::RabbitError;
@@ -157,6 +159,8 @@ impl Pending {
 /// A member of one group.
 pub(crate) struct RabbitConsumer {
     plan: Plan,
+    /// The group's topics' names, shared by the messages received.
+    names: TopicNames,
     session: Option<Session>,
     gate: RetryGate,
     pending: Arc<Pending>,
@@ -167,6 +171,7 @@ impl RabbitConsumer {
     pub(crate) async fn start(plan: Plan) -> Result<Self, RabbitError> {
         let session = plan.open().await?;
         Ok(Self {
+            names: TopicNames::new(&plan.subscription.topics),
             plan,
             session: Some(session),
             gate: RetryGate::default(),
@@ -204,7 +209,7 @@ impl RabbitConsumer {
 
     fn hand_out(&self, delivery: lapin::message::Delivery) -> Arc<Message> {
         let tag = delivery.delivery_tag;
-        let (message, acker) = headers::to_message(delivery);
+        let (message, acker) = headers::to_message(delivery, &self.names);
         let message = Arc::new(message);
         self.pending
             .lock()

@@ -9,7 +9,7 @@ use lapin::message::Delivery;
 use lapin::types::{AMQPValue, DecimalValue, FieldTable, LongString, ShortString};
 use lapin::{Acker, BasicProperties};
 use messaging_core::message::header;
-use messaging_core::{Headers, Message, OutgoingMessage, Position};
+use messaging_core::{Headers, Message, OutgoingMessage, Position, TopicNames};
 
 use crate::error::RabbitError;
 
@@ -54,7 +54,7 @@ fn header_name(name: &str) -> Result<ShortString, RabbitError> {
 /// The core's message for a delivery, and the delivery's acker: the routing key as topic,
 /// the key header as key (and not among the headers, so records read the same as on the
 /// other brokers).
-pub(crate) fn to_message(delivery: Delivery) -> (Message, Acker) {
+pub(crate) fn to_message(delivery: Delivery, names: &TopicNames) -> (Message, Acker) {
     let Delivery {
         delivery_tag,
         routing_key,
@@ -70,7 +70,7 @@ pub(crate) fn to_message(delivery: Delivery) -> (Message, Acker) {
         .unwrap_or_default();
     let key = headers.remove(header::KEY);
     let message = Message {
-        topic: routing_key.as_str().into(),
+        topic: names.get(routing_key.as_str()),
         key,
         payload: Bytes::from(data),
         headers,

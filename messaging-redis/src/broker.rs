@@ -260,9 +260,10 @@ impl Broker for RedisBroker {
                 .await
                 .map_err(|e| broker_error("browse", e))?;
             let entries = parse_entries("XRANGE", reply).map_err(|e| own_error("browse", e))?;
+            let name = messaging_core::TopicName::from(topic);
             Ok(entries
                 .into_iter()
-                .filter_map(|e| e.into_message(topic))
+                .filter_map(|e| e.into_message(name.clone()))
                 .collect())
         })
     }

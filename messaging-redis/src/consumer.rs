@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use messaging_core::broker::{Acker, Consumer};
-use messaging_core::{BoxFuture, BrokerError, Message};
+use messaging_core::{BoxFuture, BrokerError, Message, TopicNames};
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 use tokio::sync::oneshot;
@@ -29,6 +29,8 @@ pub(crate) struct Member {
     pub group: String,
     pub name: String,
     pub streams: Vec<String>,
+    /// The streams' names, shared by the messages received.
+    pub names: TopicNames,
     /// Entries delivered and not yet acknowledged, with when they were last claimed.
     held: Mutex<HashMap<(usize, EntryId), Instant>>,
 }
@@ -252,6 +254,7 @@ impl RedisConsumer {
             shared,
             group,
             name,
+            names: TopicNames::new(&streams),
             streams,
             held: Mutex::new(HashMap::new()),
         });
@@ -461,6 +464,7 @@ impl RedisConsumer {
             return Ok(());
         };
         let now = Instant::now();
+        let topic = self.member.names.get(stream);
         let mut deleted = Vec::new();
         {
             let mut held = self.member.held();
@@ -471,7 +475,7 @@ impl RedisConsumer {
                     .map_err(|e| protocol_error("XREADGROUP", e))?;
                 match held.get_mut(&(index, id)) {
                     Some(claimed) => *claimed = now,
-                    None => match entry.into_message(stream) {
+                    None => match entry.into_message(topic.clone()) {
                         Some(message) => {
                             held.insert((index, id), now);
                             self.ready.push_back(Arc::new(message));

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 use messaging_core::message::header;
-use messaging_core::{Headers, Message, OutgoingMessage, Position};
+use messaging_core::{Headers, Message, OutgoingMessage, Position, TopicName};
 use redis::{Cmd, Value};
 
 use crate::error::RedisBrokerError;
@@ -87,15 +87,15 @@ pub(crate) struct RawEntry {
 
 impl RawEntry {
     /// The message this entry carries on `topic` (`None` when it was deleted).
-    pub(crate) fn into_message(self, topic: &str) -> Option<Message> {
+    pub(crate) fn into_message(self, topic: impl Into<TopicName>) -> Option<Message> {
         let fields = self.fields?;
-        Some(decode(topic, self.id, fields))
+        Some(decode(topic.into(), self.id, fields))
     }
 }
 
 /// Builds the message from the flat `[name, value, name, value …]` field list. An entry with
 /// no `payload` field was written by someone else: its fields become a JSON object as body.
-fn decode(topic: &str, id: String, fields: Vec<Value>) -> Message {
+fn decode(topic: TopicName, id: String, fields: Vec<Value>) -> Message {
     let mut payload = None;
     let mut key = None;
     let mut headers = Headers::new();
@@ -125,7 +125,7 @@ fn decode(topic: &str, id: String, fields: Vec<Value>) -> Message {
         }
     };
     Message {
-        topic: topic.into(),
+        topic,
         key,
         payload,
         headers,
