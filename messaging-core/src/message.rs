@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::hash::{Hash, Hasher};
+use std::hash::Hash;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -246,15 +246,39 @@ impl Message {
     }
 
     /// The lane key that keeps order: per Kafka partition, otherwise per topic and key.
+    /// The partitions of one topic get consecutive keys, so that up to as many partitions
+    /// as there are lanes each get a lane of their own (no partition waits behind another).
     pub fn ordering_key(&self) -> u64 {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.topic.hash(&mut hasher);
-        match &self.position {
-            Position::Partition { partition, .. } => partition.hash(&mut hasher),
-            _ => self.key.hash(&mut hasher),
+        let topic = lane_hash(self.topic.as_bytes());
+        match (&self.position, &self.key) {
+            (Position::Partition { partition, .. }, _) => {
+                topic.wrapping_add(u64::from(partition.unsigned_abs()))
+            }
+            (_, Some(key)) => topic ^ lane_hash(key.as_bytes()).rotate_left(1),
+            (_, None) => topic,
         }
-        hasher.finish()
     }
+}
+
+/// A quick, well-mixed hash of a short string, for picking lanes (not for hash tables that
+/// face untrusted keys): eight bytes per multiplication, then a full avalanche.
+fn lane_hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = (bytes.len() as u64).wrapping_mul(K);
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().unwrap_or_default());
+        h = (h.rotate_left(5) ^ word).wrapping_mul(K);
+    }
+    let mut tail = [0u8; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    h = (h.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(K);
+    // murmur3's finalizer: every input bit reaches the low bits the lane is taken from.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// What the dispatcher reads from a message's headers before the first attempt.
@@ -307,6 +331,65 @@ impl OutgoingMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lane(message: &Message, lanes: u64) -> u64 {
+        message.ordering_key() % lanes
+    }
+
+    #[test]
+    fn the_partitions_of_a_topic_get_lanes_of_their_own() {
+        for topic in [
+            "orders",
+            "bench-1764-consume-3",
+            "t",
+            "a-rather-long-topic-name.v2",
+        ] {
+            for lanes in [6u64, 16] {
+                let mut used: Vec<u64> = (0..6)
+                    .map(|partition| {
+                        let mut m = Message::new(topic, Vec::<u8>::new());
+                        m.position = Position::Partition {
+                            partition,
+                            offset: 0,
+                        };
+                        lane(&m, lanes)
+                    })
+                    .collect();
+                used.sort_unstable();
+                used.dedup();
+                assert_eq!(used.len(), 6, "{topic} on {lanes} lanes");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_keep_their_lane_and_spread_over_all_lanes() {
+        let keyed = |key: String| {
+            let mut m = Message::new("orders", Vec::<u8>::new());
+            m.key = Some(key);
+            m
+        };
+        let mut per_lane = [0usize; 16];
+        for i in 0..16_000 {
+            let m = keyed(format!("user-{i}"));
+            assert_eq!(lane(&m, 16), lane(&keyed(format!("user-{i}")), 16));
+            per_lane[lane(&m, 16) as usize] += 1;
+        }
+        // 1 000 each on average; a poor mix of the low bits would leave lanes idle.
+        assert!(
+            per_lane.iter().all(|&n| (850..1150).contains(&n)),
+            "{per_lane:?}"
+        );
+        let other_topic = {
+            let mut m = keyed("user-1".into());
+            m.topic = "payments".into();
+            m
+        };
+        assert_ne!(
+            other_topic.ordering_key(),
+            keyed("user-1".into()).ordering_key()
+        );
+    }
 
     #[test]
     fn a_consumers_topics_share_one_string_and_others_get_their_own() {
