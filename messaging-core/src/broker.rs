@@ -117,6 +117,16 @@ pub trait Acker: Send + Sync {
         let _ = message;
         None
     }
+
+    /// Acknowledges several messages in one step (one lock, one call into the client), each
+    /// as [`Acker::ack_now`] would: `Some(result)`, or `None` having acknowledged none of
+    /// them. The runtime asks once with no messages whether the broker can; if it can, the
+    /// runtime gathers the messages a lane handled in a row and acknowledges them together,
+    /// at the latest about a millisecond after the first (see `dispatch`).
+    fn ack_all_now(&self, messages: &[Arc<Message>]) -> Option<Result<(), BrokerError>> {
+        let _ = messages;
+        None
+    }
 }
 
 /// What a [`BrokerFactory`] runs: one connection attempt with this configuration.

@@ -67,6 +67,52 @@ pub(crate) struct Dispatcher {
     pub clock: quanta::Clock,
 }
 
+/// What became of a handled message given to [`PendingAcks::gather`].
+enum Gathered {
+    /// Kept for the batch.
+    Held,
+    /// Kept, and the batch is due.
+    Due,
+    /// The broker does not batch: acknowledge it alone.
+    Alone(Arc<Message>),
+}
+
+impl PendingAcks {
+    fn gather(&mut self, message: Arc<Message>, now: u64, clock: &quanta::Clock) -> Gathered {
+        if !self.batched {
+            return Gathered::Alone(message);
+        }
+        if self.messages.is_empty() {
+            self.since = now;
+        }
+        self.messages.push(message);
+        if self.messages.len() >= ACK_BATCH || clock.delta(self.since, now) >= ACK_DELAY {
+            Gathered::Due
+        } else {
+            Gathered::Held
+        }
+    }
+}
+
+/// How many handled messages a lane gathers before acknowledging them together.
+const ACK_BATCH: usize = 64;
+
+/// How long a handled message may wait for the acknowledgement of its batch.
+const ACK_DELAY: Duration = Duration::from_millis(1);
+
+/// Messages a lane handled and has not acknowledged yet, when the broker acknowledges many
+/// at once ([`Acker::ack_all_now`]): one lock or client call per batch instead of one per
+/// message. Acknowledged at the end of the lane's run of messages, before a failure is
+/// retried or dead-lettered, and once [`ACK_BATCH`] are gathered or the first has waited
+/// [`ACK_DELAY`]. A crash meanwhile only means these are delivered again (at least once).
+pub(crate) struct PendingAcks {
+    /// Whether the broker acknowledges in batches; else every message is acknowledged alone.
+    batched: bool,
+    messages: Vec<Arc<Message>>,
+    /// When the first of `messages` was handled, on the dispatcher's clock.
+    since: u64,
+}
+
 /// The process's handler clock; calibrating one takes a few milliseconds, so it is made once.
 pub(crate) fn handler_clock() -> quanta::Clock {
     static CLOCK: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
@@ -171,14 +217,40 @@ impl Dispatcher {
         self.stopping.load(Relaxed) || (run_start && self.shutdown.is_cancelled())
     }
 
+    fn pending_acks(&self) -> PendingAcks {
+        PendingAcks {
+            batched: self.acker.ack_all_now(&[]).is_some(),
+            messages: Vec::new(),
+            since: 0,
+        }
+    }
+
+    /// Handles a run of messages in order on one lane and acknowledges them all before it
+    /// returns; `false` when shutdown began (the rest of the run is left unacknowledged).
+    async fn process_run(
+        &self,
+        run: Vec<Arc<Message>>,
+        lane: usize,
+        acks: &mut PendingAcks,
+    ) -> bool {
+        let mut going = true;
+        for (i, message) in run.into_iter().enumerate() {
+            if self.stopping(i == 0) {
+                going = false;
+                break;
+            }
+            self.process(message, lane, acks).await;
+        }
+        self.flush_acks(acks).await;
+        going
+    }
+
     async fn run_inline(&self, consumer: &mut dyn Consumer) {
         let mut failures = 0;
+        let mut acks = self.pending_acks();
         while let Some(batch) = self.next_batch(consumer, &mut failures).await {
-            for (i, message) in batch.into_iter().enumerate() {
-                if self.stopping(i == 0) {
-                    return;
-                }
-                self.process(message, 0).await;
+            if !self.process_run(batch, 0, &mut acks).await {
+                return;
             }
         }
     }
@@ -198,13 +270,11 @@ impl Dispatcher {
                 let this = Arc::clone(self);
                 let freed = Arc::clone(&room);
                 tasks.spawn(async move {
+                    let mut acks = this.pending_acks();
                     while let Some(run) = rx.recv().await {
                         let taken = run.len().min(lane_capacity);
-                        for (i, message) in run.into_iter().enumerate() {
-                            if this.stopping(i == 0) {
-                                return;
-                            }
-                            this.process(message, lane).await;
+                        if !this.process_run(run, lane, &mut acks).await {
+                            return;
                         }
                         freed.add_permits(taken);
                     }
@@ -270,6 +340,37 @@ impl Dispatcher {
         }
     }
 
+    /// Acknowledges `message` now, or with the lane's batch when the broker batches. `now`
+    /// is the dispatcher's clock, read when the message was settled.
+    async fn ack_soon(&self, message: Arc<Message>, now: u64, acks: &mut PendingAcks) {
+        match acks.gather(message, now, &self.clock) {
+            Gathered::Held => {}
+            Gathered::Due => self.flush_acks(acks).await,
+            Gathered::Alone(message) => self.ack(&message).await,
+        }
+    }
+
+    /// Acknowledges what the lane gathered.
+    async fn flush_acks(&self, acks: &mut PendingAcks) {
+        if acks.messages.is_empty() {
+            return;
+        }
+        match self.acker.ack_all_now(&acks.messages) {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                // Not acknowledged means delivered again later: at least once still holds.
+                tracing::warn!(group = %self.group, messages = acks.messages.len(), %error, "acknowledgement failed; the messages may be redelivered");
+            }
+            None => {
+                // The broker stopped batching: one by one, then.
+                for message in &acks.messages {
+                    self.ack(message).await;
+                }
+            }
+        }
+        acks.messages.clear();
+    }
+
     /// Handles one message to the end: acknowledged, dead-lettered, or left for redelivery
     /// when shutdown interrupts a back-off.
     ///
@@ -277,14 +378,16 @@ impl Dispatcher {
     /// more attempts, the DLQ write) is a boxed future of its own, so that its state does not
     /// weigh on every message.
     ///
-    /// `lane` picks the counters written: one lane handles one message at a time.
-    pub async fn process(&self, message: Arc<Message>, lane: usize) {
+    /// `lane` picks the counters written: one lane handles one message at a time. A
+    /// handled message joins the lane's `acks`; before a failure's slow path they are
+    /// acknowledged, so that a back-off does not hold them.
+    pub async fn process(&self, message: Arc<Message>, lane: usize, acks: &mut PendingAcks) {
         let target = match self.route(&message) {
             Ok(target) => target,
             Err(skip) => {
                 metrics().record_skipped(&message.topic, skip.reason());
                 tracing::debug!(topic = %message.topic, reason = skip.reason(), "message skipped");
-                self.ack(&message).await;
+                self.ack_soon(message, self.clock.raw(), acks).await;
                 return;
             }
         };
@@ -296,6 +399,7 @@ impl Dispatcher {
             counters: target.metrics.lane(lane),
             message: &message,
             trace_id: delivery.trace_id,
+            ended: Default::default(),
         };
         if message.payload.len() > self.max_message_size {
             let error = HandlerError::new(
@@ -307,20 +411,32 @@ impl Dispatcher {
                 ),
             );
             let now = Utc::now();
+            self.flush_acks(acks).await;
             Box::pin(self.dead_letter(&on, &error, attempt, now, now)).await;
             return;
         }
         match self.attempt(&on, attempt).await {
-            Ok(()) => self.handled(&on, attempt).await,
-            Err(error) => Box::pin(self.after_failure(&on, error, attempt)).await,
+            Ok(()) => {
+                self.handled(&on, attempt);
+                // Not `ack_soon`: its future would be part of every message's.
+                let ended = on.ended.load(Relaxed);
+                match acks.gather(message, ended, &self.clock) {
+                    Gathered::Held => {}
+                    Gathered::Due => self.flush_acks(acks).await,
+                    Gathered::Alone(message) => self.ack(&message).await,
+                }
+            }
+            Err(error) => {
+                self.flush_acks(acks).await;
+                Box::pin(self.after_failure(&on, error, attempt)).await
+            }
         }
     }
 
-    async fn handled(&self, on: &Attempting<'_>, attempt: u32) {
+    fn handled(&self, on: &Attempting<'_>, attempt: u32) {
         let (target, message) = (on.target, on.message);
         on.counters.succeeded();
         tracing::debug!(topic = %message.topic, handler = target.spec.name, attempt, "handled");
-        self.ack(message).await;
     }
 
     /// Retries with the handler's back-off until an attempt succeeds, the error is not
@@ -347,7 +463,10 @@ impl Dispatcher {
             }
             attempt += 1;
             match self.attempt(on, attempt).await {
-                Ok(()) => return self.handled(on, attempt).await,
+                Ok(()) => {
+                    self.handled(on, attempt);
+                    return self.ack(message).await;
+                }
                 Err(next) => error = next,
             }
         }
@@ -384,8 +503,10 @@ impl Dispatcher {
         } else {
             Box::pin(wrapped(guarded, span, trace_id.map(str::to_owned), limit)).await
         };
+        let ended = self.clock.raw();
+        on.ended.store(ended, Relaxed);
         on.counters
-            .observe_latency(self.clock.delta(started, self.clock.raw()));
+            .observe_latency(self.clock.delta(started, ended));
         outcome.unwrap_or_else(|panic| Err(panicked(panic)))
     }
 
@@ -450,6 +571,8 @@ struct Attempting<'a> {
     counters: &'a LaneCounters,
     message: &'a Arc<Message>,
     trace_id: Option<&'a str>,
+    /// When the last attempt ended, on the dispatcher's clock.
+    ended: std::sync::atomic::AtomicU64,
 }
 
 type Guarded = futures::future::CatchUnwind<AssertUnwindSafe<crate::handler::HandlerFuture>>;

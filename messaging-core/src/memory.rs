@@ -466,11 +466,18 @@ struct MemoryAcker {
 }
 
 impl MemoryAcker {
+    fn cursor(&self, topic: &str) -> Option<&SharedCursor> {
+        self.cursors
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map(|(_, cursor)| cursor)
+    }
+
     fn settle(&self, message: &Message) {
         let Position::Offset(offset) = message.position else {
             return;
         };
-        let Some((_, cursor)) = self.cursors.iter().find(|(t, _)| *t == message.topic) else {
+        let Some(cursor) = self.cursor(&message.topic) else {
             return;
         };
         // A message handed back by a dropped consumer belongs to someone else now: then this
@@ -478,6 +485,32 @@ impl MemoryAcker {
         lock(cursor)
             .in_flight
             .remove(offset as usize, self.consumer);
+        self.broker.shared.changed();
+    }
+
+    /// Settles many messages, locking each topic's cursor once per run of its messages.
+    fn settle_all(&self, messages: &[Arc<Message>]) {
+        let mut held: Option<(&Message, MutexGuard<'_, Cursor>)> = None;
+        for message in messages {
+            let Position::Offset(offset) = message.position else {
+                continue;
+            };
+            // `Arc<str>` equality looks at the pointer first.
+            let same_topic = held
+                .as_ref()
+                .is_some_and(|(last, _)| last.topic == message.topic);
+            if !same_topic {
+                held = None;
+                let Some(cursor) = self.cursor(&message.topic) else {
+                    continue;
+                };
+                held = Some((message, lock(cursor)));
+            }
+            if let Some((_, cursor)) = held.as_mut() {
+                cursor.in_flight.remove(offset as usize, self.consumer);
+            }
+        }
+        drop(held);
         self.broker.shared.changed();
     }
 }
@@ -490,6 +523,11 @@ impl Acker for MemoryAcker {
 
     fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
         self.settle(message);
+        Some(Ok(()))
+    }
+
+    fn ack_all_now(&self, messages: &[Arc<Message>]) -> Option<Result<(), BrokerError>> {
+        self.settle_all(messages);
         Some(Ok(()))
     }
 }

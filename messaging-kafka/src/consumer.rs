@@ -446,4 +446,22 @@ impl Acker for KafkaAcker {
     fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
         Some(self.record(message))
     }
+
+    fn ack_all_now(&self, messages: &[Arc<Message>]) -> Option<Result<(), BrokerError>> {
+        if self.acks.closed.load(Ordering::SeqCst) {
+            return Some(Err(BrokerError::Closed { broker: NAME }));
+        }
+        let positions = messages.iter().filter_map(|m| match m.position {
+            Position::Partition { partition, offset } => Some((&*m.topic, partition, offset)),
+            _ => None,
+        });
+        let stale = self.acks.tracker.ack_all(positions);
+        if stale > 0 {
+            tracing::debug!(
+                stale,
+                "acknowledged after their partition was revoked; the new owner reads them again"
+            );
+        }
+        Some(Ok(()))
+    }
 }

@@ -127,34 +127,32 @@ impl OffsetTracker {
         });
     }
 
-    /// Settles a message, moving its partition's next-to-read offset as far as every
-    /// earlier delivered message is settled.
+    /// Settles a message (see [`settle_in`]).
     pub(crate) fn ack(&self, topic: &str, partition: i32, offset: i64) -> Acked {
-        let acked = self.settle(topic, partition, offset);
+        let acked = settle_in(&mut self.lock(), topic, partition, offset);
         if self.draining.load(Ordering::SeqCst) {
             self.settled.notify_all();
         }
         acked
     }
 
-    fn settle(&self, topic: &str, partition: i32, offset: i64) -> Acked {
+    /// Settles several messages under one lock; returns how many were stale.
+    pub(crate) fn ack_all<'a>(
+        &self,
+        acked: impl IntoIterator<Item = (&'a str, i32, i64)>,
+    ) -> usize {
         let mut partitions = self.lock();
-        let Some(state) = partitions.iter_mut().find(|s| s.is(topic, partition)) else {
-            return Acked::Stale;
-        };
-        match state.window.binary_search_by_key(&offset, |e| e.0) {
-            Ok(i) if !state.window[i].1 => state.window[i].1 = true,
-            _ => return Acked::Stale,
+        let stale = acked
+            .into_iter()
+            .filter(|&(topic, partition, offset)| {
+                settle_in(&mut partitions, topic, partition, offset) == Acked::Stale
+            })
+            .count();
+        drop(partitions);
+        if self.draining.load(Ordering::SeqCst) {
+            self.settled.notify_all();
         }
-        while state.window.front().is_some_and(|e| e.1) {
-            state.window.pop_front();
-        }
-        let next = state.window.front().map_or(state.next_unseen, |e| e.0);
-        if next <= state.settled {
-            return Acked::Held;
-        }
-        state.settled = next;
-        Acked::Advanced(next)
+        stale
     }
 
     /// Waits up to `timeout` until every message delivered from these partitions is
@@ -206,6 +204,27 @@ impl OffsetTracker {
             .map(|s| s.window.iter().filter(|e| !e.1).count())
             .sum()
     }
+}
+
+/// Settles a message, moving its partition's next-to-read offset as far as every earlier
+/// delivered message is settled.
+fn settle_in(partitions: &mut [PartitionState], topic: &str, partition: i32, offset: i64) -> Acked {
+    let Some(state) = partitions.iter_mut().find(|s| s.is(topic, partition)) else {
+        return Acked::Stale;
+    };
+    match state.window.binary_search_by_key(&offset, |e| e.0) {
+        Ok(i) if !state.window[i].1 => state.window[i].1 = true,
+        _ => return Acked::Stale,
+    }
+    while state.window.front().is_some_and(|e| e.1) {
+        state.window.pop_front();
+    }
+    let next = state.window.front().map_or(state.next_unseen, |e| e.0);
+    if next <= state.settled {
+        return Acked::Held;
+    }
+    state.settled = next;
+    Acked::Advanced(next)
 }
 
 #[cfg(test)]

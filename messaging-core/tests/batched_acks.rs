@@ -1,0 +1,206 @@
+//! A broker that acknowledges many messages in one step (`Acker::ack_all_now`) gets the
+//! messages a lane handled in a row together: far fewer calls than messages, every message
+//! acknowledged once the run is done, and nothing held back while a failed message waits
+//! for its retry.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use messaging_core::{
+    Acker, BoxFuture, Broker, BrokerError, Config, Consumer, HandlerError, HandlerSpec,
+    MemoryBroker, Message, OutgoingMessage, RetryPolicy, Runtime, Subscription,
+};
+
+const TOPIC: &str = "batched-acks.orders";
+
+/// What the runtime asked of the acker.
+#[derive(Default)]
+struct AckCounts {
+    single: AtomicUsize,
+    batch_calls: AtomicUsize,
+    batched_messages: AtomicUsize,
+}
+
+impl AckCounts {
+    fn acked(&self) -> usize {
+        self.single.load(Ordering::SeqCst) + self.batched_messages.load(Ordering::SeqCst)
+    }
+}
+
+/// The memory broker, counting acknowledgements.
+struct Counting {
+    inner: MemoryBroker,
+    counts: Arc<AckCounts>,
+}
+
+struct CountingConsumer {
+    inner: Box<dyn Consumer>,
+    counts: Arc<AckCounts>,
+}
+
+struct CountingAcker {
+    inner: Arc<dyn Acker>,
+    counts: Arc<AckCounts>,
+}
+
+impl Broker for Counting {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+
+    fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.inner.publish(message)
+    }
+
+    fn subscribe(
+        &self,
+        subscription: Subscription,
+    ) -> BoxFuture<'_, Result<Box<dyn Consumer>, BrokerError>> {
+        Box::pin(async move {
+            let inner = self.inner.subscribe(subscription).await?;
+            Ok(Box::new(CountingConsumer {
+                inner,
+                counts: Arc::clone(&self.counts),
+            }) as Box<dyn Consumer>)
+        })
+    }
+}
+
+impl Consumer for CountingConsumer {
+    fn next_batch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Arc<Message>>, BrokerError>> {
+        self.inner.next_batch(max)
+    }
+
+    fn acker(&self) -> Arc<dyn Acker> {
+        Arc::new(CountingAcker {
+            inner: self.inner.acker(),
+            counts: Arc::clone(&self.counts),
+        })
+    }
+}
+
+impl Acker for CountingAcker {
+    fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.counts.single.fetch_add(1, Ordering::SeqCst);
+        self.inner.ack(message)
+    }
+
+    fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
+        self.counts.single.fetch_add(1, Ordering::SeqCst);
+        self.inner.ack_now(message)
+    }
+
+    fn ack_all_now(&self, messages: &[Arc<Message>]) -> Option<Result<(), BrokerError>> {
+        if !messages.is_empty() {
+            self.counts.batch_calls.fetch_add(1, Ordering::SeqCst);
+            self.counts
+                .batched_messages
+                .fetch_add(messages.len(), Ordering::SeqCst);
+        }
+        self.inner.ack_all_now(messages)
+    }
+}
+
+async fn runtime(broker: &Counting, handler: HandlerSpec, concurrency: usize) -> Runtime {
+    Runtime::builder()
+        .config(Config::default())
+        .broker(Arc::new(Counting {
+            inner: broker.inner.clone(),
+            counts: Arc::clone(&broker.counts),
+        }))
+        .without_registered()
+        .install_global_producer(false)
+        .concurrency(concurrency)
+        .handler(handler)
+        .start()
+        .await
+        .unwrap()
+}
+
+fn counting() -> Counting {
+    Counting {
+        inner: MemoryBroker::new(),
+        counts: Arc::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handled_messages_are_acknowledged_in_batches() {
+    for concurrency in [1, 8] {
+        let broker = counting();
+        let handled = Arc::new(AtomicUsize::new(0));
+        let handler = HandlerSpec::new("count", [TOPIC], {
+            let handled = Arc::clone(&handled);
+            move |_| {
+                handled.fetch_add(1, Ordering::SeqCst);
+                async { Ok(()) }
+            }
+        });
+        let runtime = runtime(&broker, handler, concurrency).await;
+        broker.inner.append_all((0..2_000).map(|n| {
+            OutgoingMessage::new(TOPIC, n.to_string().into_bytes()).with_key(format!("k{n}"))
+        }));
+        // Idle means nothing in flight: every message acknowledged.
+        tokio::time::timeout(Duration::from_secs(30), broker.inner.wait_idle())
+            .await
+            .expect("every message acknowledged");
+        runtime.shutdown().await.unwrap();
+        let counts = &broker.counts;
+        assert_eq!(handled.load(Ordering::SeqCst), 2_000);
+        assert_eq!(counts.acked(), 2_000, "each message acknowledged once");
+        assert_eq!(counts.single.load(Ordering::SeqCst), 0);
+        let calls = counts.batch_calls.load(Ordering::SeqCst);
+        assert!(
+            calls > 0 && calls <= 2_000 / 8,
+            "{calls} calls for 2 000 messages on {concurrency} lanes"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_does_not_hold_back_what_was_handled_before_it() {
+    let broker = counting();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let handler = HandlerSpec::new("third_fails_once", [TOPIC], {
+        let calls = Arc::clone(&calls);
+        move |inv| {
+            let body = String::from_utf8_lossy(&inv.message.payload).into_owned();
+            calls.lock().unwrap().push(body.clone());
+            let fail = body == "m2" && inv.attempt == 1;
+            async move {
+                if fail {
+                    Err(HandlerError::retryable("first attempt of m2 fails"))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    })
+    .retry(RetryPolicy::new(1, Duration::from_secs(3)));
+    let runtime = runtime(&broker, handler, 1).await;
+    // One key: one lane, in order.
+    broker.inner.append_all(
+        ["m0", "m1", "m2", "m3"]
+            .map(|m| OutgoingMessage::new(TOPIC, m.as_bytes().to_vec()).with_key("k")),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while calls.lock().unwrap().len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "m2 not attempted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // m2 now waits 3 s for its retry: m0 and m1 are acknowledged meanwhile.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*calls.lock().unwrap(), ["m0", "m1", "m2"]);
+    assert_eq!(
+        broker.counts.acked(),
+        2,
+        "m0 and m1 acknowledged before m2's retry"
+    );
+    tokio::time::timeout(Duration::from_secs(10), broker.inner.wait_idle())
+        .await
+        .expect("every message acknowledged");
+    assert_eq!(*calls.lock().unwrap(), ["m0", "m1", "m2", "m2", "m3"]);
+    assert_eq!(broker.counts.acked(), 4);
+    runtime.shutdown().await.unwrap();
+}
