@@ -5,8 +5,9 @@
 //! Run with: cargo bench -p messaging-kafka --bench throughput
 //! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 6; `KAFKA_BOOTSTRAP_SERVERS`;
 //! `BENCH_KAFKA_PROPERTIES="fetch.wait.max.ms=5,linger.ms=1"`: more librdkafka properties for
-//! both sides; `BENCH_CONCURRENCY`, the runtime's, default 16; `BENCH_CONSUMERS=framework` (or `raw`, `broker`) consumes with that side only,
-//! to profile it: the summary's ratios then mean nothing.)
+//! both sides; `BENCH_CONCURRENCY`, the runtime's, default 16; `BENCH_CONSUMERS=framework`
+//! (or `raw`, `broker`, `hand`) consumes with that side only, to profile it: the summary's
+//! ratios then mean nothing.)
 //!
 //! - produce: N messages of about 200 bytes with a key, at most `WINDOW` awaiting their
 //!   delivery report at once; framework = `Producer::send_raw` over `KafkaBroker`, raw =
@@ -16,7 +17,10 @@
 //!   (default concurrency and batch size), raw = one `StreamConsumer` loop calling
 //!   `store_offset_from_message`. Wall and CPU time from the first message received to the
 //!   last, so the group join (seconds on the test broker, and about 75 ms of CPU) is not
-//!   counted.
+//!   counted. Also measured: the broker layer alone (`next_batch` and acknowledgements), and
+//!   "by hand": raw rdkafka doing what the framework does for a handler, written the plain
+//!   way (each record copied out with `detach`, a task per partition, `store_offset` after
+//!   handling).
 //! - latency: `LATENCY_MESSAGES` published at a steady rate, timed from before the publish to
 //!   the handler (framework) or to `recv` (raw).
 //!
@@ -25,6 +29,7 @@
 //! best round of each side is reported, as the machine is shared (the broker runs on the same
 //! two cores).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -34,7 +39,7 @@ use messaging_core::{Broker, Config, HandlerSpec, Invocation, OutgoingMessage, P
 use messaging_kafka::KafkaBroker;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::message::Message as _;
+use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio::sync::Notify;
@@ -331,6 +336,59 @@ impl Bench {
         Ok(last.since(first.ok_or("no first")?))
     }
 
+    /// Raw rdkafka doing by hand what the framework does for a handler: each record copied
+    /// out of the client (`detach`), handed to a task of its partition (order per partition,
+    /// partitions concurrently), and its offset stored once it was handled.
+    async fn consume_by_hand(&self, topic: &str, group: &str) -> Result<Sample> {
+        let consumer = Arc::new(self.raw_consumer(group, topic)?);
+        let (first, last) = (Arc::new(OnceLock::new()), Arc::new(OnceLock::new()));
+        let (handled, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
+        let n = self.n;
+        let fetch = tokio::spawn({
+            let (consumer, first, last) = (consumer.clone(), first.clone(), last.clone());
+            let (handled, done) = (handled.clone(), done.clone());
+            async move {
+                let mut workers = HashMap::new();
+                loop {
+                    let record = consumer.recv().await?.detach();
+                    first.get_or_init(Mark::now);
+                    let worker = workers.entry(record.partition()).or_insert_with(|| {
+                        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<OwnedMessage>();
+                        let (consumer, last) = (consumer.clone(), last.clone());
+                        let (handled, done) = (handled.clone(), done.clone());
+                        tokio::spawn(async move {
+                            while let Some(record) = rx.recv().await {
+                                std::hint::black_box(record.payload());
+                                consumer.store_offset(
+                                    record.topic(),
+                                    record.partition(),
+                                    record.offset(),
+                                )?;
+                                if handled.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                                    let _ = last.set(Mark::now());
+                                    done.notify_one();
+                                }
+                            }
+                            Ok::<_, rdkafka::error::KafkaError>(())
+                        });
+                        tx
+                    });
+                    if worker.send(record).is_err() {
+                        return Result::<()>::Err("a partition's worker stopped".into());
+                    }
+                }
+            }
+        });
+        let finished = tokio::time::timeout(PATIENCE, done.notified()).await;
+        fetch.abort();
+        finished?;
+        let (first, last): (Mark, Mark) = (
+            *first.get().ok_or("no first")?,
+            *last.get().ok_or("no last")?,
+        );
+        Ok(last.since(first))
+    }
+
     async fn latency_framework(&self, topic: &str, group: &str) -> Result<(Duration, Duration)> {
         let latencies = Arc::new(Mutex::new(Vec::with_capacity(LATENCY_MESSAGES)));
         let done = Arc::new(Notify::new());
@@ -487,17 +545,21 @@ async fn run() -> Result<()> {
     bench.n = n;
 
     let mut produce_broker_only = Sample::NONE;
-    let (mut produce, mut consume, mut broker_only) =
-        ([Sample::NONE; 2], [Sample::NONE; 2], Sample::NONE);
+    let (mut produce, mut consume, mut broker_only, mut by_hand) = (
+        [Sample::NONE; 2],
+        [Sample::NONE; 2],
+        Sample::NONE,
+        Sample::NONE,
+    );
     let mut latency = [(Duration::MAX, Duration::MAX); 2];
     let phases =
         std::env::var("BENCH_PHASES").unwrap_or_else(|_| "produce,consume,latency".to_owned());
     let (with_consume, with_latency) = (phases.contains("consume"), phases.contains("latency"));
-    // `BENCH_CONSUMERS=raw,framework,broker` (the default: all) picks the consuming sides, to
-    // profile one alone.
+    // `BENCH_CONSUMERS=raw,framework,broker,hand` (the default: all) picks the consuming
+    // sides, to profile one alone.
     let consumers =
-        std::env::var("BENCH_CONSUMERS").unwrap_or_else(|_| "raw,framework,broker".to_owned());
-    let consumes = |side: usize| consumers.contains(["raw", "framework", "broker"][side]);
+        std::env::var("BENCH_CONSUMERS").unwrap_or_else(|_| "raw,framework,broker,hand".to_owned());
+    let consumes = |side: usize| consumers.contains(["raw", "framework", "broker", "hand"][side]);
     for round in 0..rounds {
         let topics = [
             bench.name("raw", round),
@@ -520,24 +582,27 @@ async fn run() -> Result<()> {
         produce = [produce[0].best(p[0]), produce[1].best(p[1])];
         produce_broker_only = produce_broker_only.best(p[2]);
         if with_consume {
-            let mut c = [Sample::NONE; 3];
-            for side in (0..3)
-                .map(|k| (k + round) % 3)
+            let mut c = [Sample::NONE; 4];
+            for side in (0..4)
+                .map(|k| (k + round) % 4)
                 .filter(|&side| consumes(side))
             {
                 let group = bench.name(&format!("group-{side}"), round);
                 c[side] = match side {
                     0 => bench.consume_raw(&topics[0], &group).await?,
                     1 => bench.consume_framework(&topics[1], &group).await?,
-                    _ => bench.consume_broker(&topics[2], &group).await?,
+                    2 => bench.consume_broker(&topics[2], &group).await?,
+                    // Raw's topic again, in a group of its own.
+                    _ => bench.consume_by_hand(&topics[0], &group).await?,
                 };
             }
             println!(
-                "round {round}: consume raw {:?} framework {:?} broker layer {:?}",
-                c[0], c[1], c[2]
+                "round {round}: consume raw {:?} framework {:?} broker layer {:?} by hand {:?}",
+                c[0], c[1], c[2], c[3]
             );
             consume = [consume[0].best(c[0]), consume[1].best(c[1])];
             broker_only = broker_only.best(c[2]);
+            by_hand = by_hand.best(c[3]);
         }
         if with_latency {
             let raw_l = bench
@@ -597,6 +662,13 @@ async fn run() -> Result<()> {
             us_per_message(broker_only.cpu),
             wall_rate(broker_only) / wall_rate(consume[0]),
             consume[0].cpu.as_secs_f64() / broker_only.cpu.as_secs_f64()
+        );
+        println!(
+            "| consume by hand on raw rdkafka (records copied out, a task per partition, offset stored after handling), messages/s; CPU µs/message | {:.0}; {:.2} | | framework / by hand: {:.2}; CPU {:.2} |",
+            wall_rate(by_hand),
+            us_per_message(by_hand.cpu),
+            wall_rate(consume[1]) / wall_rate(by_hand),
+            by_hand.cpu.as_secs_f64() / consume[1].cpu.as_secs_f64()
         );
     }
     if with_latency {
