@@ -129,6 +129,19 @@ pub trait Acker: Send + Sync {
     }
 }
 
+/// [`Acker::ack_all_now`] for a broker that acknowledges one message at a time without
+/// waiting (it queues the acknowledgement): `ack` for each message. Every message that can
+/// be is acknowledged; the first failure is reported.
+pub fn ack_each(
+    messages: &[Arc<Message>],
+    ack: impl Fn(&Message) -> Result<(), BrokerError>,
+) -> Result<(), BrokerError> {
+    messages
+        .iter()
+        .map(|message| ack(message))
+        .fold(Ok(()), Result::and)
+}
+
 /// What a [`BrokerFactory`] runs: one connection attempt with this configuration.
 pub type ConnectFn = fn(&Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError>>;
 

@@ -320,7 +320,18 @@ impl RabbitAcker {
 
 impl Acker for RabbitAcker {
     fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>> {
-        let result = self.ack_delivery(message);
-        Box::pin(std::future::ready(result.map_err(|e| e.into_broker("ack"))))
+        let result = self.ack_delivery(message).map_err(|e| e.into_broker("ack"));
+        Box::pin(std::future::ready(result))
+    }
+
+    // `basic.ack` is queued for the channel's task: nothing to wait for here.
+    fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
+        Some(self.ack_delivery(message).map_err(|e| e.into_broker("ack")))
+    }
+
+    fn ack_all_now(&self, messages: &[Arc<Message>]) -> Option<Result<(), BrokerError>> {
+        Some(messaging_core::broker::ack_each(messages, |m| {
+            self.ack_delivery(m).map_err(|e| e.into_broker("ack"))
+        }))
     }
 }

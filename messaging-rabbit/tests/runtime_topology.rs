@@ -74,8 +74,17 @@ async fn the_prefetch_is_never_below_the_concurrency() {
         let group = n.group(&format!("c{concurrency}"));
         let runtime = start(&broker, &topic, &group, concurrency, &handled).await;
         let queue = broker.group_queue(&group).unwrap();
+        // rabbitmqctl may not list a consumer that has just started yet.
+        let mut counts = prefetch_counts(&queue);
+        for _ in 0..50 {
+            if !counts.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            counts = prefetch_counts(&queue);
+        }
         assert_eq!(
-            prefetch_counts(&queue),
+            counts,
             [expected],
             "concurrency {concurrency}: the batch size (256) or the concurrency, whichever is larger"
         );

@@ -42,6 +42,22 @@ impl RedisAcker {
         Self { requests, member }
     }
 
+    /// Queues the acknowledgement of `message` for the acknowledging task.
+    fn queue(&self, message: &Message) -> Result<(), BrokerError> {
+        match (&message.position, self.member.stream_index(&message.topic)) {
+            (Position::StreamId(id), Some(stream)) => match id.parse::<EntryId>() {
+                Ok(id) => self
+                    .requests
+                    .send(Request::Ack { stream, id })
+                    .map_err(|_| BrokerError::Closed { broker: BROKER }),
+                // Not an entry id this crate wrote: nothing to acknowledge here.
+                Err(_) => Ok(()),
+            },
+            // A message this consumer did not deliver has nothing to acknowledge here.
+            _ => Ok(()),
+        }
+    }
+
     /// Waits until every acknowledgement queued so far was sent (and answered or failed).
     pub(crate) async fn flush(&self) -> Result<(), BrokerError> {
         let (done, sent) = oneshot::channel();
@@ -55,19 +71,19 @@ impl RedisAcker {
 
 impl Acker for RedisAcker {
     fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>> {
-        let queued = match (&message.position, self.member.stream_index(&message.topic)) {
-            (Position::StreamId(id), Some(stream)) => match id.parse::<EntryId>() {
-                Ok(id) => self
-                    .requests
-                    .send(Request::Ack { stream, id })
-                    .map_err(|_| BrokerError::Closed { broker: BROKER }),
-                // Not an entry id this crate wrote: nothing to acknowledge here.
-                Err(_) => Ok(()),
-            },
-            // A message this consumer did not deliver has nothing to acknowledge here.
-            _ => Ok(()),
-        };
+        let queued = self.queue(message);
         Box::pin(async move { queued })
+    }
+
+    // Queued for the acknowledging task: nothing to wait for here.
+    fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
+        Some(self.queue(message))
+    }
+
+    fn ack_all_now(&self, messages: &[Arc<Message>]) -> Option<Result<(), BrokerError>> {
+        Some(messaging_core::broker::ack_each(messages, |m| {
+            self.queue(m)
+        }))
     }
 }
 
