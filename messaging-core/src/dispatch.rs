@@ -9,10 +9,12 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::Poll;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
+use futures::future::Either;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -102,9 +104,11 @@ const ACK_DELAY: Duration = Duration::from_millis(1);
 
 /// Messages a lane handled and has not acknowledged yet, when the broker acknowledges many
 /// at once ([`Acker::ack_all_now`]): one lock or client call per batch instead of one per
-/// message. Acknowledged at the end of the lane's run of messages, before a failure is
-/// retried or dead-lettered, and once [`ACK_BATCH`] are gathered or the first has waited
-/// [`ACK_DELAY`]. A crash meanwhile only means these are delivered again (at least once).
+/// message. Acknowledged at the end of the lane's run of messages, before a handler has to
+/// wait (its future was not ready when first polled), before a failure is retried or
+/// dead-lettered, and once [`ACK_BATCH`] are gathered or the first has waited [`ACK_DELAY`].
+/// So batches form only while handlers finish at once; a crash meanwhile only means these
+/// are delivered again (at least once).
 pub(crate) struct PendingAcks {
     /// Whether the broker acknowledges in batches; else every message is acknowledged alone.
     batched: bool,
@@ -415,7 +419,7 @@ impl Dispatcher {
             Box::pin(self.dead_letter(&on, &error, attempt, now, now)).await;
             return;
         }
-        match self.attempt(&on, attempt).await {
+        match self.attempt(&on, attempt, Some(&mut *acks)).await {
             Ok(()) => {
                 self.handled(&on, attempt);
                 // Not `ack_soon`: its future would be part of every message's.
@@ -462,7 +466,7 @@ impl Dispatcher {
                 _ = tokio::time::sleep(delay) => {}
             }
             attempt += 1;
-            match self.attempt(on, attempt).await {
+            match self.attempt(on, attempt, None).await {
                 Ok(()) => {
                     self.handled(on, attempt);
                     return self.ack(message).await;
@@ -472,7 +476,15 @@ impl Dispatcher {
         }
     }
 
-    async fn attempt(&self, on: &Attempting<'_>, attempt: u32) -> Result<(), HandlerError> {
+    /// One attempt. When the handler has to wait (its future is not ready at once), the
+    /// lane's gathered acknowledgements, if any, go out first: a slow handler never holds
+    /// back those of the messages handled before it.
+    async fn attempt(
+        &self,
+        on: &Attempting<'_>,
+        attempt: u32,
+        acks: Option<&mut PendingAcks>,
+    ) -> Result<(), HandlerError> {
         let (target, message, trace_id) = (on.target, on.message, on.trace_id);
         on.counters.attempted();
         let invocation = Invocation {
@@ -497,11 +509,26 @@ impl Dispatcher {
         );
         let guarded = AssertUnwindSafe(future).catch_unwind();
         let limit = target.spec.retry.timeout;
-        let outcome = if trace_id.is_none() && limit.is_none() && span.is_disabled() {
+        let mut running = if trace_id.is_none() && limit.is_none() && span.is_disabled() {
             // The common case, kept free of wrappers: no trace id, no time limit, logs off.
-            guarded.await
+            Either::Left(guarded)
         } else {
-            Box::pin(wrapped(guarded, span, trace_id.map(str::to_owned), limit)).await
+            Either::Right(Box::pin(wrapped(
+                guarded,
+                span,
+                trace_id.map(str::to_owned),
+                limit,
+            )))
+        };
+        // The first poll is the one `.await` would make.
+        let outcome = match futures::poll!(&mut running) {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => {
+                if let Some(acks) = acks {
+                    self.flush_acks(acks).await;
+                }
+                running.await
+            }
         };
         let ended = self.clock.raw();
         on.ended.store(ended, Relaxed);

@@ -1,7 +1,7 @@
 //! A broker that acknowledges many messages in one step (`Acker::ack_all_now`) gets the
 //! messages a lane handled in a row together: far fewer calls than messages, every message
 //! acknowledged once the run is done, and nothing held back while a failed message waits
-//! for its retry.
+//! for its retry or a slow handler runs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -202,5 +202,41 @@ async fn a_retry_does_not_hold_back_what_was_handled_before_it() {
         .expect("every message acknowledged");
     assert_eq!(*calls.lock().unwrap(), ["m0", "m1", "m2", "m2", "m3"]);
     assert_eq!(broker.counts.acked(), 4);
+    runtime.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handler_does_not_hold_back_what_was_handled_before_it() {
+    let broker = counting();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let handler = HandlerSpec::new("second_is_slow", [TOPIC], {
+        let calls = Arc::clone(&calls);
+        move |inv| {
+            let body = String::from_utf8_lossy(&inv.message.payload).into_owned();
+            calls.lock().unwrap().push(body.clone());
+            async move {
+                if body == "m1" {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
+                Ok::<_, HandlerError>(())
+            }
+        }
+    });
+    let runtime = runtime(&broker, handler, 1).await;
+    broker.inner.append_all(
+        ["m0", "m1"].map(|m| OutgoingMessage::new(TOPIC, m.as_bytes().to_vec()).with_key("k")),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while calls.lock().unwrap().len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "m1 not started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // m1 sleeps for 3 s: m0 is acknowledged meanwhile, not with m1.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(broker.counts.acked(), 1, "m0 acknowledged while m1 runs");
+    tokio::time::timeout(Duration::from_secs(10), broker.inner.wait_idle())
+        .await
+        .expect("every message acknowledged");
+    assert_eq!(broker.counts.acked(), 2);
     runtime.shutdown().await.unwrap();
 }
