@@ -118,6 +118,15 @@ async fn runtime(broker: &Counting, handler: HandlerSpec, concurrency: usize) ->
         .unwrap()
 }
 
+/// Waits (up to 2 s) until the handler was called `n` times.
+async fn handler_calls(calls: &Mutex<Vec<String>>, n: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while calls.lock().unwrap().len() < n {
+        assert!(tokio::time::Instant::now() < deadline, "not yet: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn counting() -> Counting {
     Counting {
         inner: MemoryBroker::new(),
@@ -184,11 +193,7 @@ async fn a_retry_does_not_hold_back_what_was_handled_before_it() {
         ["m0", "m1", "m2", "m3"]
             .map(|m| OutgoingMessage::new(TOPIC, m.as_bytes().to_vec()).with_key("k")),
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while calls.lock().unwrap().len() < 3 {
-        assert!(tokio::time::Instant::now() < deadline, "m2 not attempted");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    handler_calls(&calls, 3, "m2 attempted").await;
     // m2 now waits 3 s for its retry: m0 and m1 are acknowledged meanwhile.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(*calls.lock().unwrap(), ["m0", "m1", "m2"]);
@@ -226,11 +231,7 @@ async fn a_slow_handler_does_not_hold_back_what_was_handled_before_it() {
     broker.inner.append_all(
         ["m0", "m1"].map(|m| OutgoingMessage::new(TOPIC, m.as_bytes().to_vec()).with_key("k")),
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while calls.lock().unwrap().len() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "m1 not started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    handler_calls(&calls, 2, "m1 started").await;
     // m1 sleeps for 3 s: m0 is acknowledged meanwhile, not with m1.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(broker.counts.acked(), 1, "m0 acknowledged while m1 runs");
