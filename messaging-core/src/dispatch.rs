@@ -403,7 +403,6 @@ impl Dispatcher {
             counters: target.metrics.lane(lane),
             message: &message,
             trace_id: delivery.trace_id,
-            ended: Default::default(),
         };
         if message.payload.len() > self.max_message_size {
             let error = HandlerError::new(
@@ -423,8 +422,8 @@ impl Dispatcher {
             Ok(()) => {
                 self.handled(&on, attempt);
                 // Not `ack_soon`: its future would be part of every message's.
-                let ended = on.ended.load(Relaxed);
-                match acks.gather(message, ended, &self.clock) {
+                let now = self.clock.raw();
+                match acks.gather(message, now, &self.clock) {
                     Gathered::Held => {}
                     Gathered::Due => self.flush_acks(acks).await,
                     Gathered::Alone(message) => self.ack(&message).await,
@@ -530,10 +529,8 @@ impl Dispatcher {
                 running.await
             }
         };
-        let ended = self.clock.raw();
-        on.ended.store(ended, Relaxed);
         on.counters
-            .observe_latency(self.clock.delta(started, ended));
+            .observe_latency(self.clock.delta(started, self.clock.raw()));
         outcome.unwrap_or_else(|panic| Err(panicked(panic)))
     }
 
@@ -598,8 +595,6 @@ struct Attempting<'a> {
     counters: &'a LaneCounters,
     message: &'a Arc<Message>,
     trace_id: Option<&'a str>,
-    /// When the last attempt ended, on the dispatcher's clock.
-    ended: std::sync::atomic::AtomicU64,
 }
 
 type Guarded = futures::future::CatchUnwind<AssertUnwindSafe<crate::handler::HandlerFuture>>;

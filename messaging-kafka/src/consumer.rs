@@ -421,19 +421,30 @@ struct KafkaAcker {
 impl KafkaAcker {
     /// Records the acknowledgement; the store happens later, so this never waits.
     fn record(&self, message: &Message) -> Result<(), BrokerError> {
-        if self.acks.closed.load(Ordering::SeqCst) {
-            return Err(BrokerError::Closed { broker: NAME });
-        }
-        let Position::Partition { partition, offset } = message.position else {
-            return Err(operation(
-                "acknowledge",
-                format!("{} is not a Kafka position", message.position),
-            ));
-        };
+        self.open()?;
+        let (partition, offset) = kafka_position(message)?;
         if self.acks.tracker.ack(&message.topic, partition, offset) == Acked::Stale {
             tracing::debug!(topic = %message.topic, partition, offset, "acknowledged after its partition was revoked; the new owner reads it again");
         }
         Ok(())
+    }
+
+    /// Acknowledgements are refused once the consumer closed.
+    fn open(&self) -> Result<(), BrokerError> {
+        if self.acks.closed.load(Ordering::SeqCst) {
+            return Err(BrokerError::Closed { broker: NAME });
+        }
+        Ok(())
+    }
+}
+
+fn kafka_position(message: &Message) -> Result<(i32, i64), BrokerError> {
+    match message.position {
+        Position::Partition { partition, offset } => Ok((partition, offset)),
+        _ => Err(operation(
+            "acknowledge",
+            format!("{} is not a Kafka position", message.position),
+        )),
     }
 }
 
@@ -448,12 +459,19 @@ impl Acker for KafkaAcker {
     }
 
     fn ack_all_now(&self, messages: &[Arc<Message>]) -> Option<Result<(), BrokerError>> {
-        if self.acks.closed.load(Ordering::SeqCst) {
-            return Some(Err(BrokerError::Closed { broker: NAME }));
+        if let Err(closed) = self.open() {
+            return Some(Err(closed));
         }
-        let positions = messages.iter().filter_map(|m| match m.position {
-            Position::Partition { partition, offset } => Some((&*m.topic, partition, offset)),
-            _ => None,
+        // Under one lock; a message that is not Kafka's is reported, as `ack` would.
+        let mut outcome = Ok(());
+        let positions = messages.iter().filter_map(|m| match kafka_position(m) {
+            Ok((partition, offset)) => Some((&*m.topic, partition, offset)),
+            Err(error) => {
+                if outcome.is_ok() {
+                    outcome = Err(error);
+                }
+                None
+            }
         });
         let stale = self.acks.tracker.ack_all(positions);
         if stale > 0 {
@@ -462,6 +480,49 @@ impl Acker for KafkaAcker {
                 "acknowledged after their partition was revoked; the new owner reads them again"
             );
         }
-        Some(Ok(()))
+        Some(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(partition: i32, offset: i64) -> Arc<Message> {
+        Arc::new(Message {
+            topic: "t".into(),
+            position: Position::Partition { partition, offset },
+            ..Message::default()
+        })
+    }
+
+    #[test]
+    fn a_batch_is_acknowledged_under_one_lock_and_reports_what_is_not_kafkas() {
+        let acker = KafkaAcker {
+            acks: Arc::default(),
+        };
+        let tracker = &acker.acks.tracker;
+        tracker.assign([("t", 0)]);
+        let mut delivered = vec![at(0, 10), at(0, 11)];
+        tracker.deliver(&mut delivered);
+        let foreign = Arc::new(Message::new("t", Vec::<u8>::new()));
+        let outcome = acker.ack_all_now(&[at(0, 10), foreign, at(0, 11)]);
+        let error = outcome
+            .expect("answers at once")
+            .expect_err("not a Kafka position");
+        assert!(
+            error.to_string().contains("not a Kafka position"),
+            "{error}"
+        );
+        assert_eq!(
+            tracker.take_unstored(),
+            vec![("t".to_owned(), 0, 12)],
+            "the Kafka messages are acknowledged all the same"
+        );
+        acker.acks.closed.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            acker.ack_all_now(&[at(0, 12)]),
+            Some(Err(BrokerError::Closed { .. }))
+        ));
     }
 }
