@@ -13,6 +13,7 @@ pub mod error;
 mod event;
 pub mod extract;
 pub mod handler;
+pub mod headers;
 #[cfg(feature = "cli")]
 pub mod health;
 pub mod memory;

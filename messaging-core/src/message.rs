@@ -1,7 +1,6 @@
 //! The raw message as brokers carry it: topic, key, payload bytes, headers and the broker's
 //! position of it.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -25,9 +24,7 @@ pub mod header {
     pub const REPLAYED: &str = "x-messaging-replayed";
 }
 
-/// Message headers: UTF-8 names and values, sorted by name. Values a broker delivers that are
-/// not UTF-8 are converted lossily, never rejected.
-pub type Headers = BTreeMap<String, String>;
+pub use crate::headers::Headers;
 
 /// Where a broker holds a message; written into DLQ records and offered to handlers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -214,12 +211,7 @@ impl Message {
 
     /// A header value.
     pub fn header(&self, name: &str) -> Option<&str> {
-        // A scan with `==` (length first) beats the map's ordered search for the handful of
-        // headers a message carries; this runs several times per message.
-        self.headers
-            .iter()
-            .find(|(key, _)| key.as_str() == name)
-            .map(|(_, value)| value.as_str())
+        self.headers.get(name)
     }
 
     /// Attempts made by earlier deliveries, from the framework header (never from a
@@ -233,9 +225,9 @@ impl Message {
     pub(crate) fn delivery_headers(&self) -> DeliveryHeaders<'_> {
         let (mut trace_id, mut attempts) = (None, None);
         for (name, value) in &self.headers {
-            match name.as_str() {
-                header::TRACE_ID => trace_id = Some(value.as_str()),
-                header::ATTEMPT => attempts = Some(value.as_str()),
+            match name {
+                header::TRACE_ID => trace_id = Some(value),
+                header::ATTEMPT => attempts = Some(value),
                 _ => {}
             }
         }
@@ -323,7 +315,7 @@ impl OutgoingMessage {
 
     /// Adds a header.
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.insert(name.into(), value.into());
+        self.headers.insert(name, value);
         self
     }
 }

@@ -62,7 +62,7 @@ impl SendOptions {
 
     /// Adds a header.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.insert(name.into(), value.into());
+        self.headers.insert(name, value);
         self
     }
 }
@@ -139,7 +139,7 @@ impl Producer {
     /// Publishes a message built by hand and waits for the acknowledgement.
     pub async fn send_raw(&self, message: OutgoingMessage) -> Result<(), Error> {
         let broker = self.broker().await?;
-        let event = message.headers.get(header::EVENT_NAME).cloned();
+        let event = message.headers.get(header::EVENT_NAME).map(str::to_owned);
         broker.publish(message).await?;
         metrics().record_published(broker.name(), event.as_deref());
         Ok(())

@@ -240,7 +240,7 @@ async fn exhausted_retries_give_one_complete_record_acknowledged_after_it() {
     assert_eq!(r.original.topic, "retry-test.payments");
     assert_eq!(r.original.key.as_deref(), Some("42"));
     assert_eq!(r.original.payload, r#"{"order_id":42}"#);
-    assert_eq!(r.original.headers["x-trace-id"], "trace-7");
+    assert_eq!(r.original.headers.get("x-trace-id"), Some("trace-7"));
     assert_eq!(r.original.position, "offset 0");
 
     // Every field of DESIGN §3 is on the wire under its name.

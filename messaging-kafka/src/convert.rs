@@ -90,8 +90,8 @@ mod tests {
     #[test]
     fn every_header_is_sent() {
         let mut headers = Headers::new();
-        headers.insert("x-event-id".into(), "abc".into());
-        headers.insert("x-trace-id".into(), "t-1".into());
+        headers.insert("x-event-id", "abc");
+        headers.insert("x-trace-id", "t-1");
         let kafka = to_kafka_headers(&headers);
         let sent: Vec<(&str, Option<&[u8]>)> = kafka.iter().map(|h| (h.key, h.value)).collect();
         assert_eq!(

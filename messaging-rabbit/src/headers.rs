@@ -36,7 +36,7 @@ pub(crate) fn properties(message: &OutgoingMessage) -> Result<BasicProperties, R
         .with_delivery_mode(PERSISTENT)
         .with_headers(table);
     if let Some(id) = message.headers.get(header::EVENT_ID)
-        && let Ok(id) = ShortString::try_new(id.as_str())
+        && let Ok(id) = ShortString::try_new(id)
     {
         properties = properties.with_message_id(id);
     }

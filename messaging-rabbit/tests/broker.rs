@@ -467,7 +467,7 @@ async fn foreign_headers_of_any_type_arrive_as_text() {
     assert_eq!(m.header("x-nested"), Some("{n: 0.5}"));
     assert_eq!(m.header("x-list"), Some("[-1, 7]"));
     assert_eq!(m.key.as_deref(), Some("key-9"));
-    let names: HashSet<&str> = m.headers.keys().map(String::as_str).collect();
+    let names: HashSet<&str> = m.headers.keys().collect();
     assert!(
         !names.contains(header::KEY),
         "the key is not repeated among the headers"

@@ -99,10 +99,8 @@ async fn dead_letter_records_match_the_memory_brokers_byte_for_byte() {
             Some("42".into()),
         )
         .unwrap();
-    message
-        .headers
-        .insert(header::TRACE_ID.into(), "trace-7".into());
-    message.headers.insert("x-custom".into(), "kept".into());
+    message.headers.insert(header::TRACE_ID, "trace-7");
+    message.headers.insert("x-custom", "kept");
 
     let memory = MemoryBroker::new();
     let on_memory = dead_letter_on(
@@ -191,7 +189,7 @@ async fn dead_letter_records_match_the_memory_brokers_byte_for_byte() {
     assert_eq!(on_memory.key, on_rabbit.key);
     assert_eq!(on_memory.headers, on_rabbit.headers);
     assert_eq!(on_rabbit.header(DLQ_HEADER), Some("1"));
-    let names: BTreeSet<&str> = on_rabbit.headers.keys().map(String::as_str).collect();
+    let names: BTreeSet<&str> = on_rabbit.headers.keys().collect();
     assert_eq!(
         names,
         BTreeSet::from([DLQ_HEADER, header::EVENT_NAME, header::TRACE_ID])

@@ -67,7 +67,7 @@ pub(crate) fn xadd(
     }
     for (name, value) in &message.headers {
         if name == PAYLOAD_FIELD {
-            return Err(RedisBrokerError::ReservedHeader(name.clone()));
+            return Err(RedisBrokerError::ReservedHeader(name.to_owned()));
         }
         // The key field was written from `message.key`, which wins over a header of that name.
         if name == header::KEY && message.key.is_some() {

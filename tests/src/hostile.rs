@@ -244,7 +244,7 @@ async fn dlq_records(runtime: &Runtime, topic: &str) -> BTreeMap<String, Vec<Dea
             .original
             .headers
             .get(CASE)
-            .cloned()
+            .map(str::to_owned)
             .unwrap_or_default();
         by_case.entry(case).or_default().push(record);
     }
@@ -659,8 +659,7 @@ pub async fn garbage_headers_never_stop_good_messages(
         records["bad-body-binary-header"]
             .original
             .headers
-            .get("x-binary")
-            .map(String::as_str),
+            .get("x-binary"),
         Some("\u{fffd}\u{fffd}"),
         "the DLQ record keeps the header as delivered"
     );

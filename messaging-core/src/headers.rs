@@ -1,0 +1,262 @@
+//! Message headers: a short list of UTF-8 names and values, sorted by name, each name once.
+//!
+//! A message carries a handful of headers and the dispatcher reads them for every message, so
+//! they are kept as one compact list rather than a tree: a `BTreeMap` allocates a node of
+//! more than 500 bytes for its first entry, which a consumer then has to bring into the cache
+//! for every message it handles.
+
+use std::fmt;
+
+use serde::de::{MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Message headers: UTF-8 names and values, sorted by name, each name at most once. Values a
+/// broker delivers that are not UTF-8 are converted lossily, never rejected.
+///
+/// Serialised as a JSON object (`{"x-event-name":"user.created"}`); when an object names a
+/// header twice, the last value wins.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Headers {
+    entries: Entries,
+}
+
+type Entries = smallvec::SmallVec<[(String, String); 1]>;
+
+impl Headers {
+    /// No headers.
+    pub const fn new() -> Self {
+        Self {
+            entries: Entries::new_const(),
+        }
+    }
+
+    /// Room for `capacity` headers without reallocating.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            entries: Entries::with_capacity(capacity),
+        }
+    }
+
+    /// The value of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        // A scan with `==` (length first) beats a binary search for the handful of headers a
+        // message carries.
+        self.entries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// Whether `name` is present.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// Sets `name` to `value`; returns the value it replaces.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) -> Option<String> {
+        let (name, value) = (name.into(), value.into());
+        match self.position(&name) {
+            Ok(at) => Some(std::mem::replace(&mut self.entries[at].1, value)),
+            Err(at) => {
+                self.entries.insert(at, (name, value));
+                None
+            }
+        }
+    }
+
+    /// Removes `name`; returns its value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        let at = self.position(name).ok()?;
+        Some(self.entries.remove(at).1)
+    }
+
+    /// Removes every header.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// How many headers there are.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Names and values, sorted by name.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            inner: self.entries.iter(),
+        }
+    }
+
+    /// The names, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> + '_ {
+        self.entries.iter().map(|(name, _)| name.as_str())
+    }
+
+    fn position(&self, name: &str) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+}
+
+/// An iterator over headers as `(name, value)`, sorted by name.
+#[derive(Clone, Debug)]
+pub struct Iter<'a> {
+    inner: std::slice::Iter<'a, (String, String)>,
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner
+            .next()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+impl<'a> IntoIterator for &'a Headers {
+    type Item = (&'a str, &'a str);
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+impl IntoIterator for Headers {
+    type Item = (String, String);
+    type IntoIter = smallvec::IntoIter<[(String, String); 1]>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.into_iter()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> Extend<(K, V)> for Headers {
+    fn extend<I: IntoIterator<Item = (K, V)>>(&mut self, headers: I) {
+        for (name, value) in headers {
+            self.insert(name, value);
+        }
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(headers: I) -> Self {
+        let mut all = Self::new();
+        all.extend(headers);
+        all
+    }
+}
+
+impl<K: Into<String>, V: Into<String>, const N: usize> From<[(K, V); N]> for Headers {
+    fn from(headers: [(K, V); N]) -> Self {
+        headers.into_iter().collect()
+    }
+}
+
+/// `headers["x-event-name"]`: the value, or a panic when there is no such header (as a map's
+/// index does); for code that has just checked, and for tests.
+impl std::ops::Index<&str> for Headers {
+    type Output = String;
+
+    fn index(&self, name: &str) -> &String {
+        match self.entries.iter().find(|(n, _)| n == name) {
+            Some((_, value)) => value,
+            None => panic!("no header named {name:?}"),
+        }
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Headers {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.len()))?;
+        for (name, value) in self {
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct HeadersVisitor;
+
+        impl<'de> Visitor<'de> for HeadersVisitor {
+            type Value = Headers;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of header names and string values")
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Headers, A::Error> {
+                let mut headers = Headers::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some((name, value)) = map.next_entry::<String, String>()? {
+                    headers.insert(name, value);
+                }
+                Ok(headers)
+            }
+        }
+
+        deserializer.deserialize_map(HeadersVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_stay_sorted_and_unique() {
+        let mut headers = Headers::new();
+        assert_eq!(headers.insert("b", "2"), None);
+        assert_eq!(headers.insert("a", "1"), None);
+        assert_eq!(headers.insert("c", "3"), None);
+        assert_eq!(headers.insert("b", "two"), Some("2".to_owned()));
+        let all: Vec<_> = headers.iter().collect();
+        assert_eq!(all, [("a", "1"), ("b", "two"), ("c", "3")]);
+        assert_eq!(headers.get("b"), Some("two"));
+        assert_eq!(headers.get("bb"), None);
+        assert_eq!(headers.remove("a"), Some("1".to_owned()));
+        assert_eq!(headers.remove("a"), None);
+        assert_eq!(headers.keys().collect::<Vec<_>>(), ["b", "c"]);
+        assert_eq!(headers.len(), 2);
+    }
+
+    #[test]
+    fn the_same_headers_in_any_order_are_equal() {
+        let one = Headers::from([("x", "1"), ("y", "2")]);
+        let other = Headers::from([("y", "2"), ("x", "1")]);
+        assert_eq!(one, other);
+    }
+
+    #[test]
+    fn serialised_as_an_object_sorted_by_name_with_the_last_duplicate_winning() {
+        let headers = Headers::from([("z", "1"), ("a", "2")]);
+        assert_eq!(
+            serde_json::to_string(&headers).unwrap(),
+            r#"{"a":"2","z":"1"}"#
+        );
+        let read: Headers = serde_json::from_str(r#"{"k":"1","j":"0","k":"2"}"#).unwrap();
+        assert_eq!(read, Headers::from([("j", "0"), ("k", "2")]));
+        let error = serde_json::from_str::<Headers>(r#"{"k":1}"#).unwrap_err();
+        assert!(error.to_string().contains("invalid type"), "{error}");
+        assert!(serde_json::from_str::<Headers>("[]").is_err());
+    }
+}
