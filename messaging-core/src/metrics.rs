@@ -6,10 +6,23 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
 
 /// Upper bounds (seconds) of the handler latency histogram.
 pub const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+
+/// [`LATENCY_BUCKETS`] in nanoseconds: the hot path compares integers, not floats.
+const LATENCY_BOUNDS_NANOS: [u64; LATENCY_BUCKETS.len()] = [
+    1_000_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    500_000_000,
+    1_000_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
 
 /// Counters of one handler on one topic, read by summing the lanes' shards.
 ///
@@ -36,7 +49,8 @@ pub(crate) struct LaneCounters {
     dead_lettered: AtomicU64,
     /// One counter per bucket plus one for slower calls; the count is their sum.
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    latency_sum_micros: AtomicU64,
+    /// In nanoseconds: most calls take less than a microsecond.
+    latency_sum_nanos: AtomicU64,
 }
 
 /// Adds to a counter that only one lane writes. Readers may see it a moment late, never
@@ -62,17 +76,13 @@ impl LaneCounters {
         bump(&self.dead_lettered, 1);
     }
 
-    pub(crate) fn observe_latency(&self, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        let bucket = LATENCY_BUCKETS
+    pub(crate) fn observe_latency(&self, nanos: u64) {
+        let bucket = LATENCY_BOUNDS_NANOS
             .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(LATENCY_BUCKETS.len());
+            .position(|&bound| nanos <= bound)
+            .unwrap_or(LATENCY_BOUNDS_NANOS.len());
         bump(&self.latency_buckets[bucket], 1);
-        bump(
-            &self.latency_sum_micros,
-            elapsed.as_micros().min(u64::MAX as u128) as u64,
-        );
+        bump(&self.latency_sum_nanos, nanos);
     }
 }
 
@@ -121,8 +131,8 @@ impl HandlerMetrics {
         std::array::from_fn(|i| self.sum(|s| &s.latency_buckets[i]))
     }
 
-    fn latency_sum_micros(&self) -> u64 {
-        self.sum(|s| &s.latency_sum_micros)
+    fn latency_sum_nanos(&self) -> u64 {
+        self.sum(|s| &s.latency_sum_nanos)
     }
 }
 
@@ -319,7 +329,7 @@ impl Metrics {
                 out,
                 "messaging_handler_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {total}"
             );
-            let sum = m.latency_sum_micros() as f64 / 1e6;
+            let sum = m.latency_sum_nanos() as f64 / 1e9;
             let _ = writeln!(
                 out,
                 "messaging_handler_duration_seconds_sum{{{labels}}} {sum}"
@@ -341,4 +351,36 @@ fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_nanosecond_bounds_are_the_published_ones() {
+        for (nanos, secs) in LATENCY_BOUNDS_NANOS.iter().zip(LATENCY_BUCKETS) {
+            assert_eq!(*nanos as f64 / 1e9, secs);
+        }
+    }
+
+    #[test]
+    fn latencies_fall_in_their_buckets_and_sum_in_nanoseconds() {
+        let handler = HandlerMetrics::new(2);
+        // On a bound counts in that bucket; above the last bound in the overflow one.
+        for nanos in [400, 1_000_000, 1_000_001, 10_000_000_001] {
+            handler.lane(1).observe_latency(nanos);
+        }
+        handler.lane(0).observe_latency(700);
+        let buckets = handler.latency_buckets();
+        assert_eq!(buckets[0], 3);
+        assert_eq!(buckets[1], 1);
+        assert_eq!(buckets[LATENCY_BUCKETS.len()], 1);
+        assert_eq!(buckets.iter().sum::<u64>(), 5);
+        // Sub-microsecond calls still count in the sum (in microseconds they were 0).
+        assert_eq!(
+            handler.latency_sum_nanos(),
+            400 + 1_000_000 + 1_000_001 + 10_000_000_001 + 700
+        );
+    }
 }
