@@ -132,7 +132,7 @@ impl Framework {
         // handler. The typed handler does what the bare loop does (decode, read the order
         // id) and one comparison to find the round's end, not a locked count per message.
         // `noop` skips the decode and counts: what is left is the framework's own cost.
-        let handler = HandlerSpec::new("process_order", [TOPIC], {
+        let handler = HandlerSpec::borrowing("process_order", [TOPIC], {
             let (handled, target, last_order, done) = (
                 Arc::clone(&handled),
                 Arc::clone(&target),

@@ -227,6 +227,17 @@ impl Dispatcher {
         self.stopping.load(Relaxed) || (run_start && self.shutdown.is_cancelled())
     }
 
+    /// A lane's invocation. Its context is set once; each message is moved in for its
+    /// attempts and out again, so that no `Arc` is cloned per attempt (see [`crate::handler::HandlerFn`]).
+    fn invocation(&self) -> Invocation {
+        Invocation {
+            message: Arc::default(),
+            context: Arc::clone(&self.context),
+            attempt: 0,
+            handler: "",
+        }
+    }
+
     fn pending_acks(&self) -> PendingAcks {
         PendingAcks {
             batched: self.acker.ack_all_now(&[]).is_some(),
@@ -243,6 +254,7 @@ impl Dispatcher {
         run: Vec<Arc<Message>>,
         lane: usize,
         acks: &mut PendingAcks,
+        invocation: &mut Invocation,
     ) -> bool {
         let mut going = true;
         acks.mark = self.clock.raw();
@@ -251,7 +263,7 @@ impl Dispatcher {
                 going = false;
                 break;
             }
-            self.process(message, lane, acks).await;
+            self.process(message, lane, acks, invocation).await;
         }
         self.flush_acks(acks).await;
         going
@@ -259,9 +271,9 @@ impl Dispatcher {
 
     async fn run_inline(&self, consumer: &mut dyn Consumer) {
         let mut failures = 0;
-        let mut acks = self.pending_acks();
+        let (mut acks, mut invocation) = (self.pending_acks(), self.invocation());
         while let Some(batch) = self.next_batch(consumer, &mut failures).await {
-            if !self.process_run(batch, 0, &mut acks).await {
+            if !self.process_run(batch, 0, &mut acks, &mut invocation).await {
                 return;
             }
         }
@@ -282,10 +294,13 @@ impl Dispatcher {
                 let this = Arc::clone(self);
                 let freed = Arc::clone(&room);
                 tasks.spawn(async move {
-                    let mut acks = this.pending_acks();
+                    let (mut acks, mut invocation) = (this.pending_acks(), this.invocation());
                     while let Some(run) = rx.recv().await {
                         let taken = run.len().min(lane_capacity);
-                        if !this.process_run(run, lane, &mut acks).await {
+                        if !this
+                            .process_run(run, lane, &mut acks, &mut invocation)
+                            .await
+                        {
                             return;
                         }
                         freed.add_permits(taken);
@@ -393,7 +408,13 @@ impl Dispatcher {
     /// `lane` picks the counters written: one lane handles one message at a time. A
     /// handled message joins the lane's `acks`; before a failure's slow path they are
     /// acknowledged, so that a back-off does not hold them.
-    pub async fn process(&self, message: Arc<Message>, lane: usize, acks: &mut PendingAcks) {
+    pub async fn process(
+        &self,
+        message: Arc<Message>,
+        lane: usize,
+        acks: &mut PendingAcks,
+        invocation: &mut Invocation,
+    ) {
         let target = match self.route(&message) {
             Ok(target) => target,
             Err(skip) => {
@@ -410,8 +431,7 @@ impl Dispatcher {
         let on = Attempting {
             target,
             counters: target.metrics.lane(lane),
-            message: &message,
-            trace_id: delivery.trace_id,
+            traced: delivery.trace_id.is_some(),
         };
         if message.payload.len() > self.max_message_size {
             let error = HandlerError::new(
@@ -424,13 +444,19 @@ impl Dispatcher {
             );
             let now = Utc::now();
             self.flush_acks(acks).await;
-            Box::pin(self.dead_letter(&on, &error, attempt, now, now)).await;
+            Box::pin(self.dead_letter(&on, &message, &error, attempt, now, now)).await;
             acks.mark = self.clock.raw();
             return;
         }
-        match self.attempt(&on, attempt, Some(&mut *acks)).await {
+        let spare = std::mem::replace(&mut invocation.message, message);
+        invocation.handler = target.spec.name;
+        match self
+            .attempt(&on, invocation, attempt, Some(&mut *acks))
+            .await
+        {
             Ok(()) => {
-                self.handled(&on, attempt);
+                self.handled(&on, &invocation.message, attempt);
+                let message = std::mem::replace(&mut invocation.message, spare);
                 // Not `ack_soon`: its future would be part of every message's. The clock
                 // was read when the attempt ended.
                 let now = acks.mark;
@@ -442,34 +468,41 @@ impl Dispatcher {
             }
             Err(error) => {
                 self.flush_acks(acks).await;
-                Box::pin(self.after_failure(&on, error, attempt)).await;
+                Box::pin(self.after_failure(&on, invocation, error, attempt)).await;
+                invocation.message = spare;
                 acks.mark = self.clock.raw();
             }
         }
     }
 
-    fn handled(&self, on: &Attempting<'_>, attempt: u32) {
-        let (target, message) = (on.target, on.message);
+    fn handled(&self, on: &Attempting<'_>, message: &Message, attempt: u32) {
+        let target = on.target;
         on.counters.succeeded();
         tracing::debug!(topic = %message.topic, handler = target.spec.name, attempt, "handled");
     }
 
     /// Retries with the handler's back-off until an attempt succeeds, the error is not
     /// retryable or the attempts are used up; then dead-letters.
-    async fn after_failure(&self, on: &Attempting<'_>, mut error: HandlerError, mut attempt: u32) {
-        let (target, message) = (on.target, on.message);
+    async fn after_failure(
+        &self,
+        on: &Attempting<'_>,
+        invocation: &mut Invocation,
+        mut error: HandlerError,
+        mut attempt: u32,
+    ) {
+        let target = on.target;
         let policy = target.spec.retry;
         let first_failure = Utc::now();
         loop {
             if !(error.is_retryable() && attempt < policy.max_attempts()) {
                 let now = Utc::now();
-                self.dead_letter(on, &error, attempt, first_failure, now)
+                self.dead_letter(on, &invocation.message, &error, attempt, first_failure, now)
                     .await;
                 return;
             }
             let delay = policy.delay_before_retry(attempt);
             on.counters.retried();
-            tracing::info!(topic = %message.topic, handler = target.spec.name, attempt, ?delay, %error, "attempt failed; retrying");
+            tracing::info!(topic = %invocation.message.topic, handler = target.spec.name, attempt, ?delay, %error, "attempt failed; retrying");
             tokio::select! {
                 biased;
                 // Not acknowledged: another instance (or the next start) gets it again.
@@ -477,10 +510,10 @@ impl Dispatcher {
                 _ = tokio::time::sleep(delay) => {}
             }
             attempt += 1;
-            match self.attempt(on, attempt, None).await {
+            match self.attempt(on, invocation, attempt, None).await {
                 Ok(()) => {
-                    self.handled(on, attempt);
-                    return self.ack(message).await;
+                    self.handled(on, &invocation.message, attempt);
+                    return self.ack(&invocation.message).await;
                 }
                 Err(next) => error = next,
             }
@@ -493,10 +526,18 @@ impl Dispatcher {
     async fn attempt(
         &self,
         on: &Attempting<'_>,
+        invocation: &mut Invocation,
         attempt: u32,
         mut acks: Option<&mut PendingAcks>,
     ) -> Result<(), HandlerError> {
-        let (target, message, trace_id) = (on.target, on.message, on.trace_id);
+        invocation.attempt = attempt;
+        let invocation = &*invocation;
+        let (target, message) = (on.target, &invocation.message);
+        let trace_id = if on.traced {
+            message.header(header::TRACE_ID)
+        } else {
+            None
+        };
         // A first attempt starts where the lane's previous message ended; a retry reads
         // the clock (see `PendingAcks::mark`).
         let started = match &acks {
@@ -504,12 +545,6 @@ impl Dispatcher {
             None => self.clock.raw(),
         };
         on.counters.attempted();
-        let invocation = Invocation {
-            message: Arc::clone(message),
-            context: Arc::clone(&self.context),
-            attempt,
-            handler: target.spec.name,
-        };
         let call = &target.spec.call;
         let future = match std::panic::catch_unwind(AssertUnwindSafe(|| call(invocation))) {
             Ok(future) => future,
@@ -561,12 +596,13 @@ impl Dispatcher {
     async fn dead_letter(
         &self,
         on: &Attempting<'_>,
+        message: &Message,
         error: &HandlerError,
         attempts: u32,
         first_failure_at: DateTime<Utc>,
         last_failure_at: DateTime<Utc>,
     ) {
-        let (target, message) = (on.target, on.message);
+        let target = on.target;
         let limit = self.max_message_size.min(crate::dlq::MAX_RECORD_BYTES);
         let record = DeadLetterRecord {
             version: RECORD_VERSION,
@@ -610,12 +646,13 @@ impl Dispatcher {
     }
 }
 
-/// One message being attempted: its handler, the lane's counters and its trace id.
+/// One message being attempted: its handler, the lane's counters and whether it carries a
+/// trace id (looked up again by the attempts that need it: the message itself is in the
+/// lane's [`Invocation`]).
 struct Attempting<'a> {
     target: &'a Target,
     counters: &'a LaneCounters,
-    message: &'a Arc<Message>,
-    trace_id: Option<&'a str>,
+    traced: bool,
 }
 
 type Guarded = futures::future::CatchUnwind<AssertUnwindSafe<crate::handler::HandlerFuture>>;

@@ -56,7 +56,7 @@ pub struct HandlerRegistration {
     /// For `#[on_event]`: the consumer type and how to make its default instance.
     pub instance: Option<InstanceFn>,
     /// Runs one attempt.
-    pub call: fn(Invocation) -> HandlerFuture,
+    pub call: fn(&Invocation) -> HandlerFuture,
 }
 
 inventory::collect!(HandlerRegistration);
@@ -115,6 +115,46 @@ impl HandlerSpec {
         F: Fn(Invocation) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = HandlerResult> + Send + 'static,
     {
+        Self::with_call(
+            name,
+            topics,
+            Arc::new(move |inv: &Invocation| Box::pin(call(inv.clone()))),
+        )
+    }
+
+    /// Like [`HandlerSpec::new`], but `call` borrows the invocation and takes what its
+    /// future needs before returning it, as the attribute macros' handlers do: nothing is
+    /// cloned per attempt that the handler does not clone itself.
+    ///
+    /// ```
+    /// use messaging_core::{HandlerSpec, decode_json};
+    /// let spec = HandlerSpec::borrowing("audit", ["audit.log"], |inv| {
+    ///     let body = decode_json::<serde_json::Value>(&inv.message);
+    ///     async move {
+    ///         println!("{}", body?);
+    ///         Ok(())
+    ///     }
+    /// });
+    /// ```
+    pub fn borrowing<I, S, F, Fut>(name: &str, topics: I, call: F) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+        F: Fn(&Invocation) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        Self::with_call(
+            name,
+            topics,
+            Arc::new(move |inv: &Invocation| Box::pin(call(inv))),
+        )
+    }
+
+    fn with_call<I, S>(name: &str, topics: I, call: HandlerFn) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
         Self {
             name,
@@ -130,7 +170,7 @@ impl HandlerSpec {
             schema: None,
             requires: Vec::new(),
             instance: None,
-            call: Arc::new(move |inv| Box::pin(call(inv))),
+            call,
         }
     }
 

@@ -52,8 +52,9 @@ impl Registration<'_> {
         }
     }
 
-    /// `fn(Invocation) -> HandlerFuture`: decodes the payload, builds the extractors, calls the
-    /// user's function and converts its result.
+    /// `fn(&Invocation) -> HandlerFuture`: decodes the payload and builds the extractors from
+    /// the borrowed invocation, then returns the future that calls the user's function and
+    /// converts its result (a failed decode or extractor: a ready error).
     fn call(&self) -> TokenStream {
         let sig = self.sig;
         let payload_ty = &sig.payload.ty;
@@ -97,12 +98,13 @@ impl Registration<'_> {
             }
         });
         let ident = &sig.ident;
-        let (this, callee) = match self.kind {
-            Kind::MessageHandler => (None, quote!(#ident)),
+        let (this, this_value, callee) = match self.kind {
+            Kind::MessageHandler => (None, None, quote!(#ident)),
             Kind::OnEvent { self_ty, .. } => (
                 Some(quote_spanned! {self_ty.span()=>
                     let __this = <#self_ty as ::messaging_core::__private::ConsumerType>::instance(&__inv)?;
                 }),
+                Some(quote!(__this,)),
                 quote!(__this.#ident),
             ),
         };
@@ -117,18 +119,28 @@ impl Registration<'_> {
         };
         // Spanned at the function's name: a future that is not `Send` is reported there.
         let body = quote_spanned! {ident.span()=>
-            ::std::boxed::Box::pin(async move {
+            let __taken = (|| -> ::core::result::Result<_, ::messaging_core::HandlerError> {
                 #schema_check
                 let __payload = #decode;
                 #(#extract)*
                 #this
-                let __result = #callee(__payload #(, #args)*).await;
-                #into_result
-            })
+                ::core::result::Result::Ok((#this_value __payload #(, #args)*))
+            })();
+            match __taken {
+                ::core::result::Result::Ok((#this_value __payload #(, #args)*)) => {
+                    ::std::boxed::Box::pin(async move {
+                        let __result = #callee(__payload #(, #args)*).await;
+                        #into_result
+                    })
+                }
+                ::core::result::Result::Err(__error) => {
+                    ::std::boxed::Box::pin(::core::future::ready(::core::result::Result::Err(__error)))
+                }
+            }
         };
         quote! {
             fn __messaging_call(
-                __inv: ::messaging_core::__private::Invocation,
+                __inv: &::messaging_core::__private::Invocation,
             ) -> ::messaging_core::__private::HandlerFuture {
                 #body
             }
