@@ -228,7 +228,8 @@ impl Dispatcher {
     }
 
     /// A lane's invocation. Its context is set once; each message is moved in for its
-    /// attempts and out again, so that no `Arc` is cloned per attempt (see [`crate::handler::HandlerFn`]).
+    /// attempts and out again, so that no `Arc` is cloned per attempt (see
+    /// [`crate::handler::HandlerFn`]).
     fn invocation(&self) -> Invocation {
         Invocation {
             message: Arc::default(),
@@ -431,7 +432,7 @@ impl Dispatcher {
         let on = Attempting {
             target,
             counters: target.metrics.lane(lane),
-            traced: delivery.trace_id.is_some(),
+            traced: delivery.traced,
         };
         if message.payload.len() > self.max_message_size {
             let error = HandlerError::new(

@@ -220,19 +220,19 @@ impl Message {
         parse_attempts(self.header(header::ATTEMPT))
     }
 
-    /// The trace id and the earlier attempts, read in one pass over the headers: the
-    /// dispatcher needs both for every message.
-    pub(crate) fn delivery_headers(&self) -> DeliveryHeaders<'_> {
-        let (mut trace_id, mut attempts) = (None, None);
+    /// Whether there is a trace id, and the earlier attempts, read in one pass over the
+    /// headers: the dispatcher needs both for every message.
+    pub(crate) fn delivery_headers(&self) -> DeliveryHeaders {
+        let (mut traced, mut attempts) = (false, None);
         for (name, value) in &self.headers {
             match name {
-                header::TRACE_ID => trace_id = Some(value),
+                header::TRACE_ID => traced = true,
                 header::ATTEMPT => attempts = Some(value),
                 _ => {}
             }
         }
         DeliveryHeaders {
-            trace_id,
+            traced,
             previous_attempts: parse_attempts(attempts),
         }
     }
@@ -275,8 +275,9 @@ fn lane_hash(bytes: &[u8]) -> u64 {
 
 /// What the dispatcher reads from a message's headers before the first attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct DeliveryHeaders<'a> {
-    pub trace_id: Option<&'a str>,
+pub(crate) struct DeliveryHeaders {
+    /// Whether it carries a trace id (the attempts that need it look it up).
+    pub traced: bool,
     pub previous_attempts: u32,
 }
 

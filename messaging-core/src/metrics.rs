@@ -10,19 +10,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 /// Upper bounds (seconds) of the handler latency histogram.
 pub const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
-/// [`LATENCY_BUCKETS`] in nanoseconds: the hot path compares integers, not floats.
-const LATENCY_BOUNDS_NANOS: [u64; LATENCY_BUCKETS.len()] = [
-    1_000_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    500_000_000,
-    1_000_000_000,
-    5_000_000_000,
-    10_000_000_000,
-];
+/// [`LATENCY_BUCKETS`] in nanoseconds (rounded): the hot path compares integers, not floats.
+const LATENCY_BOUNDS_NANOS: [u64; LATENCY_BUCKETS.len()] = {
+    let mut nanos = [0; LATENCY_BUCKETS.len()];
+    let mut i = 0;
+    while i < nanos.len() {
+        nanos[i] = (LATENCY_BUCKETS[i] * 1e9 + 0.5) as u64;
+        i += 1;
+    }
+    nanos
+};
 
 /// Counters of one handler on one topic, read by summing the lanes' shards.
 ///
