@@ -135,6 +135,11 @@ impl Sample {
         cpu: Duration::MAX,
     };
 
+    /// Whether this side ran (`BENCH_CONSUMERS`, `BENCH_PHASES` may leave it out).
+    fn measured(self) -> bool {
+        self.wall != Duration::MAX
+    }
+
     /// The best of two samples, each figure on its own.
     fn best(self, other: Self) -> Self {
         Self {
@@ -632,7 +637,7 @@ async fn run() -> Result<()> {
     println!("| measure (best of {rounds} rounds) | raw rdkafka | framework | framework / raw |");
     println!("|---|---|---|---|");
     for (what, [raw, fw]) in [("produce", produce), ("consume", consume)] {
-        if raw.wall == Duration::MAX {
+        if !(raw.measured() && fw.measured()) {
             continue;
         }
         println!(
@@ -648,14 +653,16 @@ async fn run() -> Result<()> {
             raw.cpu.as_secs_f64() / fw.cpu.as_secs_f64()
         );
     }
-    println!(
-        "| produce through `KafkaBroker` alone (no `Producer`), messages/s; CPU µs/message | | {:.0}; {:.2} | {:.2}; {:.2} |",
-        wall_rate(produce_broker_only),
-        us_per_message(produce_broker_only.cpu),
-        wall_rate(produce_broker_only) / wall_rate(produce[0]),
-        produce[0].cpu.as_secs_f64() / produce_broker_only.cpu.as_secs_f64()
-    );
-    if with_consume {
+    if produce_broker_only.measured() && produce[0].measured() {
+        println!(
+            "| produce through `KafkaBroker` alone (no `Producer`), messages/s; CPU µs/message | | {:.0}; {:.2} | {:.2}; {:.2} |",
+            wall_rate(produce_broker_only),
+            us_per_message(produce_broker_only.cpu),
+            wall_rate(produce_broker_only) / wall_rate(produce[0]),
+            produce[0].cpu.as_secs_f64() / produce_broker_only.cpu.as_secs_f64()
+        );
+    }
+    if with_consume && broker_only.measured() && consume[0].measured() {
         println!(
             "| consume through `KafkaBroker` alone (no runtime), messages/s; CPU µs/message | | {:.0}; {:.2} | {:.2}; {:.2} |",
             wall_rate(broker_only),
@@ -663,6 +670,8 @@ async fn run() -> Result<()> {
             wall_rate(broker_only) / wall_rate(consume[0]),
             consume[0].cpu.as_secs_f64() / broker_only.cpu.as_secs_f64()
         );
+    }
+    if with_consume && by_hand.measured() && consume[1].measured() {
         println!(
             "| consume by hand on raw rdkafka (records copied out, a task per partition, offset stored after handling), messages/s; CPU µs/message | {:.0}; {:.2} | | framework / by hand: {:.2}; CPU {:.2} |",
             wall_rate(by_hand),
