@@ -6,8 +6,8 @@
 //! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 6; `KAFKA_BOOTSTRAP_SERVERS`;
 //! `BENCH_KAFKA_PROPERTIES="fetch.wait.max.ms=5,linger.ms=1"`: more librdkafka properties for
 //! both sides; `BENCH_CONCURRENCY`, the runtime's, default 16; `BENCH_CONSUMERS=framework`
-//! (or `raw`, `broker`, `hand`) consumes with that side only, to profile it: the summary's
-//! ratios then mean nothing.)
+//! (or `raw`, `broker`, `hand`, `headers`, comma-separated) consumes with those sides only, to
+//! profile one: rows whose sides did not run are left out.)
 //!
 //! - produce: N messages of about 200 bytes with a key, at most `WINDOW` awaiting their
 //!   delivery report at once; framework = `Producer::send_raw` over `KafkaBroker`, raw =
@@ -20,7 +20,9 @@
 //!   counted. Also measured: the broker layer alone (`next_batch` and acknowledgements), and
 //!   "by hand": raw rdkafka doing what the framework does for a handler, written the plain
 //!   way (each record copied out with `detach`, a task per partition, `store_offset` after
-//!   handling).
+//!   handling), and "raw reading headers": the raw loop also asking each record for its
+//!   headers, which any consumer that routes or traces by header does (librdkafka allocates
+//!   a parse buffer on that call even for a record without headers).
 //! - latency: `LATENCY_MESSAGES` published at a steady rate, timed from before the publish to
 //!   the handler (framework) or to `recv` (raw).
 //!
@@ -326,13 +328,18 @@ impl Bench {
         Ok(last.since(first.ok_or("no first")?))
     }
 
-    async fn consume_raw(&self, topic: &str, group: &str) -> Result<Sample> {
+    /// The raw loop; with `read_headers`, it also asks each record for its headers, as any
+    /// consumer that routes or traces by header must (librdkafka parses them on that call).
+    async fn consume_raw(&self, topic: &str, group: &str, read_headers: bool) -> Result<Sample> {
         let consumer = self.raw_consumer(group, topic)?;
         let mut first = None;
         let consume = async {
             for _ in 0..self.n {
                 let message = consumer.recv().await?;
                 first.get_or_insert_with(Mark::now);
+                if read_headers {
+                    std::hint::black_box(message.headers());
+                }
                 consumer.store_offset_from_message(&message)?;
             }
             Ok::<_, rdkafka::error::KafkaError>(Mark::now())
@@ -550,9 +557,10 @@ async fn run() -> Result<()> {
     bench.n = n;
 
     let mut produce_broker_only = Sample::NONE;
-    let (mut produce, mut consume, mut broker_only, mut by_hand) = (
+    let (mut produce, mut consume, mut broker_only, mut by_hand, mut raw_headers) = (
         [Sample::NONE; 2],
         [Sample::NONE; 2],
+        Sample::NONE,
         Sample::NONE,
         Sample::NONE,
     );
@@ -560,11 +568,15 @@ async fn run() -> Result<()> {
     let phases =
         std::env::var("BENCH_PHASES").unwrap_or_else(|_| "produce,consume,latency".to_owned());
     let (with_consume, with_latency) = (phases.contains("consume"), phases.contains("latency"));
-    // `BENCH_CONSUMERS=raw,framework,broker,hand` (the default: all) picks the consuming
-    // sides, to profile one alone.
-    let consumers =
-        std::env::var("BENCH_CONSUMERS").unwrap_or_else(|_| "raw,framework,broker,hand".to_owned());
-    let consumes = |side: usize| consumers.contains(["raw", "framework", "broker", "hand"][side]);
+    // `BENCH_CONSUMERS=raw,framework,broker,hand,headers` (the default: all) picks the
+    // consuming sides, to profile one alone.
+    const CONSUMERS: [&str; 5] = ["raw", "framework", "broker", "hand", "headers"];
+    let consumers = std::env::var("BENCH_CONSUMERS").unwrap_or_else(|_| CONSUMERS.join(","));
+    let consumes = |side: usize| {
+        consumers
+            .split(',')
+            .any(|name| name.trim() == CONSUMERS[side])
+    };
     for round in 0..rounds {
         let topics = [
             bench.name("raw", round),
@@ -587,27 +599,29 @@ async fn run() -> Result<()> {
         produce = [produce[0].best(p[0]), produce[1].best(p[1])];
         produce_broker_only = produce_broker_only.best(p[2]);
         if with_consume {
-            let mut c = [Sample::NONE; 4];
-            for side in (0..4)
-                .map(|k| (k + round) % 4)
+            let mut c = [Sample::NONE; CONSUMERS.len()];
+            for side in (0..CONSUMERS.len())
+                .map(|k| (k + round) % CONSUMERS.len())
                 .filter(|&side| consumes(side))
             {
                 let group = bench.name(&format!("group-{side}"), round);
+                // "hand" and "headers" read raw's topic again, each in a group of its own.
                 c[side] = match side {
-                    0 => bench.consume_raw(&topics[0], &group).await?,
+                    0 => bench.consume_raw(&topics[0], &group, false).await?,
                     1 => bench.consume_framework(&topics[1], &group).await?,
                     2 => bench.consume_broker(&topics[2], &group).await?,
-                    // Raw's topic again, in a group of its own.
-                    _ => bench.consume_by_hand(&topics[0], &group).await?,
+                    3 => bench.consume_by_hand(&topics[0], &group).await?,
+                    _ => bench.consume_raw(&topics[0], &group, true).await?,
                 };
             }
             println!(
-                "round {round}: consume raw {:?} framework {:?} broker layer {:?} by hand {:?}",
-                c[0], c[1], c[2], c[3]
+                "round {round}: consume raw {:?} framework {:?} broker layer {:?} by hand {:?} raw reading headers {:?}",
+                c[0], c[1], c[2], c[3], c[4]
             );
             consume = [consume[0].best(c[0]), consume[1].best(c[1])];
             broker_only = broker_only.best(c[2]);
             by_hand = by_hand.best(c[3]);
+            raw_headers = raw_headers.best(c[4]);
         }
         if with_latency {
             let raw_l = bench
@@ -678,6 +692,15 @@ async fn run() -> Result<()> {
             us_per_message(by_hand.cpu),
             wall_rate(consume[1]) / wall_rate(by_hand),
             by_hand.cpu.as_secs_f64() / consume[1].cpu.as_secs_f64()
+        );
+    }
+    if raw_headers.measured() && consume[1].measured() {
+        println!(
+            "| consume on raw rdkafka also reading each record's headers, messages/s; CPU µs/message | {:.0}; {:.2} | | framework / raw reading headers: {:.2}; CPU {:.2} |",
+            wall_rate(raw_headers),
+            us_per_message(raw_headers.cpu),
+            wall_rate(consume[1]) / wall_rate(raw_headers),
+            raw_headers.cpu.as_secs_f64() / consume[1].cpu.as_secs_f64()
         );
     }
     if with_latency {
