@@ -29,9 +29,9 @@ use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::convert::to_message;
 use crate::error::{NAME, from_kafka, operation};
 use crate::offsets::{Acked, OffsetTracker, ToStore};
+use crate::received::Received;
 
 /// Broker requests made inside a rebalance (committed offsets, high watermarks, commit).
 const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -286,6 +286,8 @@ pub(crate) struct KafkaConsumer {
     buffered: VecDeque<Arc<Message>>,
     /// The subscribed topics' names, shared by the messages received.
     names: TopicNames,
+    /// Makes the messages of the records received.
+    messages: Received,
 }
 
 impl KafkaConsumer {
@@ -298,6 +300,7 @@ impl KafkaConsumer {
         timeout: Duration,
     ) -> Self {
         let mut buffered = VecDeque::new();
+        let mut messages = Received::default();
         let deadline = tokio::time::Instant::now() + timeout;
         let context = consumer.context();
         let mut stream = consumer.stream();
@@ -308,7 +311,7 @@ impl KafkaConsumer {
             }
             match tokio::time::timeout(Duration::from_millis(50), stream.next()).await {
                 Ok(Some(Ok(record))) => {
-                    let mut one = vec![Arc::new(to_message(&record, &names))];
+                    let mut one = vec![messages.make(&record, &names)];
                     context.acks.tracker.deliver(&mut one);
                     buffered.extend(one);
                 }
@@ -327,6 +330,7 @@ impl KafkaConsumer {
             consumer: Some(consumer),
             buffered,
             names,
+            messages,
         }
     }
 }
@@ -344,6 +348,7 @@ impl Consumer for KafkaConsumer {
                 .as_ref()
                 .ok_or(BrokerError::Closed { broker: NAME })?;
             let acks = &consumer.context().acks;
+            let (names, messages) = (&self.names, &mut self.messages);
             let mut stream = consumer.stream();
             loop {
                 store_acknowledged(consumer);
@@ -354,13 +359,11 @@ impl Consumer for KafkaConsumer {
                 };
                 let first = first.map_err(|e| from_kafka("receive", e))?;
                 let mut received = Vec::with_capacity(max.min(256));
-                received.push(Arc::new(to_message(&first, &self.names)));
+                received.push(messages.make(&first, names));
                 // Whatever librdkafka already holds, without waiting.
                 while received.len() < max {
                     match stream.next().now_or_never() {
-                        Some(Some(Ok(record))) => {
-                            received.push(Arc::new(to_message(&record, &self.names)))
-                        }
+                        Some(Some(Ok(record))) => received.push(messages.make(&record, names)),
                         Some(Some(Err(error))) => {
                             tracing::warn!(%error, "Kafka consumer error");
                             break;

@@ -1,34 +1,53 @@
 //! Between the framework's messages and Kafka records. Keys and header values that are not
 //! UTF-8 are converted lossily (the framework's headers are text), never rejected.
 
+use bytes::Bytes;
 use messaging_core::{Headers, Message, Position, TopicNames};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 
-/// A received record as the framework's message.
+/// A received record as a new message of the framework's.
 /// Its topic's name comes from `names`, the consumer's topics, shared.
 pub(crate) fn to_message(record: &impl rdkafka::Message, names: &TopicNames) -> Message {
-    let mut headers = Headers::new();
+    let mut message = Message::default();
+    let payload = Bytes::copy_from_slice(record.payload().unwrap_or_default());
+    fill(&mut message, record, names, payload);
+    message
+}
+
+/// Overwrites `message` with a received record whose payload was copied into `payload`.
+/// A message being reused keeps its key's buffer.
+pub(crate) fn fill(
+    message: &mut Message,
+    record: &impl rdkafka::Message,
+    names: &TopicNames,
+    payload: Bytes,
+) {
+    message.headers.clear();
     if let Some(h) = record.headers() {
         for header in h.iter() {
             let value = header
                 .value
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default();
-            headers.insert(header.key.to_owned(), value.into_owned());
+            message
+                .headers
+                .insert(header.key.to_owned(), value.into_owned());
         }
     }
-    Message {
-        topic: names.get(record.topic()),
-        key: record
-            .key()
-            .map(|k| String::from_utf8_lossy(k).into_owned()),
-        payload: record.payload().unwrap_or_default().to_vec().into(),
-        headers,
-        position: Position::Partition {
-            partition: record.partition(),
-            offset: record.offset(),
-        },
+    message.topic = names.get(record.topic());
+    match record.key() {
+        Some(key) => {
+            let text = message.key.get_or_insert_with(String::new);
+            text.clear();
+            text.push_str(&String::from_utf8_lossy(key));
+        }
+        None => message.key = None,
     }
+    message.payload = payload;
+    message.position = Position::Partition {
+        partition: record.partition(),
+        offset: record.offset(),
+    };
 }
 
 /// The framework's headers as Kafka headers.

@@ -43,6 +43,7 @@ mod consumer;
 mod convert;
 mod error;
 mod offsets;
+mod received;
 pub mod settings;
 mod topics;
 
