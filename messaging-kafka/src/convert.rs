@@ -15,36 +15,42 @@ pub(crate) fn to_message(record: &impl rdkafka::Message, names: &TopicNames) -> 
 }
 
 /// Overwrites `message` with a received record whose payload was copied into `payload`.
-/// A message being reused keeps its key's buffer.
+/// A message being reused keeps its key's buffer. Every field is named, so that a field
+/// added to `Message` cannot be left over from the message's last use.
 pub(crate) fn fill(
     message: &mut Message,
     record: &impl rdkafka::Message,
     names: &TopicNames,
     payload: Bytes,
 ) {
-    message.headers.clear();
+    let Message {
+        topic,
+        key,
+        payload: body,
+        headers,
+        position,
+    } = message;
+    headers.clear();
     if let Some(h) = record.headers() {
         for header in h.iter() {
             let value = header
                 .value
                 .map(String::from_utf8_lossy)
                 .unwrap_or_default();
-            message
-                .headers
-                .insert(header.key.to_owned(), value.into_owned());
+            headers.insert(header.key.to_owned(), value.into_owned());
         }
     }
-    message.topic = names.get(record.topic());
+    *topic = names.get(record.topic());
     match record.key() {
-        Some(key) => {
-            let text = message.key.get_or_insert_with(String::new);
+        Some(bytes) => {
+            let text = key.get_or_insert_with(String::new);
             text.clear();
-            text.push_str(&String::from_utf8_lossy(key));
+            text.push_str(&String::from_utf8_lossy(bytes));
         }
-        None => message.key = None,
+        None => *key = None,
     }
-    message.payload = payload;
-    message.position = Position::Partition {
+    *body = payload;
+    *position = Position::Partition {
         partition: record.partition(),
         offset: record.offset(),
     };
