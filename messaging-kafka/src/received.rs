@@ -66,7 +66,7 @@ impl Received {
         let small = payload.len() <= SHARED_PAYLOAD_MAX;
         let mut message = self.reusable().unwrap_or_default();
         match Arc::get_mut(&mut message) {
-            Some(reused) => fill(reused, record, names, payload),
+            Some(unique) => fill(unique, record, names, payload),
             // Not reached: a message is reused only when unique. A new one then.
             None => {
                 let mut fresh = Message::default();
