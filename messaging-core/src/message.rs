@@ -172,6 +172,15 @@ impl TopicNames {
         Self(topics.into_iter().map(|t| t.as_ref().into()).collect())
     }
 
+    /// The name, when there is exactly one: a consumer of a single topic, subscribed by its
+    /// exact name, need not read each record's topic to name it.
+    pub fn only(&self) -> Option<&TopicName> {
+        match &self.0[..] {
+            [only] => Some(only),
+            _ => None,
+        }
+    }
+
     /// The shared name of `topic`.
     pub fn get(&self, topic: &str) -> TopicName {
         self.0
@@ -393,5 +402,12 @@ mod tests {
         let unknown = names.get("audit");
         assert_eq!(unknown, "audit");
         assert!(!unknown.ptr_eq(&names.get("audit")), "not kept");
+        assert!(names.only().is_none(), "two topics");
+        let one = TopicNames::new(["orders"]);
+        assert!(
+            one.only()
+                .is_some_and(|only| only.ptr_eq(&one.get("orders")))
+        );
+        assert!(TopicNames::default().only().is_none());
     }
 }

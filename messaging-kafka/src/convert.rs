@@ -40,7 +40,11 @@ pub(crate) fn fill(
             headers.insert(header.key.to_owned(), value.into_owned());
         }
     }
-    *topic = names.get(record.topic());
+    *topic = match names.only() {
+        // Subscribed (or assigned) to one topic by its exact name: every record is of it.
+        Some(only) => only.clone(),
+        None => names.get(record.topic()),
+    };
     match record.key() {
         Some(bytes) => {
             let text = key.get_or_insert_with(String::new);
