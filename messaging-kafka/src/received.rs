@@ -65,15 +65,8 @@ impl Received {
         let payload = self.payloads.copy(record.payload().unwrap_or_default());
         let small = payload.len() <= SHARED_PAYLOAD_MAX;
         let mut message = self.reusable().unwrap_or_default();
-        match Arc::get_mut(&mut message) {
-            Some(unique) => fill(unique, record, names, payload),
-            // Not reached: a message is reused only when unique. A new one then.
-            None => {
-                let mut fresh = Message::default();
-                fill(&mut fresh, record, names, payload);
-                message = Arc::new(fresh);
-            }
-        }
+        // Unique (reused only when nobody else holds it, or new), so this never copies.
+        fill(Arc::make_mut(&mut message), record, names, payload);
         if small {
             // A large payload is not kept alive for reuse's sake.
             if self.handed_out.len() == KEPT {
