@@ -6,7 +6,7 @@
 //! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 6; `KAFKA_BOOTSTRAP_SERVERS`;
 //! `BENCH_KAFKA_PROPERTIES="fetch.wait.max.ms=5,linger.ms=1"`: more librdkafka properties for
 //! both sides; `BENCH_CONCURRENCY`, the runtime's, default 16; `BENCH_CONSUMERS=framework`
-//! (or `raw`, `broker`, `hand`, `headers`, comma-separated) consumes with those sides only, to
+//! (or `raw`, `broker`, `hand`, `headers`, `split`, comma-separated) consumes with those sides only, to
 //! profile one: rows whose sides did not run are left out.)
 //!
 //! - produce: N messages of about 200 bytes with a key, at most `WINDOW` awaiting their
@@ -22,7 +22,8 @@
 //!   way (each record copied out with `detach`, a task per partition, `store_offset` after
 //!   handling), and "raw reading headers": the raw loop also asking each record for its
 //!   headers, which any consumer that routes or traces by header does (librdkafka allocates
-//!   a parse buffer on that call even for a record without headers).
+//!   a parse buffer on that call even for a record without headers), and "raw reading
+//!   headers split": that loop run by a task per partition queue, on both cores.
 //! - latency: `LATENCY_MESSAGES` published at a steady rate, timed from before the publish to
 //!   the handler (framework) or to `recv` (raw).
 //!
@@ -401,6 +402,66 @@ impl Bench {
         Ok(last.since(first))
     }
 
+    /// The raw loop reading headers, run on every core: a queue split off per partition
+    /// (`split_partition_queue`, before the group assigns them) and a task reading each,
+    /// while the main queue only serves the group's events. It bounds what any consumer
+    /// that reads headers can reach by converting records in parallel.
+    async fn consume_split(&self, topic: &str, group: &str) -> Result<Sample> {
+        let consumer = Arc::new(self.raw_consumer(group, topic)?);
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map_or(0, |t| t.partitions().len() as i32);
+        let (first, last) = (Arc::new(OnceLock::new()), Arc::new(OnceLock::new()));
+        let (handled, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
+        let n = self.n;
+        let mut readers =
+            tokio::task::JoinSet::<std::result::Result<(), rdkafka::error::KafkaError>>::new();
+        for partition in 0..partitions {
+            let queue = consumer
+                .split_partition_queue(topic, partition)
+                .ok_or("no queue for a partition")?;
+            let (consumer, first, last) = (consumer.clone(), first.clone(), last.clone());
+            let (handled, done) = (handled.clone(), done.clone());
+            readers.spawn(async move {
+                loop {
+                    let message = queue.recv().await?;
+                    first.get_or_init(Mark::now);
+                    std::hint::black_box(message.headers());
+                    consumer.store_offset_from_message(&message)?;
+                    if handled.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                        let _ = last.set(Mark::now());
+                        done.notify_one();
+                    }
+                }
+            });
+        }
+        // Serves the group's events; a record here would mean a partition was not split.
+        readers.spawn({
+            let consumer = consumer.clone();
+            async move {
+                let record = consumer.recv().await?;
+                Err(rdkafka::error::KafkaError::Subscription(format!(
+                    "partition {} was not split off",
+                    record.partition()
+                )))
+            }
+        });
+        let outcome: Result<()> = tokio::select! {
+            () = done.notified() => Ok(()),
+            Some(Ok(Err(error))) = readers.join_next() => Err(error.into()),
+            () = tokio::time::sleep(PATIENCE) => Err("timed out".into()),
+        };
+        readers.abort_all();
+        outcome?;
+        let (first, last): (Mark, Mark) = (
+            *first.get().ok_or("no first")?,
+            *last.get().ok_or("no last")?,
+        );
+        Ok(last.since(first))
+    }
+
     async fn latency_framework(&self, topic: &str, group: &str) -> Result<(Duration, Duration)> {
         let latencies = Arc::new(Mutex::new(Vec::with_capacity(LATENCY_MESSAGES)));
         let done = Arc::new(Notify::new());
@@ -557,20 +618,16 @@ async fn run() -> Result<()> {
     bench.n = n;
 
     let mut produce_broker_only = Sample::NONE;
-    let (mut produce, mut consume, mut broker_only, mut by_hand, mut raw_headers) = (
-        [Sample::NONE; 2],
-        [Sample::NONE; 2],
-        Sample::NONE,
-        Sample::NONE,
-        Sample::NONE,
-    );
+    let (mut produce, mut consume, mut broker_only) =
+        ([Sample::NONE; 2], [Sample::NONE; 2], Sample::NONE);
+    let (mut by_hand, mut raw_headers, mut raw_split) = (Sample::NONE, Sample::NONE, Sample::NONE);
     let mut latency = [(Duration::MAX, Duration::MAX); 2];
     let phases =
         std::env::var("BENCH_PHASES").unwrap_or_else(|_| "produce,consume,latency".to_owned());
     let (with_consume, with_latency) = (phases.contains("consume"), phases.contains("latency"));
-    // `BENCH_CONSUMERS=raw,framework,broker,hand,headers` (the default: all) picks the
+    // `BENCH_CONSUMERS=raw,framework,broker,hand,headers,split` (the default: all) picks the
     // consuming sides, to profile one alone.
-    const CONSUMERS: [&str; 5] = ["raw", "framework", "broker", "hand", "headers"];
+    const CONSUMERS: [&str; 6] = ["raw", "framework", "broker", "hand", "headers", "split"];
     let consumers = std::env::var("BENCH_CONSUMERS").unwrap_or_else(|_| CONSUMERS.join(","));
     let consumes = |side: usize| {
         consumers
@@ -605,23 +662,25 @@ async fn run() -> Result<()> {
                 .filter(|&side| consumes(side))
             {
                 let group = bench.name(&format!("group-{side}"), round);
-                // "hand" and "headers" read raw's topic again, each in a group of its own.
+                // "hand", "headers" and "split" read raw's topic again, each in a group of its own.
                 c[side] = match side {
                     0 => bench.consume_raw(&topics[0], &group, false).await?,
                     1 => bench.consume_framework(&topics[1], &group).await?,
                     2 => bench.consume_broker(&topics[2], &group).await?,
                     3 => bench.consume_by_hand(&topics[0], &group).await?,
-                    _ => bench.consume_raw(&topics[0], &group, true).await?,
+                    4 => bench.consume_raw(&topics[0], &group, true).await?,
+                    _ => bench.consume_split(&topics[0], &group).await?,
                 };
             }
             println!(
-                "round {round}: consume raw {:?} framework {:?} broker layer {:?} by hand {:?} raw reading headers {:?}",
-                c[0], c[1], c[2], c[3], c[4]
+                "round {round}: consume raw {:?} framework {:?} broker layer {:?} by hand {:?} raw reading headers {:?} split {:?}",
+                c[0], c[1], c[2], c[3], c[4], c[5]
             );
             consume = [consume[0].best(c[0]), consume[1].best(c[1])];
             broker_only = broker_only.best(c[2]);
             by_hand = by_hand.best(c[3]);
             raw_headers = raw_headers.best(c[4]);
+            raw_split = raw_split.best(c[5]);
         }
         if with_latency {
             let raw_l = bench
@@ -685,22 +744,39 @@ async fn run() -> Result<()> {
             consume[0].cpu.as_secs_f64() / broker_only.cpu.as_secs_f64()
         );
     }
-    if by_hand.measured() && consume[1].measured() {
-        println!(
-            "| consume by hand on raw rdkafka (records copied out, a task per partition, offset stored after handling), messages/s; CPU µs/message | {:.0}; {:.2} | | framework / by hand: {:.2}; CPU {:.2} |",
-            wall_rate(by_hand),
-            us_per_message(by_hand.cpu),
-            wall_rate(consume[1]) / wall_rate(by_hand),
-            by_hand.cpu.as_secs_f64() / consume[1].cpu.as_secs_f64()
-        );
+    let raw_sides = [
+        (
+            "consume by hand on raw rdkafka (records copied out, a task per partition, offset stored after handling)",
+            "by hand",
+            by_hand,
+        ),
+        (
+            "consume on raw rdkafka also reading each record's headers",
+            "raw reading headers",
+            raw_headers,
+        ),
+        (
+            "the same, a task per partition queue (split off before assignment)",
+            "raw reading headers split",
+            raw_split,
+        ),
+    ];
+    for (what, short, side) in raw_sides {
+        if side.measured() && consume[1].measured() {
+            println!(
+                "| {what}, messages/s; CPU µs/message | {:.0}; {:.2} | | framework / {short}: {:.2}; CPU {:.2} |",
+                wall_rate(side),
+                us_per_message(side.cpu),
+                wall_rate(consume[1]) / wall_rate(side),
+                side.cpu.as_secs_f64() / consume[1].cpu.as_secs_f64()
+            );
+        }
     }
-    if raw_headers.measured() && consume[1].measured() {
+    if raw_split.measured() && consume[0].measured() {
         println!(
-            "| consume on raw rdkafka also reading each record's headers, messages/s; CPU µs/message | {:.0}; {:.2} | | framework / raw reading headers: {:.2}; CPU {:.2} |",
-            wall_rate(raw_headers),
-            us_per_message(raw_headers.cpu),
-            wall_rate(consume[1]) / wall_rate(raw_headers),
-            raw_headers.cpu.as_secs_f64() / consume[1].cpu.as_secs_f64()
+            "| raw reading headers split / raw | | | {:.2}; CPU {:.2} |",
+            wall_rate(raw_split) / wall_rate(consume[0]),
+            consume[0].cpu.as_secs_f64() / raw_split.cpu.as_secs_f64()
         );
     }
     if with_latency {
