@@ -71,6 +71,39 @@ impl Headers {
         Some(self.entries.remove(at).1)
     }
 
+    /// Replaces every header with `headers` (the last of a name wins, as with
+    /// [`Headers::insert`]), writing into the strings already held: a consumer that reuses
+    /// its messages then allocates nothing for headers no longer than the last ones.
+    pub fn refill<'a, V: AsRef<str>>(&mut self, headers: impl IntoIterator<Item = (&'a str, V)>) {
+        let mut used = 0;
+        for (name, value) in headers {
+            let value = value.as_ref();
+            match self.entries.get_mut(used) {
+                Some((held_name, held_value)) => {
+                    held_name.clear();
+                    held_name.push_str(name);
+                    held_value.clear();
+                    held_value.push_str(value);
+                }
+                None => self.entries.push((name.to_owned(), value.to_owned())),
+            }
+            used += 1;
+        }
+        self.entries.truncate(used);
+        // Usually sorted already: the framework writes its headers in order.
+        if !self.entries.windows(2).all(|w| w[0].0 < w[1].0) {
+            self.entries.sort_by(|a, b| a.0.cmp(&b.0));
+            // Stable, so of one name the later values follow: move the last into the kept.
+            self.entries.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    std::mem::swap(&mut later.1, &mut kept.1);
+                }
+                same
+            });
+        }
+    }
+
     /// Removes every header.
     pub fn clear(&mut self) {
         self.entries.clear();
@@ -237,6 +270,32 @@ mod tests {
         assert_eq!(headers.remove("a"), None);
         assert_eq!(headers.keys().collect::<Vec<_>>(), ["b", "c"]);
         assert_eq!(headers.len(), 2);
+    }
+
+    #[test]
+    fn refilled_headers_are_sorted_unique_and_keep_the_last_of_a_name() {
+        let mut headers = Headers::from([("old", "1"), ("older", "2"), ("oldest", "3")]);
+        headers.refill([("b", "1"), ("a", "2"), ("b", "3"), ("c", "4"), ("b", "5")]);
+        let all: Vec<_> = headers.iter().collect();
+        assert_eq!(all, [("a", "2"), ("b", "5"), ("c", "4")]);
+        assert_eq!(headers, Headers::from([("c", "4"), ("b", "5"), ("a", "2")]));
+        headers.refill([("x", String::from("9"))]);
+        assert_eq!(headers.iter().collect::<Vec<_>>(), [("x", "9")]);
+        headers.refill(std::iter::empty::<(&str, &str)>());
+        assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn refilling_reuses_the_strings_held() {
+        let mut headers = Headers::from([("x-event-name", "order.created.v2")]);
+        let name_buffer = headers.entries[0].0.as_ptr();
+        headers.refill([("x-event-id", "order.created")]);
+        assert_eq!(headers.get("x-event-id"), Some("order.created"));
+        assert_eq!(
+            headers.entries[0].0.as_ptr(),
+            name_buffer,
+            "the name's buffer is reused"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! `BENCH_KAFKA_PROPERTIES="fetch.wait.max.ms=5,linger.ms=1"`: more librdkafka properties for
 //! both sides; `BENCH_CONCURRENCY`, the runtime's, default 16; `BENCH_CONSUMERS=framework`
 //! (or `raw`, `broker`, `hand`, `headers`, `split`, comma-separated) consumes with those sides only, to
-//! profile one: rows whose sides did not run are left out.)
+//! profile one: rows whose sides did not run are left out; `BENCH_HEADERS=n`, default 0,
+//! puts up to 4 headers on every message, as the framework writes them on an event.)
 //!
 //! - produce: N messages of about 200 bytes with a key, at most `WINDOW` awaiting their
 //!   delivery report at once; framework = `Producer::send_raw` over `KafkaBroker`, raw =
@@ -42,7 +43,7 @@ use messaging_core::{Broker, Config, HandlerSpec, Invocation, OutgoingMessage, P
 use messaging_kafka::KafkaBroker;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
-use rdkafka::message::{Message as _, OwnedMessage};
+use rdkafka::message::{Header, Message as _, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use tokio::sync::Notify;
@@ -85,6 +86,15 @@ fn payload(i: usize, sent_ns: u128) -> Vec<u8> {
     body.extend_from_slice(b"\"}");
     body
 }
+
+/// What `BENCH_HEADERS=n` puts on every message (the first n): headers as the framework
+/// writes them on an event.
+const HEADERS: [(&str, &str); 4] = [
+    ("x-event-name", "order.created"),
+    ("x-message-id", "0190c0e2-7b1a-7c3e-9a4f-5d2e8b6c1f00"),
+    ("x-trace-id", "4bf92f3577b34da6a3ce929d0e0e4736"),
+    ("x-source", "order-service"),
+];
 
 fn sent_ns(body: &[u8]) -> Option<u128> {
     let text = std::str::from_utf8(body).ok()?;
@@ -165,11 +175,33 @@ struct Bench {
     broker: KafkaBroker,
     producer: Producer,
     raw_producer: FutureProducer,
+    /// Headers every produced message carries (`BENCH_HEADERS`), on both sides.
+    headers: &'static [(&'static str, &'static str)],
 }
 
 impl Bench {
     fn name(&self, what: &str, round: usize) -> String {
         format!("bench-{}-{what}-{round}", self.run)
+    }
+
+    /// The `i`th message the framework's side produces.
+    fn outgoing(&self, topic: &str, i: usize) -> OutgoingMessage {
+        let mut message = OutgoingMessage::new(topic, payload(i, 0)).with_key(key(i));
+        message.headers.extend(self.headers.iter().copied());
+        message
+    }
+
+    /// The same headers for raw rdkafka.
+    fn raw_headers(&self) -> OwnedHeaders {
+        self.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(self.headers.len()),
+            |all, &(key, value)| {
+                all.insert(Header {
+                    key,
+                    value: Some(value),
+                })
+            },
+        )
     }
 
     fn raw_config(&self) -> ClientConfig {
@@ -212,10 +244,7 @@ impl Bench {
         self.broker.declare_topics(&[topic.to_owned()]).await?;
         let (started, cpu) = (Instant::now(), cpu_time());
         futures::stream::iter(0..self.n)
-            .map(|i| {
-                let message = OutgoingMessage::new(topic, payload(i, 0)).with_key(key(i));
-                self.producer.send_raw(message)
-            })
+            .map(|i| self.producer.send_raw(self.outgoing(topic, i)))
             .buffer_unordered(WINDOW)
             .try_for_each(|()| async { Ok(()) })
             .await?;
@@ -230,10 +259,7 @@ impl Bench {
         self.broker.declare_topics(&[topic.to_owned()]).await?;
         let (started, cpu) = (Instant::now(), cpu_time());
         futures::stream::iter(0..self.n)
-            .map(|i| {
-                let message = OutgoingMessage::new(topic, payload(i, 0)).with_key(key(i));
-                self.broker.publish(message)
-            })
+            .map(|i| self.broker.publish(self.outgoing(topic, i)))
             .buffer_unordered(WINDOW)
             .try_for_each(|()| async { Ok(()) })
             .await?;
@@ -249,7 +275,10 @@ impl Bench {
         futures::stream::iter(0..self.n)
             .map(|i| async move {
                 let (body, key) = (payload(i, 0), key(i));
-                let record = FutureRecord::to(topic).payload(&body).key(&key);
+                let mut record = FutureRecord::to(topic).payload(&body).key(&key);
+                if !self.headers.is_empty() {
+                    record = record.headers(self.raw_headers());
+                }
                 self.raw_producer
                     .send(record, Timeout::Never)
                     .await
@@ -607,6 +636,7 @@ async fn run() -> Result<()> {
         producer: Producer::new(broker.clone().into_dyn(), Config::default()),
         broker,
         raw_producer: raw_config.create()?,
+        headers: &HEADERS[..env_number("BENCH_HEADERS", 0).min(HEADERS.len())],
     };
     println!(
         "Kafka throughput: {n} messages of {PAYLOAD} bytes, {rounds} round(s), window {WINDOW}, properties {properties:?}"
