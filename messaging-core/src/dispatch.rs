@@ -539,6 +539,7 @@ impl Dispatcher {
         } else {
             None
         };
+        let traced = trace_id.map(|_| Arc::clone(message));
         // A first attempt starts where the lane's previous message ended; a retry reads
         // the clock (see `PendingAcks::mark`).
         let started = match &acks {
@@ -561,19 +562,18 @@ impl Dispatcher {
         );
         let guarded = AssertUnwindSafe(future).catch_unwind();
         let limit = target.spec.retry.timeout;
-        let mut running = if trace_id.is_none() && limit.is_none() && span.is_disabled() {
-            // The common case, kept free of wrappers: no trace id, no time limit, logs off.
-            Either::Left(guarded)
-        } else {
-            Either::Right(Box::pin(wrapped(
-                guarded,
-                span,
-                trace_id.map(str::to_owned),
-                limit,
-            )))
-        };
+        // The common cases kept free of boxing: nothing but (maybe) a trace id to put in
+        // scope, no time limit, logs off.
+        let mut running = std::pin::pin!(match (traced, limit.is_none() && span.is_disabled()) {
+            (None, true) => Either::Left(guarded),
+            (Some(message), true) =>
+                Either::Right(Either::Left(trace::with_trace_of(Some(message), guarded))),
+            (traced, _) => Either::Right(Either::Right(Box::pin(wrapped(
+                guarded, span, traced, limit
+            )))),
+        });
         // The first poll is the one `.await` would make.
-        let outcome = match futures::poll!(&mut running) {
+        let outcome = match futures::poll!(running.as_mut()) {
             Poll::Ready(outcome) => outcome,
             Poll::Pending => {
                 if let Some(acks) = acks.as_deref_mut() {
@@ -663,10 +663,10 @@ type Outcome = Result<Result<(), HandlerError>, Box<dyn Any + Send>>;
 async fn wrapped(
     guarded: Guarded,
     span: tracing::Span,
-    trace_id: Option<String>,
+    traced: Option<Arc<Message>>,
     limit: Option<Duration>,
 ) -> Outcome {
-    let scoped = trace::with_trace_id(trace_id, guarded.instrument(span));
+    let scoped = trace::with_trace_of(traced, guarded.instrument(span));
     let Some(limit) = limit else {
         return scoped.await;
     };

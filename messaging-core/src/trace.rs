@@ -2,20 +2,49 @@
 //! carries it on.
 
 use std::future::Future;
+use std::sync::Arc;
+
+use tokio::task::futures::TaskLocalFuture;
+
+use crate::message::{Message, header};
+
+/// A trace id in scope: given as text (a request's), or that of the message being handled,
+/// which is read only when something is published rather than copied for every message.
+pub(crate) enum InScope {
+    Text(String),
+    OfMessage(Arc<Message>),
+}
 
 tokio::task_local! {
-    static TRACE_ID: Option<String>;
+    static TRACE_ID: Option<InScope>;
 }
 
 /// The trace id in scope, if any.
 pub fn current() -> Option<String> {
-    TRACE_ID.try_with(Clone::clone).ok().flatten()
+    TRACE_ID
+        .try_with(|in_scope| match in_scope {
+            Some(InScope::Text(id)) => Some(id.clone()),
+            Some(InScope::OfMessage(message)) => {
+                message.header(header::TRACE_ID).map(str::to_owned)
+            }
+            None => None,
+        })
+        .ok()
+        .flatten()
 }
 
-/// Runs `future` with `trace_id` in scope (the dispatcher does this per message; an HTTP
-/// middleware can do it per request).
+/// Runs `future` with `trace_id` in scope (an HTTP middleware does this per request).
 pub async fn with_trace_id<F: Future>(trace_id: Option<String>, future: F) -> F::Output {
-    TRACE_ID.scope(trace_id, future).await
+    TRACE_ID.scope(trace_id.map(InScope::Text), future).await
+}
+
+/// `future` with the trace id of `message` (its `x-trace-id` header), if any, in scope:
+/// what the dispatcher runs a handler in.
+pub(crate) fn with_trace_of<F: Future>(
+    message: Option<Arc<Message>>,
+    future: F,
+) -> TaskLocalFuture<Option<InScope>, F> {
+    TRACE_ID.scope(message.map(InScope::OfMessage), future)
 }
 
 /// The trace id an HTTP request carries: `x-trace-id`, else the trace id of a W3C
