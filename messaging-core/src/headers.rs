@@ -5,6 +5,7 @@
 //! than as a tree: a `BTreeMap` allocates a node of more than 500 bytes for its first entry,
 //! one more cache miss for every message a consumer handles (BENCHMARKS.md).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::de::{MapAccess, Visitor};
@@ -133,6 +134,16 @@ impl Headers {
 
     fn position(&self, name: &str) -> Result<usize, usize> {
         self.entries.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+}
+
+/// Bytes a broker delivers as header text, lossily (what is not UTF-8 becomes U+FFFD). Tried
+/// with `str::from_utf8` first, several times faster than `String::from_utf8_lossy` on the
+/// text that nearly every key and header value is.
+pub fn text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 
@@ -296,6 +307,15 @@ mod tests {
             name_buffer,
             "the name's buffer is reused"
         );
+    }
+
+    #[test]
+    fn text_is_borrowed_when_valid_and_replaced_where_not() {
+        assert!(matches!(
+            text(b"order.created"),
+            Cow::Borrowed("order.created")
+        ));
+        assert_eq!(text(&[0x66, 0xff, 0x6f]), "f\u{fffd}o");
     }
 
     #[test]

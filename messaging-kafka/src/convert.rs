@@ -1,9 +1,8 @@
 //! Between the framework's messages and Kafka records. Keys and header values that are not
 //! UTF-8 are converted lossily (the framework's headers are text), never rejected.
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
+use messaging_core::headers::text;
 use messaging_core::{Headers, Message, Position, TopicNames};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 
@@ -58,15 +57,6 @@ pub(crate) fn fill(
         partition: record.partition(),
         offset: record.offset(),
     };
-}
-
-/// Bytes as text, lossily. Checked with `str::from_utf8` first, which is several times
-/// faster than `from_utf8_lossy` on the text that nearly every key and header value is.
-fn text(bytes: &[u8]) -> Cow<'_, str> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(_) => String::from_utf8_lossy(bytes),
-    }
 }
 
 /// The framework's headers as Kafka headers.

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use lapin::message::Delivery;
 use lapin::types::{AMQPValue, DecimalValue, FieldTable, LongString, ShortString};
 use lapin::{Acker, BasicProperties};
+use messaging_core::headers::text;
 use messaging_core::message::header;
 use messaging_core::{Headers, Message, OutgoingMessage, Position, TopicNames};
 
@@ -113,8 +114,8 @@ fn write_value(out: &mut String, value: &AMQPValue) {
         AMQPValue::Timestamp(v) => write!(out, "{v}"),
         AMQPValue::DecimalValue(v) => write_decimal(out, *v),
         AMQPValue::ShortString(v) => out.write_str(v.as_str()),
-        AMQPValue::LongString(v) => out.write_str(&String::from_utf8_lossy(v.as_bytes())),
-        AMQPValue::ByteArray(v) => out.write_str(&String::from_utf8_lossy(v.as_slice())),
+        AMQPValue::LongString(v) => out.write_str(&text(v.as_bytes())),
+        AMQPValue::ByteArray(v) => out.write_str(&text(v.as_slice())),
         AMQPValue::Void => Ok(()),
         AMQPValue::FieldArray(items) => {
             out.push('[');
