@@ -6,9 +6,9 @@
 //! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 6; `KAFKA_BOOTSTRAP_SERVERS`;
 //! `BENCH_KAFKA_PROPERTIES="fetch.wait.max.ms=5,linger.ms=1"`: more librdkafka properties for
 //! both sides; `BENCH_CONCURRENCY`, the runtime's, default 16; `BENCH_CONSUMERS=framework`
-//! (or `raw`, `broker`, `hand`, `headers`, `split`, comma-separated) consumes with those sides only, to
-//! profile one: rows whose sides did not run are left out; `BENCH_HEADERS=n`, default 0,
-//! puts up to 3 headers on every message, those the framework writes on an event.)
+//! (or `raw`, `broker`, `hand`, `headers`, `split`, comma-separated) consumes with those
+//! sides only, to profile one: rows whose sides did not run are left out; `BENCH_HEADERS=n`,
+//! default 0, puts up to 3 headers on every message, those the framework writes on an event.)
 //!
 //! - produce: N messages of about 200 bytes with a key, at most `WINDOW` awaiting their
 //!   delivery report at once; framework = `Producer::send_raw` over `KafkaBroker`, raw =
@@ -441,6 +441,9 @@ impl Bench {
             .topics()
             .first()
             .map_or(0, |t| t.partitions().len() as i32);
+        if partitions == 0 {
+            return Err(format!("no partitions of {topic} in the cluster's metadata").into());
+        }
         let (first, last) = (Arc::new(OnceLock::new()), Arc::new(OnceLock::new()));
         let (handled, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
         let n = self.n;
