@@ -2,6 +2,9 @@
 //! (`enable.auto.offset.store=false`) and committed by librdkafka's periodic auto-commit, on
 //! revocation and on close, so a committed offset never passes an unfinished message.
 //!
+//! Records are read in batches from the member's [`RecordQueue`], to which each partition is
+//! forwarded as it is assigned; the main queue, read too, serves the group's events.
+//!
 //! Acknowledging records the message in the [`OffsetTracker`]; the advanced offsets are
 //! handed to librdkafka once per batch by the consumer task, and every 200 ms by a
 //! background task (for when the runtime is busy with handlers and not fetching).
@@ -14,7 +17,8 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures::{FutureExt as _, StreamExt as _};
@@ -32,6 +36,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::error::{NAME, from_kafka, operation};
 use crate::offsets::{Acked, OffsetTracker, ToStore};
 use crate::received::Received;
+use crate::records::{BATCH, Record, RecordQueue};
 
 /// Broker requests made inside a rebalance (committed offsets, high watermarks, commit).
 const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,6 +64,9 @@ pub(crate) struct GroupContext {
     acks: Arc<Acks>,
     /// Assignments received so far; `subscribe` waits for the first.
     assignments: AtomicU64,
+    /// Where the assigned partitions' records go; `None` until the consumer exists and once
+    /// it is being dropped (records then come on the main queue).
+    records: Mutex<Option<RecordQueue>>,
 }
 
 impl GroupContext {
@@ -68,6 +76,47 @@ impl GroupContext {
             start,
             acks: Arc::default(),
             assignments: AtomicU64::new(0),
+            records: Mutex::new(None),
+        }
+    }
+
+    /// Hands each record the record queue holds (up to `max`) to `each`; 0 when there is
+    /// no queue.
+    fn take_records(&self, max: usize, each: impl FnMut(&Record)) -> usize {
+        let records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        records.as_ref().map_or(0, |queue| {
+            queue.take(
+                max,
+                each,
+                |error| tracing::warn!(group = %self.group, %error, "Kafka consumer error"),
+            )
+        })
+    }
+
+    /// Ready when the record queue holds something (never without a queue).
+    fn poll_records(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        records
+            .as_ref()
+            .map_or(Poll::Pending, |queue| queue.poll_nonempty(cx))
+    }
+
+    /// Sends the records of partitions about to be assigned to the record queue. A
+    /// partition not forwarded (no queue, or it is in use: this never waits inside a
+    /// callback) has its records on the main queue, which is read too.
+    fn forward(&self, base: &BaseConsumer<Self>, partitions: &[(String, i32)]) {
+        let Ok(records) = self.records.try_lock() else {
+            tracing::debug!(group = %self.group, "record queue busy; records of the new partitions come on the main queue");
+            return;
+        };
+        let Some(queue) = records.as_ref() else {
+            return;
+        };
+        let rk = base.client().native_ptr();
+        for (topic, partition) in partitions {
+            if !queue.forward(rk, topic, *partition) {
+                tracing::debug!(group = %self.group, %topic, partition, "partition not forwarded; its records come on the main queue");
+            }
         }
     }
 
@@ -112,6 +161,7 @@ impl GroupContext {
     fn on_assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         self.position(base, tpl);
         let partitions = pairs(tpl);
+        self.forward(base, &partitions);
         self.acks
             .tracker
             .assign(partitions.iter().map(|(t, p)| (t.as_str(), *p)));
@@ -241,6 +291,47 @@ fn commit_stored<C: ConsumerContext>(
 
 type GroupConsumer = StreamConsumer<GroupContext>;
 
+/// A consumer with its record queue, which it destroys first: librdkafka's queue handles
+/// must go before their client.
+struct Member(GroupConsumer);
+
+impl Member {
+    /// Installs the record queue; before the first poll, so before any assignment.
+    fn new(consumer: GroupConsumer) -> Self {
+        let queue = RecordQueue::new(consumer.client().native_ptr());
+        if queue.is_none() {
+            tracing::warn!(group = %consumer.context().group, "no record queue; reading records one by one");
+        }
+        *consumer
+            .context()
+            .records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = queue;
+        Self(consumer)
+    }
+}
+
+impl std::ops::Deref for Member {
+    type Target = GroupConsumer;
+
+    fn deref(&self) -> &GroupConsumer {
+        &self.0
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let queue = self
+            .0
+            .context()
+            .records
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(queue);
+    }
+}
+
 /// Stores what was acknowledged since the last call.
 fn store_acknowledged(consumer: &GroupConsumer) {
     let unstored = consumer.context().acks.tracker.take_unstored();
@@ -251,7 +342,7 @@ fn store_acknowledged(consumer: &GroupConsumer) {
 }
 
 /// Stores acknowledged offsets every [`STORE_INTERVAL`] until the consumer is gone.
-async fn store_periodically(consumer: Weak<GroupConsumer>) {
+async fn store_periodically(consumer: Weak<Member>) {
     let mut ticks = tokio::time::interval(STORE_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -270,7 +361,7 @@ async fn store_periodically(consumer: Weak<GroupConsumer>) {
 
 /// Drops the last handle of a consumer (leaving the group, which blocks) off the async
 /// threads when there are some.
-fn drop_off_thread(consumer: Arc<GroupConsumer>) {
+fn drop_off_thread(consumer: Arc<Member>) {
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => drop(runtime.spawn_blocking(move || drop(consumer))),
         Err(_) => drop(consumer),
@@ -280,7 +371,7 @@ fn drop_off_thread(consumer: Arc<GroupConsumer>) {
 /// A subscribed member of a group.
 pub(crate) struct KafkaConsumer {
     /// `None` once closed. The periodic store task holds it weakly.
-    consumer: Option<Arc<GroupConsumer>>,
+    consumer: Option<Arc<Member>>,
     acker: Arc<KafkaAcker>,
     /// Messages received while waiting for the first assignment.
     buffered: VecDeque<Arc<Message>>,
@@ -299,6 +390,7 @@ impl KafkaConsumer {
         names: TopicNames,
         timeout: Duration,
     ) -> Self {
+        let consumer = Member::new(consumer);
         let mut buffered = VecDeque::new();
         let mut messages = Received::default();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -347,20 +439,14 @@ impl Consumer for KafkaConsumer {
                 .consumer
                 .as_ref()
                 .ok_or(BrokerError::Closed { broker: NAME })?;
-            let acks = &consumer.context().acks;
+            let context = consumer.context();
             let (names, messages) = (&self.names, &mut self.messages);
             let mut stream = consumer.stream();
             loop {
                 store_acknowledged(consumer);
-                // The only await; cancel-safe: the stream takes a message only when it
-                // returns it.
-                let Some(first) = stream.next().await else {
-                    return Err(BrokerError::Closed { broker: NAME });
-                };
-                let first = first.map_err(|e| from_kafka("receive", e))?;
-                let mut received = Vec::with_capacity(max.min(256));
-                received.push(messages.make(&first, names));
-                // Whatever librdkafka already holds, without waiting.
+                let mut received = Vec::with_capacity(max.min(BATCH));
+                // The main queue first: it serves the group's events, and carries the records
+                // of any partition that was not forwarded to the record queue.
                 while received.len() < max {
                     match stream.next().now_or_never() {
                         Some(Some(Ok(record))) => received.push(messages.make(&record, names)),
@@ -371,7 +457,30 @@ impl Consumer for KafkaConsumer {
                         Some(None) | None => break,
                     }
                 }
-                acks.tracker.deliver(&mut received);
+                if received.len() < max {
+                    context.take_records(max - received.len(), |record| {
+                        received.push(messages.make(record, names))
+                    });
+                }
+                if received.is_empty() {
+                    // The only await; cancel-safe: the stream takes a message only when it
+                    // returns it, and the record queue is only looked at.
+                    let next = futures::future::poll_fn(|cx| match stream.poll_next_unpin(cx) {
+                        Poll::Ready(next) => Poll::Ready(Some(next)),
+                        Poll::Pending => context.poll_records(cx).map(|()| None),
+                    })
+                    .await;
+                    match next {
+                        Some(None) => return Err(BrokerError::Closed { broker: NAME }),
+                        Some(Some(first)) => {
+                            let first = first.map_err(|e| from_kafka("receive", e))?;
+                            received.push(messages.make(&first, names));
+                        }
+                        // Records arrived: take them on the next turn.
+                        None => continue,
+                    }
+                }
+                context.acks.tracker.deliver(&mut received);
                 if !received.is_empty() {
                     return Ok(received);
                 }
@@ -393,7 +502,7 @@ impl Consumer for KafkaConsumer {
             store_acknowledged(&consumer);
             // Committing and leaving the group are blocking librdkafka calls.
             tokio::task::spawn_blocking(move || {
-                let committed = commit_stored(&*consumer);
+                let committed = commit_stored(&**consumer);
                 drop(consumer);
                 committed
             })

@@ -12,7 +12,8 @@
 //!   for acknowledged messages (after the handler succeeded or the DLQ record was delivered),
 //!   never past an earlier unsettled message of its partition, and committed every second
 //!   (`auto.commit.interval.ms`, librdkafka's default is 5 s), on revocation and on close.
-//!   Order is per partition. On a revocation the handlers first get up to 10 s to finish what
+//!   Order is per partition. Records are read in batches of up to 256 with librdkafka's
+//!   batch call, from one queue the assigned partitions are forwarded to. On a revocation the handlers first get up to 10 s to finish what
 //!   they hold of the revoked partitions (on a multi-thread Tokio runtime), so that it is
 //!   committed; what is still unfinished then is read again by the new owner.
 //! - **Topics** (subscribed and dead-letter ones, and any published to) are created when the
@@ -44,6 +45,7 @@ mod convert;
 mod error;
 mod offsets;
 mod received;
+mod records;
 pub mod settings;
 mod topics;
 
