@@ -106,9 +106,13 @@ impl RecordQueue {
             .filter_map(|&message| NonNull::new(message).map(Record::owning))
             .collect();
         let mut handed = 0;
-        for record in records {
+        for mut record in records {
             match record.error() {
                 None => {
+                    // Parsed just before use, not for the whole batch first: librdkafka
+                    // allocates for the headers, and this way its allocations are served
+                    // from what the last record's just freed.
+                    record.read_headers();
                     each(&record);
                     handed += 1;
                 }
@@ -145,19 +149,26 @@ impl Drop for RecordQueue {
 /// One fetched record, read in place and freed on drop.
 pub(crate) struct Record {
     message: NonNull<rd::rd_kafka_message_t>,
+    /// Set by `read_headers`, before the record is handed out.
     headers: Option<RecordHeaders>,
 }
 
 impl Record {
     fn owning(message: NonNull<rd::rd_kafka_message_t>) -> Self {
+        Self {
+            message,
+            headers: None,
+        }
+    }
+
+    /// Has librdkafka parse the headers, which then live as long as the message.
+    fn read_headers(&mut self) {
         let mut headers = ptr::null_mut();
-        // SAFETY: a message taken from the queue and not freed yet; its headers are parsed
-        // here once and live as long as it does.
-        let found = unsafe { rd::rd_kafka_message_headers(message.as_ptr(), &mut headers) };
-        let headers = (found == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
+        // SAFETY: a message taken from the queue and not freed yet.
+        let found = unsafe { rd::rd_kafka_message_headers(self.message.as_ptr(), &mut headers) };
+        self.headers = (found == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR)
             .then(|| NonNull::new(headers).map(RecordHeaders))
             .flatten();
-        Self { message, headers }
     }
 
     fn raw(&self) -> &rd::rd_kafka_message_t {
