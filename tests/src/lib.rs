@@ -39,6 +39,7 @@ macro_rules! suite {
             delivers_to_a_message_handler,
             delivers_enveloped_events_by_name,
             acknowledges_unknown_events_without_retrying,
+            one_group_reads_several_topics,
             each_group_gets_every_message,
             instances_of_a_group_share_without_duplicates,
             keeps_order_per_key,

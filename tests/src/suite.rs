@@ -269,6 +269,58 @@ pub async fn delivers_enveloped_events_by_name(connect: Connect) {
     runtime.shutdown().await.unwrap();
 }
 
+/// A group reading several topics (one consumer for all of them): each handler gets the
+/// messages of its own topic, and each message says which topic it came from. One group has
+/// a handler per topic, another one handler on both.
+pub async fn one_group_reads_several_topics(connect: Connect) {
+    let s = Scenario::new(connect);
+    let (orders, payments) = (s.topic("orders"), s.topic("payments"));
+    let (of_orders, of_payments, of_both) = (Log::default(), Log::default(), Log::default());
+    let both = HandlerSpec::new("both", [orders.clone(), payments.clone()], {
+        let log: Log<Arc<Message>> = of_both.clone();
+        move |inv: Invocation| {
+            let log = log.clone();
+            async move {
+                log.push(inv.message);
+                Ok(())
+            }
+        }
+    });
+    let runtime = s
+        .start(vec![
+            recorder("orders", &orders, of_orders.clone()).group(s.group("shop")),
+            recorder("payments", &payments, of_payments.clone()).group(s.group("shop")),
+            both.group(s.group("audit")),
+        ])
+        .await;
+    let producer = s.producer().await;
+    for (topic, n) in [(&orders, 3), (&payments, 2)] {
+        for i in 0..n {
+            producer
+                .send_raw(OutgoingMessage::new(topic.as_str(), format!("{topic} {i}")))
+                .await
+                .unwrap();
+        }
+    }
+    eventually("every message to its handlers", || {
+        of_orders.len() == 3 && of_payments.len() == 2 && of_both.len() == 5
+    })
+    .await;
+    for (log, topic) in [(&of_orders, &orders), (&of_payments, &payments)] {
+        for message in log.all() {
+            assert_eq!(&*message.topic, topic.as_str());
+            assert!(String::from_utf8_lossy(&message.payload).starts_with(topic.as_str()));
+        }
+    }
+    for message in of_both.all() {
+        assert!(
+            String::from_utf8_lossy(&message.payload).starts_with(&*message.topic),
+            "{message:?} names the topic it came from"
+        );
+    }
+    runtime.shutdown().await.unwrap();
+}
+
 /// An event name no handler of the group takes is acknowledged and counted, not retried.
 pub async fn acknowledges_unknown_events_without_retrying(connect: Connect) {
     let s = Scenario::new(connect);
