@@ -141,7 +141,16 @@ impl<T: Clone> Log<T> {
 
 /// A handler that records every message it gets and succeeds.
 pub fn recorder(name: &str, topic: &str, log: Log<Arc<Message>>) -> HandlerSpec {
-    HandlerSpec::new(name, [topic], move |inv: Invocation| {
+    recorder_on(name, [topic], log)
+}
+
+/// [`recorder`] on several topics.
+pub fn recorder_on<'a>(
+    name: &str,
+    topics: impl IntoIterator<Item = &'a str>,
+    log: Log<Arc<Message>>,
+) -> HandlerSpec {
+    HandlerSpec::new(name, topics, move |inv: Invocation| {
         let log = log.clone();
         async move {
             log.push(inv.message);
@@ -275,17 +284,13 @@ pub async fn delivers_enveloped_events_by_name(connect: Connect) {
 pub async fn one_group_reads_several_topics(connect: Connect) {
     let s = Scenario::new(connect);
     let (orders, payments) = (s.topic("orders"), s.topic("payments"));
-    let (of_orders, of_payments, of_both) = (Log::default(), Log::default(), Log::default());
-    let both = HandlerSpec::new("both", [orders.clone(), payments.clone()], {
-        let log: Log<Arc<Message>> = of_both.clone();
-        move |inv: Invocation| {
-            let log = log.clone();
-            async move {
-                log.push(inv.message);
-                Ok(())
-            }
-        }
-    });
+    let (of_orders, of_payments, of_both): (Log<Arc<Message>>, _, _) =
+        (Log::default(), Log::default(), Log::default());
+    let both = recorder_on(
+        "both",
+        [orders.as_str(), payments.as_str()],
+        of_both.clone(),
+    );
     let runtime = s
         .start(vec![
             recorder("orders", &orders, of_orders.clone()).group(s.group("shop")),
