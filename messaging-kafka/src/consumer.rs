@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -80,23 +80,24 @@ impl GroupContext {
         }
     }
 
-    /// Hands each record the record queue holds (up to `max`) to `each`; 0 when there is
-    /// no queue.
-    fn take_records(&self, max: usize, each: impl FnMut(&Record)) -> usize {
-        let records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
-        records.as_ref().map_or(0, |queue| {
+    fn record_queue(&self) -> MutexGuard<'_, Option<RecordQueue>> {
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands each record the record queue holds (up to `max`) to `each`.
+    fn take_records(&self, max: usize, each: impl FnMut(&Record)) {
+        if let Some(queue) = self.record_queue().as_ref() {
             queue.take(
                 max,
                 each,
                 |error| tracing::warn!(group = %self.group, %error, "Kafka consumer error"),
-            )
-        })
+            );
+        }
     }
 
     /// Ready when the record queue holds something (never without a queue).
     fn poll_records(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
-        records
+        self.record_queue()
             .as_ref()
             .map_or(Poll::Pending, |queue| queue.poll_nonempty(cx))
     }
@@ -302,11 +303,7 @@ impl Member {
         if queue.is_none() {
             tracing::warn!(group = %consumer.context().group, "no record queue; reading records one by one");
         }
-        *consumer
-            .context()
-            .records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = queue;
+        *consumer.context().record_queue() = queue;
         Self(consumer)
     }
 }
@@ -321,13 +318,8 @@ impl std::ops::Deref for Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        let queue = self
-            .0
-            .context()
-            .records
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        // Taken out first, so that it is destroyed outside the lock.
+        let queue = self.0.context().record_queue().take();
         drop(queue);
     }
 }
