@@ -7,17 +7,19 @@ use messaging_core::{
     BoxFuture, Broker, BrokerError, Config, Consumer, Message, OutgoingMessage, StartFrom,
     Subscription,
 };
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
-use rdkafka::util::Timeout;
+use rdkafka::producer::Producer as _;
 
 use crate::consumer::{GroupContext, KafkaConsumer};
-use crate::convert::to_kafka_headers;
 use crate::error::{KafkaSetupError, NAME, connection, from_kafka, operation};
+use crate::publish::{Publisher, Refused, ReportingProducer, Reports};
 use crate::settings::KafkaSettings;
 use crate::topics::Topics;
 
 /// The producer's defaults, which `KAFKA_CONFIG_*` properties may override.
 const PRODUCER_DEFAULTS: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
+
+/// How long a publish waits when librdkafka's queue is full before trying again.
+const QUEUE_FULL_PAUSE: Duration = Duration::from_millis(100);
 
 /// A Kafka cluster reached through librdkafka. Clones share the producer.
 #[derive(Clone)]
@@ -27,7 +29,7 @@ pub struct KafkaBroker {
 
 struct Inner {
     settings: KafkaSettings,
-    producer: FutureProducer,
+    publisher: Publisher,
     topics: Topics,
 }
 
@@ -69,9 +71,9 @@ impl KafkaBroker {
     /// Connects with these settings; fails when the cluster does not answer within
     /// `messaging.connect.timeout.ms` (10 s by default).
     pub async fn connect_with(settings: KafkaSettings) -> Result<Self, BrokerError> {
-        let producer: FutureProducer = settings
+        let producer: ReportingProducer = settings
             .client_config(PRODUCER_DEFAULTS, &[])
-            .create()
+            .create_with_context(Reports)
             .map_err(|e| operation("create producer", e))?;
         let probe = producer.clone();
         let servers = settings.bootstrap_servers().to_owned();
@@ -87,7 +89,7 @@ impl KafkaBroker {
         Ok(Self {
             inner: Arc::new(Inner {
                 settings,
-                producer,
+                publisher: Publisher::new(producer),
                 topics,
             }),
         })
@@ -103,25 +105,26 @@ impl KafkaBroker {
         Arc::new(self)
     }
 
-    async fn publish_one(&self, message: OutgoingMessage) -> Result<(), BrokerError> {
+    /// Publishes a message to a topic not published to yet, or when librdkafka's queue
+    /// was full: the slow way of [`Broker::publish`], which awaits in between.
+    async fn publish_slowly(&self, message: OutgoingMessage) -> Result<(), BrokerError> {
         let inner = &self.inner;
-        inner.topics.ensure_for_publish(&message.topic).await;
-        let mut record: FutureRecord<'_, str, [u8]> =
-            FutureRecord::to(&message.topic).payload(&message.payload[..]);
-        if let Some(key) = &message.key {
-            record = record.key(key.as_str());
+        loop {
+            match inner.publisher.send(&message) {
+                Ok(delivery) => return delivery.await.map_err(|e| from_kafka("publish", e)),
+                Err(Refused::NewTopic) => {
+                    inner.topics.ensure_for_publish(&message.topic).await;
+                    inner
+                        .publisher
+                        .open(&message.topic)
+                        .map_err(|e| from_kafka("publish", e))?;
+                }
+                // Waits for room, as rdkafka's `FutureProducer` does; delivery itself is
+                // bounded by librdkafka's `message.timeout.ms`.
+                Err(Refused::QueueFull) => tokio::time::sleep(QUEUE_FULL_PAUSE).await,
+                Err(Refused::Failed(error)) => return Err(from_kafka("publish", error)),
+            }
         }
-        if !message.headers.is_empty() {
-            record = record.headers(to_kafka_headers(&message.headers));
-        }
-        // `Never` only concerns a full local queue (it waits for room); delivery itself is
-        // bounded by librdkafka's `message.timeout.ms`.
-        inner
-            .producer
-            .send(record, Timeout::Never)
-            .await
-            .map(drop)
-            .map_err(|(error, _)| from_kafka("publish", error))
     }
 
     async fn subscribe_group(
@@ -165,7 +168,17 @@ impl Broker for KafkaBroker {
     }
 
     fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
-        Box::pin(self.publish_one(message))
+        // Handed to librdkafka now when it can be, so that the future does not carry the
+        // message while it waits for the report.
+        match self.inner.publisher.send(&message) {
+            Ok(delivery) => {
+                Box::pin(async { delivery.await.map_err(|e| from_kafka("publish", e)) })
+            }
+            Err(Refused::Failed(error)) => {
+                Box::pin(std::future::ready(Err(from_kafka("publish", error))))
+            }
+            Err(Refused::NewTopic | Refused::QueueFull) => Box::pin(self.publish_slowly(message)),
+        }
     }
 
     fn subscribe(
@@ -197,12 +210,51 @@ impl Broker for KafkaBroker {
     }
 
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let producer = self.inner.producer.clone();
+        let producer = self.inner.publisher.producer().clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || producer.flush(timeout))
                 .await
                 .map_err(|e| operation("flush", e))?
                 .map_err(|e| from_kafka("flush", e))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::mocking::MockCluster;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn publishes_wait_for_room_in_a_full_queue_and_none_is_lost() {
+        let cluster = MockCluster::new(1).unwrap();
+        // The mock cluster cannot create topics.
+        cluster.create_topic("orders", 3, 1).unwrap();
+        let servers = cluster.bootstrap_servers();
+        let broker = KafkaBroker::connect_with_properties(
+            &servers,
+            [
+                ("queue.buffering.max.messages", "2"),
+                ("messaging.topic.replication.factor", "1"),
+            ],
+        )
+        .await
+        .expect("connected");
+        let publishes = (0..40).map(|i| {
+            broker.publish(OutgoingMessage::new("orders", format!("{i}")).with_key(format!("{i}")))
+        });
+        for outcome in futures::future::join_all(publishes).await {
+            outcome.expect("published");
+        }
+        let mut got: Vec<u32> = broker
+            .browse("orders", 100)
+            .await
+            .expect("browsed")
+            .iter()
+            .map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, (0..40).collect::<Vec<_>>());
     }
 }

@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use messaging_core::headers::text;
-use messaging_core::{Headers, Message, Position, TopicNames};
-use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use messaging_core::{Message, Position, TopicNames};
+use rdkafka::message::Headers as _;
 
 /// A received record as a new message of the framework's.
 /// Its topic's name comes from `names`, the consumer's topics, shared.
@@ -59,24 +59,11 @@ pub(crate) fn fill(
     };
 }
 
-/// The framework's headers as Kafka headers.
-pub(crate) fn to_kafka_headers(headers: &Headers) -> OwnedHeaders {
-    headers.iter().fold(
-        OwnedHeaders::new_with_capacity(headers.len()),
-        |acc, (key, value)| {
-            acc.insert(Header {
-                key,
-                value: Some(value.as_bytes()),
-            })
-        },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use rdkafka::Timestamp;
-    use rdkafka::message::OwnedMessage;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 
     #[test]
     fn records_become_messages_with_lossy_text() {
@@ -155,21 +142,5 @@ mod tests {
         fill(&mut message, &record(3, None), &names, Bytes::new());
         assert!(message.headers.is_empty());
         assert_eq!(message.position.to_string(), "partition 0 offset 3");
-    }
-
-    #[test]
-    fn every_header_is_sent() {
-        let mut headers = Headers::new();
-        headers.insert("x-event-id", "abc");
-        headers.insert("x-trace-id", "t-1");
-        let kafka = to_kafka_headers(&headers);
-        let sent: Vec<(&str, Option<&[u8]>)> = kafka.iter().map(|h| (h.key, h.value)).collect();
-        assert_eq!(
-            sent,
-            vec![
-                ("x-event-id", Some(&b"abc"[..])),
-                ("x-trace-id", Some(&b"t-1"[..]))
-            ]
-        );
     }
 }

@@ -44,6 +44,7 @@ mod consumer;
 mod convert;
 mod error;
 mod offsets;
+mod publish;
 mod received;
 mod records;
 pub mod settings;

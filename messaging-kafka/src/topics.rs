@@ -13,9 +13,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
-use rdkafka::producer::{FutureProducer, Producer as _};
+use rdkafka::producer::Producer as _;
 
 use crate::error::{KafkaSetupError, from_kafka, operation};
+use crate::publish::ReportingProducer;
 use crate::settings::KafkaSettings;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -24,7 +25,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct Topics {
     admin: AdminClient<DefaultClientContext>,
     /// For metadata requests, which block: a clonable handle can move to a blocking thread.
-    metadata: FutureProducer,
+    metadata: ReportingProducer,
     partitions: i32,
     replication_factor: i32,
     /// Topics known to exist, so each is created at most once per client.
@@ -34,7 +35,7 @@ pub(crate) struct Topics {
 impl Topics {
     pub(crate) fn new(
         settings: &KafkaSettings,
-        metadata: FutureProducer,
+        metadata: ReportingProducer,
     ) -> Result<Self, BrokerError> {
         let admin = settings
             .client_config(&[], &[])
