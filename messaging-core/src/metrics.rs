@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 /// Upper bounds (seconds) of the handler latency histogram.
 pub const LATENCY_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
@@ -149,9 +149,11 @@ pub struct HandlerTotals {
 /// Process-wide counters, rendered as Prometheus text by [`Metrics::render`].
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// By backend, then event name; nested so the hot path looks up with `&str` and allocates
-    /// only for a new pair.
-    published: Mutex<BTreeMap<String, BTreeMap<String, u64>>>,
+    /// By backend, then event name; nested so that a publish looks its counter up with
+    /// `&str`, under a read lock, and allocates only for a new pair. The counters are leaked,
+    /// so that a publish holds one without a reference count: there is one per event name,
+    /// and they are counted for the life of the process anyway.
+    published: RwLock<BTreeMap<String, BTreeMap<String, &'static AtomicU64>>>,
     dropped: AtomicU64,
     skipped: Mutex<BTreeMap<(String, String), u64>>,
     handlers: Mutex<Vec<(String, String, Arc<HandlerMetrics>)>>,
@@ -168,22 +170,35 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Metrics {
-    pub(crate) fn record_published(&self, backend: &str, event: Option<&str>) {
+    /// The counter of messages published on `backend` as `event`, looked up before the
+    /// publish so that the message need not be kept (nor its event name copied) until it is
+    /// acknowledged; add to it then.
+    pub(crate) fn published_counter(
+        &self,
+        backend: &str,
+        event: Option<&str>,
+    ) -> &'static AtomicU64 {
         let event = event.unwrap_or("");
-        let mut published = lock(&self.published);
-        if let Some(count) = published
-            .get_mut(backend)
-            .and_then(|events| events.get_mut(event))
-        {
-            *count += 1;
-            return;
-        }
-        *published
-            .entry(backend.to_owned())
-            .or_default()
-            .entry(event.to_owned())
-            .or_default() += 1;
+        let found = read(&self.published)
+            .get(backend)
+            .and_then(|events| events.get(event))
+            .copied();
+        found.unwrap_or_else(|| {
+            *write(&self.published)
+                .entry(backend.to_owned())
+                .or_default()
+                .entry(event.to_owned())
+                .or_insert_with(|| Box::leak(Box::default()))
+        })
     }
 
     pub(crate) fn record_dropped(&self) {
@@ -231,11 +246,10 @@ impl Metrics {
 
     /// Messages published through this process's producers, by backend and event name.
     pub fn published(&self, backend: &str, event: &str) -> u64 {
-        lock(&self.published)
+        read(&self.published)
             .get(backend)
             .and_then(|events| events.get(event))
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |n| n.load(Relaxed))
     }
 
     /// Acknowledged messages that no handler took, by topic and reason.
@@ -250,15 +264,16 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "# TYPE messaging_published_total counter");
-        for (backend, event, n) in lock(&self.published)
+        for (backend, event, n) in read(&self.published)
             .iter()
             .flat_map(|(b, events)| events.iter().map(move |(e, n)| (b, e, n)))
         {
             let _ = writeln!(
                 out,
-                "messaging_published_total{{backend=\"{}\",event=\"{}\"}} {n}",
+                "messaging_published_total{{backend=\"{}\",event=\"{}\"}} {}",
                 esc(backend),
-                esc(event)
+                esc(event),
+                n.load(Relaxed)
             );
         }
         let _ = writeln!(out, "# TYPE messaging_events_dropped_total counter");
