@@ -5,7 +5,10 @@
 //! `MESSAGING_BACKEND=kafka KAFKA_BOOTSTRAP_SERVERS=host:9092` runs every handler unchanged.
 //!
 //! - **Publishing** is idempotent (`enable.idempotence=true`, `acks=all`); the key and every
-//!   header travel as Kafka key and headers; `publish` resolves on the delivery report.
+//!   header travel as Kafka key and headers. A record is handed to librdkafka when `publish`
+//!   is called (through a handle opened once per topic), and `publish` resolves on its
+//!   delivery report; while librdkafka's local queue is full (`queue.buffering.max.messages`)
+//!   it waits for room, 100 ms at a time.
 //! - **Consuming**: one consumer group per handler group; `subscribe` returns once the group
 //!   has assigned the member its partitions, positioned at the committed offset, else at the
 //!   beginning or (`StartFrom::Latest`) at the end as it was then. An offset is stored only
