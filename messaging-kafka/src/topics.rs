@@ -30,6 +30,13 @@ pub(crate) struct Topics {
     replication_factor: i32,
     /// Topics known to exist, so each is created at most once per client.
     known: Mutex<HashSet<String>>,
+    /// Held while a topic published to for the first time is looked up: a burst of first
+    /// publishes then asks the cluster once, not once per message (one lock for every topic:
+    /// first uses are few).
+    first_use: tokio::sync::Mutex<()>,
+    /// Metadata requests made, for the tests.
+    #[cfg(test)]
+    metadata_reads: std::sync::atomic::AtomicUsize,
 }
 
 impl Topics {
@@ -47,6 +54,9 @@ impl Topics {
             partitions: settings.partitions,
             replication_factor: settings.replication_factor,
             known: Mutex::default(),
+            first_use: tokio::sync::Mutex::default(),
+            #[cfg(test)]
+            metadata_reads: Default::default(),
         })
     }
 
@@ -105,6 +115,9 @@ impl Topics {
 
     /// The topics the cluster has.
     async fn existing(&self) -> Result<HashSet<String>, BrokerError> {
+        #[cfg(test)]
+        self.metadata_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let client = self.metadata.clone();
         let metadata =
             tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, TIMEOUT))
@@ -122,12 +135,18 @@ impl Topics {
     /// Like [`Topics::ensure`] for a topic about to be published to; a refusal is only logged,
     /// since the topic may exist and this client merely lack the right to create topics.
     pub(crate) async fn ensure_for_publish(&self, topic: &str) {
-        if self
-            .known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(topic)
-        {
+        let known = || {
+            self.known
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(topic)
+        };
+        if known() {
+            return;
+        }
+        let _one_at_a_time = self.first_use.lock().await;
+        // Made sure of (or given up on) by another publish while this one waited.
+        if known() {
             return;
         }
         let topics = [topic.to_owned()];
@@ -203,6 +222,26 @@ mod tests {
         let mut known: Vec<_> = known.into_iter().collect();
         known.sort();
         assert_eq!(known, ["orders", "payments"]);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_first_publishes_asks_the_cluster_once() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("orders", 1, 1).unwrap();
+        let settings = KafkaSettings::new(&cluster.bootstrap_servers());
+        let metadata = settings
+            .client_config(&[], &[])
+            .create_with_context(crate::publish::Reports)
+            .unwrap();
+        let topics = Topics::new(&settings, metadata).unwrap();
+        futures::future::join_all((0..20).map(|_| topics.ensure_for_publish("orders"))).await;
+        assert!(topics.known.lock().unwrap().contains("orders"));
+        assert_eq!(
+            topics
+                .metadata_reads
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
     }
 
     #[test]
