@@ -24,8 +24,8 @@ use rdkafka::bindings::rd_kafka_vtype_t::{
     RD_KAFKA_VTYPE_OPAQUE, RD_KAFKA_VTYPE_RKT, RD_KAFKA_VTYPE_VALUE,
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryResult, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientContext, IntoOpaque as _};
+use rdkafka::producer::{DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, IntoOpaque};
 
 /// The client's producer: its polling thread hands each delivery report to the record's
 /// [`Report`].
@@ -80,7 +80,7 @@ impl Publisher {
         // record, and stay ours when it refuses.
         let error = unsafe {
             rd::rd_kafka_producev(
-                rdkafka::producer::Producer::client(&self.producer).native_ptr(),
+                self.producer.client().native_ptr(),
                 RD_KAFKA_VTYPE_RKT,
                 topic.0.as_ptr(),
                 RD_KAFKA_VTYPE_MSGFLAGS,
@@ -103,7 +103,7 @@ impl Publisher {
             return Ok(Delivery(report));
         }
         // SAFETY: refused, so librdkafka holds no copy of the pointer.
-        drop(unsafe { <Arc<Report> as rdkafka::IntoOpaque>::from_ptr(opaque) });
+        drop(unsafe { <Arc<Report> as IntoOpaque>::from_ptr(opaque) });
         Err(match RDKafkaErrorCode::from(error) {
             RDKafkaErrorCode::QueueFull => Refused::QueueFull,
             code => Refused::Failed(KafkaError::MessageProduction(code)),
@@ -117,7 +117,7 @@ impl Publisher {
             return Ok(());
         }
         let name = CString::new(topic)?;
-        let client = rdkafka::producer::Producer::client(&self.producer).native_ptr();
+        let client = self.producer.client().native_ptr();
         // SAFETY: a live client and a valid C string; no configuration, so the producer's
         // topic defaults apply, as for a topic named on each record.
         let handle = unsafe { rd::rd_kafka_topic_new(client, name.as_ptr(), std::ptr::null_mut()) };
