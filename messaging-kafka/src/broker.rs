@@ -9,7 +9,7 @@ use messaging_core::{
 };
 use rdkafka::producer::Producer as _;
 
-use crate::consumer::{GroupContext, KafkaConsumer};
+use crate::consumer::{GroupConsumer, GroupContext, KafkaConsumer};
 use crate::error::{KafkaSetupError, NAME, connection, from_kafka, operation};
 use crate::publish::{Publisher, Refused, ReportingProducer, Reports};
 use crate::settings::KafkaSettings;
@@ -131,6 +131,19 @@ impl KafkaBroker {
         &self,
         subscription: Subscription,
     ) -> Result<Box<dyn Consumer>, BrokerError> {
+        let consumer = self.group_consumer(&subscription).await?;
+        let names = messaging_core::TopicNames::new(&subscription.topics);
+        let join_timeout = self.inner.settings.join_timeout;
+        let consumer = KafkaConsumer::joined(consumer, names, join_timeout).await;
+        Ok(Box::new(consumer))
+    }
+
+    /// A consumer of the subscription's group, subscribed to its topics (created first when
+    /// missing), not yet joined.
+    async fn group_consumer(
+        &self,
+        subscription: &Subscription,
+    ) -> Result<GroupConsumer, BrokerError> {
         let inner = &self.inner;
         inner.topics.ensure(&subscription.topics).await?;
         let reset = match subscription.start {
@@ -150,15 +163,13 @@ impl KafkaBroker {
             ],
         );
         let context = GroupContext::new(subscription.group.clone(), subscription.start);
-        let consumer: rdkafka::consumer::StreamConsumer<GroupContext> = config
+        let consumer: GroupConsumer = config
             .create_with_context(context)
             .map_err(|e| operation("create consumer", e))?;
         let topics: Vec<&str> = subscription.topics.iter().map(String::as_str).collect();
         rdkafka::consumer::Consumer::subscribe(&consumer, &topics)
             .map_err(|e| from_kafka("subscribe", e))?;
-        let names = messaging_core::TopicNames::new(&subscription.topics);
-        let consumer = KafkaConsumer::joined(consumer, names, inner.settings.join_timeout).await;
-        Ok(Box::new(consumer))
+        Ok(consumer)
     }
 }
 
@@ -222,6 +233,8 @@ impl Broker for KafkaBroker {
 
 #[cfg(test)]
 mod tests {
+    use messaging_core::Position;
+    use messaging_core::message::header;
     use rdkafka::mocking::MockCluster;
 
     use super::*;
@@ -256,5 +269,117 @@ mod tests {
             .collect();
         got.sort_unstable();
         assert_eq!(got, (0..40).collect::<Vec<_>>());
+    }
+
+    /// Up to `n` messages, or what came within `patience`.
+    async fn receive(
+        consumer: &mut dyn Consumer,
+        n: usize,
+        patience: Duration,
+    ) -> Vec<Arc<Message>> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + patience;
+        while got.len() < n {
+            match tokio::time::timeout_at(deadline, consumer.next_batch(n - got.len())).await {
+                Ok(batch) => got.extend(batch.expect("fetched")),
+                Err(_) => break,
+            }
+        }
+        got
+    }
+
+    /// The records of a partition that could not be forwarded to the record queue come on
+    /// the main queue: they must arrive whole and their offsets be committed all the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_read_from_the_main_queue_arrive_whole_and_are_committed() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("orders", 2, 1).unwrap();
+        let broker = KafkaBroker::connect_with_properties(
+            &cluster.bootstrap_servers(),
+            [("messaging.topic.replication.factor", "1")],
+        )
+        .await
+        .expect("connected");
+        for i in 0..6 {
+            broker
+                .publish(
+                    OutgoingMessage::new("orders", format!("{i}"))
+                        .with_key(format!("k{i}"))
+                        .with_header(header::TRACE_ID, format!("trace-{i}")),
+                )
+                .await
+                .expect("published");
+        }
+        let subscription = Subscription {
+            group: "billing".to_owned(),
+            topics: vec!["orders".to_owned()],
+            start: StartFrom::Earliest,
+            prefetch: 16,
+        };
+        let names = messaging_core::TopicNames::new(&subscription.topics);
+        let consumer = broker.group_consumer(&subscription).await.expect("created");
+        let mut consumer: Box<dyn Consumer> = Box::new(
+            KafkaConsumer::joined_without_record_queue(consumer, names, Duration::from_secs(10))
+                .await,
+        );
+        let got = receive(&mut *consumer, 6, Duration::from_secs(20)).await;
+        let mut seen: Vec<(String, String, String)> = got
+            .iter()
+            .map(|m| {
+                (
+                    String::from_utf8(m.payload.to_vec()).unwrap(),
+                    m.key.clone().expect("a key"),
+                    m.header(header::TRACE_ID).expect("its header").to_owned(),
+                )
+            })
+            .collect();
+        seen.sort();
+        let expected: Vec<_> = (0..6)
+            .map(|i| (format!("{i}"), format!("k{i}"), format!("trace-{i}")))
+            .collect();
+        assert_eq!(seen, expected);
+        let mut positions: Vec<String> = got.iter().map(|m| m.position.to_string()).collect();
+        positions.sort();
+        positions.dedup();
+        assert_eq!(
+            positions.len(),
+            6,
+            "each at a position of its own: {positions:?}"
+        );
+        let acker = consumer.acker();
+        for message in &got {
+            acker.ack(message).await.expect("acknowledged");
+        }
+        consumer.close().await.expect("closed, offsets committed");
+
+        // Committed for each partition: the offset after its last message.
+        let mut expected = [0i64; 2];
+        for message in &got {
+            if let Position::Partition { partition, offset } = message.position {
+                expected[partition as usize] = expected[partition as usize].max(offset + 1);
+            }
+        }
+        let reader: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", cluster.bootstrap_servers())
+            .set("group.id", "billing")
+            .create()
+            .unwrap();
+        let mut partitions = rdkafka::TopicPartitionList::new();
+        partitions.add_partition("orders", 0);
+        partitions.add_partition("orders", 1);
+        let committed = rdkafka::consumer::Consumer::committed_offsets(
+            &reader,
+            partitions,
+            Duration::from_secs(10),
+        )
+        .expect("read the committed offsets");
+        let committed: Vec<rdkafka::Offset> = (0..2)
+            .map(|p| committed.find_partition("orders", p).unwrap().offset())
+            .collect();
+        assert_eq!(
+            committed,
+            expected.map(rdkafka::Offset::Offset),
+            "every acknowledged message committed"
+        );
     }
 }

@@ -290,7 +290,7 @@ fn commit_stored<C: ConsumerContext>(
     }
 }
 
-type GroupConsumer = StreamConsumer<GroupContext>;
+pub(crate) type GroupConsumer = StreamConsumer<GroupContext>;
 
 /// A consumer with its record queue, which it destroys first: librdkafka's queue handles
 /// must go before their client.
@@ -382,7 +382,21 @@ impl KafkaConsumer {
         names: TopicNames,
         timeout: Duration,
     ) -> Self {
-        let consumer = Member::new(consumer);
+        Self::join(Member::new(consumer), names, timeout).await
+    }
+
+    /// As [`KafkaConsumer::joined`], without a record queue: every record then comes on
+    /// the main queue, as those of a partition that could not be forwarded do.
+    #[cfg(test)]
+    pub(crate) async fn joined_without_record_queue(
+        consumer: GroupConsumer,
+        names: TopicNames,
+        timeout: Duration,
+    ) -> Self {
+        Self::join(Member(consumer), names, timeout).await
+    }
+
+    async fn join(consumer: Member, names: TopicNames, timeout: Duration) -> Self {
         let mut buffered = VecDeque::new();
         let mut messages = Received::default();
         let deadline = tokio::time::Instant::now() + timeout;
