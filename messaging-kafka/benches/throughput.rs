@@ -3,7 +3,7 @@
 //! broker on 127.0.0.1:9092 (scripts/start-kafka.sh starts Tansu there).
 //!
 //! Run with: cargo bench -p messaging-kafka --bench throughput
-//! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 6; `KAFKA_BOOTSTRAP_SERVERS`;
+//! (`BENCH_MESSAGES`, default 100000; `BENCH_ROUNDS`, default 9; `KAFKA_BOOTSTRAP_SERVERS`;
 //! `BENCH_KAFKA_PROPERTIES="fetch.wait.max.ms=5,linger.ms=1"`: more librdkafka properties for
 //! both sides; `BENCH_CONCURRENCY`, the runtime's, default 16; `BENCH_CONSUMERS=framework`
 //! (or `raw`, `broker`, `hand`, `headers`, `split`, comma-separated) consumes with those
@@ -29,9 +29,11 @@
 //!   the handler (framework) or to `recv` (raw).
 //!
 //! `BENCH_PHASES` (default `produce,consume,latency`) picks the phases; produce always runs,
-//! as consume reads what it wrote. Both producers first send a warm-up batch; rounds alternate which side goes first, and the
-//! best round of each side is reported, as the machine is shared (the broker runs on the same
-//! two cores).
+//! as consume reads what it wrote. Both producers first send a warm-up batch; rounds alternate
+//! which side goes first. Reported: each side's best round and median round, and the median
+//! of the rounds' own ratios (both sides of a ratio measured minutes apart at most, under the
+//! same load). The machine is shared (the broker runs on the same two cores), and a side's
+//! rounds spread by up to 3x: its best round is a single lucky one, the paired median is not.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -161,6 +163,58 @@ impl Sample {
             wall: self.wall.min(other.wall),
             cpu: self.cpu.min(other.cpu),
         }
+    }
+}
+
+/// One side's samples, a round each (rounds where the side did not run are left out).
+#[derive(Clone, Default)]
+struct Series(Vec<Sample>);
+
+impl Series {
+    fn push(&mut self, sample: Sample) {
+        if sample.measured() {
+            self.0.push(sample);
+        }
+    }
+
+    fn measured(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// The best round, each figure on its own.
+    fn best(&self) -> Sample {
+        self.0.iter().fold(Sample::NONE, |best, &s| best.best(s))
+    }
+
+    /// The median round, each figure on its own.
+    fn median(&self) -> Sample {
+        let median_of = |figure: fn(&Sample) -> Duration| {
+            Duration::from_secs_f64(median(self.0.iter().map(|s| figure(s).as_secs_f64())))
+        };
+        Sample {
+            wall: median_of(|s| s.wall),
+            cpu: median_of(|s| s.cpu),
+        }
+    }
+
+    /// Each round's throughput ratio of `self` to `base`, measured in the same round.
+    fn ratios_to(&self, base: &Series) -> Vec<f64> {
+        self.0
+            .iter()
+            .zip(&base.0)
+            .map(|(s, b)| b.wall.as_secs_f64() / s.wall.as_secs_f64())
+            .collect()
+    }
+}
+
+/// The median (the mean of the middle two of an even count); NaN for none.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_unstable_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 
@@ -343,7 +397,8 @@ impl Bench {
         let first = Arc::new(OnceLock::new());
         let last = Arc::new(OnceLock::new());
         let done = Arc::new(Notify::new());
-        let handler = HandlerSpec::new("count", [topic.to_owned()], {
+        // Borrowing the invocation, as the attribute macros' handlers do.
+        let handler = HandlerSpec::borrowing("count", [topic.to_owned()], {
             let (partitions, unfinished, first, last, done) = (
                 partitions.clone(),
                 unfinished.clone(),
@@ -351,7 +406,7 @@ impl Bench {
                 last.clone(),
                 done.clone(),
             );
-            move |inv: Invocation| {
+            move |inv: &Invocation| {
                 first.get_or_init(Mark::now);
                 let count = match inv.message.position {
                     Position::Partition { partition, .. } => partitions.get(partition as usize),
@@ -655,7 +710,7 @@ async fn run() -> Result<()> {
     let bootstrap =
         std::env::var("KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
     let n = env_number("BENCH_MESSAGES", 100_000);
-    let rounds = env_number("BENCH_ROUNDS", 6).max(1);
+    let rounds = env_number("BENCH_ROUNDS", 9).max(1);
     let mut properties: Vec<(String, String)> = COMMON
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -710,10 +765,14 @@ async fn run() -> Result<()> {
     bench.produce_framework(&bench.name("warm-fw", 0)).await?;
     bench.n = n;
 
-    let mut produce_broker_only = Sample::NONE;
-    let (mut produce, mut consume, mut broker_only) =
-        ([Sample::NONE; 2], [Sample::NONE; 2], Sample::NONE);
-    let (mut by_hand, mut raw_headers, mut raw_split) = (Sample::NONE, Sample::NONE, Sample::NONE);
+    let mut produce_broker_only = Series::default();
+    let (mut produce, mut consume, mut broker_only) = (
+        [Series::default(), Series::default()],
+        [Series::default(), Series::default()],
+        Series::default(),
+    );
+    let (mut by_hand, mut raw_headers, mut raw_split) =
+        (Series::default(), Series::default(), Series::default());
     let mut latency = [(Duration::MAX, Duration::MAX); 2];
     let phases =
         std::env::var("BENCH_PHASES").unwrap_or_else(|_| "produce,consume,latency".to_owned());
@@ -746,8 +805,9 @@ async fn run() -> Result<()> {
             "round {round}: produce raw {:?} framework {:?} broker layer {:?}",
             p[0], p[1], p[2]
         );
-        produce = [produce[0].best(p[0]), produce[1].best(p[1])];
-        produce_broker_only = produce_broker_only.best(p[2]);
+        produce[0].push(p[0]);
+        produce[1].push(p[1]);
+        produce_broker_only.push(p[2]);
         if with_consume {
             let mut c = [Sample::NONE; CONSUMERS.len()];
             for side in (0..CONSUMERS.len())
@@ -769,11 +829,12 @@ async fn run() -> Result<()> {
                 "round {round}: consume raw {:?} framework {:?} broker layer {:?} by hand {:?} raw reading headers {:?} split {:?}",
                 c[0], c[1], c[2], c[3], c[4], c[5]
             );
-            consume = [consume[0].best(c[0]), consume[1].best(c[1])];
-            broker_only = broker_only.best(c[2]);
-            by_hand = by_hand.best(c[3]);
-            raw_headers = raw_headers.best(c[4]);
-            raw_split = raw_split.best(c[5]);
+            consume[0].push(c[0]);
+            consume[1].push(c[1]);
+            broker_only.push(c[2]);
+            by_hand.push(c[3]);
+            raw_headers.push(c[4]);
+            raw_split.push(c[5]);
         }
         if with_latency {
             let raw_l = bench
@@ -800,81 +861,104 @@ async fn run() -> Result<()> {
     let us_per_message = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
     let wall_rate = |s: Sample| rate(n, s.wall);
     println!();
-    println!("| measure (best of {rounds} rounds) | raw rdkafka | framework | framework / raw |");
+    println!("| measure ({rounds} rounds) | raw rdkafka | framework | framework / raw |");
     println!("|---|---|---|---|");
-    for (what, [raw, fw]) in [("produce", produce), ("consume", consume)] {
+    for (what, [raw, fw]) in [("produce", &produce), ("consume", &consume)] {
         if !(raw.measured() && fw.measured()) {
             continue;
         }
+        for (which, raw, fw) in [
+            ("best round", raw.best(), fw.best()),
+            ("median round", raw.median(), fw.median()),
+        ] {
+            println!(
+                "| {what}, messages/s, {which} | {:.0} | {:.0} | {:.2} |",
+                wall_rate(raw),
+                wall_rate(fw),
+                wall_rate(fw) / wall_rate(raw)
+            );
+        }
+        let ratios = fw.ratios_to(raw);
         println!(
-            "| {what}, messages/s | {:.0} | {:.0} | {:.2} |",
-            wall_rate(raw),
-            wall_rate(fw),
-            wall_rate(fw) / wall_rate(raw)
+            "| {what}, framework / raw within each round: median (least–most) | | | **{:.2}** ({:.2}–{:.2}) |",
+            median(ratios.iter().copied()),
+            ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            ratios.iter().copied().fold(0.0, f64::max)
         );
+        let (raw, fw) = (raw.median(), fw.median());
         println!(
-            "| {what}, client CPU µs/message | {:.2} | {:.2} | {:.2} (raw CPU / framework CPU) |",
+            "| {what}, client CPU µs/message, median round | {:.2} | {:.2} | {:.2} (raw CPU / framework CPU) |",
             us_per_message(raw.cpu),
             us_per_message(fw.cpu),
             raw.cpu.as_secs_f64() / fw.cpu.as_secs_f64()
         );
     }
+    // The other sides against their base, each by its median round.
+    let (produce_raw, consume_raw, consume_fw) = (
+        produce[0].median(),
+        consume[0].median(),
+        consume[1].median(),
+    );
     if produce_broker_only.measured() && produce[0].measured() {
+        let side = produce_broker_only.median();
         println!(
-            "| produce through `KafkaBroker` alone (no `Producer`), messages/s; CPU µs/message | | {:.0}; {:.2} | {:.2}; {:.2} |",
-            wall_rate(produce_broker_only),
-            us_per_message(produce_broker_only.cpu),
-            wall_rate(produce_broker_only) / wall_rate(produce[0]),
-            produce[0].cpu.as_secs_f64() / produce_broker_only.cpu.as_secs_f64()
+            "| produce through `KafkaBroker` alone (no `Producer`), median round: messages/s; CPU µs/message | | {:.0}; {:.2} | {:.2}; {:.2} |",
+            wall_rate(side),
+            us_per_message(side.cpu),
+            wall_rate(side) / wall_rate(produce_raw),
+            produce_raw.cpu.as_secs_f64() / side.cpu.as_secs_f64()
         );
     }
     if broker_only.measured() && consume[0].measured() {
+        let side = broker_only.median();
         println!(
-            "| consume through `KafkaBroker` alone (no runtime), messages/s; CPU µs/message | | {:.0}; {:.2} | {:.2}; {:.2} |",
-            wall_rate(broker_only),
-            us_per_message(broker_only.cpu),
-            wall_rate(broker_only) / wall_rate(consume[0]),
-            consume[0].cpu.as_secs_f64() / broker_only.cpu.as_secs_f64()
+            "| consume through `KafkaBroker` alone (no runtime), median round: messages/s; CPU µs/message | | {:.0}; {:.2} | {:.2}; {:.2} |",
+            wall_rate(side),
+            us_per_message(side.cpu),
+            wall_rate(side) / wall_rate(consume_raw),
+            consume_raw.cpu.as_secs_f64() / side.cpu.as_secs_f64()
         );
     }
     let raw_sides = [
         (
             "consume by hand on raw rdkafka (records copied out, a task per partition, offset stored after handling)",
             "by hand",
-            by_hand,
+            &by_hand,
         ),
         (
             "consume on raw rdkafka also reading each record's headers",
             "raw reading headers",
-            raw_headers,
+            &raw_headers,
         ),
         (
             "the same, a task per partition queue (split off before assignment)",
             "raw reading headers split",
-            raw_split,
+            &raw_split,
         ),
     ];
     for (what, short, side) in raw_sides {
         if side.measured() && consume[1].measured() {
+            let side = side.median();
             println!(
-                "| {what}, messages/s; CPU µs/message | {:.0}; {:.2} | | framework / {short}: {:.2}; CPU {:.2} |",
+                "| {what}, median round: messages/s; CPU µs/message | {:.0}; {:.2} | | framework / {short}: {:.2}; CPU {:.2} |",
                 wall_rate(side),
                 us_per_message(side.cpu),
-                wall_rate(consume[1]) / wall_rate(side),
-                side.cpu.as_secs_f64() / consume[1].cpu.as_secs_f64()
+                wall_rate(consume_fw) / wall_rate(side),
+                side.cpu.as_secs_f64() / consume_fw.cpu.as_secs_f64()
             );
         }
     }
     if raw_split.measured() && consume[0].measured() {
+        let side = raw_split.median();
         println!(
-            "| raw reading headers split / raw | | | {:.2}; CPU {:.2} |",
-            wall_rate(raw_split) / wall_rate(consume[0]),
-            consume[0].cpu.as_secs_f64() / raw_split.cpu.as_secs_f64()
+            "| raw reading headers split / raw, median rounds | | | {:.2}; CPU {:.2} |",
+            wall_rate(side) / wall_rate(consume_raw),
+            consume_raw.cpu.as_secs_f64() / side.cpu.as_secs_f64()
         );
     }
     if with_latency {
         println!(
-            "| publish→handler latency p50 / p99, ms | {:.1} / {:.1} | {:.1} / {:.1} | |",
+            "| publish→handler latency p50 / p99, ms (the round of least p50) | {:.1} / {:.1} | {:.1} / {:.1} | |",
             ms(latency[0].0),
             ms(latency[0].1),
             ms(latency[1].0),
