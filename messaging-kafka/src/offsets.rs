@@ -106,11 +106,12 @@ impl OffsetTracker {
     /// partition no longer assigned (fetched before a revocation) must not be.
     pub(crate) fn deliver(&self, messages: &mut Vec<Arc<Message>>) {
         let mut partitions = self.lock();
+        let mut last = Last::default();
         messages.retain(|m| {
             let Position::Partition { partition, offset } = m.position else {
                 return false;
             };
-            let Some(state) = partitions.iter_mut().find(|s| s.is(&m.topic, partition)) else {
+            let Some(state) = last.find(&mut partitions, &m.topic, partition) else {
                 return false;
             };
             match state.window.back() {
@@ -142,10 +143,12 @@ impl OffsetTracker {
         acked: impl IntoIterator<Item = (&'a str, i32, i64)>,
     ) -> usize {
         let mut partitions = self.lock();
+        let mut last = Last::default();
         let stale = acked
             .into_iter()
             .filter(|&(topic, partition, offset)| {
-                settle_in(&mut partitions, topic, partition, offset) == Acked::Stale
+                last.find(&mut partitions, topic, partition)
+                    .is_none_or(|state| settle(state, offset) == Acked::Stale)
             })
             .count();
         drop(partitions);
@@ -206,12 +209,46 @@ impl OffsetTracker {
     }
 }
 
-/// Settles a message, moving its partition's next-to-read offset as far as every earlier
-/// delivered message is settled.
+/// The partition found last, so that a run of one partition's messages (a fetched batch, a
+/// lane's acknowledgements) looks its state up once, not once per message.
+#[derive(Default)]
+struct Last {
+    /// The index of the state, the partition and where its topic's name was read from:
+    /// messages share their topic's string, so the same address means the same name.
+    found: Option<(usize, i32, *const u8, usize)>,
+}
+
+impl Last {
+    fn find<'s>(
+        &mut self,
+        partitions: &'s mut [PartitionState],
+        topic: &str,
+        partition: i32,
+    ) -> Option<&'s mut PartitionState> {
+        let here = (partition, topic.as_ptr(), topic.len());
+        let index = match self.found {
+            Some((i, p, at, len)) if (p, at, len) == here => i,
+            _ => {
+                let i = partitions.iter().position(|s| s.is(topic, partition))?;
+                self.found = Some((i, partition, topic.as_ptr(), topic.len()));
+                i
+            }
+        };
+        partitions.get_mut(index)
+    }
+}
+
+/// Settles a message (see [`settle`]).
 fn settle_in(partitions: &mut [PartitionState], topic: &str, partition: i32, offset: i64) -> Acked {
-    let Some(state) = partitions.iter_mut().find(|s| s.is(topic, partition)) else {
-        return Acked::Stale;
-    };
+    match partitions.iter_mut().find(|s| s.is(topic, partition)) {
+        Some(state) => settle(state, offset),
+        None => Acked::Stale,
+    }
+}
+
+/// Settles a message of this partition, moving its next-to-read offset as far as every
+/// earlier delivered message is settled.
+fn settle(state: &mut PartitionState, offset: i64) -> Acked {
     // Most acknowledgements settle the partition's lowest unsettled message: no search.
     let at = match state.window.front() {
         Some(&(first, _)) if first == offset => Ok(0),
@@ -298,6 +335,45 @@ mod tests {
         // Once the retried message settles, everything up to 3 is done.
         assert_eq!(ack(&t, "t", 0, 1), advanced(4));
         assert_eq!(t.take_unstored(), vec![("t".to_owned(), 0, 4)]);
+    }
+
+    #[test]
+    fn a_batch_mixing_partitions_and_topics_settles_each_on_its_own() {
+        let t = OffsetTracker::default();
+        t.assign([("t", 0), ("t", 1), ("u", 0)]);
+        // Interleaved, as a fetched batch may be; "t" from two strings of its own.
+        let mut delivered: Vec<Arc<Message>> = [("t", 0, 5), ("u", 0, 7), ("t", 0, 6)]
+            .iter()
+            .chain(&[("t", 1, 2), ("t", 0, 7), ("x", 0, 1)])
+            .map(|&(topic, p, o)| Arc::new(at(topic, p, o)))
+            .collect();
+        t.deliver(&mut delivered);
+        assert_eq!(
+            delivered.len(),
+            5,
+            "the unassigned partition's message is not handed out"
+        );
+        let stale = t.ack_all([
+            ("t", 0, 5),
+            ("t", 0, 6),
+            ("u", 0, 7),
+            ("t", 1, 2),
+            ("x", 0, 1),
+            ("t", 0, 6),
+        ]);
+        assert_eq!(stale, 2, "the unassigned partition's, and the repeated one");
+        let mut unstored = t.take_unstored();
+        unstored.sort();
+        assert_eq!(
+            unstored,
+            vec![
+                ("t".to_owned(), 0, 7),
+                ("t".to_owned(), 1, 3),
+                ("u".to_owned(), 0, 8)
+            ],
+            "offset 7 of t/0 is still in flight"
+        );
+        assert_eq!(t.in_flight(), 1);
     }
 
     #[test]
