@@ -341,12 +341,19 @@ mod tests {
     fn a_batch_mixing_partitions_and_topics_settles_each_on_its_own() {
         let t = OffsetTracker::default();
         t.assign([("t", 0), ("t", 1), ("u", 0)]);
-        // Interleaved, as a fetched batch may be; "t" from two strings of its own.
-        let mut delivered: Vec<Arc<Message>> = [("t", 0, 5), ("u", 0, 7), ("t", 0, 6)]
-            .iter()
-            .chain(&[("t", 1, 2), ("t", 0, 7), ("x", 0, 1)])
-            .map(|&(topic, p, o)| Arc::new(at(topic, p, o)))
-            .collect();
+        // Interleaved, as a fetched batch may be, each message with a topic string of its
+        // own; the acknowledgements below share the literals' strings.
+        let mut delivered: Vec<Arc<Message>> = [
+            ("t", 0, 5),
+            ("u", 0, 7),
+            ("t", 0, 6),
+            ("t", 1, 2),
+            ("t", 0, 7),
+            ("x", 0, 1),
+        ]
+        .iter()
+        .map(|&(topic, p, o)| Arc::new(at(topic, p, o)))
+        .collect();
         t.deliver(&mut delivered);
         assert_eq!(
             delivered.len(),
