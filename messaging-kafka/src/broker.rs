@@ -11,7 +11,8 @@ use rdkafka::producer::Producer as _;
 
 use crate::consumer::{GroupConsumer, GroupContext, KafkaConsumer};
 use crate::error::{KafkaSetupError, NAME, connection, from_kafka, operation};
-use crate::publish::{Publisher, Refused, ReportingProducer, Reports};
+use crate::polling::ReportingProducer;
+use crate::publish::{Publisher, Refused};
 use crate::settings::KafkaSettings;
 use crate::topics::Topics;
 
@@ -71,9 +72,7 @@ impl KafkaBroker {
     /// Connects with these settings; fails when the cluster does not answer within
     /// `messaging.connect.timeout.ms` (10 s by default).
     pub async fn connect_with(settings: KafkaSettings) -> Result<Self, BrokerError> {
-        let producer: ReportingProducer = settings
-            .client_config(PRODUCER_DEFAULTS, &[])
-            .create_with_context(Reports)
+        let producer = ReportingProducer::create(&settings.client_config(PRODUCER_DEFAULTS, &[]))
             .map_err(|e| operation("create producer", e))?;
         let probe = producer.clone();
         let servers = settings.bootstrap_servers().to_owned();

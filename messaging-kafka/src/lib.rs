@@ -47,6 +47,7 @@ mod consumer;
 mod convert;
 mod error;
 mod offsets;
+mod polling;
 mod publish;
 mod received;
 mod records;

@@ -4,7 +4,7 @@
 //! and two allocations for the report's channel. Here each topic's handle is opened once and
 //! kept, header names go with their lengths, and the report comes through one `Arc`
 //! (BENCHMARKS.md has what that is worth). rdkafka has no safe API for topic handles, hence
-//! this module's unsafe code, as in `records.rs`.
+//! this module's unsafe code, as in `records.rs` and `polling.rs`.
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;
@@ -24,12 +24,10 @@ use rdkafka::bindings::rd_kafka_vtype_t::{
     RD_KAFKA_VTYPE_OPAQUE, RD_KAFKA_VTYPE_RKT, RD_KAFKA_VTYPE_VALUE,
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{DeliveryResult, Producer as _, ProducerContext};
 use rdkafka::{ClientContext, IntoOpaque};
 
-/// The client's producer: its polling thread hands each delivery report to the record's
-/// [`Report`].
-pub(crate) type ReportingProducer = ThreadedProducer<Reports>;
+use crate::polling::ReportingProducer;
 
 /// Why a record was not handed to librdkafka.
 #[derive(Debug)]
@@ -278,7 +276,7 @@ mod tests {
         for (name, value) in properties {
             config.set(*name, *value);
         }
-        Publisher::new(config.create_with_context(Reports).expect("a producer"))
+        Publisher::new(ReportingProducer::create(&config).expect("a producer"))
     }
 
     #[tokio::test]

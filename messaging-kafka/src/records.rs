@@ -4,7 +4,7 @@
 //! rdkafka's stream spends on each record (about 40 % of the raw stream's CPU per record,
 //! BENCHMARKS.md). The group's events (rebalances, commit results) stay on the main queue,
 //! which the stream still serves. rdkafka has no safe API for this, hence this module's
-//! unsafe code (the crate's other unsafe module is `publish.rs`).
+//! unsafe code (the crate's other unsafe modules are `publish.rs` and `polling.rs`).
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString, c_void};

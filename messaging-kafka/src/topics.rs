@@ -16,7 +16,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::producer::Producer as _;
 
 use crate::error::{KafkaSetupError, from_kafka, operation};
-use crate::publish::ReportingProducer;
+use crate::polling::ReportingProducer;
 use crate::settings::KafkaSettings;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -229,10 +229,7 @@ mod tests {
         let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
         cluster.create_topic("orders", 1, 1).unwrap();
         let settings = KafkaSettings::new(&cluster.bootstrap_servers());
-        let metadata = settings
-            .client_config(&[], &[])
-            .create_with_context(crate::publish::Reports)
-            .unwrap();
+        let metadata = ReportingProducer::create(&settings.client_config(&[], &[])).unwrap();
         let topics = Topics::new(&settings, metadata).unwrap();
         futures::future::join_all((0..20).map(|_| topics.ensure_for_publish("orders"))).await;
         assert!(topics.known.lock().unwrap().contains("orders"));
