@@ -27,8 +27,10 @@
 //!   headers split": that loop run by a task per partition queue, on both cores.
 //! - latency: `LATENCY_MESSAGES` published at a steady rate, timed from before the publish to
 //!   the handler (framework) or to `recv` (raw).
+//! - idle: once, after the rounds, the CPU that each side's producer polling thread uses in
+//!   `IDLE` with nothing to deliver.
 //!
-//! `BENCH_PHASES` (default `produce,consume,latency`) picks the phases; produce always runs,
+//! `BENCH_PHASES` (default `produce,consume,latency,idle`) picks the phases; produce always runs,
 //! as consume reads what it wrote. Both producers first send a warm-up batch; rounds alternate
 //! which side goes first. Reported: each side's best round and median round, and the median
 //! of the rounds' own ratios (both sides of a ratio measured minutes apart at most, under the
@@ -58,6 +60,12 @@ const WINDOW: usize = 10_000;
 const LATENCY_MESSAGES: usize = 5_000;
 const LATENCY_INTERVAL: Duration = Duration::from_millis(1);
 const PATIENCE: Duration = Duration::from_secs(300);
+/// How long the idle phase watches the producers' polling threads.
+const IDLE: Duration = Duration::from_secs(5);
+/// The polling threads' names (as /proc shows them, 15 bytes at most): rdkafka's
+/// `ThreadedProducer`'s, in the raw `FutureProducer`, and the framework's producer's.
+const RAW_POLLING_THREAD: &str = "producer pollin";
+const FRAMEWORK_POLLING_THREAD: &str = "kafka-reports";
 
 /// The settings both sides use (the framework adds its own defaults, which are the same:
 /// idempotence and `acks=all` for producing, stored offsets and auto-commit for consuming).
@@ -113,6 +121,25 @@ fn cpu_time() -> Duration {
     cpu_time::ProcessTime::try_now()
         .map(|t| t.as_duration())
         .unwrap_or_default()
+}
+
+/// On-CPU time so far of this process's threads of this name, from /proc's schedstat
+/// (nanoseconds, finer than the 10 ms ticks of stat).
+fn threads_cpu_time(name: &str) -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse().ok()
+        })
+        .map(Duration::from_nanos)
+        .sum()
 }
 
 /// A point in time and the process's CPU time so far.
@@ -186,8 +213,11 @@ impl Series {
         self.0.iter().fold(Sample::NONE, |best, &s| best.best(s))
     }
 
-    /// The median round, each figure on its own.
+    /// The median round, each figure on its own ([`Sample::NONE`] for no rounds).
     fn median(&self) -> Sample {
+        if !self.measured() {
+            return Sample::NONE;
+        }
         let median_of = |figure: fn(&Sample) -> Duration| {
             Duration::from_secs_f64(median(self.0.iter().map(|s| figure(s).as_secs_f64())))
         };
@@ -775,8 +805,9 @@ async fn run() -> Result<()> {
         (Series::default(), Series::default(), Series::default());
     let mut latency = [(Duration::MAX, Duration::MAX); 2];
     let phases =
-        std::env::var("BENCH_PHASES").unwrap_or_else(|_| "produce,consume,latency".to_owned());
+        std::env::var("BENCH_PHASES").unwrap_or_else(|_| "produce,consume,latency,idle".to_owned());
     let (with_consume, with_latency) = (phases.contains("consume"), phases.contains("latency"));
+    let with_idle = phases.contains("idle");
     // `BENCH_CONSUMERS=raw,framework,broker,hand,headers,split` (the default: all) picks the
     // consuming sides, to profile one alone.
     const CONSUMERS: [&str; 6] = ["raw", "framework", "broker", "hand", "headers", "split"];
@@ -963,6 +994,19 @@ async fn run() -> Result<()> {
             ms(latency[0].1),
             ms(latency[1].0),
             ms(latency[1].1)
+        );
+    }
+    if with_idle {
+        // Nothing is produced meanwhile: what the polling threads use is their idle cost.
+        let before = [RAW_POLLING_THREAD, FRAMEWORK_POLLING_THREAD].map(threads_cpu_time);
+        tokio::time::sleep(IDLE).await;
+        let after = [RAW_POLLING_THREAD, FRAMEWORK_POLLING_THREAD].map(threads_cpu_time);
+        let [raw, fw] = [0, 1].map(|side| after[side].saturating_sub(before[side]));
+        println!(
+            "| idle producer's polling thread, CPU ms over {} s | {:.2} | {:.2} | |",
+            IDLE.as_secs(),
+            ms(raw),
+            ms(fw)
         );
     }
     Ok(())
