@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::bindings as rd;
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::{BaseProducer, Producer as _};
 
 use crate::publish::Reports;
@@ -47,16 +47,16 @@ impl ReportingProducer {
     /// As [`ReportingProducer::create`], the thread sleeping up to `idle_wake` unless woken.
     fn sleeping_at_most(config: &ClientConfig, idle_wake: Duration) -> KafkaResult<Self> {
         let producer: Arc<BaseProducer<Reports>> = Arc::new(config.create_with_context(Reports)?);
-        let events = Arc::new(EventQueue::of(&producer));
+        let events = Arc::new(EventQueue::of(&producer).ok_or_else(|| {
+            KafkaError::ClientCreation("no handle on the producer's event queue".to_owned())
+        })?);
         let thread = std::thread::Builder::new()
             .name("kafka-reports".to_owned())
             .spawn({
                 let (producer, events) = (Arc::clone(&producer), Arc::clone(&events));
                 move || serve(&producer, &events, idle_wake)
             })
-            .map_err(|e| {
-                rdkafka::error::KafkaError::ClientCreation(format!("polling thread: {e}"))
-            })?;
+            .map_err(|e| KafkaError::ClientCreation(format!("polling thread: {e}")))?;
         Ok(Self(Arc::new(Polled {
             thread: Some(thread),
             events,
@@ -140,10 +140,10 @@ unsafe extern "C" fn events_arrived(_: *mut rd::rd_kafka_t, opaque: *mut c_void)
 }
 
 impl EventQueue {
-    fn of(producer: &BaseProducer<Reports>) -> Self {
+    fn of(producer: &BaseProducer<Reports>) -> Option<Self> {
         let rk = producer.client().native_ptr();
-        // SAFETY: a live client; its main queue always exists, so the handle is not null.
-        let queue = unsafe { NonNull::new_unchecked(rd::rd_kafka_queue_get_main(rk)) };
+        // SAFETY: a live client; the handle is ours to destroy.
+        let queue = NonNull::new(unsafe { rd::rd_kafka_queue_get_main(rk) })?;
         let signal = Box::<Signal>::default();
         // SAFETY: the signal lives as long as the handle and is unregistered in `Drop`.
         unsafe {
@@ -153,7 +153,7 @@ impl EventQueue {
                 ptr::from_ref::<Signal>(&signal) as *mut c_void,
             );
         }
-        Self { queue, signal }
+        Some(Self { queue, signal })
     }
 
     fn len(&self) -> usize {
