@@ -52,6 +52,7 @@ mod publish;
 mod received;
 mod records;
 pub mod settings;
+mod signalled;
 mod topics;
 
 use std::sync::Arc;

@@ -3,24 +3,20 @@
 //! about a millisecond of polling with a zero timeout in a loop. `BaseProducer::poll` turns
 //! the time left before its deadline into whole milliseconds, which is 0 for the last one.
 //! That is about 1 % of a core for an idle producer (BENCHMARKS.md, Kafka). Here librdkafka
-//! wakes the thread when its event queue stops being empty (the same callback `records.rs`
-//! uses), and the thread then serves what is queued without waiting. rdkafka has no safe API
-//! for the callback, hence this module's unsafe code.
-#![allow(unsafe_code)]
+//! wakes the thread when its event queue stops being empty (as it wakes the reader of the
+//! record queue), and the thread then serves what is queued without waiting.
 
-use std::ffi::c_void;
 use std::ops::Deref;
-use std::ptr::{self, NonNull};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::bindings as rd;
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::{BaseProducer, Producer as _};
 
 use crate::publish::Reports;
+use crate::signalled::{Signal, SignalledQueue};
 
 /// How long the thread sleeps at most without a wake-up: only a safety net, as librdkafka
 /// wakes it for every event.
@@ -99,19 +95,11 @@ fn serve(producer: &BaseProducer<Reports>, events: &EventQueue, idle_wake: Durat
 }
 
 /// The producer's event queue, as a handle of ours that librdkafka signals.
-struct EventQueue {
-    queue: NonNull<rd::rd_kafka_queue_t>,
-    /// Boxed: its address is what librdkafka holds.
-    signal: Box<Signal>,
-}
+struct EventQueue(SignalledQueue<Wakes>);
 
-// SAFETY: librdkafka's queues are thread-safe (every operation takes the queue's lock), and
-// the handle is destroyed only by `Drop`.
-unsafe impl Send for EventQueue {}
-unsafe impl Sync for EventQueue {}
-
+/// What the polling thread is woken for.
 #[derive(Default)]
-struct Signal {
+struct Wakes {
     state: Mutex<Wake>,
     changed: Condvar,
 }
@@ -123,50 +111,35 @@ struct Wake {
     stop: bool,
 }
 
-impl Signal {
+impl Wakes {
     fn lock(&self) -> MutexGuard<'_, Wake> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Called by librdkafka, under the queue's lock, when an event is queued on an empty queue.
-/// Takes only the signal's lock, which is never held while calling librdkafka.
-unsafe extern "C" fn events_arrived(_: *mut rd::rd_kafka_t, opaque: *mut c_void) {
-    // SAFETY: `opaque` is the boxed signal, which outlives the callback (`Drop` disables it
-    // first).
-    let signal = unsafe { &*(opaque as *const Signal) };
-    signal.lock().events = true;
-    signal.changed.notify_one();
+/// Takes only the lock of `Wakes`, which is never held while calling librdkafka.
+impl Signal for Wakes {
+    fn raise(&self) {
+        self.lock().events = true;
+        self.changed.notify_one();
+    }
 }
 
 impl EventQueue {
     fn of(producer: &BaseProducer<Reports>) -> Option<Self> {
-        let rk = producer.client().native_ptr();
-        // SAFETY: a live client; the handle is ours to destroy.
-        let queue = NonNull::new(unsafe { rd::rd_kafka_queue_get_main(rk) })?;
-        let signal = Box::<Signal>::default();
-        // SAFETY: the signal lives as long as the handle and is unregistered in `Drop`.
-        unsafe {
-            rd::rd_kafka_queue_cb_event_enable(
-                queue.as_ptr(),
-                Some(events_arrived),
-                ptr::from_ref::<Signal>(&signal) as *mut c_void,
-            );
-        }
-        Some(Self { queue, signal })
+        SignalledQueue::main(producer.client().native_ptr(), Wakes::default()).map(Self)
     }
 
     fn len(&self) -> usize {
-        // SAFETY: a live handle.
-        unsafe { rd::rd_kafka_queue_length(self.queue.as_ptr()) }
+        self.0.len()
     }
 
     /// Sleeps until events arrive, `stop`, or `at_most` passed; `false` once stopped.
     fn wait(&self, at_most: Duration) -> bool {
-        let mut wake = self.signal.lock();
+        let wakes = self.0.signal();
+        let mut wake = wakes.lock();
         if !wake.events && !wake.stop {
-            wake = self
-                .signal
+            wake = wakes
                 .changed
                 .wait_timeout(wake, at_most)
                 .unwrap_or_else(PoisonError::into_inner)
@@ -177,19 +150,9 @@ impl EventQueue {
     }
 
     fn stop(&self) {
-        self.signal.lock().stop = true;
-        self.signal.changed.notify_one();
-    }
-}
-
-impl Drop for EventQueue {
-    fn drop(&mut self) {
-        // SAFETY: disabling takes the queue's lock, so no callback runs past this line and
-        // the signal can go.
-        unsafe {
-            rd::rd_kafka_queue_cb_event_enable(self.queue.as_ptr(), None, ptr::null_mut());
-            rd::rd_kafka_queue_destroy(self.queue.as_ptr());
-        }
+        let wakes = self.0.signal();
+        wakes.lock().stop = true;
+        wakes.changed.notify_one();
     }
 }
 

@@ -4,7 +4,7 @@
 //! and two allocations for the report's channel. Here each topic's handle is opened once and
 //! kept, header names go with their lengths, and the report comes through one `Arc`
 //! (BENCHMARKS.md has what that is worth). rdkafka has no safe API for topic handles, hence
-//! this module's unsafe code, as in `records.rs` and `polling.rs`.
+//! this module's unsafe code, as in `records.rs` and `signalled.rs`.
 #![allow(unsafe_code)]
 
 use std::collections::HashMap;

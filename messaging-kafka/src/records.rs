@@ -4,10 +4,10 @@
 //! rdkafka's stream spends on each record (about 40 % of the raw stream's CPU per record,
 //! BENCHMARKS.md). The group's events (rebalances, commit results) stay on the main queue,
 //! which the stream still serves. rdkafka has no safe API for this, hence this module's
-//! unsafe code (the crate's other unsafe modules are `publish.rs` and `polling.rs`).
+//! unsafe code (the crate's other unsafe modules are `publish.rs` and `signalled.rs`).
 #![allow(unsafe_code)]
 
-use std::ffi::{CStr, CString, c_void};
+use std::ffi::{CStr, CString};
 use std::ptr::{self, NonNull};
 use std::task::{Context, Poll};
 
@@ -16,46 +16,28 @@ use rdkafka::Timestamp;
 use rdkafka::bindings as rd;
 use rdkafka::message::{Header, Headers};
 
+use crate::signalled::{Signal, SignalledQueue};
+
 /// The most records one call takes.
 pub(crate) const BATCH: usize = 256;
 
-/// A queue of the consumer's, fed with the records of the partitions forwarded to it.
-pub(crate) struct RecordQueue {
-    queue: NonNull<rd::rd_kafka_queue_t>,
-    /// Woken by librdkafka (from its threads) when the queue stops being empty. Boxed: its
-    /// address is what librdkafka holds.
-    waker: Box<AtomicWaker>,
-}
+/// A queue of the consumer's, fed with the records of the partitions forwarded to it, whose
+/// reader librdkafka wakes (from its threads) when the queue stops being empty. Once it is
+/// dropped, the forwarded partitions still hold the queue itself until the client is
+/// destroyed, and records sent to it then are dropped.
+pub(crate) struct RecordQueue(SignalledQueue<AtomicWaker>);
 
-// SAFETY: librdkafka's queues are thread-safe (every operation takes the queue's lock), and
-// the handle is destroyed only by `Drop`.
-unsafe impl Send for RecordQueue {}
-unsafe impl Sync for RecordQueue {}
-
-/// Called by librdkafka, under the queue's lock, when a record arrives on an empty queue.
-unsafe extern "C" fn wake(_: *mut rd::rd_kafka_t, opaque: *mut c_void) {
-    // SAFETY: `opaque` is the boxed waker, which outlives the callback (`Drop` disables it
-    // first).
-    let waker = unsafe { &*(opaque as *const AtomicWaker) };
-    waker.wake();
+impl Signal for AtomicWaker {
+    fn raise(&self) {
+        self.wake();
+    }
 }
 
 impl RecordQueue {
     /// A new, empty queue of the client `rk`. The handle must be dropped before the client
     /// is destroyed.
     pub(crate) fn new(rk: *mut rd::rd_kafka_t) -> Option<Self> {
-        // SAFETY: `rk` is a live client; the queue holds no reference to Rust memory yet.
-        let queue = NonNull::new(unsafe { rd::rd_kafka_queue_new(rk) })?;
-        let waker = Box::new(AtomicWaker::new());
-        // SAFETY: the waker lives as long as the queue and is unregistered in `Drop`.
-        unsafe {
-            rd::rd_kafka_queue_cb_event_enable(
-                queue.as_ptr(),
-                Some(wake),
-                ptr::from_ref::<AtomicWaker>(&waker) as *mut c_void,
-            );
-        }
-        Some(Self { queue, waker })
+        SignalledQueue::new(rk, AtomicWaker::new()).map(Self)
     }
 
     /// Sends the records of a partition of `rk` here rather than to the main queue. Call it
@@ -74,7 +56,7 @@ impl RecordQueue {
             )) else {
                 return false;
             };
-            rd::rd_kafka_queue_forward(source.as_ptr(), self.queue.as_ptr());
+            rd::rd_kafka_queue_forward(source.as_ptr(), self.0.as_ptr());
             rd::rd_kafka_queue_destroy(source.as_ptr());
         }
         true
@@ -93,7 +75,7 @@ impl RecordQueue {
         // SAFETY: the array has room for `max.min(BATCH)` pointers.
         let got = unsafe {
             rd::rd_kafka_consume_batch_queue(
-                self.queue.as_ptr(),
+                self.0.as_ptr(),
                 0,
                 taken.as_mut_ptr(),
                 max.clamp(1, BATCH),
@@ -124,24 +106,12 @@ impl RecordQueue {
 
     /// Ready once the queue holds something; otherwise the task is woken when it does.
     pub(crate) fn poll_nonempty(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.waker.register(cx.waker());
-        // SAFETY: a live queue. Checked after registering, so an arrival in between wakes.
-        if unsafe { rd::rd_kafka_queue_length(self.queue.as_ptr()) } > 0 {
+        self.0.signal().register(cx.waker());
+        // Checked after registering, so an arrival in between wakes.
+        if self.0.len() > 0 {
             Poll::Ready(())
         } else {
             Poll::Pending
-        }
-    }
-}
-
-impl Drop for RecordQueue {
-    fn drop(&mut self) {
-        // SAFETY: disabling takes the queue's lock, so no callback runs past this line and
-        // the waker can go; the forwarded partitions hold the queue itself until the client
-        // is destroyed, and records sent to it afterwards are dropped.
-        unsafe {
-            rd::rd_kafka_queue_cb_event_enable(self.queue.as_ptr(), None, ptr::null_mut());
-            rd::rd_kafka_queue_destroy(self.queue.as_ptr());
         }
     }
 }
