@@ -128,9 +128,11 @@ impl OffsetTracker {
         });
     }
 
-    /// Settles a message (see [`settle_in`]).
+    /// Settles a message (see [`settle`]).
     pub(crate) fn ack(&self, topic: &str, partition: i32, offset: i64) -> Acked {
-        let acked = settle_in(&mut self.lock(), topic, partition, offset);
+        let acked = Last::default()
+            .find(&mut self.lock(), topic, partition)
+            .map_or(Acked::Stale, |state| settle(state, offset));
         if self.draining.load(Ordering::SeqCst) {
             self.settled.notify_all();
         }
@@ -235,14 +237,6 @@ impl Last {
             }
         };
         partitions.get_mut(index)
-    }
-}
-
-/// Settles a message (see [`settle`]).
-fn settle_in(partitions: &mut [PartitionState], topic: &str, partition: i32, offset: i64) -> Acked {
-    match partitions.iter_mut().find(|s| s.is(topic, partition)) {
-        Some(state) => settle(state, offset),
-        None => Acked::Stale,
     }
 }
 

@@ -43,7 +43,8 @@ impl ReportingProducer {
     /// As [`ReportingProducer::create`], the thread sleeping up to `idle_wake` unless woken.
     fn sleeping_at_most(config: &ClientConfig, idle_wake: Duration) -> KafkaResult<Self> {
         let producer: Arc<BaseProducer<Reports>> = Arc::new(config.create_with_context(Reports)?);
-        let events = Arc::new(EventQueue::of(&producer).ok_or_else(|| {
+        let rk = producer.client().native_ptr();
+        let events = Arc::new(SignalledQueue::main(rk, Wakes::default()).ok_or_else(|| {
             KafkaError::ClientCreation("no handle on the producer's event queue".to_owned())
         })?);
         let thread = std::thread::Builder::new()
@@ -71,7 +72,7 @@ impl Deref for ReportingProducer {
 
 impl Drop for Polled {
     fn drop(&mut self) {
-        self.events.stop();
+        self.events.signal().stop();
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
@@ -88,14 +89,14 @@ fn serve(producer: &BaseProducer<Reports>, events: &EventQueue, idle_wake: Durat
         while events.len() > 0 {
             producer.poll(Duration::ZERO);
         }
-        if !events.wait(idle_wake) {
+        if !events.signal().wait(idle_wake) {
             return;
         }
     }
 }
 
 /// The producer's event queue, as a handle of ours that librdkafka signals.
-struct EventQueue(SignalledQueue<Wakes>);
+type EventQueue = SignalledQueue<Wakes>;
 
 /// What the polling thread is woken for.
 #[derive(Default)]
@@ -125,21 +126,12 @@ impl Signal for Wakes {
     }
 }
 
-impl EventQueue {
-    fn of(producer: &BaseProducer<Reports>) -> Option<Self> {
-        SignalledQueue::main(producer.client().native_ptr(), Wakes::default()).map(Self)
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
+impl Wakes {
     /// Sleeps until events arrive, `stop`, or `at_most` passed; `false` once stopped.
     fn wait(&self, at_most: Duration) -> bool {
-        let wakes = self.0.signal();
-        let mut wake = wakes.lock();
+        let mut wake = self.lock();
         if !wake.events && !wake.stop {
-            wake = wakes
+            wake = self
                 .changed
                 .wait_timeout(wake, at_most)
                 .unwrap_or_else(PoisonError::into_inner)
@@ -150,9 +142,8 @@ impl EventQueue {
     }
 
     fn stop(&self) {
-        let wakes = self.0.signal();
-        wakes.lock().stop = true;
-        wakes.changed.notify_one();
+        self.lock().stop = true;
+        self.changed.notify_one();
     }
 }
 

@@ -40,19 +40,18 @@ impl<S: Signal> SignalledQueue<S> {
     /// A new, empty queue of the live client `rk`.
     pub(crate) fn new(rk: *mut rd::rd_kafka_t, signal: S) -> Option<Self> {
         // SAFETY: `rk` is a live client; the handle is ours to destroy.
-        Self::signalling(NonNull::new(unsafe { rd::rd_kafka_queue_new(rk) })?, signal)
+        let queue = NonNull::new(unsafe { rd::rd_kafka_queue_new(rk) })?;
+        Some(Self::signalling(queue, signal))
     }
 
     /// A handle on the main queue of the live client `rk` (a producer's event queue).
     pub(crate) fn main(rk: *mut rd::rd_kafka_t, signal: S) -> Option<Self> {
         // SAFETY: `rk` is a live client; the handle is ours to destroy.
-        Self::signalling(
-            NonNull::new(unsafe { rd::rd_kafka_queue_get_main(rk) })?,
-            signal,
-        )
+        let queue = NonNull::new(unsafe { rd::rd_kafka_queue_get_main(rk) })?;
+        Some(Self::signalling(queue, signal))
     }
 
-    fn signalling(queue: NonNull<rd::rd_kafka_queue_t>, signal: S) -> Option<Self> {
+    fn signalling(queue: NonNull<rd::rd_kafka_queue_t>, signal: S) -> Self {
         let signal = Box::new(signal);
         // SAFETY: the signal lives as long as the handle and is unregistered in `Drop`.
         unsafe {
@@ -62,7 +61,7 @@ impl<S: Signal> SignalledQueue<S> {
                 ptr::from_ref::<S>(&signal) as *mut c_void,
             );
         }
-        Some(Self { queue, signal })
+        Self { queue, signal }
     }
 
     /// The handle, for librdkafka's calls; valid as long as `self`.
