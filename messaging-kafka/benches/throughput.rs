@@ -29,6 +29,9 @@
 //!   the handler (framework) or to `recv` (raw).
 //! - idle: once, after the rounds, the CPU that each side's producer polling thread uses in
 //!   `IDLE` with nothing to deliver.
+//! - the machine: its CPU over the rounds (/proc/stat), split into this process, the broker
+//!   (`tansu`) and the rest, and the time the hypervisor stole, so that a run taken on a
+//!   loaded machine shows it.
 //!
 //! `BENCH_PHASES` (default `produce,consume,latency,idle`) picks the phases; produce always runs,
 //! as consume reads what it wrote. Both producers first send a warm-up batch; rounds alternate
@@ -139,6 +142,64 @@ fn threads_cpu_time(name: &str) -> Duration {
             stat.split_whitespace().next()?.parse().ok()
         })
         .map(Duration::from_nanos)
+        .sum()
+}
+
+/// The machine's CPU time so far, from the first line of /proc/stat (ticks of 10 ms, summed
+/// over the cores): busy (user, nice, system, irq, softirq), stolen by the hypervisor, and
+/// all of it (idle and iowait too). Read around the rounds, to show how loaded the shared
+/// machine was while they ran.
+#[derive(Clone, Copy, Default)]
+struct MachineTicks {
+    busy: u64,
+    steal: u64,
+    total: u64,
+}
+
+impl MachineTicks {
+    fn now() -> Self {
+        let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+            return Self::default();
+        };
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|field| field.parse().ok())
+            .collect();
+        let &[user, nice, system, _idle, _iowait, irq, softirq, steal] = &fields[..] else {
+            return Self::default();
+        };
+        Self {
+            busy: user + nice + system + irq + softirq,
+            steal,
+            total: fields.iter().sum(),
+        }
+    }
+}
+
+/// CPU ticks so far (user and system, 10 ms each) of the processes named `tansu`: the test
+/// broker, when it runs on this machine.
+fn broker_ticks() -> u64 {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    processes
+        .flatten()
+        .filter(|process| {
+            std::fs::read_to_string(process.path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end() == "tansu")
+        })
+        .filter_map(|process| {
+            let stat = std::fs::read_to_string(process.path().join("stat")).ok()?;
+            // The fields after the command's closing parenthesis; utime and stime are the
+            // 12th and 13th of them.
+            let mut after = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+            Some(after.next()?.parse::<u64>().ok()? + after.next()?.parse::<u64>().ok()?)
+        })
         .sum()
 }
 
@@ -817,6 +878,8 @@ async fn run() -> Result<()> {
             .split(',')
             .any(|name| name.trim() == CONSUMERS[side])
     };
+    let (machine_before, process_before, broker_before) =
+        (MachineTicks::now(), cpu_time(), broker_ticks());
     for round in 0..rounds {
         let topics = [
             bench.name("raw", round),
@@ -888,6 +951,8 @@ async fn run() -> Result<()> {
             }
         }
     }
+    let (machine_after, process_after, broker_after) =
+        (MachineTicks::now(), cpu_time(), broker_ticks());
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let us_per_message = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
     let wall_rate = |s: Sample| rate(n, s.wall);
@@ -996,6 +1061,22 @@ async fn run() -> Result<()> {
             ms(latency[1].1)
         );
     }
+    let ticks = machine_after
+        .total
+        .saturating_sub(machine_before.total)
+        .max(1) as f64;
+    let share = |part: f64| 100.0 * part / ticks;
+    let process_ticks = (process_after - process_before).as_secs_f64() * 100.0;
+    let busy = machine_after.busy.saturating_sub(machine_before.busy) as f64;
+    let broker = broker_after.saturating_sub(broker_before) as f64;
+    println!(
+        "| the machine over the rounds, % of all cores' time: busy (this process, the broker `tansu`, the rest); stolen by the hypervisor | {:.0} % ({:.0} %, {:.0} %, {:.0} %); {:.1} % | | |",
+        share(busy),
+        share(process_ticks),
+        share(broker),
+        share((busy - process_ticks - broker).max(0.0)),
+        share(machine_after.steal.saturating_sub(machine_before.steal) as f64)
+    );
     if with_idle {
         // Nothing is produced meanwhile: what the polling threads use is their idle cost.
         let before = [RAW_POLLING_THREAD, FRAMEWORK_POLLING_THREAD].map(threads_cpu_time);
