@@ -126,19 +126,25 @@ fn cpu_time() -> Duration {
         .unwrap_or_default()
 }
 
+/// The entries of a /proc directory (processes, or a process's threads) whose `comm` is
+/// `name`.
+fn named_in(dir: &str, name: &str) -> impl Iterator<Item = std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(move |path| {
+            std::fs::read_to_string(path.join("comm")).is_ok_and(|comm| comm.trim_end() == name)
+        })
+}
+
 /// On-CPU time so far of this process's threads of this name, from /proc's schedstat
 /// (nanoseconds, finer than the 10 ms ticks of stat).
 fn threads_cpu_time(name: &str) -> Duration {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Duration::ZERO;
-    };
-    tasks
-        .flatten()
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
-        })
+    named_in("/proc/self/task", name)
         .filter_map(|task| {
-            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            let stat = std::fs::read_to_string(task.join("schedstat")).ok()?;
             stat.split_whitespace().next()?.parse().ok()
         })
         .map(Duration::from_nanos)
@@ -184,17 +190,9 @@ impl MachineTicks {
 /// CPU ticks so far (user and system, 10 ms each) of the processes named `tansu`: the test
 /// broker, when it runs on this machine.
 fn broker_ticks() -> u64 {
-    let Ok(processes) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    processes
-        .flatten()
-        .filter(|process| {
-            std::fs::read_to_string(process.path().join("comm"))
-                .is_ok_and(|comm| comm.trim_end() == "tansu")
-        })
+    named_in("/proc", "tansu")
         .filter_map(|process| {
-            let stat = std::fs::read_to_string(process.path().join("stat")).ok()?;
+            let stat = std::fs::read_to_string(process.join("stat")).ok()?;
             // The fields after the command's closing parenthesis; utime and stime are the
             // 12th and 13th of them.
             let mut after = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
