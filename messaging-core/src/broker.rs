@@ -5,9 +5,9 @@
 //! does not allow. The cost is one allocation per call; the hot paths (`next_batch`) take
 //! many messages per call.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::config::{Config, mask_url};
 use crate::error::{BrokerError, Error};
@@ -57,6 +57,25 @@ pub trait Broker: Send + Sync + 'static {
         })
     }
 
+    /// Takes the records of the dead-letter topic `topic` that are waiting now, oldest first,
+    /// at most `limit` of them, for `consumer dlq replay`. What is published to `topic`
+    /// afterwards is not part of the snapshot, so a replay ends even while handlers keep
+    /// dead-lettering. It must not wait on a group join. Default: unsupported.
+    fn dlq_snapshot<'a>(
+        &'a self,
+        topic: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Box<dyn DlqSnapshot>, BrokerError>> {
+        let _ = (topic, limit);
+        let broker = self.name();
+        Box::pin(async move {
+            Err(BrokerError::Unsupported {
+                broker,
+                operation: "dlq replay",
+            })
+        })
+    }
+
     /// Sends whatever the client buffers, waiting up to `timeout`. Default: nothing buffered.
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, Result<(), BrokerError>> {
         let _ = timeout;
@@ -87,8 +106,132 @@ pub struct Subscription {
     pub prefetch: usize,
 }
 
+/// The records a [`Broker::dlq_snapshot`] took from a dead-letter topic.
+pub trait DlqSnapshot: Send {
+    /// The records, oldest first.
+    fn records(&self) -> &[Message];
+
+    /// Ends the replay. The records at these indexes of [`DlqSnapshot::records`] were
+    /// re-published: they leave the DLQ (removed, or passed over so that neither
+    /// `dlq list` nor a later replay sees them again). Every other record stays in the DLQ
+    /// and is still listed: a replay never destroys a record it did not re-publish.
+    fn settle(self: Box<Self>, replayed: Vec<usize>)
+    -> BoxFuture<'static, Result<(), BrokerError>>;
+}
+
+/// Whether a group member is consuming, and what has been going wrong with it since when;
+/// shared by the broker's consumer, the dispatcher and `/health/ready`. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<ReadinessState>);
+
+#[derive(Debug, Default)]
+struct ReadinessState {
+    ready: AtomicBool,
+    /// Whether `problems` holds anything: checked without the lock on the hot path.
+    troubled: AtomicBool,
+    problems: Mutex<Vec<Problem>>,
+}
+
+#[derive(Debug)]
+struct Problem {
+    what: &'static str,
+    since: Instant,
+    message: String,
+}
+
+impl Readiness {
+    /// A member that is consuming from the start (its queue or group exists once
+    /// `subscribe` returns).
+    pub fn ready() -> Self {
+        let readiness = Self::default();
+        readiness.set_ready(true);
+        readiness
+    }
+
+    /// A member that becomes ready later (a Kafka member once partitions are assigned).
+    pub fn pending() -> Self {
+        Self::default()
+    }
+
+    /// Records whether the member is consuming.
+    pub fn set_ready(&self, ready: bool) {
+        self.0.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the member is consuming.
+    pub fn is_ready(&self) -> bool {
+        self.0.ready.load(Ordering::Relaxed)
+    }
+
+    /// Records that `what` (`fetch`, `dlq`, `subscribe` …) is failing. The first report of
+    /// a run of failures sets the time it began; later ones update the message.
+    pub fn report(&self, what: &'static str, message: impl std::fmt::Display) {
+        let mut problems = self
+            .0
+            .problems
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let message = message.to_string();
+        match problems.iter_mut().find(|p| p.what == what) {
+            Some(problem) => problem.message = message,
+            None => problems.push(Problem {
+                what,
+                since: Instant::now(),
+                message,
+            }),
+        }
+        self.0.troubled.store(true, Ordering::Relaxed);
+    }
+
+    /// Records that `what` works again.
+    pub fn clear(&self, what: &'static str) {
+        if !self.0.troubled.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut problems = self
+            .0
+            .problems
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        problems.retain(|p| p.what != what);
+        self.0
+            .troubled
+            .store(!problems.is_empty(), Ordering::Relaxed);
+    }
+
+    /// The problems that have lasted at least `threshold`, as `what: message (for 42s)`.
+    pub fn problems_older_than(&self, threshold: Duration) -> Vec<String> {
+        if !self.0.troubled.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let problems = self
+            .0
+            .problems
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        problems
+            .iter()
+            .filter(|p| p.since.elapsed() >= threshold)
+            .map(|p| {
+                format!(
+                    "{} failing for {}s: {}",
+                    p.what,
+                    p.since.elapsed().as_secs(),
+                    p.message
+                )
+            })
+            .collect()
+    }
+}
+
 /// One member of a group. Dropping it without acknowledging returns its messages to the group.
 pub trait Consumer: Send {
+    /// Whether this member is consuming (partitions assigned, queue bound, group created).
+    /// Default: ready once `subscribe` returned it.
+    fn readiness(&self) -> Readiness {
+        Readiness::ready()
+    }
+
     /// Waits for at least one message and returns up to `max`. Must be cancel-safe: a future
     /// dropped before it resolves loses no message (it may be redelivered). An error is
     /// transient: the caller waits and calls again, and the consumer reconnects by itself.
@@ -179,7 +322,16 @@ fn factory(name: &str) -> Result<&'static BrokerFactory, Error> {
 /// One attempt to connect to the configured broker.
 pub async fn connect_once(config: &Config) -> Result<Arc<dyn Broker>, Error> {
     let factory = factory(&config.backend)?;
-    Ok((factory.connect)(config).await?)
+    match (factory.connect)(config).await {
+        Ok(broker) => Ok(broker),
+        Err(BrokerError::Config {
+            variable, message, ..
+        }) => Err(Error::Config {
+            key: variable,
+            message,
+        }),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The connection loop's state, as `/health` reports it.
@@ -188,6 +340,7 @@ pub struct ConnectionState {
     connected: AtomicBool,
     in_cooldown: AtomicBool,
     retry_count: AtomicU32,
+    groups: Mutex<Vec<(String, Readiness)>>,
 }
 
 impl ConnectionState {
@@ -211,11 +364,26 @@ impl ConnectionState {
     pub fn record_failure(&self) {
         self.retry_count.fetch_add(1, Ordering::Relaxed);
     }
+    /// Sets the readiness `/health/ready` reports for `group` (replacing an earlier one).
+    pub fn set_group(&self, group: &str, readiness: Readiness) {
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        match groups.iter_mut().find(|(name, _)| name == group) {
+            Some((_, slot)) => *slot = readiness,
+            None => groups.push((group.to_owned(), readiness)),
+        }
+    }
+    /// The groups this process consumes with, and their readiness.
+    pub fn groups(&self) -> Vec<(String, Readiness)> {
+        self.groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// Connects, retrying `connect_max_retries` times `connect_retry_delay` apart, then cooling
 /// down for `connect_cooldown`, and again, for ever. Only a configuration error (an unknown
-/// backend) ends it.
+/// backend, a setting the broker reports as one that can never work) ends it.
 pub async fn connect_with_retry(
     config: &Config,
     state: &ConnectionState,
@@ -238,6 +406,14 @@ pub async fn connect_with_retry(
                 state.in_cooldown.store(false, Ordering::Relaxed);
                 tracing::info!(backend = factory.name, %target, "Connected");
                 return Ok(broker);
+            }
+            Err(BrokerError::Config {
+                variable, message, ..
+            }) => {
+                return Err(Error::Config {
+                    key: variable,
+                    message,
+                });
             }
             Err(error) => {
                 state.set_connected(false);

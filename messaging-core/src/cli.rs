@@ -16,8 +16,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{ConnectionState, StartFrom, Subscription, connect_once};
-use crate::config::{Config, parse_duration, try_current_config};
+use crate::broker::{ConnectionState, connect_once, linked_backends};
+use crate::config::{Config, configured_in_code, parse_duration, try_current_config};
 use crate::dlq::{DeadLetterRecord, resolve_dlq_topic};
 use crate::error::Error;
 use crate::health::{self, Health};
@@ -109,20 +109,36 @@ struct ReplayArgs {
     /// The original topic (its DLQ is `<topic>.dlq` unless a handler names another).
     #[arg(long, value_name = "T")]
     topic: String,
-    /// At most this many records.
-    #[arg(long, value_name = "N", default_value_t = usize::MAX, hide_default_value = true)]
+    /// At most this many records (of those waiting when the replay starts).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
     limit: usize,
     /// The backend, instead of MESSAGING_BACKEND.
     #[arg(long, value_name = "NAME")]
     broker: Option<String>,
-    /// Stop when no record arrived for this long.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration_arg)]
-    idle: Duration,
+    /// Replays only the record with this id (as `dlq list` prints it).
+    #[arg(long, value_name = "ID")]
+    id: Option<String>,
+    /// Prints what would be replayed, and changes nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replays records even when they were replayed `--max-replays` times already.
+    #[arg(long)]
+    force: bool,
+    /// Records replayed this many times are refused without `--force` (default:
+    /// MESSAGING_DLQ_MAX_REPLAYS, else 3).
+    #[arg(long, value_name = "N")]
+    max_replays: Option<u32>,
 }
 
 fn duration_arg(value: &str) -> Result<Duration, String> {
     parse_duration("duration", value).map_err(|e| e.to_string())
 }
+
+/// Why a `consumer` with no handler refuses to run, and what to do about it.
+const NO_HANDLERS: &str = "no handler is linked into this binary. If the handlers live in \
+    your library crate, the binary must refer to it or the linker drops them: write the \
+    binary as `messaging_core::main!(your_crate);` (or put `use your_crate as _;` in it and \
+    call a function of the crate). Otherwise add a #[message_handler] or #[consumer].";
 
 /// Parses the process arguments and runs; the exit code says how it went.
 pub fn main() -> ExitCode {
@@ -145,8 +161,8 @@ pub fn main_with(adjust: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder) -> ExitC
     };
     match runtime.block_on(run_cli(cli, adjust)) {
         Ok(code) => code,
+        // Printed once, plainly: it is the last thing the process says.
         Err(error) => {
-            tracing::error!(%error, "consumer failed");
             eprintln!("consumer: {error}");
             ExitCode::FAILURE
         }
@@ -176,8 +192,23 @@ async fn run_cli(
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Check) => {
-            let handlers = adjust(Runtime::builder()).selected_handlers()?;
-            let problems = check(&handlers);
+            let builder = adjust(Runtime::builder());
+            let handlers = builder.selected_handlers()?;
+            let mut problems = check(&handlers);
+            if handlers.is_empty() {
+                problems.push(NO_HANDLERS.to_owned());
+            }
+            problems.extend(builder.missing_states(&handlers).into_iter().map(|m| {
+                format!("{m}: register it with `cli::main_with(|runtime| runtime.state(value))`")
+            }));
+            let config = try_current_config()?;
+            if !linked_backends().contains(&config.backend.as_str()) {
+                problems.push(format!(
+                    "MESSAGING_BACKEND=`{}` is not linked into this binary; linked: {} (depend on the broker crate and refer to it once, e.g. `use messaging_redis as _;`)",
+                    config.backend,
+                    linked_backends().join(", ")
+                ));
+            }
             if problems.is_empty() {
                 println!("ok: {} handlers, no problems", handlers.len());
                 Ok(ExitCode::SUCCESS)
@@ -255,6 +286,9 @@ async fn run(
         builder = builder.concurrency(n.into());
     }
     let handlers = builder.selected_handlers()?;
+    if handlers.is_empty() {
+        return Err(Error::Registry(NO_HANDLERS.to_owned()));
+    }
     let stop_serving = CancellationToken::new();
     let _stop_serving = stop_serving.clone().drop_guard();
     if let Some(addr) = args.health_addr {
@@ -263,6 +297,7 @@ async fn run(
             enabled: config.backend != "disabled",
             handlers: handlers.len(),
             connection: Arc::clone(&connection),
+            stall_after: config.health_stall_after,
         });
         let bound = health::serve(addr, health, stop_serving.clone())
             .await
@@ -390,11 +425,30 @@ fn dlq_of(topic: &str, config: &Config) -> DlqOf {
     }
 }
 
+/// The configuration for a `dlq` command. The memory broker's DLQ lives in the process that
+/// wrote it, so a `dlq` command on it reads nothing: it runs only when named explicitly.
+fn dlq_config(broker: Option<&str>) -> Result<Config, Error> {
+    let config = config_for(broker)?;
+    let named = broker.is_some()
+        || configured_in_code()
+        || std::env::var("MESSAGING_BACKEND").is_ok_and(|v| !v.trim().is_empty());
+    if config.backend == "memory" && !named {
+        return Err(Error::Config {
+            key: "MESSAGING_BACKEND".to_owned(),
+            message: "is not set, so this would read the in-memory broker, whose DLQ ends with \
+                      the process that wrote it; set MESSAGING_BACKEND (e.g. redis) or pass \
+                      --broker memory"
+                .to_owned(),
+        });
+    }
+    Ok(config)
+}
+
 /// How many records of a shared DLQ `dlq list` reads at most to find those of one topic.
 const SHARED_BROWSE_MAX: usize = 10_000;
 
 async fn dlq_list(args: DlqArgs) -> Result<ExitCode, Error> {
-    let config = config_for(args.broker.as_deref())?;
+    let config = dlq_config(args.broker.as_deref())?;
     let broker = connect_once(&config).await?;
     let dlq = dlq_of(&args.topic, &config);
     let dlq_topic = &dlq.topic;
@@ -424,12 +478,15 @@ async fn dlq_list(args: DlqArgs) -> Result<ExitCode, Error> {
         }
         match DeadLetterRecord::from_bytes(&message.payload) {
             Ok(r) => println!(
-                "{} {} attempts={} kind={} handler={} group={} key={} at={} error={:?}",
+                "{} id={} {} attempts={} replays={} kind={} truncated={} handler={} group={} key={} at={} error={:?}",
                 r.dead_lettered_at
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                record_id(&r, &message),
                 r.original.topic,
                 r.attempts,
+                r.replays,
                 r.error.kind,
+                r.original.truncated,
                 r.handler,
                 r.group,
                 r.original.key.as_deref().unwrap_or("-"),
@@ -442,77 +499,119 @@ async fn dlq_list(args: DlqArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The group `dlq replay` reads with, so that each record is replayed once.
-pub const REPLAY_GROUP: &str = "messaging-dlq-replay";
+/// A record's id for `--id`: its own, else (records written before ids existed) where the
+/// DLQ holds it.
+fn record_id(record: &DeadLetterRecord, message: &crate::message::Message) -> String {
+    record
+        .id
+        .clone()
+        .unwrap_or_else(|| message.position.to_string())
+}
+
+/// What `dlq replay` does with one record of the snapshot.
+enum Verdict {
+    Replay(crate::message::OutgoingMessage),
+    /// Left in the DLQ, with why.
+    Keep(String),
+    /// Another topic's record in a shared DLQ, or not the `--id` asked for: left alone.
+    Other,
+}
+
+fn verdict(
+    message: &crate::message::Message,
+    args: &ReplayArgs,
+    shared: bool,
+    max_replays: u32,
+) -> Verdict {
+    let record = match DeadLetterRecord::from_bytes(&message.payload) {
+        Ok(record) => record,
+        Err(error) if args.id.is_none() && !shared => {
+            return Verdict::Keep(format!("not a DLQ record ({error})"));
+        }
+        Err(_) => return Verdict::Other,
+    };
+    if (shared && record.original.topic != args.topic)
+        || args
+            .id
+            .as_ref()
+            .is_some_and(|id| *id != record_id(&record, message))
+    {
+        return Verdict::Other;
+    }
+    if record.replays >= max_replays && !args.force {
+        return Verdict::Keep(format!(
+            "replayed {} times already (the limit is {max_replays}); pass --force to replay it again",
+            record.replays
+        ));
+    }
+    match record.to_replay() {
+        Ok(out) => Verdict::Replay(out),
+        Err(error) => Verdict::Keep(error.to_string()),
+    }
+}
 
 async fn dlq_replay(args: ReplayArgs) -> Result<ExitCode, Error> {
-    let config = config_for(args.broker.as_deref())?;
+    let config = dlq_config(args.broker.as_deref())?;
     let broker = connect_once(&config).await?;
     let dlq = dlq_of(&args.topic, &config);
-    let dlq_topic = dlq.topic;
-    // A shared DLQ is read by one replay group per original topic, each passing over the
-    // records of the others.
-    let group = if dlq.shared {
-        format!("{REPLAY_GROUP}.{}", args.topic)
-    } else {
-        REPLAY_GROUP.to_owned()
-    };
-    let mut consumer = broker
-        .subscribe(Subscription {
-            group,
-            topics: vec![dlq_topic.clone()],
-            start: StartFrom::Earliest,
-            prefetch: 64,
-        })
-        .await?;
-    let acker = consumer.acker();
-    let (mut replayed, mut skipped, mut others) = (0usize, 0usize, 0usize);
-    while replayed + skipped < args.limit {
-        let wanted = (args.limit - replayed - skipped).min(64);
-        let batch = match tokio::time::timeout(args.idle, consumer.next_batch(wanted)).await {
-            Ok(batch) => batch?,
-            Err(_) => break,
-        };
-        for message in batch {
-            let record = DeadLetterRecord::from_bytes(&message.payload);
-            if dlq.shared
-                && let Ok(r) = &record
-                && r.original.topic != args.topic
-            {
-                others += 1;
-                acker.ack(&message).await?;
-                continue;
-            }
-            let replay = record
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.original.to_replay().map_err(|e| e.to_string()));
-            match replay {
-                Ok(out) => {
-                    let topic = out.topic.clone();
-                    broker.publish(out).await?;
-                    replayed += 1;
-                    tracing::info!(%topic, position = %message.position, "replayed");
+    let max_replays = args.max_replays.unwrap_or(config.dlq_max_replays);
+    // The records waiting now; what is dead-lettered meanwhile waits for the next replay.
+    let snapshot = broker.dlq_snapshot(&dlq.topic, args.limit).await?;
+    let (mut replayed, mut kept, mut others) = (Vec::new(), 0usize, 0usize);
+    let mut failure = None;
+    for (index, message) in snapshot.records().iter().enumerate() {
+        match verdict(message, &args, dlq.shared, max_replays) {
+            Verdict::Replay(out) => {
+                if args.dry_run {
+                    println!("would replay {} to {}", message.position, out.topic);
+                    replayed.push(index);
+                    continue;
                 }
-                Err(error) => {
-                    skipped += 1;
-                    tracing::warn!(position = %message.position, %error, "not a DLQ record; skipped");
+                let topic = out.topic.clone();
+                if let Err(error) = broker.publish(out).await {
+                    // What was published so far still leaves the DLQ below.
+                    failure = Some(error);
+                    break;
                 }
+                tracing::debug!(%topic, position = %message.position, "replayed");
+                replayed.push(index);
             }
-            // Acknowledged only once its copy is back on the original topic.
-            acker.ack(&message).await?;
+            Verdict::Keep(why) => {
+                kept += 1;
+                eprintln!("{}: kept in the DLQ: {why}", message.position);
+            }
+            Verdict::Other => others += 1,
         }
     }
-    consumer.close().await?;
-    broker.flush(Duration::from_secs(10)).await?;
-    if dlq.shared {
-        println!(
-            "replayed {replayed} records of {} from {dlq_topic} ({skipped} skipped, {others} of other topics passed over)",
-            args.topic
-        );
-    } else {
-        println!("replayed {replayed} records from {dlq_topic} ({skipped} skipped)");
+    let total = snapshot.records().len();
+    let count = replayed.len();
+    if args.dry_run {
+        println!("dry run: would replay {count}, skip {kept}; nothing changed");
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::SUCCESS)
+    let unreached = total - count - kept - others;
+    // Re-published records leave the DLQ only once their copies were acknowledged.
+    snapshot.settle(replayed).await?;
+    broker.flush(Duration::from_secs(10)).await?;
+    if args.id.is_some() && count + kept == 0 {
+        return Err(Error::Config {
+            key: "--id".to_owned(),
+            message: format!(
+                "no record with id {} among the {total} waiting in {}",
+                args.id.as_deref().unwrap_or_default(),
+                dlq.topic
+            ),
+        });
+    }
+    println!(
+        "replayed {count}, skipped {kept}, left {} (from {})",
+        kept + unreached,
+        dlq.topic
+    );
+    match failure {
+        Some(error) => Err(error.into()),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 #[cfg(test)]
@@ -549,6 +648,28 @@ mod tests {
             cli.command,
             Some(Command::Dlq(DlqCommand::Replay(ReplayArgs {
                 limit: 3,
+                dry_run: false,
+                ..
+            })))
+        ));
+        let cli = Cli::try_parse_from([
+            "consumer",
+            "dlq",
+            "replay",
+            "--topic",
+            "t",
+            "--id",
+            "x",
+            "--dry-run",
+            "--force",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Dlq(DlqCommand::Replay(ReplayArgs {
+                dry_run: true,
+                force: true,
+                id: Some(_),
                 ..
             })))
         ));

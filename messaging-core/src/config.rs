@@ -41,6 +41,12 @@ pub struct Config {
     /// The dead-letter topic of every handler that names none (`MESSAGING_DLQ_TOPIC`);
     /// `{topic}` in it stands for the handler's topic. `None`: `<topic>.dlq`.
     pub dlq_topic: Option<String>,
+    /// How long a group may fail to fetch or to write DLQ records before `/health/ready`
+    /// fails (`MESSAGING_HEALTH_STALL_AFTER`).
+    pub health_stall_after: Duration,
+    /// How many times `dlq replay` re-publishes one record before it refuses without
+    /// `--force` (`MESSAGING_DLQ_MAX_REPLAYS`).
+    pub dlq_max_replays: u32,
 }
 
 impl Default for Config {
@@ -60,6 +66,8 @@ impl Default for Config {
             concurrency: 16,
             max_message_size: 1024 * 1024,
             dlq_topic: None,
+            health_stall_after: Duration::from_secs(30),
+            dlq_max_replays: 3,
         }
     }
 }
@@ -95,11 +103,26 @@ impl Config {
         }
         c.kafka_api_key = set("KAFKA_API_KEY");
         c.kafka_api_secret = set("KAFKA_API_SECRET");
+        // A broker address that is set but empty is a mistake, not a request for the default.
+        for key in ["KAFKA_BOOTSTRAP_SERVERS", "RABBITMQ_URL", "REDIS_URL"] {
+            if get(key).is_some_and(|v| v.trim().is_empty()) {
+                return Err(invalid(
+                    key,
+                    "is set but empty; unset it for the default or give an address",
+                ));
+            }
+        }
         if let Some(v) = set("RABBITMQ_URL") {
             c.rabbitmq_url = v;
         }
         if let Some(v) = set("REDIS_URL") {
             c.redis_url = v;
+        }
+        if let Some(v) = set("MESSAGING_HEALTH_STALL_AFTER") {
+            c.health_stall_after = parse_duration("MESSAGING_HEALTH_STALL_AFTER", &v)?;
+        }
+        if let Some(v) = set("MESSAGING_DLQ_MAX_REPLAYS") {
+            c.dlq_max_replays = parse_number("MESSAGING_DLQ_MAX_REPLAYS", &v)?;
         }
         if let Some(v) = set("MESSAGING_CONNECT_MAX_RETRIES") {
             c.connect_max_retries = parse_number("MESSAGING_CONNECT_MAX_RETRIES", &v)?;
@@ -171,6 +194,8 @@ impl fmt::Debug for Config {
             .field("concurrency", &self.concurrency)
             .field("max_message_size", &self.max_message_size)
             .field("dlq_topic", &self.dlq_topic)
+            .field("health_stall_after", &self.health_stall_after)
+            .field("dlq_max_replays", &self.dlq_max_replays)
             .finish()
     }
 }
@@ -247,6 +272,15 @@ pub fn current_config() -> Config {
         tracing::error!(%error, "invalid messaging configuration in the environment; using defaults");
         Config::default()
     })
+}
+
+/// Whether a configuration was set in code with [`configure_messaging`].
+#[cfg(feature = "cli")]
+pub(crate) fn configured_in_code() -> bool {
+    CONFIGURED
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some()
 }
 
 /// The configuration in force, failing on an environment that does not parse.

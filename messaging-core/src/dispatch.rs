@@ -19,8 +19,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::broker::{Acker, Broker, ConnectionState, Consumer};
-use crate::dlq::{DeadLetterRecord, OriginalMessage, RECORD_VERSION, RecordedError};
+use crate::broker::{Acker, Broker, ConnectionState, Consumer, Readiness};
+use crate::dlq::{
+    DeadLetterRecord, FirstFailure, OriginalMessage, RECORD_VERSION, RecordedError, replays_of,
+};
 use crate::envelope::{EnvelopeFields, event_name};
 use crate::error::{FailureKind, HandlerError};
 use crate::extract::Context;
@@ -63,6 +65,9 @@ pub(crate) struct Dispatcher {
     pub stopping: AtomicBool,
     /// Fetch failures and successes are reported here, for `/health`.
     pub connection: Arc<ConnectionState>,
+    /// This group member's readiness: failing fetches and DLQ writes are reported here, for
+    /// `/health/ready`.
+    pub readiness: Readiness,
     /// Times handler attempts: real time, not Tokio's (which may be paused in tests), read
     /// from the CPU's time-stamp counter where that is reliable. Two `std::time::Instant`
     /// reads cost more than the rest of the framework's work on a message (BENCHMARKS.md).
@@ -201,6 +206,7 @@ impl Dispatcher {
                     if *failures > 0 {
                         tracing::info!(group = %self.group, "fetching again after {failures} failures");
                         self.connection.set_connected(true);
+                        self.readiness.clear("fetch");
                     }
                     *failures = 0;
                     return Some(batch);
@@ -209,6 +215,7 @@ impl Dispatcher {
                     *failures += 1;
                     self.connection.set_connected(false);
                     self.connection.record_failure();
+                    self.readiness.report("fetch", &error);
                     let wait = Duration::from_millis(100 * 2u64.pow((*failures).min(8)))
                         .min(Duration::from_secs(30));
                     tracing::warn!(group = %self.group, %error, ?wait, "fetching failed; retrying");
@@ -605,6 +612,9 @@ impl Dispatcher {
     ) {
         let target = on.target;
         let limit = self.max_message_size.min(crate::dlq::MAX_RECORD_BYTES);
+        // A replayed message that failed again keeps its first failure and counts replays.
+        let first = FirstFailure::of(message);
+        let first_failure_at = first.as_ref().map_or(first_failure_at, |f| f.at);
         let record = DeadLetterRecord {
             version: RECORD_VERSION,
             original: OriginalMessage::capture_within(message, limit),
@@ -624,13 +634,20 @@ impl Dispatcher {
             source: self.source.clone(),
             trace_id: message.header(header::TRACE_ID).map(str::to_owned),
             dead_lettered_at: Utc::now(),
+            id: Some(uuid::Uuid::now_v7().to_string()),
+            replays: replays_of(message),
+            first_error: first.map(|f| f.error),
         };
         let out = record.to_message_within(&target.dlq_topic, limit);
         let mut wait = Duration::from_millis(100);
         loop {
             match self.broker.publish(out.clone()).await {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.readiness.clear("dlq");
+                    break;
+                }
                 Err(publish_error) => {
+                    self.readiness.report("dlq", &publish_error);
                     tracing::error!(dlq = %target.dlq_topic, error = %publish_error, ?wait, "writing the DLQ record failed; retrying before acknowledging");
                     tokio::select! {
                         biased;

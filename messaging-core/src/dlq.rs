@@ -77,6 +77,48 @@ pub struct DeadLetterRecord {
     /// When the record was written.
     #[serde(with = "rfc3339")]
     pub dead_lettered_at: DateTime<Utc>,
+    /// The record's own id (a UUID v7), for `dlq replay --id`; absent in records written
+    /// before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// How many times the message was replayed from a DLQ before this record was written.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replays: u32,
+    /// After a replay: the failure that first dead-lettered the message (`error` is the
+    /// latest one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<RecordedError>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The failure that first dead-lettered a message, carried across replays in the
+/// [`header::FIRST_FAILURE`] header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirstFailure {
+    /// When the first attempt failed.
+    #[serde(with = "rfc3339")]
+    pub at: DateTime<Utc>,
+    /// What failed then.
+    #[serde(flatten)]
+    pub error: RecordedError,
+}
+
+impl FirstFailure {
+    /// What a replayed message says of its first failure, if it says anything readable.
+    pub fn of(message: &Message) -> Option<Self> {
+        serde_json::from_str(message.header(header::FIRST_FAILURE)?).ok()
+    }
+}
+
+/// How many times a message was replayed (its [`header::REPLAYED`] header; 0 if never).
+pub fn replays_of(message: &Message) -> u32 {
+    message
+        .header(header::REPLAYED)
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The original message inside a [`DeadLetterRecord`].
@@ -181,7 +223,8 @@ impl OriginalMessage {
     }
 
     /// The message to re-publish on replay: same topic, key, body and headers, the attempt
-    /// count reset and the replay marked.
+    /// count reset and the replay marked (as a first replay; [`DeadLetterRecord::to_replay`]
+    /// counts the record's earlier ones).
     pub fn to_replay(&self) -> Result<OutgoingMessage, ReplayError> {
         if self.truncated {
             return Err(ReplayError::Truncated {
@@ -210,6 +253,27 @@ pub struct RecordedError {
 }
 
 impl DeadLetterRecord {
+    /// The message to re-publish on replay ([`OriginalMessage::to_replay`]), carrying the
+    /// replay count (this record's `replays` + 1) and the first failure, so that a record
+    /// written if it fails again says both.
+    pub fn to_replay(&self) -> Result<OutgoingMessage, ReplayError> {
+        let mut out = self.original.to_replay()?;
+        out.headers
+            .insert(header::REPLAYED, (self.replays + 1).to_string());
+        let first = FirstFailure {
+            at: self.first_failure_at,
+            error: self
+                .first_error
+                .clone()
+                .unwrap_or_else(|| self.error.clone()),
+        };
+        out.headers.insert(
+            header::FIRST_FAILURE,
+            serde_json::to_string(&first).expect("a failure always serializes"),
+        );
+        Ok(out)
+    }
+
     /// The record as the message to publish on `dlq_topic`, within [`MAX_RECORD_BYTES`].
     pub fn to_message(&self, dlq_topic: &str) -> OutgoingMessage {
         self.to_message_within(dlq_topic, MAX_RECORD_BYTES)
@@ -292,7 +356,31 @@ mod tests {
             source: "svc".into(),
             trace_id: None,
             dead_lettered_at: now,
+            id: Some("0190c0e2-0000-7000-8000-000000000000".into()),
+            replays: 0,
+            first_error: None,
         }
+    }
+
+    #[test]
+    fn a_replay_counts_and_keeps_the_first_failure() {
+        let mut r = record(b"{}");
+        r.replays = 2;
+        let replay = r.to_replay().unwrap();
+        assert_eq!(replay.headers.get(header::REPLAYED), Some("3"));
+        let mut back = Message::new("orders.created", &b"{}"[..]);
+        back.headers = replay.headers.clone();
+        assert_eq!(replays_of(&back), 3);
+        let first = FirstFailure::of(&back).unwrap();
+        assert_eq!(first.error.message, "boom");
+        assert_eq!(first.at, r.first_failure_at);
+        // Old records, without the new fields, still parse.
+        let mut json = serde_json::to_value(&r).unwrap();
+        for field in ["id", "replays", "first_error"] {
+            json.as_object_mut().unwrap().remove(field);
+        }
+        let old = DeadLetterRecord::from_bytes(json.to_string().as_bytes()).unwrap();
+        assert_eq!((old.id, old.replays, old.first_error), (None, 0, None));
     }
 
     #[test]

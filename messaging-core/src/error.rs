@@ -59,6 +59,15 @@ pub enum BrokerError {
     /// The consumer or broker was closed.
     #[error("{broker}: closed")]
     Closed { broker: &'static str },
+    /// A setting that can never work (a malformed URL, an unknown client property): no
+    /// retry can fix it, so the connection loop gives up at once.
+    #[error("{broker}: invalid `{variable}`: {message}")]
+    Config {
+        broker: &'static str,
+        /// The variable (or `Config` field) to fix, e.g. `REDIS_URL`.
+        variable: String,
+        message: String,
+    },
 }
 
 impl BrokerError {
@@ -73,6 +82,24 @@ impl BrokerError {
             operation,
             source: source.into(),
         }
+    }
+
+    /// Shorthand for [`BrokerError::Config`].
+    pub fn config(
+        broker: &'static str,
+        variable: impl Into<String>,
+        message: impl fmt::Display,
+    ) -> Self {
+        Self::Config {
+            broker,
+            variable: variable.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// Whether this is a configuration error that no retry can fix.
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Config { .. })
     }
 
     /// Shorthand for [`BrokerError::Connection`].

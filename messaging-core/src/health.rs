@@ -1,7 +1,9 @@
-//! `GET /health` and `GET /metrics` for the consumer (`--health-addr`), on axum.
+//! `GET /health`, `GET /health/live`, `GET /health/ready` and `GET /metrics` for the
+//! consumer (`--health-addr`), on axum.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -23,14 +25,46 @@ pub struct Health {
     pub enabled: bool,
     /// Handlers this process runs.
     pub handlers: usize,
-    /// The connection loop's state.
+    /// The connection loop's state, and each group's readiness.
     pub connection: Arc<ConnectionState>,
+    /// How long a group may fail to fetch, or to write DLQ records, before it counts as
+    /// not ready.
+    pub stall_after: Duration,
+}
+
+impl Health {
+    /// Why the service is not ready, one line each; empty when it is: connected, and every
+    /// group consuming with nothing failing for longer than `stall_after`.
+    pub fn not_ready(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if !self.enabled {
+            return reasons;
+        }
+        if !self.connection.is_connected() {
+            reasons.push("broker: not connected".to_owned());
+        }
+        let groups = self.connection.groups();
+        if groups.is_empty() && self.handlers > 0 {
+            reasons.push("no group subscribed yet".to_owned());
+        }
+        for (group, readiness) in groups {
+            if !readiness.is_ready() {
+                reasons.push(format!("group {group}: not consuming yet (joining)"));
+            }
+            for problem in readiness.problems_older_than(self.stall_after) {
+                reasons.push(format!("group {group}: {problem}"));
+            }
+        }
+        reasons
+    }
 }
 
 /// The routes.
 pub fn router(health: Arc<Health>) -> axum::Router {
     axum::Router::new()
         .route("/health", get(health_handler))
+        .route("/health/live", get(live_handler))
+        .route("/health/ready", get(ready_handler))
         .route("/metrics", get(metrics_handler))
         .with_state(health)
 }
@@ -43,9 +77,12 @@ async fn health_handler(State(health): State<Arc<Health>>) -> impl IntoResponse 
         (false, true) => "cooling_down",
         (false, false) => "connecting",
     };
+    let not_ready = health.not_ready();
     let body = serde_json::json!({
         "broker": health.backend,
         "status": status,
+        "ready": not_ready.is_empty(),
+        "not_ready": not_ready,
         "in_cooldown": c.in_cooldown(),
         "retry_count": c.retry_count(),
         "enabled": health.enabled,
@@ -58,6 +95,26 @@ async fn health_handler(State(health): State<Arc<Health>>) -> impl IntoResponse 
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body))
+}
+
+/// 200 while the process serves at all.
+async fn live_handler() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "live"}))
+}
+
+/// 200 only when every group is consuming and nothing has been failing for long; else 503
+/// with the reasons.
+async fn ready_handler(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let not_ready = health.not_ready();
+    let code = if not_ready.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(serde_json::json!({"ready": not_ready.is_empty(), "not_ready": not_ready})),
+    )
 }
 
 async fn metrics_handler() -> impl IntoResponse {

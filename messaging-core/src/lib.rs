@@ -27,7 +27,8 @@ pub mod testing;
 pub mod trace;
 
 pub use broker::{
-    Acker, Broker, BrokerFactory, Consumer, StartFrom, Subscription, linked_backends,
+    Acker, Broker, BrokerFactory, Consumer, DlqSnapshot, Readiness, StartFrom, Subscription,
+    linked_backends,
 };
 pub use config::{Config, configure_messaging, current_config};
 pub use disabled::DisabledBroker;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tokio::sync::Notify;
 
-use crate::broker::{Acker, Broker, BrokerFactory, Consumer, StartFrom, Subscription};
+use crate::broker::{Acker, Broker, BrokerFactory, Consumer, DlqSnapshot, StartFrom, Subscription};
 use crate::error::BrokerError;
 use crate::handler::BoxFuture;
 use crate::message::{Message, OutgoingMessage, Position, TopicName};
@@ -55,6 +55,8 @@ struct Topic {
     /// The name every message of the topic shares.
     name: TopicName,
     log: Vec<Arc<Message>>,
+    /// Offsets taken out by a DLQ replay: no longer listed nor replayed.
+    removed: BTreeSet<usize>,
     /// One cursor per group, shared by the group's consumers; locked on its own so that
     /// acknowledgements do not take the broker-wide lock.
     groups: HashMap<String, SharedCursor>,
@@ -67,6 +69,7 @@ impl Topic {
         Self {
             name: name.into(),
             log: Vec::new(),
+            removed: BTreeSet::new(),
             groups: HashMap::new(),
             waiters: HashMap::new(),
         }
@@ -251,6 +254,23 @@ impl MemoryBroker {
             .unwrap_or_default()
     }
 
+    /// The messages of `topic` that a DLQ replay has not taken out, in order: what
+    /// `consumer dlq list` shows.
+    pub fn waiting(&self, topic: &str) -> Vec<Arc<Message>> {
+        self.state()
+            .topics
+            .get(topic)
+            .map(|t| {
+                t.log
+                    .iter()
+                    .enumerate()
+                    .filter(|(offset, _)| !t.removed.contains(offset))
+                    .map(|(_, m)| Arc::clone(m))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Whether every group has received and acknowledged everything on its topics.
     pub fn is_idle(&self) -> bool {
         self.state()
@@ -416,12 +436,59 @@ impl Broker for MemoryBroker {
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<Message>, BrokerError>> {
         let messages = self
-            .messages(topic)
+            .waiting(topic)
             .into_iter()
             .take(limit)
             .map(|m| (*m).clone())
             .collect();
         Box::pin(async move { Ok(messages) })
+    }
+
+    fn dlq_snapshot<'a>(
+        &'a self,
+        topic: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Box<dyn DlqSnapshot>, BrokerError>> {
+        let records = self
+            .waiting(topic)
+            .into_iter()
+            .take(limit)
+            .map(|m| (*m).clone())
+            .collect();
+        let snapshot = MemorySnapshot {
+            broker: self.clone(),
+            topic: topic.to_owned(),
+            records,
+        };
+        Box::pin(async move { Ok(Box::new(snapshot) as Box<dyn DlqSnapshot>) })
+    }
+}
+
+/// A replay's records: the replayed ones are taken out of the topic's listing.
+struct MemorySnapshot {
+    broker: MemoryBroker,
+    topic: String,
+    records: Vec<Message>,
+}
+
+impl DlqSnapshot for MemorySnapshot {
+    fn records(&self) -> &[Message] {
+        &self.records
+    }
+
+    fn settle(
+        self: Box<Self>,
+        replayed: Vec<usize>,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        if let Some(topic) = self.broker.state().topics.get_mut(&self.topic) {
+            for index in replayed {
+                if let Some(Position::Offset(offset)) = self.records.get(index).map(|m| &m.position)
+                {
+                    topic.removed.insert(*offset as usize);
+                }
+            }
+        }
+        Box::pin(async { Ok(()) })
     }
 }
 

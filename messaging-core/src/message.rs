@@ -20,8 +20,12 @@ pub mod header {
     pub const ATTEMPT: &str = "x-messaging-attempt";
     /// The message key, for brokers that have no native key (RabbitMQ, Redis).
     pub const KEY: &str = "x-message-key";
-    /// Set on a message re-published from a dead-letter queue.
+    /// Set on a message re-published from a dead-letter queue: how many times it has been
+    /// replayed (1 after the first replay).
     pub const REPLAYED: &str = "x-messaging-replayed";
+    /// Set on a replayed message: the failure that first dead-lettered it (JSON:
+    /// `{"at":…,"kind":…,"message":…}`), kept by the record written if it fails again.
+    pub const FIRST_FAILURE: &str = "x-messaging-first-failure";
 }
 
 pub use crate::headers::Headers;

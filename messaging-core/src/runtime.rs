@@ -9,7 +9,9 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{Broker, ConnectionState, StartFrom, Subscription, connect_with_retry};
+use crate::broker::{
+    Broker, ConnectionState, Consumer, Readiness, StartFrom, Subscription, connect_with_retry,
+};
 use crate::config::{Config, try_current_config};
 use crate::dispatch::{Dispatcher, Route, Target};
 use crate::error::Error;
@@ -195,6 +197,26 @@ impl RuntimeBuilder {
         Ok(handlers)
     }
 
+    /// What `handlers` need from `State<T>` that was not registered, as "`handler` needs
+    /// `State<T>`" (a `#[consumer]` type's own instance counts as registered).
+    pub fn missing_states(&self, handlers: &[HandlerSpec]) -> Vec<String> {
+        let made: BTreeSet<TypeId> = handlers
+            .iter()
+            .filter_map(|h| h.instance.map(|make| make().0))
+            .collect();
+        handlers
+            .iter()
+            .flat_map(|h| {
+                h.requires
+                    .iter()
+                    .filter(|r| !self.states.contains_key(&r.type_id) && !made.contains(&r.type_id))
+                    .map(move |r| format!("`{}` needs `State<{}>`", h.qualified_name, r.type_name))
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
     /// Connects (with the retry loop when the broker comes from configuration), checks the
     /// handlers, subscribes every group and starts dispatching.
     pub async fn start(self) -> Result<Runtime, Error> {
@@ -205,27 +227,19 @@ impl RuntimeBuilder {
         let handlers = self.selected_handlers()?;
         let plans = plan(&handlers)?;
 
+        let missing = self.missing_states(&handlers);
+        if !missing.is_empty() {
+            return Err(Error::Registry(format!(
+                "{}; register the values with `.state(value)` before starting",
+                missing.join(", ")
+            )));
+        }
         let mut states = self.states;
         for h in &handlers {
             if let Some(make) = h.instance {
                 let (id, value) = make();
                 states.entry(id).or_insert(value);
             }
-        }
-        let missing: BTreeSet<String> = handlers
-            .iter()
-            .flat_map(|h| {
-                h.requires
-                    .iter()
-                    .filter(|r| !states.contains_key(&r.type_id))
-                    .map(move |r| format!("`{}` needs `State<{}>`", h.qualified_name, r.type_name))
-            })
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::Registry(format!(
-                "{}; register the values with `.state(value)` before starting",
-                missing.into_iter().collect::<Vec<_>>().join(", ")
-            )));
         }
 
         let from_config = self.broker.is_none();
@@ -282,31 +296,43 @@ impl RuntimeBuilder {
                     (topic.clone(), route)
                 })
                 .collect();
-            let consumer = broker
-                .subscribe(Subscription {
-                    group: group.group.clone(),
-                    topics: group.topics.clone(),
-                    start: self.start,
-                    prefetch: self.batch_size.max(concurrency),
-                })
-                .await?;
-            tracing::info!(group = %group.group, topics = ?group.topics, backend = broker.name(), "consuming");
-            let dispatcher = Arc::new(Dispatcher {
+            let subscription = Subscription {
+                group: group.group.clone(),
+                topics: group.topics.clone(),
+                start: self.start,
+                prefetch: self.batch_size.max(concurrency),
+            };
+            let dispatcher = DispatcherParts {
                 group: group.group,
                 routes,
                 context: Arc::clone(&context),
                 broker: Arc::clone(&broker),
-                acker: consumer.acker(),
                 source: config.source.clone(),
                 concurrency,
                 batch_size: self.batch_size,
                 max_message_size: config.max_message_size,
                 shutdown: shutdown.clone(),
-                stopping: Default::default(),
                 connection: Arc::clone(&self.connection),
-                clock: crate::dispatch::handler_clock(),
-            });
-            tasks.spawn(dispatcher.run(consumer));
+            };
+            match broker.subscribe(subscription.clone()).await {
+                Ok(consumer) => {
+                    // Known to `/health/ready` before the task first runs.
+                    self.connection
+                        .set_group(&dispatcher.group, consumer.readiness());
+                    tasks.spawn(dispatcher.run(consumer));
+                }
+                // One group that cannot subscribe (a key of the wrong type, a queue that
+                // cannot be declared) does not stop the others: it is reported and retried.
+                Err(error) if !error.is_config() => {
+                    tracing::error!(group = %subscription.group, topics = ?subscription.topics, %error, "cannot subscribe; retrying in the background");
+                    let readiness = Readiness::pending();
+                    readiness.report("subscribe", &error);
+                    self.connection
+                        .set_group(&subscription.group, readiness.clone());
+                    tasks.spawn(dispatcher.subscribe_and_run(subscription, readiness));
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
         Ok(Runtime {
             broker,
@@ -398,6 +424,73 @@ impl Runtime {
         }
         self.producer.flush_within(self.shutdown_timeout).await?;
         Ok(())
+    }
+}
+
+/// What a group's [`Dispatcher`] is made of, before its consumer exists.
+struct DispatcherParts {
+    group: String,
+    routes: Vec<(String, Route)>,
+    context: Arc<Context>,
+    broker: Arc<dyn Broker>,
+    source: String,
+    concurrency: usize,
+    batch_size: usize,
+    max_message_size: usize,
+    shutdown: CancellationToken,
+    connection: Arc<ConnectionState>,
+}
+
+impl DispatcherParts {
+    /// Dispatches what `consumer` fetches until shutdown.
+    async fn run(self, consumer: Box<dyn Consumer>) {
+        let readiness = consumer.readiness();
+        self.connection.set_group(&self.group, readiness.clone());
+        if readiness.is_ready() {
+            tracing::info!(group = %self.group, backend = self.broker.name(), "consuming");
+        } else {
+            tracing::info!(group = %self.group, backend = self.broker.name(), "joining the group");
+        }
+        let dispatcher = Arc::new(Dispatcher {
+            group: self.group,
+            routes: self.routes,
+            context: self.context,
+            broker: self.broker,
+            acker: consumer.acker(),
+            source: self.source,
+            concurrency: self.concurrency,
+            batch_size: self.batch_size,
+            max_message_size: self.max_message_size,
+            shutdown: self.shutdown,
+            stopping: Default::default(),
+            connection: self.connection,
+            readiness,
+            clock: crate::dispatch::handler_clock(),
+        });
+        dispatcher.run(consumer).await;
+    }
+
+    /// Subscribes again and again, with back-off, until it works or shutdown; then runs.
+    async fn subscribe_and_run(self, subscription: Subscription, readiness: Readiness) {
+        let mut wait = Duration::from_secs(1);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            match self.broker.subscribe(subscription.clone()).await {
+                Ok(consumer) => {
+                    tracing::info!(group = %self.group, "subscribed after failing");
+                    return self.run(consumer).await;
+                }
+                Err(error) => {
+                    readiness.report("subscribe", &error);
+                    tracing::warn!(group = %self.group, %error, ?wait, "cannot subscribe; retrying");
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
     }
 }
 

@@ -142,7 +142,7 @@ impl TestHarness {
     /// The DLQ records on a DLQ topic named explicitly.
     pub fn dlq_topic(&self, dlq_topic: &str) -> Vec<DeadLetterRecord> {
         self.broker
-            .messages(dlq_topic)
+            .waiting(dlq_topic)
             .iter()
             .map(|m| {
                 DeadLetterRecord::from_bytes(&m.payload).expect("a DLQ topic holds DLQ records")
