@@ -23,6 +23,7 @@ use crate::error::Error;
 use crate::health::{self, Health};
 use crate::metrics::metrics;
 use crate::registry::{HandlerKind, HandlerSpec, check, registered_handlers};
+use crate::replay::{ReplayOptions, record_id, replay};
 use crate::retry::Backoff;
 use crate::runtime::{Runtime, RuntimeBuilder};
 
@@ -499,119 +500,31 @@ async fn dlq_list(args: DlqArgs) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A record's id for `--id`: its own, else (records written before ids existed) where the
-/// DLQ holds it.
-fn record_id(record: &DeadLetterRecord, message: &crate::message::Message) -> String {
-    record
-        .id
-        .clone()
-        .unwrap_or_else(|| message.position.to_string())
-}
-
-/// What `dlq replay` does with one record of the snapshot.
-enum Verdict {
-    Replay(crate::message::OutgoingMessage),
-    /// Left in the DLQ, with why.
-    Keep(String),
-    /// Another topic's record in a shared DLQ, or not the `--id` asked for: left alone.
-    Other,
-}
-
-fn verdict(
-    message: &crate::message::Message,
-    args: &ReplayArgs,
-    shared: bool,
-    max_replays: u32,
-) -> Verdict {
-    let record = match DeadLetterRecord::from_bytes(&message.payload) {
-        Ok(record) => record,
-        Err(error) if args.id.is_none() && !shared => {
-            return Verdict::Keep(format!("not a DLQ record ({error})"));
-        }
-        Err(_) => return Verdict::Other,
-    };
-    if (shared && record.original.topic != args.topic)
-        || args
-            .id
-            .as_ref()
-            .is_some_and(|id| *id != record_id(&record, message))
-    {
-        return Verdict::Other;
-    }
-    if record.replays >= max_replays && !args.force {
-        return Verdict::Keep(format!(
-            "replayed {} times already (the limit is {max_replays}); pass --force to replay it again",
-            record.replays
-        ));
-    }
-    match record.to_replay() {
-        Ok(out) => Verdict::Replay(out),
-        Err(error) => Verdict::Keep(error.to_string()),
-    }
-}
-
 async fn dlq_replay(args: ReplayArgs) -> Result<ExitCode, Error> {
     let config = dlq_config(args.broker.as_deref())?;
     let broker = connect_once(&config).await?;
     let dlq = dlq_of(&args.topic, &config);
-    let max_replays = args.max_replays.unwrap_or(config.dlq_max_replays);
-    // The records waiting now; what is dead-lettered meanwhile waits for the next replay.
-    let snapshot = broker.dlq_snapshot(&dlq.topic, args.limit).await?;
-    let (mut replayed, mut kept, mut others) = (Vec::new(), 0usize, 0usize);
-    let mut failure = None;
-    for (index, message) in snapshot.records().iter().enumerate() {
-        match verdict(message, &args, dlq.shared, max_replays) {
-            Verdict::Replay(out) => {
-                if args.dry_run {
-                    println!("would replay {} to {}", message.position, out.topic);
-                    replayed.push(index);
-                    continue;
-                }
-                let topic = out.topic.clone();
-                if let Err(error) = broker.publish(out).await {
-                    // What was published so far still leaves the DLQ below.
-                    failure = Some(error);
-                    break;
-                }
-                tracing::debug!(%topic, position = %message.position, "replayed");
-                replayed.push(index);
-            }
-            Verdict::Keep(why) => {
-                kept += 1;
-                eprintln!("{}: kept in the DLQ: {why}", message.position);
-            }
-            Verdict::Other => others += 1,
+    let options = ReplayOptions {
+        topic: args.topic,
+        dlq_topic: dlq.topic,
+        shared: dlq.shared,
+        limit: args.limit,
+        id: args.id,
+        dry_run: args.dry_run,
+        force: args.force,
+        max_replays: args.max_replays.unwrap_or(config.dlq_max_replays),
+    };
+    let report = replay(&*broker, &options).await?;
+    for (position, why) in &report.kept {
+        eprintln!("{position}: kept in the DLQ: {why}");
+    }
+    if options.dry_run {
+        for (position, topic) in &report.would_replay {
+            println!("would replay {position} to {topic}");
         }
     }
-    let total = snapshot.records().len();
-    let count = replayed.len();
-    if args.dry_run {
-        println!("dry run: would replay {count}, skip {kept}; nothing changed");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let unreached = total - count - kept - others;
-    // Re-published records leave the DLQ only once their copies were acknowledged.
-    snapshot.settle(replayed).await?;
-    broker.flush(Duration::from_secs(10)).await?;
-    if args.id.is_some() && count + kept == 0 {
-        return Err(Error::Config {
-            key: "--id".to_owned(),
-            message: format!(
-                "no record with id {} among the {total} waiting in {}",
-                args.id.as_deref().unwrap_or_default(),
-                dlq.topic
-            ),
-        });
-    }
-    println!(
-        "replayed {count}, skipped {kept}, left {} (from {})",
-        kept + unreached,
-        dlq.topic
-    );
-    match failure {
-        Some(error) => Err(error.into()),
-        None => Ok(ExitCode::SUCCESS),
-    }
+    println!("{report}");
+    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

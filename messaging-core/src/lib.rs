@@ -21,6 +21,7 @@ pub mod message;
 pub mod metrics;
 pub mod producer;
 pub mod registry;
+pub mod replay;
 pub mod retry;
 pub mod runtime;
 pub mod testing;
