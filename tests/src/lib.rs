@@ -48,6 +48,7 @@ macro_rules! suite {
             dead_letters_bad_payloads_at_once,
             redelivers_what_a_dropped_consumer_held,
             graceful_shutdown_finishes_in_flight_work,
+            replay_ends_while_the_handler_still_fails,
         );
     };
     (@each $connect:path; $($name:ident),* $(,)?) => {

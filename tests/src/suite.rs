@@ -816,3 +816,139 @@ pub async fn graceful_shutdown_finishes_in_flight_work(connect: Connect) {
     );
     runtime.shutdown().await.unwrap();
 }
+
+/// The DLQ records of `topic` that `dlq list` shows now.
+async fn listed(broker: &dyn Broker, dlq_topic: &str) -> Vec<DeadLetterRecord> {
+    broker
+        .browse(dlq_topic, 1_000)
+        .await
+        .expect("the DLQ can be browsed")
+        .iter()
+        .filter_map(|m| DeadLetterRecord::from_bytes(&m.payload).ok())
+        .collect()
+}
+
+/// `dlq replay` while the consumer runs and its handler still fails (issue 21): it ends
+/// within 10 s having published each of the 10 records once, the 10 come back as new records
+/// with a replay count of 1 and their first failure kept, and a truncated record that cannot
+/// be replayed stays listed.
+pub async fn replay_ends_while_the_handler_still_fails(connect: Connect) {
+    use messaging_core::replay::{ReplayOptions, replay};
+    let s = Scenario::new(connect);
+    let topic = s.topic("orders");
+    let dlq_topic = format!("{topic}.dlq");
+    let calls = Log::default();
+    let failing = HandlerSpec::new("still_fails", [topic.clone()], {
+        let calls = calls.clone();
+        move |inv: Invocation| {
+            calls.push(inv.message.header("x-messaging-replayed").is_some());
+            async move { Err::<(), _>(HandlerError::retryable("provider down")) }
+        }
+    })
+    .group(s.group("orders"))
+    .retry(RetryPolicy::new(0, Duration::from_millis(10)));
+    let runtime = s.start(vec![failing]).await;
+    let broker = s.broker().await;
+    let producer = s.producer().await;
+    for i in 0..10 {
+        producer
+            .send_with(
+                &topic,
+                &json!({"order": i}),
+                SendOptions::key(format!("k{i}")),
+            )
+            .await
+            .unwrap();
+    }
+    // A truncated record (its body was too large), as the runtime writes one.
+    let big = Message::new(topic.as_str(), vec![b'x'; 4_000]);
+    let now = chrono::Utc::now();
+    let truncated = DeadLetterRecord {
+        version: 1,
+        original: messaging_core::dlq::OriginalMessage::capture(&big),
+        error: messaging_core::dlq::RecordedError {
+            kind: FailureKind::TooLarge,
+            message: "too large".into(),
+        },
+        attempts: 1,
+        first_failure_at: now,
+        last_failure_at: now,
+        handler: "still_fails".into(),
+        group: s.group("orders"),
+        event_name: None,
+        source: "conformance".into(),
+        trace_id: None,
+        dead_lettered_at: now,
+        id: Some("truncated-1".into()),
+        replays: 0,
+        first_error: None,
+    };
+    broker
+        .publish(truncated.to_message_within(&dlq_topic, 1_500))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while listed(&*broker, &dlq_topic).await.len() < 11 {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for 11 DLQ records"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let options = ReplayOptions::new(&topic, &dlq_topic);
+    let started = Instant::now();
+    let report = tokio::time::timeout(Duration::from_secs(10), replay(&*broker, &options))
+        .await
+        .expect("replay ends within 10 s while the handler still fails")
+        .expect("replay works");
+    assert_eq!(report.replayed, 10, "{report}");
+    assert_eq!(
+        report.kept.len(),
+        1,
+        "the truncated record is kept: {report}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The handler fails again: each replayed message comes back once, replay count 1.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let records = listed(&*broker, &dlq_topic).await;
+        let replayed: Vec<_> = records.iter().filter(|r| r.replays == 1).collect();
+        if replayed.len() == 10 {
+            assert_eq!(records.len(), 11, "10 records back, the truncated one kept");
+            assert!(records.iter().any(|r| r.original.truncated));
+            for r in replayed {
+                let first = r.first_error.as_ref().expect("the first failure is kept");
+                assert_eq!(first.message, "provider down");
+                assert!(r.first_failure_at <= r.last_failure_at);
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for 10 replayed records; listed: {:?}",
+            records
+                .iter()
+                .map(|r| (r.replays, r.original.truncated))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let replayed_calls = calls.all().into_iter().filter(|replayed| *replayed).count();
+    assert_eq!(replayed_calls, 10, "each record was published once");
+
+    // A second replay takes only what waits now; a dry run changes nothing.
+    let dry = replay(
+        &*broker,
+        &ReplayOptions {
+            dry_run: true,
+            ..options.clone()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(dry.replayed, 10);
+    assert_eq!(listed(&*broker, &dlq_topic).await.len(), 11);
+    runtime.shutdown().await.unwrap();
+}

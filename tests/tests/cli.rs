@@ -19,6 +19,8 @@ use messaging_redis::RedisBroker;
 const REDIS: &str = "redis://127.0.0.1:6379/0";
 const FIXTURE: &str = env!("CARGO_BIN_EXE_fixture_consumer");
 const DUPLICATES: &str = env!("CARGO_BIN_EXE_fixture_duplicates");
+const NEEDS_STATE: &str = env!("CARGO_BIN_EXE_fixture_needs_state");
+const EMPTY: &str = env!("CARGO_BIN_EXE_fixture_empty");
 
 /// Names and files of one test.
 struct Fixture {
@@ -437,6 +439,11 @@ async fn health_is_503_while_the_broker_is_down_then_200_and_the_backlog_is_hand
     .await;
     let (_, body) = first.unwrap();
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["ready"], false, "{json}");
+    assert_eq!(get(health, "/health/live").map(|(s, _)| s), Some(200));
+    let (status, ready) = get(health, "/health/ready").unwrap();
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("not connected"), "{ready}");
     assert_eq!(json["broker"], "redis");
     assert_eq!(json["enabled"], true);
     assert_eq!(json["handlers"], 1);
@@ -488,6 +495,15 @@ async fn health_is_503_while_the_broker_is_down_then_200_and_the_backlog_is_hand
         get(health, "/health")
             .is_some_and(|(s, b)| s == 200 && b.contains("\"status\":\"connected\""))
     })
+    .await;
+    eventually(
+        "/health/ready answering 200",
+        Duration::from_secs(30),
+        || {
+            get(health, "/health/ready")
+                .is_some_and(|(s, b)| s == 200 && b.contains("\"ready\":true"))
+        },
+    )
     .await;
     eventually("the backlog handled", Duration::from_secs(30), || {
         f.lines("record while-down") == 1
@@ -588,14 +604,7 @@ async fn metrics_move_and_dlq_replay_feeds_the_fixed_handler() {
         .command(
             FIXTURE,
             REDIS,
-            &[
-                "dlq",
-                "replay",
-                "--topic",
-                &f.topic("fixable"),
-                "--idle",
-                "2s",
-            ],
+            &["dlq", "replay", "--topic", &f.topic("fixable")],
         )
         .output()
         .unwrap();
@@ -605,7 +614,7 @@ async fn metrics_move_and_dlq_replay_feeds_the_fixed_handler() {
         String::from_utf8_lossy(&replay.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&replay.stdout).contains("replayed 1 records"),
+        String::from_utf8_lossy(&replay.stdout).contains("replayed 1, skipped 0, left 0"),
         "{}",
         String::from_utf8_lossy(&replay.stdout)
     );
@@ -619,19 +628,12 @@ async fn metrics_move_and_dlq_replay_feeds_the_fixed_handler() {
         .command(
             FIXTURE,
             REDIS,
-            &[
-                "dlq",
-                "replay",
-                "--topic",
-                &f.topic("fixable"),
-                "--idle",
-                "1s",
-            ],
+            &["dlq", "replay", "--topic", &f.topic("fixable")],
         )
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&again.stdout).contains("replayed 0 records"),
+        String::from_utf8_lossy(&again.stdout).contains("replayed 0, skipped 0, left 0"),
         "a record was replayed twice"
     );
     consumer.signal("-TERM");
@@ -687,16 +689,19 @@ async fn a_global_dlq_topic_is_replayed_per_original_topic() {
     assert_eq!(listed.lines().count(), 1, "{listed}");
     assert!(listed.contains(&b), "{listed}");
 
-    let replayed = run(&["dlq", "replay", "--topic", &a, "--idle", "2s"]);
+    let replayed = run(&["dlq", "replay", "--topic", &a]);
     assert!(
-        replayed.contains("replayed 2 records of") && replayed.contains("1 of other topics"),
+        replayed.contains("replayed 2, skipped 0, left 0"),
         "{replayed}"
     );
-    // beta's record was passed over by alpha's replay, not consumed: its own replay gets it.
-    let replayed = run(&["dlq", "replay", "--topic", &b, "--idle", "2s"]);
-    assert!(replayed.contains("replayed 1 records of"), "{replayed}");
-    let again = run(&["dlq", "replay", "--topic", &a, "--idle", "2s"]);
-    assert!(again.contains("replayed 0 records of"), "{again}");
+    // beta's record was passed over by alpha's replay, not taken: its own replay gets it.
+    let replayed = run(&["dlq", "replay", "--topic", &b]);
+    assert!(
+        replayed.contains("replayed 1, skipped 0, left 0"),
+        "{replayed}"
+    );
+    let again = run(&["dlq", "replay", "--topic", &a]);
+    assert!(again.contains("replayed 0, skipped 0, left 0"), "{again}");
 
     let bodies = |topic: &str| {
         let broker = broker.clone();
@@ -715,4 +720,123 @@ async fn a_global_dlq_topic_is_replayed_per_original_topic() {
     };
     assert_eq!(bodies(&a).await, ["a-1", "a-2"]);
     assert_eq!(bodies(&b).await, ["b-1"]);
+}
+
+/// Runs `binary` with `args` and the environment given (and no `MESSAGING_*`/`REDIS_URL` of
+/// the test's own), waiting at most 10 s.
+fn run_plain(
+    binary: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (ExitStatus, String, String, Duration) {
+    let started = Instant::now();
+    let mut command = Command::new(binary);
+    command.args(args).env("RUST_LOG", "info");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("MESSAGING_")
+            || key.starts_with("REDIS_")
+            || key.starts_with("KAFKA_")
+            || key.starts_with("RABBITMQ_")
+        {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = started + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{binary} {args:?} did not exit within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = started.elapsed();
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status, out, err, elapsed)
+}
+
+#[test]
+fn check_fails_on_a_missing_state_and_names_it() {
+    let (status, out, err, _) = run_plain(NEEDS_STATE, &["check"], &[]);
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(
+        out.contains("needs `State<") && out.contains("Db>`"),
+        "{out}"
+    );
+    assert!(out.contains(".state("), "says how to register it: {out}");
+}
+
+#[test]
+fn a_consumer_with_no_handler_exits_1_and_names_the_fix() {
+    let (status, out, err, _) = run_plain(
+        EMPTY,
+        &[],
+        &[("MESSAGING_BACKEND", "redis"), ("REDIS_URL", REDIS)],
+    );
+    assert_eq!(status.code(), Some(1), "{out}{err}");
+    assert!(err.contains("no handler is linked"), "{err}");
+    assert!(err.contains("main!"), "names the fix: {err}");
+    let (status, out, _, _) = run_plain(EMPTY, &["check"], &[]);
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("no handler is linked"), "{out}");
+}
+
+#[test]
+fn dlq_commands_refuse_the_memory_broker_unless_it_is_named() {
+    let (status, _, err, _) = run_plain(FIXTURE, &["dlq", "list", "--topic", "t"], &[]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("MESSAGING_BACKEND"), "{err}");
+    let (status, _, err, _) = run_plain(FIXTURE, &["dlq", "replay", "--topic", "t"], &[]);
+    assert_eq!(status.code(), Some(1), "{err}");
+    let (status, _, err, _) = run_plain(
+        FIXTURE,
+        &["dlq", "list", "--topic", "t", "--broker", "memory"],
+        &[],
+    );
+    assert!(status.success(), "{err}");
+}
+
+#[test]
+fn malformed_redis_settings_fail_at_once_naming_the_variable() {
+    for url in [
+        "redis://127.0.0.1:6379/0?maxlen=notanumber",
+        "not-a-url",
+        "redis://127.0.0.1:99999/0",
+        "redis://127.0.0.1:6379/abc",
+        "http://127.0.0.1:6379/0",
+        "",
+    ] {
+        let (status, out, err, took) = run_plain(
+            FIXTURE,
+            &[],
+            &[("MESSAGING_BACKEND", "redis"), ("REDIS_URL", url)],
+        );
+        assert_eq!(status.code(), Some(1), "REDIS_URL={url:?}: {out}{err}");
+        assert!(
+            took < Duration::from_secs(2),
+            "REDIS_URL={url:?} took {took:?}"
+        );
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("REDIS_URL")).collect();
+        assert_eq!(lines.len(), 1, "one line naming REDIS_URL={url:?}:\n{err}");
+    }
 }

@@ -28,6 +28,11 @@ fn body(inv: &Invocation) -> String {
 
 fn main() -> ExitCode {
     use messaging_redis as _;
+    // Linked when built with them, for the configuration tests of every broker.
+    #[cfg(feature = "kafka")]
+    use messaging_kafka as _;
+    #[cfg(feature = "rabbitmq")]
+    use messaging_rabbit as _;
     let prefix = std::env::var("FIXTURE_PREFIX").unwrap_or_else(|_| "fixture".to_owned());
     let slow_ms: u64 = std::env::var("FIXTURE_SLOW_MS")
         .ok()
