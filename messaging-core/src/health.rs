@@ -47,15 +47,28 @@ impl Health {
         if groups.is_empty() && self.handlers > 0 {
             reasons.push("no group subscribed yet".to_owned());
         }
-        for (group, readiness) in groups {
+        for (group, readiness) in &groups {
             if !readiness.is_ready() {
                 reasons.push(format!("group {group}: not consuming yet (joining)"));
             }
-            for problem in readiness.problems_older_than(self.stall_after) {
-                reasons.push(format!("group {group}: {problem}"));
-            }
         }
+        reasons.extend(self.stalled());
         reasons
+    }
+
+    /// The groups that have failed to fetch, or to write DLQ records, for longer than
+    /// `stall_after`, with why.
+    pub fn stalled(&self) -> Vec<String> {
+        self.connection
+            .groups()
+            .iter()
+            .flat_map(|(group, readiness)| {
+                readiness
+                    .problems_older_than(self.stall_after)
+                    .into_iter()
+                    .map(move |problem| format!("group {group}: {problem}"))
+            })
+            .collect()
     }
 }
 
@@ -72,12 +85,14 @@ pub fn router(health: Arc<Health>) -> axum::Router {
 async fn health_handler(State(health): State<Arc<Health>>) -> impl IntoResponse {
     let c = &health.connection;
     let connected = c.is_connected();
+    let not_ready = health.not_ready();
+    let stalled = !health.stalled().is_empty();
     let status = match (connected, c.in_cooldown()) {
+        (true, _) if stalled => "stalled",
         (true, _) => "connected",
         (false, true) => "cooling_down",
         (false, false) => "connecting",
     };
-    let not_ready = health.not_ready();
     let body = serde_json::json!({
         "broker": health.backend,
         "status": status,
@@ -89,7 +104,7 @@ async fn health_handler(State(health): State<Arc<Health>>) -> impl IntoResponse 
         "handlers": health.handlers,
         "timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
     });
-    let code = if connected {
+    let code = if connected && !stalled {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -140,4 +155,45 @@ pub async fn serve(
         }
     });
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::Readiness;
+
+    fn health(stall_after: Duration) -> Health {
+        let connection = Arc::new(ConnectionState::default());
+        connection.set_connected(true);
+        Health {
+            backend: "test".into(),
+            enabled: true,
+            handlers: 1,
+            connection,
+            stall_after,
+        }
+    }
+
+    #[test]
+    fn ready_once_every_group_consumes_and_nothing_fails_for_long() {
+        let h = health(Duration::ZERO);
+        assert_eq!(h.not_ready(), ["no group subscribed yet"]);
+        let joining = Readiness::pending();
+        h.connection.set_group("billing", joining.clone());
+        assert!(h.not_ready()[0].contains("billing: not consuming yet"));
+        joining.set_ready(true);
+        assert!(h.not_ready().is_empty());
+        joining.report("dlq", "publish refused");
+        let stalled = h.stalled();
+        assert_eq!(stalled.len(), 1);
+        assert!(stalled[0].contains("dlq failing for") && stalled[0].contains("publish refused"));
+        joining.clear("dlq");
+        assert!(h.not_ready().is_empty());
+        // Under the threshold a problem is not yet a stall.
+        let patient = health(Duration::from_secs(3600));
+        let readiness = Readiness::ready();
+        readiness.report("fetch", "timed out");
+        patient.connection.set_group("g", readiness);
+        assert!(patient.not_ready().is_empty());
+    }
 }

@@ -7,14 +7,13 @@
 //!
 //! Run with: cargo test -p messaging-tests --features redis --test cli
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use messaging_core::{Broker, OutgoingMessage};
 use messaging_redis::RedisBroker;
+use messaging_tests::process::{free_addr, get, run_plain};
 
 const REDIS: &str = "redis://127.0.0.1:6379/0";
 const FIXTURE: &str = env!("CARGO_BIN_EXE_fixture_consumer");
@@ -152,32 +151,6 @@ async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// A plain HTTP GET: (status, body), or `None` when nothing listens yet.
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
 }
 
 fn pending(stream: &str, group: &str) -> u64 {
@@ -720,59 +693,6 @@ async fn a_global_dlq_topic_is_replayed_per_original_topic() {
     };
     assert_eq!(bodies(&a).await, ["a-1", "a-2"]);
     assert_eq!(bodies(&b).await, ["b-1"]);
-}
-
-/// Runs `binary` with `args` and the environment given (and no `MESSAGING_*`/`REDIS_URL` of
-/// the test's own), waiting at most 10 s.
-fn run_plain(
-    binary: &str,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> (ExitStatus, String, String, Duration) {
-    let started = Instant::now();
-    let mut command = Command::new(binary);
-    command.args(args).env("RUST_LOG", "info");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("MESSAGING_")
-            || key.starts_with("REDIS_")
-            || key.starts_with("KAFKA_")
-            || key.starts_with("RABBITMQ_")
-        {
-            command.env_remove(key);
-        }
-    }
-    command.envs(env.iter().copied());
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = started + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{binary} {args:?} did not exit within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let elapsed = started.elapsed();
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status, out, err, elapsed)
 }
 
 #[test]

@@ -1,0 +1,163 @@
+//! The operator's first day on Kafka and RabbitMQ (issue 21), with the built `consumer`: a
+//! setting that can never work ends the process at once naming its variable, `/health/ready`
+//! turns 200 on Kafka only once partitions are assigned (and a message published then is
+//! handled), and the log stays quiet while the Kafka broker is down.
+//!
+//! Needs Kafka (Tansu) on 127.0.0.1:9092 and RabbitMQ on 127.0.0.1:5672; fails, never skips,
+//! without them.
+//!
+//! Run with: cargo test -p messaging-tests --all-features --test operator
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use messaging_core::{Broker, OutgoingMessage};
+use messaging_kafka::KafkaBroker;
+use messaging_tests::process::{free_addr, get, run_plain};
+
+const FIXTURE: &str = env!("CARGO_BIN_EXE_fixture_consumer");
+const KAFKA: &str = "127.0.0.1:9092";
+
+fn assert_fails_at_once(env: &[(&str, &str)], variable: &str) {
+    let (status, out, err, took) = run_plain(FIXTURE, &[], env);
+    assert_eq!(status.code(), Some(1), "{env:?}: {out}{err}");
+    assert!(took < Duration::from_secs(2), "{env:?} took {took:?}");
+    let naming: Vec<&str> = err.lines().filter(|l| l.contains(variable)).collect();
+    assert_eq!(
+        naming.len(),
+        1,
+        "one line naming {variable} for {env:?}:\n{err}"
+    );
+}
+
+#[test]
+fn malformed_kafka_settings_fail_at_once_naming_the_variable() {
+    let kafka = [
+        ("MESSAGING_BACKEND", "kafka"),
+        ("KAFKA_BOOTSTRAP_SERVERS", KAFKA),
+    ];
+    for (variable, value) in [
+        ("KAFKA_CONFIG_NO_SUCH_PROPERTY", "1"),
+        ("KAFKA_CONFIG_SESSION_TIMEOUT_MS", "banana"),
+    ] {
+        let mut env = kafka.to_vec();
+        env.push((variable, value));
+        assert_fails_at_once(&env, variable);
+    }
+    assert_fails_at_once(
+        &[
+            ("MESSAGING_BACKEND", "kafka"),
+            ("KAFKA_BOOTSTRAP_SERVERS", ""),
+        ],
+        "KAFKA_BOOTSTRAP_SERVERS",
+    );
+}
+
+#[test]
+fn malformed_rabbitmq_settings_fail_at_once_naming_the_variable() {
+    for url in [
+        "not a url",
+        "http://guest:guest@127.0.0.1:5672/%2f",
+        "amqp://guest:guest@127.0.0.1:5672/no-such-vhost",
+        "",
+    ] {
+        assert_fails_at_once(
+            &[("MESSAGING_BACKEND", "rabbitmq"), ("RABBITMQ_URL", url)],
+            "RABBITMQ_URL",
+        );
+    }
+}
+
+#[tokio::test]
+async fn kafka_is_ready_only_once_assigned_and_then_handles_what_is_published() {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let prefix = format!("op-{}", &id[id.len() - 12..]);
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("handled.log");
+    let health = free_addr();
+    let out = std::fs::File::create(dir.join("consumer.out")).unwrap();
+    let topic = format!("{prefix}.record");
+    let broker = KafkaBroker::connect(KAFKA).await.unwrap_or_else(|e| {
+        panic!("Kafka is not reachable at {KAFKA} (run scripts/start-kafka.sh): {e}")
+    });
+    // The topic exists before the consumer starts, so that the group's assignment is the only
+    // thing readiness waits for.
+    broker
+        .declare_topics(std::slice::from_ref(&topic))
+        .await
+        .unwrap();
+    let mut child = Command::new(FIXTURE)
+        .args(["--topic", &topic, "--health-addr", &health.to_string()])
+        .env("MESSAGING_BACKEND", "kafka")
+        .env("KAFKA_BOOTSTRAP_SERVERS", KAFKA)
+        .env("FIXTURE_PREFIX", &prefix)
+        .env("FIXTURE_LOG", &log)
+        .env("RUST_LOG", "info")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut saw_unready = false;
+    loop {
+        match get(health, "/health/ready") {
+            Some((200, _)) => break,
+            Some((503, body)) => {
+                saw_unready = true;
+                assert!(body.contains("\"ready\":false"), "{body}");
+            }
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "/health/ready never turned 200");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_unready, "/health/ready was 200 before the assignment");
+    // Published right after readiness, with the group starting at the latest offset.
+    broker
+        .publish(OutgoingMessage::new(topic.clone(), b"just-ready".to_vec()))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("record just-ready")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the message published on readiness was not handled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let output = std::fs::read_to_string(dir.join("consumer.out")).unwrap();
+    let consuming = output.lines().position(|l| l.contains("consuming"));
+    assert!(consuming.is_some(), "no 'consuming' line:\n{output}");
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+#[test]
+fn the_log_stays_quiet_while_kafka_is_down() {
+    let down = free_addr().to_string();
+    let mut child = Command::new(FIXTURE)
+        .env("MESSAGING_BACKEND", "kafka")
+        .env("KAFKA_BOOTSTRAP_SERVERS", &down)
+        .env("MESSAGING_CONNECT_RETRY_DELAY", "1s")
+        .env("RUST_LOG", "info")
+        .env("FIXTURE_LOG", "/dev/null")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(30));
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    let lines = log.lines().count();
+    assert!(
+        lines <= 10,
+        "{lines} lines in 30 s while Kafka was down:\n{log}"
+    );
+}
