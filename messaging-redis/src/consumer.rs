@@ -19,9 +19,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::acker::RedisAcker;
-use crate::broker::{Shared, create_group};
+use crate::broker::{Shared, create_group, not_a_stream};
 use crate::entry::{EntryId, RawEntry, parse_autoclaim, parse_read};
-use crate::error::{broker_error, is_connection_error, is_no_group};
+use crate::error::{broker_error, is_connection_error, is_no_group, is_wrong_type};
 
 /// This consumer within its group, shared with its acker and keeper.
 pub(crate) struct Member {
@@ -291,6 +291,9 @@ impl RedisConsumer {
                     no_group_retried = true;
                     self.recreate_groups = true;
                 }
+                // A stream key turned into another type: this group's reads fail until it is
+                // fixed (the caller retries), naming the key.
+                Err(e) if is_wrong_type(&e) => return Err(self.wrong_type(e).await),
                 Err(e) => {
                     if is_no_group(&e) {
                         self.recreate_groups = true;
@@ -303,6 +306,21 @@ impl RedisConsumer {
                 }
             }
         }
+    }
+
+    /// The error naming the first of this consumer's keys that is not a stream.
+    async fn wrong_type(&self, error: RedisError) -> BrokerError {
+        let mut conn = self.member.shared.conn();
+        for stream in &self.member.streams {
+            let kind = redis::cmd("TYPE")
+                .arg(stream)
+                .query_async::<String>(&mut conn)
+                .await;
+            if matches!(&kind, Ok(kind) if kind != "stream" && kind != "none") {
+                return not_a_stream(&mut conn, "next_batch", stream).await;
+            }
+        }
+        broker_error("next_batch", error)
     }
 
     /// One step of the read loop; what it reads lands in `ready`.

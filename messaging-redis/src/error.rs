@@ -37,6 +37,9 @@ pub enum RedisBrokerError {
         command: &'static str,
         detail: String,
     },
+    /// A key this crate reads or writes as a stream holds another type (`SET orders x`).
+    #[error("key `{key}` holds a {found}, not a stream: delete or rename it")]
+    NotAStream { key: String, found: String },
     /// A header name that the entry layout reserves.
     #[error("header `{0}` is reserved by the Redis stream entry layout")]
     ReservedHeader(String),
@@ -60,6 +63,11 @@ pub(crate) fn is_connection_error(error: &RedisError) -> bool {
 /// someone deleted the key.
 pub(crate) fn is_no_group(error: &RedisError) -> bool {
     error.code() == Some("NOGROUP")
+}
+
+/// A command met a key of another type than it works on (a string where a stream belongs).
+pub(crate) fn is_wrong_type(error: &RedisError) -> bool {
+    error.code() == Some("WRONGTYPE")
 }
 
 /// Maps a `redis` error of `operation`: connection trouble as [`BrokerError::Connection`],

@@ -80,6 +80,32 @@
 //! `consumer_prefix=orders`. They are taken off the URL before the `redis` client sees it. A
 //! password never reaches a log.
 //!
+//! A URL that can never work (it does not parse, another scheme, a port above 65535, a
+//! database that is not a number, a parameter that does not parse, an unreadable TLS file)
+//! fails `connect` at once, before any connection attempt, with `BrokerError::Config`
+//! naming `REDIS_URL`, so the consumer exits instead of retrying; a server that does not
+//! answer is a connection error, retried.
+//!
+//! With TLS, rustls uses the crypto provider installed for the process, or else the one its
+//! crate features name (ring, enabled by this crate). A service that also enables rustls'
+//! `aws-lc-rs` feature installs one itself (`CryptoProvider::install_default`) first.
+//!
+//! # Keys of another type
+//!
+//! A topic key holding something other than a stream (`SET orders.created x`) makes
+//! `subscribe` of the groups reading it, and `next_batch` of their consumers, fail with an
+//! error naming the key (not a configuration error: the runtime retries that group and
+//! the others go on). A group reading several topics fails as a whole while one of them is
+//! broken. A dead-letter key of another type is logged at start-up and fails only the
+//! records written to it.
+//!
+//! # Replaying dead letters
+//!
+//! `dlq_snapshot` reads the dead-letter stream with `XRANGE` up to its last entry at that
+//! moment (no consumer group, nothing to join); settling deletes exactly the re-published
+//! entries with `XDEL`. Truncated records, entries that are not records and records refused
+//! by the replay stay in the stream and are listed by `dlq list`.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), messaging_core::BrokerError> {
 //! use messaging_redis::RedisBroker;
