@@ -47,6 +47,34 @@ pub use runtime::{Runtime, RuntimeBuilder};
 
 pub use messaging_macros::{consumer, event, message_handler, on_event};
 
+/// The `main` of a service's consumer binary, `src/bin/consumer.rs`, in one line:
+/// `messaging_core::main!(my_service);`, or with values for `State<T>`:
+/// `messaging_core::main!(my_service, |runtime| runtime.state(my_service::Db));`
+/// (the second argument is given to [`cli::main_with`]).
+///
+/// Handlers register at link time, and a binary that never names its library crate does not
+/// link it, so the handlers that live there would be missing. This macro names the crate
+/// (`use my_service as _;`), which links it with every registration it holds, and with the
+/// broker crates that it names in turn.
+#[cfg(feature = "cli")]
+#[macro_export]
+macro_rules! main {
+    ($krate:ident $(,)?) => {
+        use $krate as _;
+
+        fn main() -> ::std::process::ExitCode {
+            $crate::cli::main()
+        }
+    };
+    ($krate:ident, $adjust:expr $(,)?) => {
+        use $krate as _;
+
+        fn main() -> ::std::process::ExitCode {
+            $crate::cli::main_with($adjust)
+        }
+    };
+}
+
 /// What a service needs in scope: the macros, the handler argument types, publishing.
 pub mod prelude {
     pub use crate::{
