@@ -224,9 +224,17 @@ fn record(original: Message) -> impl Strategy<Value = DeadLetterRecord> {
                 (handler, group, source),
                 (event_name, trace_id),
             )| {
+                // The fields a replay adds, varied from the others.
+                let first_error = (attempts % 2 == 0).then(|| RecordedError {
+                    kind,
+                    message: message.clone(),
+                });
                 DeadLetterRecord {
                     version: RECORD_VERSION,
                     original: OriginalMessage::capture(&original),
+                    id: event_name.clone(),
+                    replays: attempts % 4,
+                    first_error,
                     error: RecordedError { kind, message },
                     attempts,
                     first_failure_at: first,
@@ -414,6 +422,9 @@ proptest! {
             source: String::new(),
             trace_id: None,
             dead_lettered_at: Utc::now(),
+            id: None,
+            replays: 0,
+            first_error: None,
         };
         // Through the wire and back, as `consumer dlq replay` reads it.
         let parsed = DeadLetterRecord::from_bytes(&record.to_message("t.dlq").payload).unwrap();
