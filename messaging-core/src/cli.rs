@@ -515,12 +515,12 @@ async fn dlq_replay(args: ReplayArgs) -> Result<ExitCode, Error> {
         max_replays: args.max_replays.unwrap_or(config.dlq_max_replays),
     };
     let report = replay(&*broker, &options).await?;
-    for (position, why) in &report.kept {
-        eprintln!("{position}: kept in the DLQ: {why}");
+    for why in &report.kept {
+        eprintln!("kept in the DLQ: {why}");
     }
     if options.dry_run {
-        for (position, topic) in &report.would_replay {
-            println!("would replay {position} to {topic}");
+        for (id, topic) in &report.would_replay {
+            println!("would replay {id} to {topic}");
         }
     }
     println!("{report}");

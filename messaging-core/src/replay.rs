@@ -54,11 +54,12 @@ pub struct ReplayReport {
     pub dlq_topic: String,
     /// Records re-published (or, in a dry run, that would be).
     pub replayed: usize,
-    /// Records of the topic left in the DLQ, each with where it is and why.
-    pub kept: Vec<(String, String)>,
+    /// Records of the topic left in the DLQ, each as its id ([`record_id`], or where the
+    /// DLQ holds it when it is no record) and why.
+    pub kept: Vec<String>,
     /// Records of the topic not looked at (past `limit`, or after a failed publish).
     pub unreached: usize,
-    /// In a dry run: where each record that would be replayed is, and its topic.
+    /// In a dry run: the id of each record that would be replayed, and its topic.
     pub would_replay: Vec<(String, String)>,
     /// Whether nothing was changed.
     pub dry_run: bool,
@@ -104,7 +105,8 @@ pub fn record_id(record: &DeadLetterRecord, message: &Message) -> String {
 
 /// What a replay does with one record.
 enum Verdict {
-    Replay(OutgoingMessage),
+    /// Re-published, with the record's id.
+    Replay(String, OutgoingMessage),
     /// Left in the DLQ, with why.
     Keep(String),
     /// Another topic's record in a shared DLQ, or not the `id` asked for: left alone.
@@ -115,7 +117,7 @@ fn verdict(message: &Message, options: &ReplayOptions) -> Verdict {
     let record = match DeadLetterRecord::from_bytes(&message.payload) {
         Ok(record) => record,
         Err(error) if options.id.is_none() && !options.shared => {
-            return Verdict::Keep(format!("not a DLQ record ({error})"));
+            return Verdict::Keep(format!("{}: not a DLQ record ({error})", message.position));
         }
         Err(_) => return Verdict::Other,
     };
@@ -129,13 +131,15 @@ fn verdict(message: &Message, options: &ReplayOptions) -> Verdict {
     }
     if record.replays >= options.max_replays && !options.force {
         return Verdict::Keep(format!(
-            "replayed {} times already (the limit is {}); pass --force to replay it again",
-            record.replays, options.max_replays
+            "{}: replayed {} times already (the limit is {}); pass --force to replay it again",
+            record_id(&record, message),
+            record.replays,
+            options.max_replays
         ));
     }
     match record.to_replay() {
-        Ok(out) => Verdict::Replay(out),
-        Err(error) => Verdict::Keep(error.to_string()),
+        Ok(out) => Verdict::Replay(record_id(&record, message), out),
+        Err(error) => Verdict::Keep(format!("{}: {error}", record_id(&record, message))),
     }
 }
 
@@ -162,13 +166,11 @@ pub async fn replay(broker: &dyn Broker, options: &ReplayOptions) -> Result<Repl
             continue;
         }
         match verdict(message, options) {
-            Verdict::Replay(out) if options.dry_run => {
-                report
-                    .would_replay
-                    .push((message.position.to_string(), out.topic));
+            Verdict::Replay(id, out) if options.dry_run => {
+                report.would_replay.push((id, out.topic));
                 replayed.push(index);
             }
-            Verdict::Replay(out) => {
+            Verdict::Replay(_, out) => {
                 let topic = out.topic.clone();
                 match broker.publish(out).await {
                     Ok(()) => {
@@ -181,7 +183,7 @@ pub async fn replay(broker: &dyn Broker, options: &ReplayOptions) -> Result<Repl
                     }
                 }
             }
-            Verdict::Keep(why) => report.kept.push((message.position.to_string(), why)),
+            Verdict::Keep(why) => report.kept.push(why),
             Verdict::Other => {}
         }
     }
