@@ -1,11 +1,17 @@
 //! [`RabbitBroker`]: the core's `Broker` on RabbitMQ.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::Channel;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::types::{FieldTable, ShortString};
 use messaging_core::{
-    BoxFuture, Broker, BrokerError, Config, Consumer, Message, OutgoingMessage, Subscription,
+    BoxFuture, Broker, BrokerError, Config, Consumer, DlqSnapshot, Message, OutgoingMessage,
+    Subscription,
 };
 
 use crate::NAME;
@@ -108,9 +114,12 @@ impl RabbitBroker {
         run.await.map_err(|e| e.into_broker("delete queue"))
     }
 
-    /// Reads the kept queue of `topic` with `basic.get` and hands everything back by closing
-    /// the channel unacknowledged (so the messages return to the queue, marked redelivered).
-    async fn browse_kept(&self, topic: &str, limit: usize) -> Result<Vec<Message>, RabbitError> {
+    /// A fresh channel on the publishing connection, the kept queue of `topic` and how many
+    /// messages wait in it now; `None` when the queue was never declared (nothing kept).
+    async fn open_kept(
+        &self,
+        topic: &str,
+    ) -> Result<Option<(Channel, ShortString, usize)>, RabbitError> {
         topology::routing_key(topic)?;
         let queue = topology::topic_queue(&self.options.exchange, topic)?;
         let channel = self.publisher.side_channel().await?;
@@ -122,27 +131,147 @@ impl RabbitBroker {
             .queue_declare(queue.clone(), passive, FieldTable::default())
             .await
         {
-            Ok(_) => {}
-            // NOT_FOUND closes the side channel: never declared means nothing kept.
-            Err(error) if error.is_amqp_soft_error() => return Ok(Vec::new()),
-            Err(error) => return Err(error.into()),
+            Ok(declared) => {
+                let waiting = usize::try_from(declared.message_count()).unwrap_or(usize::MAX);
+                Ok(Some((channel, queue, waiting)))
+            }
+            // NOT_FOUND closes the side channel: never declared means nothing kept. Any other
+            // refusal (no permission on the queue) is an error, not an empty DLQ.
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(error.into()),
         }
+    }
+
+    /// Takes up to `limit` messages of the kept queue of `topic` with `basic.get`, leaving
+    /// them unacknowledged on `channel`: the broker holds them for this channel until they
+    /// are acknowledged (gone), rejected or the channel closes (both put them back).
+    async fn take_kept(
+        channel: &Channel,
+        queue: &ShortString,
+        topic: &str,
+        limit: usize,
+    ) -> Result<Vec<(Message, lapin::Acker)>, RabbitError> {
         let names = messaging_core::TopicNames::new([topic]);
-        let mut messages = Vec::new();
-        while messages.len() < limit {
+        let mut taken = Vec::new();
+        while taken.len() < limit {
             match channel
                 .basic_get(queue.clone(), BasicGetOptions::default())
                 .await?
             {
-                // Its acker is dropped unused: closing the channel returns the message.
-                Some(got) => messages.push(headers::to_message(got.delivery, &names).0),
+                Some(got) => taken.push(headers::to_message(got.delivery, &names)),
                 None => break,
             }
         }
+        Ok(taken)
+    }
+
+    /// Reads the kept queue of `topic` with `basic.get` and hands everything back by closing
+    /// the channel unacknowledged (so the messages return to the queue, marked redelivered).
+    async fn browse_kept(&self, topic: &str, limit: usize) -> Result<Vec<Message>, RabbitError> {
+        let Some((channel, queue, _)) = self.open_kept(topic).await? else {
+            return Ok(Vec::new());
+        };
+        // The ackers are dropped unused: closing the channel returns the messages.
+        let messages = Self::take_kept(&channel, &queue, topic, limit)
+            .await?
+            .into_iter()
+            .map(|(message, _)| message)
+            .collect();
         if let Err(error) = channel.close(200, "browsed".into()).await {
             tracing::debug!(%error, "closing the browsing channel failed; its connection returns the messages");
         }
         Ok(messages)
+    }
+
+    /// The records waiting in the kept queue of `topic` when this starts (its message count
+    /// then bounds how many are taken, so records dead-lettered meanwhile are left for the
+    /// next replay), at most `limit`, held unacknowledged on a channel of their own.
+    async fn snapshot_kept(
+        &self,
+        topic: &str,
+        limit: usize,
+    ) -> Result<RabbitSnapshot, RabbitError> {
+        let Some((channel, queue, waiting)) = self.open_kept(topic).await? else {
+            return Ok(RabbitSnapshot::default());
+        };
+        let (records, ackers) = Self::take_kept(&channel, &queue, topic, limit.min(waiting))
+            .await?
+            .into_iter()
+            .unzip();
+        Ok(RabbitSnapshot {
+            channel: Some(channel),
+            records,
+            ackers,
+        })
+    }
+}
+
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+    )
+}
+
+/// The records a `dlq replay` took, held unacknowledged on their own channel: `settle`
+/// acknowledges the replayed ones (they leave the queue) and rejects the others back into
+/// it. Dropped unsettled (a dry run, an error), the channel closes as lapin drops it, and
+/// the broker puts every record back where it was.
+#[derive(Default)]
+struct RabbitSnapshot {
+    /// `None` when the queue was never declared.
+    channel: Option<Channel>,
+    records: Vec<Message>,
+    /// One per record, same order.
+    ackers: Vec<lapin::Acker>,
+}
+
+impl DlqSnapshot for RabbitSnapshot {
+    fn records(&self) -> &[Message] {
+        &self.records
+    }
+
+    fn settle(
+        mut self: Box<Self>,
+        replayed: Vec<usize>,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        let channel = self.channel.take();
+        let ackers = std::mem::take(&mut self.ackers);
+        Box::pin(async move {
+            let Some(channel) = channel else {
+                return Ok(());
+            };
+            let run = async {
+                let replayed: HashSet<usize> = replayed.into_iter().collect();
+                let mut unremoved = 0;
+                for (index, acker) in ackers.iter().enumerate() {
+                    if replayed.contains(&index) {
+                        if !acker.ack(BasicAckOptions::default()).await? {
+                            unremoved += 1;
+                        }
+                    } else {
+                        // Back where it was: a record that was not re-published (truncated,
+                        // not a record, refused) is never deleted. A `false` means the
+                        // channel is closed, which puts it back as well.
+                        let back = BasicNackOptions {
+                            multiple: false,
+                            requeue: true,
+                        };
+                        acker.nack(back).await?;
+                    }
+                }
+                // The broker answers the close after it has handled the acknowledgements.
+                channel.close(200, "replay settled".into()).await?;
+                match unremoved {
+                    0 => Ok(()),
+                    _ => Err(RabbitError::NotSettled { unremoved }),
+                }
+            };
+            // On an error the channel is dropped, which returns what is still held.
+            run.await
+                .map_err(|e: RabbitError| e.into_broker("settle dlq replay"))
+        })
     }
 }
 
@@ -197,6 +326,19 @@ impl Broker for RabbitBroker {
             self.browse_kept(topic, limit)
                 .await
                 .map_err(|e| e.into_broker("browse"))
+        })
+    }
+
+    fn dlq_snapshot<'a>(
+        &'a self,
+        topic: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Box<dyn DlqSnapshot>, BrokerError>> {
+        Box::pin(async move {
+            match self.snapshot_kept(topic, limit).await {
+                Ok(snapshot) => Ok(Box::new(snapshot) as Box<dyn DlqSnapshot>),
+                Err(error) => Err(error.into_broker("dlq snapshot")),
+            }
         })
     }
 }

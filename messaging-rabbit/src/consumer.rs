@@ -1,13 +1,12 @@
 //! A group member: its own connection and channel, `basic.qos` prefetch, one `basic.consume`
-//! on the group's queue (on the kept queues for `consumer dlq replay`), manual
-//! acknowledgements. When the channel dies, `next_batch` reconnects (paced by the retry
+//! on the group's queue, manual acknowledgements. When the channel dies, `next_batch` reconnects (paced by the retry
 //! gate), declares the topology again and consumes anew; what was delivered and not
 //! acknowledged is redelivered by RabbitMQ.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures::stream::{FuturesUnordered, SelectAll};
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt as _};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
@@ -22,16 +21,13 @@ use crate::headers;
 use crate::options::RabbitOptions;
 use crate::topology;
 
-/// The group `consumer dlq replay` reads with (`messaging_core::cli::REPLAY_GROUP`, behind
-/// the core's `cli` feature, which this crate does not need; a test checks they agree).
-pub(crate) const REPLAY_GROUP: &str = "messaging-dlq-replay";
-
-/// What `subscribe` checked once: the queues to consume, each with its routing keys.
+/// What `subscribe` checked once: the group's queue and the routing keys bound to it.
 pub(crate) struct Plan {
     pub options: Arc<RabbitOptions>,
     pub subscription: Subscription,
     pub exchange: ShortString,
-    pub queues: Vec<(ShortString, Vec<ShortString>)>,
+    pub queue: ShortString,
+    pub routing_keys: Vec<ShortString>,
 }
 
 impl Plan {
@@ -44,31 +40,17 @@ impl Plan {
             .iter()
             .map(|t| topology::routing_key(t))
             .collect::<Result<_, _>>()?;
-        let queues = if subscription.group == REPLAY_GROUP {
-            // `consumer dlq replay` must read the records already kept, which a new group's
-            // queue would not hold: it drains the kept queues themselves.
-            subscription
-                .topics
-                .iter()
-                .zip(routing_keys)
-                .map(|(topic, key)| {
-                    Ok((topology::topic_queue(&options.exchange, topic)?, vec![key]))
-                })
-                .collect::<Result<_, RabbitError>>()?
-        } else {
-            let queue = topology::group_queue(&options.exchange, &subscription.group)?;
-            vec![(queue, routing_keys)]
-        };
         Ok(Self {
             exchange: topology::exchange(&options.exchange)?,
-            queues,
+            queue: topology::group_queue(&options.exchange, &subscription.group)?,
+            routing_keys,
             options,
             subscription,
         })
     }
 
-    /// Connects, declares the exchange and the queues with their bindings, sets the
-    /// prefetch and starts consuming.
+    /// Connects, declares the exchange and the queue with its bindings, sets the prefetch
+    /// and starts consuming.
     async fn open(&self) -> Result<Session, RabbitError> {
         let role = format!("consumer {}", self.subscription.group);
         let connection = connection::open(&self.options, &role).await?;
@@ -78,21 +60,22 @@ impl Plan {
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;
         topology::declare_exchange(&channel, &self.exchange).await?;
-        let mut stream = SelectAll::new();
-        for (queue, routing_keys) in &self.queues {
-            let expires = self.options.queue_expires;
-            topology::declare_bound_queue(&channel, &self.exchange, queue, routing_keys, expires)
-                .await?;
-            let consumer = channel
-                .basic_consume(
-                    queue.clone(),
-                    ShortString::default(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            stream.push(consumer);
-        }
+        topology::declare_bound_queue(
+            &channel,
+            &self.exchange,
+            &self.queue,
+            &self.routing_keys,
+            self.options.queue_expires,
+        )
+        .await?;
+        let stream = channel
+            .basic_consume(
+                self.queue.clone(),
+                ShortString::default(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
         Ok(Session {
             connection,
             _channel: channel,
@@ -105,9 +88,8 @@ struct Session {
     connection: Connection,
     /// Kept open for the deliveries' acknowledgements.
     _channel: Channel,
-    /// Deliveries of the consumed queues: the group's queue (the kept queues for
-    /// `dlq replay`).
-    stream: SelectAll<lapin::Consumer>,
+    /// Deliveries of the group's queue.
+    stream: lapin::Consumer,
 }
 
 /// Deliveries handed out and not yet acknowledged, by delivery tag, with the message as

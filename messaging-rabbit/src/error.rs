@@ -35,6 +35,19 @@ pub enum RabbitError {
     /// The channel closed before the acknowledgement went out.
     #[error("the channel closed before the acknowledgement; the broker redelivers the message")]
     ChannelClosed,
+    /// A setting that can never work: a URL that does not parse or is not `amqp://`, a
+    /// virtual host or credentials the broker refuses. No retry can fix it.
+    #[error("{0}")]
+    Config(String),
+    /// The broker accepted the TCP connection but did not complete the AMQP handshake in
+    /// time (frozen, overloaded, or not RabbitMQ): retried like an unreachable broker.
+    #[error("the broker did not complete the connection handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// A replay's acknowledgements of records it re-published did not reach the broker.
+    #[error(
+        "{unremoved} re-published records could not be removed from the DLQ (its channel closed); they stay listed and a later replay publishes them again"
+    )]
+    NotSettled { unremoved: usize },
     /// Connecting failed recently; the next attempt waits for the retry delay or cooldown.
     #[error("not connected; next connection attempt in {wait:?} (last error: {last})")]
     Waiting { wait: Duration, last: String },
@@ -47,7 +60,7 @@ impl RabbitError {
     /// Whether this says the connection (rather than the request) failed.
     pub fn is_connection(&self) -> bool {
         match self {
-            Self::Waiting { .. } | Self::ChannelClosed => true,
+            Self::Waiting { .. } | Self::ChannelClosed | Self::HandshakeTimeout(_) => true,
             Self::Amqp(error) => !error.is_amqp_soft_error(),
             _ => false,
         }
@@ -55,7 +68,9 @@ impl RabbitError {
 
     /// The core's error for this failure during `operation`.
     pub(crate) fn into_broker(self, operation: &'static str) -> BrokerError {
-        if self.is_connection() {
+        if let Self::Config(message) = self {
+            BrokerError::config(NAME, "RABBITMQ_URL", message)
+        } else if self.is_connection() {
             BrokerError::connection(NAME, self)
         } else {
             BrokerError::operation(NAME, operation, self)

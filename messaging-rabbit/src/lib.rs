@@ -22,9 +22,18 @@
 //! - [`StartFrom`](messaging_core::StartFrom) has no effect: a queue holds what was
 //!   published since it was first declared and not yet acknowledged, so a new group starts
 //!   at the latest message and an existing one where it left off, whatever is asked.
-//! - The one exception is the group of `consumer dlq replay`
-//!   (`messaging-dlq-replay`): it consumes the kept queues of
-//!   its topics directly, since the records are there, and replaying removes them.
+//!
+//! # Dead-letter replay
+//!
+//! `consumer dlq replay` takes a snapshot (`Broker::dlq_snapshot`) on a channel of its own:
+//! it reads the kept queue's message count, takes that many records at most with
+//! `basic.get`, and holds them unacknowledged. Records dead-lettered after that stay in the
+//! queue for the next replay, so a replay ends even while a handler keeps failing. Settling
+//! acknowledges the re-published records (they leave the queue) and rejects the others with
+//! requeue, back in their places: a truncated record, a message that is not a record, one
+//! refused for its replay count is never deleted. A snapshot dropped unsettled (a dry run)
+//! closes its channel, which returns every record. While a replay runs, the records it
+//! holds are not shown by `dlq list`.
 //!
 //! # Messages
 //!
@@ -57,7 +66,22 @@
 //! configuration: `connect_max_retries` attempts `connect_retry_delay` apart, then
 //! `connect_cooldown`. Unacknowledged messages are redelivered by RabbitMQ, never lost.
 //!
-//! TLS (`amqps://`) is not built in.
+//! # Configuration errors, heartbeats
+//!
+//! The URL is checked before connecting: one that does not parse, another scheme than
+//! `amqp://` (`amqps://` included: TLS is not built in), or no host is a configuration error
+//! naming `RABBITMQ_URL` (`BrokerError::Config`, password masked), and so is the broker's
+//! refusal of the virtual host (`NOT_ALLOWED`) or of the credentials (`ACCESS_REFUSED`):
+//! the runtime then stops at once instead of retrying. An unreachable broker stays a
+//! connection error, retried.
+//!
+//! Connections ask for a 10 s heartbeat unless the URL sets one (`?heartbeat=30`;
+//! RabbitMQ's own default is 60 s). A broker that stops answering (frozen, or a link that
+//! silently drops packets) is noticed after two missed heartbeats: the connection fails, a
+//! waiting `next_batch` returns an error (which `/health/ready` reports once it lasts),
+//! and a publish waiting for its confirm fails. The TCP connection and handshake may take
+//! 10 s (`?connection_timeout=` in milliseconds), since a frozen broker still accepts TCP
+//! connections.
 
 mod broker;
 mod connection;
