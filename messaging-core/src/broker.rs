@@ -57,6 +57,14 @@ pub trait Broker: Send + Sync + 'static {
         })
     }
 
+    /// How long the broker lets a consumer hold a delivered message unacknowledged before it
+    /// takes it back (RabbitMQ's `consumer_timeout`); `None` when it never does. Retries are
+    /// in-process and hold the message meanwhile, so the runtime refuses to start a handler
+    /// whose declared retries could hold one longer. Default: `None`.
+    fn max_unacknowledged(&self) -> Option<Duration> {
+        None
+    }
+
     /// Takes the records of the dead-letter topic `topic` that are waiting now, oldest first,
     /// at most `limit` of them, for `consumer dlq replay`. What is published to `topic`
     /// afterwards is not part of the snapshot, so a replay ends even while handlers keep

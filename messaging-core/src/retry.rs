@@ -93,6 +93,30 @@ impl RetryPolicy {
         self.max_retries.saturating_add(1)
     }
 
+    /// The longest all retries can wait in back-off together, jitter at its largest
+    /// (attempt times not included).
+    pub fn total_backoff(&self) -> Duration {
+        (1..=self.max_retries)
+            .map(|n| match self.backoff {
+                // Jitter only shortens an exponential wait: its cap is the bound.
+                Backoff::Exponential => {
+                    let factor = 1u32.checked_shl(n - 1).unwrap_or(u32::MAX);
+                    self.retry_delay.saturating_mul(factor).min(self.max_delay)
+                }
+                _ => self.delay_before_retry(n),
+            })
+            .fold(Duration::ZERO, Duration::saturating_add)
+    }
+
+    /// The longest a message can be held unacknowledged by its retries: every back-off,
+    /// plus every attempt's time limit when there is one.
+    pub fn max_hold(&self) -> Duration {
+        let attempts = self
+            .timeout
+            .map_or(Duration::ZERO, |t| t.saturating_mul(self.max_attempts()));
+        self.total_backoff().saturating_add(attempts)
+    }
+
     /// The wait before retry `n` (1 for the first retry).
     pub fn delay_before_retry(&self, n: u32) -> Duration {
         let n = n.max(1);
@@ -121,6 +145,21 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_longest_hold_adds_every_back_off_and_time_limit() {
+        assert_eq!(RetryPolicy::new(3, 5 * S).total_backoff(), 15 * S);
+        let linear = RetryPolicy::new(3, S).with_backoff(Backoff::Linear);
+        assert_eq!(linear.total_backoff(), 6 * S);
+        let exponential = RetryPolicy::new(4, S)
+            .with_backoff(Backoff::Exponential)
+            .with_max_delay(4 * S);
+        assert_eq!(exponential.total_backoff(), (1 + 2 + 4 + 4) * S);
+        let mut timed = RetryPolicy::new(1, S);
+        timed.timeout = Some(10 * S);
+        assert_eq!(timed.max_hold(), 21 * S);
+        assert_eq!(RetryPolicy::NONE.max_hold(), Duration::ZERO);
+    }
 
     #[test]
     fn constant_and_linear_follow_design() {

@@ -249,6 +249,9 @@ impl RuntimeBuilder {
         };
         self.connection.set_connected(true);
         metrics().set_backend(broker.name());
+        if let Some(limit) = broker.max_unacknowledged() {
+            check_hold(&handlers, limit, broker.name())?;
+        }
         let producer = Producer::new(Arc::clone(&broker), config.clone());
         if self.install_global_producer.unwrap_or(from_config) {
             install_producer(producer.clone());
@@ -425,6 +428,30 @@ impl Runtime {
         self.producer.flush_within(self.shutdown_timeout).await?;
         Ok(())
     }
+}
+
+/// Refuses handlers whose retries could hold a message longer than the broker allows.
+fn check_hold(handlers: &[HandlerSpec], limit: Duration, broker: &str) -> Result<(), Error> {
+    let too_long: Vec<String> = handlers
+        .iter()
+        .filter(|h| h.retry.max_hold() >= limit)
+        .map(|h| {
+            format!(
+                "`{}` can hold a message for {} in retries",
+                h.qualified_name,
+                humantime::format_duration(h.retry.max_hold())
+            )
+        })
+        .collect();
+    if too_long.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Registry(format!(
+        "{}, but {broker} takes back a message unacknowledged for {}: shorten the retries \
+         (max_retries, retry_delay, timeout) or raise the broker's limit",
+        too_long.join(", "),
+        humantime::format_duration(limit)
+    )))
 }
 
 /// What a group's [`Dispatcher`] is made of, before its consumer exists.
