@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use messaging_core::{
-    BoxFuture, Broker, BrokerError, Config, Consumer, Message, OutgoingMessage, StartFrom,
-    Subscription,
+    BoxFuture, Broker, BrokerError, Config, Consumer, DlqSnapshot, Message, OutgoingMessage,
+    StartFrom, Subscription,
 };
 use rdkafka::producer::Producer as _;
 
+use crate::browse::KafkaSnapshot;
 use crate::consumer::{GroupConsumer, GroupContext, KafkaConsumer};
-use crate::error::{KafkaSetupError, NAME, connection, from_kafka, operation};
+use crate::error::{KafkaSetupError, NAME, connection, creation_error, from_kafka, operation};
 use crate::polling::ReportingProducer;
 use crate::publish::{Publisher, Refused};
 use crate::settings::KafkaSettings;
@@ -58,22 +59,24 @@ impl KafkaBroker {
         for (name, value) in properties {
             settings
                 .set(name, value)
-                .map_err(|e| operation("configure", e))?;
+                .map_err(KafkaSetupError::into_broker_error)?;
         }
         Self::connect_with(settings).await
     }
 
     /// Connects as the framework's configuration says (DESIGN §5).
     pub async fn from_config(config: &Config) -> Result<Self, BrokerError> {
-        let settings = KafkaSettings::from_config(config).map_err(|e| operation("configure", e))?;
+        let settings =
+            KafkaSettings::from_config(config).map_err(KafkaSetupError::into_broker_error)?;
         Self::connect_with(settings).await
     }
 
     /// Connects with these settings; fails when the cluster does not answer within
-    /// `messaging.connect.timeout.ms` (10 s by default).
+    /// `messaging.connect.timeout.ms` (10 s by default), and at once, with
+    /// [`BrokerError::Config`] naming the variable, on a property librdkafka refuses.
     pub async fn connect_with(settings: KafkaSettings) -> Result<Self, BrokerError> {
         let producer = ReportingProducer::create(&settings.client_config(PRODUCER_DEFAULTS, &[]))
-            .map_err(|e| operation("create producer", e))?;
+            .map_err(|e| creation_error("create producer", e, &settings))?;
         let probe = producer.clone();
         let servers = settings.bootstrap_servers().to_owned();
         let timeout = settings.connect_timeout;
@@ -161,10 +164,14 @@ impl KafkaBroker {
                 ("auto.offset.reset", reset),
             ],
         );
-        let context = GroupContext::new(subscription.group.clone(), subscription.start);
+        let context = GroupContext::new(
+            subscription.group.clone(),
+            subscription.start,
+            subscription.topics.first().cloned().unwrap_or_default(),
+        );
         let consumer: GroupConsumer = config
             .create_with_context(context)
-            .map_err(|e| operation("create consumer", e))?;
+            .map_err(|e| creation_error("create consumer", e, &inner.settings))?;
         let topics: Vec<&str> = subscription.topics.iter().map(String::as_str).collect();
         rdkafka::consumer::Consumer::subscribe(&consumer, &topics)
             .map_err(|e| from_kafka("subscribe", e))?;
@@ -216,6 +223,25 @@ impl Broker for KafkaBroker {
             tokio::task::spawn_blocking(move || crate::browse::browse(&settings, &topic, limit))
                 .await
                 .map_err(|e| operation("browse", e))?
+        })
+    }
+
+    fn dlq_snapshot<'a>(
+        &'a self,
+        topic: &'a str,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Box<dyn DlqSnapshot>, BrokerError>> {
+        let settings = self.inner.settings.clone();
+        let owned = topic.to_owned();
+        Box::pin(async move {
+            // A read by assignment from the replay group's committed offsets: no group join.
+            let records = tokio::task::spawn_blocking(move || {
+                crate::browse::browse(&settings, &owned, limit)
+            })
+            .await
+            .map_err(|e| operation("dlq replay", e))??;
+            let snapshot = KafkaSnapshot::new(self.clone(), topic.to_owned(), records);
+            Ok(Box::new(snapshot) as Box<dyn DlqSnapshot>)
         })
     }
 

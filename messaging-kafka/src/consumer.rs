@@ -19,13 +19,14 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt as _, StreamExt as _};
 use messaging_core::{
-    Acker, BoxFuture, BrokerError, Consumer, Message, Position, StartFrom, TopicNames,
+    Acker, BoxFuture, BrokerError, Consumer, Message, Position, Readiness, StartFrom, TopicNames,
 };
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
@@ -48,6 +49,11 @@ const REVOKE_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often acknowledged offsets are stored when the consumer task does not fetch.
 const STORE_INTERVAL: Duration = Duration::from_millis(200);
 
+/// While the client reports errors, how often the cluster is asked whether it answers
+/// again, and how long each try waits.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the consumer task and its acker share.
 #[derive(Default)]
 pub(crate) struct Acks {
@@ -56,8 +62,9 @@ pub(crate) struct Acks {
     closed: AtomicBool,
 }
 
-/// Callbacks of one consumer: positions new partitions and keeps the offset tracker in step
-/// with the assignment.
+/// Callbacks of one consumer: positions new partitions, keeps the offset tracker in step
+/// with the assignment, and tells `/health/ready` whether the member consumes and whether
+/// the client keeps failing.
 pub(crate) struct GroupContext {
     group: String,
     start: StartFrom,
@@ -67,16 +74,71 @@ pub(crate) struct GroupContext {
     /// Where the assigned partitions' records go; `None` until the consumer exists and once
     /// it is being dropped (records then come on the main queue).
     records: Mutex<Option<RecordQueue>>,
+    /// Ready from an assignment until its partitions are revoked.
+    readiness: Readiness,
+    /// Whether the client reported errors since it last fetched or answered a probe.
+    troubled: AtomicBool,
+    /// A topic of the subscription, whose metadata the probe asks for.
+    probe_topic: String,
+    /// When the last probe started, and whether one is under way.
+    probe: Mutex<(Option<Instant>, bool)>,
 }
 
 impl GroupContext {
-    pub(crate) fn new(group: String, start: StartFrom) -> Self {
+    pub(crate) fn new(group: String, start: StartFrom, probe_topic: String) -> Self {
         Self {
             group,
             start,
             acks: Arc::default(),
             assignments: AtomicU64::new(0),
             records: Mutex::new(None),
+            readiness: Readiness::pending(),
+            troubled: AtomicBool::new(false),
+            probe_topic,
+            probe: Mutex::new((None, false)),
+        }
+    }
+
+    /// The client reported an error: `/health/ready` learns of it (and fails once it has
+    /// lasted), until a fetch or a probe succeeds.
+    fn trouble(&self, what: impl std::fmt::Display) {
+        self.readiness.report("fetch", what);
+        self.troubled.store(true, Ordering::Release);
+    }
+
+    /// Records arrived or the cluster answered: whatever was failing works again.
+    fn untroubled(&self) {
+        if self.troubled.swap(false, Ordering::AcqRel) {
+            self.readiness.clear("fetch");
+            tracing::info!(group = %self.group, "Kafka answers again");
+        }
+    }
+
+    /// Whether to probe the cluster now (errors were reported, no probe is under way and the
+    /// last one is [`PROBE_EVERY`] old); if so the probe counts as started.
+    fn probe_due(&self, now: Instant) -> bool {
+        if !self.troubled.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut probe = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = !probe.1
+            && probe
+                .0
+                .is_none_or(|last| now.duration_since(last) >= PROBE_EVERY);
+        if due {
+            *probe = (Some(now), true);
+        }
+        due
+    }
+
+    /// Asks the cluster for a topic's metadata; blocking, up to [`PROBE_TIMEOUT`].
+    fn probe(&self, consumer: &impl rdkafka::consumer::Consumer<Self>) {
+        let answered = consumer
+            .fetch_metadata(Some(&self.probe_topic), PROBE_TIMEOUT)
+            .is_ok();
+        self.probe.lock().unwrap_or_else(PoisonError::into_inner).1 = false;
+        if answered {
+            self.untroubled();
         }
     }
 
@@ -87,11 +149,10 @@ impl GroupContext {
     /// Hands each record the record queue holds (up to `max`) to `each`.
     fn take_records(&self, max: usize, each: impl FnMut(&Record)) {
         if let Some(queue) = self.record_queue().as_ref() {
-            queue.take(
-                max,
-                each,
-                |error| tracing::warn!(group = %self.group, %error, "Kafka consumer error"),
-            );
+            queue.take(max, each, |error| {
+                crate::quiet::warn(error);
+                self.trouble(error);
+            });
         }
     }
 
@@ -171,6 +232,13 @@ impl GroupContext {
             _ => base.assign(tpl),
         };
         match assigned {
+            // The first assignment of a generation: positions are set, so a message published
+            // from now on is read (with `StartFrom::Latest` too).
+            Ok(()) if !self.readiness.is_ready() => {
+                self.readiness.set_ready(true);
+                self.untroubled();
+                tracing::info!(group = %self.group, partitions = ?partitions, "consuming");
+            }
             Ok(()) => {
                 tracing::info!(group = %self.group, partitions = ?partitions, "partitions assigned")
             }
@@ -195,7 +263,11 @@ impl GroupContext {
         }
         let unassigned = match base.rebalance_protocol() {
             RebalanceProtocol::Cooperative => base.incremental_unassign(tpl),
-            _ => base.unassign(),
+            _ => {
+                // Everything is revoked: not consuming until the next generation's assignment.
+                self.readiness.set_ready(false);
+                base.unassign()
+            }
         };
         match unassigned {
             Ok(()) => {
@@ -233,7 +305,16 @@ impl GroupContext {
     }
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::quiet::log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::quiet::error(&error, reason);
+        self.trouble(format_args!("{error}: {reason}"));
+    }
+}
 
 impl ConsumerContext for GroupContext {
     // Overridden (not `pre_rebalance`) because positioning needs the list mutable.
@@ -343,6 +424,10 @@ async fn store_periodically(consumer: Weak<Member>) {
             return;
         };
         store_acknowledged(&consumer);
+        if consumer.context().probe_due(Instant::now()) {
+            let probing = Arc::clone(&consumer);
+            tokio::task::spawn_blocking(move || probing.context().probe(&**probing));
+        }
         if Arc::strong_count(&consumer) == 1 {
             // Dropped meanwhile and this is the last handle: leave the group off this thread.
             tokio::task::spawn_blocking(move || drop(consumer));
@@ -360,6 +445,12 @@ fn drop_off_thread(consumer: Arc<Member>) {
     }
 }
 
+/// Whether an error the consumer returns ends it: librdkafka gives up (a fatal error)
+/// rather than retrying by itself.
+fn is_fatal(error: &KafkaError) -> bool {
+    matches!(error, KafkaError::MessageConsumptionFatal(_))
+}
+
 /// A subscribed member of a group.
 pub(crate) struct KafkaConsumer {
     /// `None` once closed. The periodic store task holds it weakly.
@@ -371,6 +462,8 @@ pub(crate) struct KafkaConsumer {
     names: TopicNames,
     /// Makes the messages of the records received.
     messages: Received,
+    /// Pending until the first assignment (shared with the context, which sets it).
+    readiness: Readiness,
 }
 
 impl KafkaConsumer {
@@ -421,6 +514,7 @@ impl KafkaConsumer {
         }
         drop(stream);
         let acks = Arc::clone(&context.acks);
+        let readiness = context.readiness.clone();
         let consumer = Arc::new(consumer);
         tokio::spawn(store_periodically(Arc::downgrade(&consumer)));
         Self {
@@ -429,6 +523,7 @@ impl KafkaConsumer {
             buffered,
             names,
             messages,
+            readiness,
         }
     }
 }
@@ -457,7 +552,11 @@ impl Consumer for KafkaConsumer {
                     match stream.next().now_or_never() {
                         Some(Some(Ok(record))) => received.push(messages.make(&record, names)),
                         Some(Some(Err(error))) => {
-                            tracing::warn!(%error, "Kafka consumer error");
+                            // Logged (rate-limited) and reported by the context's error
+                            // callback already; librdkafka retries by itself.
+                            if is_fatal(&error) {
+                                return Err(from_kafka("receive", error));
+                            }
                             break;
                         }
                         Some(None) | None => break,
@@ -478,16 +577,18 @@ impl Consumer for KafkaConsumer {
                     .await;
                     match next {
                         Some(None) => return Err(BrokerError::Closed { broker: NAME }),
-                        Some(Some(first)) => {
-                            let first = first.map_err(|e| from_kafka("receive", e))?;
-                            received.push(messages.make(&first, names));
+                        Some(Some(Ok(first))) => received.push(messages.make(&first, names)),
+                        Some(Some(Err(error))) if is_fatal(&error) => {
+                            return Err(from_kafka("receive", error));
                         }
-                        // Records arrived: take them on the next turn.
-                        None => continue,
+                        // Already logged and reported by the error callback; librdkafka
+                        // reconnects by itself. Records arrived: take them on the next turn.
+                        Some(Some(Err(_))) | None => continue,
                     }
                 }
                 context.acks.tracker.deliver(&mut received);
                 if !received.is_empty() {
+                    context.untroubled();
                     return Ok(received);
                 }
             }
@@ -496,6 +597,10 @@ impl Consumer for KafkaConsumer {
 
     fn acker(&self) -> Arc<dyn Acker> {
         Arc::clone(&self.acker) as Arc<dyn Acker>
+    }
+
+    fn readiness(&self) -> Readiness {
+        self.readiness.clone()
     }
 
     fn close(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BrokerError>> {

@@ -5,6 +5,8 @@ use messaging_core::BrokerError;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
+use crate::settings::{KafkaSettings, is_secret};
+
 /// The name this backend is registered under.
 pub(crate) const NAME: &str = "kafka";
 
@@ -40,6 +42,67 @@ pub enum KafkaSetupError {
         servers: String,
         timeout: std::time::Duration,
     },
+}
+
+impl KafkaSetupError {
+    /// As the framework's error: a setting that can never work is a configuration error
+    /// naming the variable to fix, which ends the connection loop.
+    pub(crate) fn into_broker_error(self) -> BrokerError {
+        match &self {
+            Self::InvalidOption { name, .. } | Self::UnknownOption { name } => {
+                BrokerError::config(NAME, variable_of(name), &self)
+            }
+            Self::HalfCredentials { missing } => BrokerError::config(NAME, *missing, &self),
+            Self::CreateTopic { .. } | Self::Unreachable { .. } => operation("configure", self),
+        }
+    }
+}
+
+/// The environment variable a librdkafka property (or `messaging.*` option) is read from
+/// (`session.timeout.ms` → `KAFKA_CONFIG_SESSION_TIMEOUT_MS`).
+pub(crate) fn variable_of(property: &str) -> String {
+    match property {
+        "bootstrap.servers" => "KAFKA_BOOTSTRAP_SERVERS".to_owned(),
+        _ => format!(
+            "KAFKA_CONFIG_{}",
+            property.to_ascii_uppercase().replace('.', "_")
+        ),
+    }
+}
+
+/// A client librdkafka would not create. A property it refuses (unknown, or a value of the
+/// wrong type) or names in its complaint can never work: a configuration error naming the
+/// variable it came from. Anything else is an ordinary failure of `operation_name`.
+pub(crate) fn creation_error(
+    operation_name: &'static str,
+    error: KafkaError,
+    settings: &KafkaSettings,
+) -> BrokerError {
+    match &error {
+        KafkaError::ClientConfig(_, description, key, value) => {
+            let value = if is_secret(key) { "***" } else { value };
+            BrokerError::config(
+                NAME,
+                variable_of(key),
+                format!("librdkafka refuses `{key}` = `{value}`: {description}"),
+            )
+        }
+        KafkaError::ClientCreation(message) => {
+            // librdkafka names the properties in conflict, as in "`a` must be >= `b`".
+            match settings
+                .property_names()
+                .find(|name| message.contains(*name))
+            {
+                Some(name) => BrokerError::config(
+                    NAME,
+                    variable_of(name),
+                    format!("librdkafka refuses the configuration: {message}"),
+                ),
+                None => operation(operation_name, error),
+            }
+        }
+        _ => operation(operation_name, error),
+    }
 }
 
 pub(crate) fn operation(

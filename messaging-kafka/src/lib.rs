@@ -19,15 +19,28 @@
 //!   batch call, from one queue the assigned partitions are forwarded to. On a revocation the handlers first get up to 10 s to finish what
 //!   they hold of the revoked partitions (on a multi-thread Tokio runtime), so that it is
 //!   committed; what is still unfinished then is read again by the new owner.
+//!   The member is ready (`Consumer::readiness`, `/health/ready`) from an assignment until
+//!   its partitions are revoked; it logs "consuming" then. While the client reports errors
+//!   (the cluster is down or frozen) the member reports a `fetch` problem, cleared by the
+//!   next record or by the cluster answering a metadata request (tried every 5 s).
 //! - **Topics** (subscribed and dead-letter ones, and any published to) are created when the
 //!   cluster's metadata lacks them.
+//! - **DLQ** (`dlq list`, `dlq replay`): read by assignment, without joining a group, from
+//!   the committed offsets of the group [`REPLAY_GROUP`] (else the beginning) to each
+//!   partition's end. Settling a replay commits, for that group, the offset after the last
+//!   record replayed in each partition, having first published again (and seen delivered)
+//!   a copy of each record it passes over without replaying it, so that those stay listed.
+//! - **Logs**: librdkafka's log lines and errors are rate-limited: each distinct message once
+//!   when it starts, then one summary of the repeats every 30 s at most.
 //! - **Configuration**: `KAFKA_API_KEY`/`KAFKA_API_SECRET` switch to `SASL_SSL` + `PLAIN`
 //!   (Confluent Cloud); any librdkafka property is passed with `KAFKA_CONFIG_<NAME>`
 //!   (`KAFKA_CONFIG_SESSION_TIMEOUT_MS=6000` → `session.timeout.ms`), and so are this crate's
 //!   options (see [`settings`]): `messaging.topic.partitions` (default 3),
 //!   `messaging.topic.replication.factor` (default -1, the broker's default),
 //!   `messaging.join.timeout.ms` (60 000) and `messaging.connect.timeout.ms` (10 000).
-//!   Secrets never appear in `Debug` output or logs.
+//!   Secrets never appear in `Debug` output or logs. A property librdkafka refuses (unknown,
+//!   or of the wrong type) fails `connect` at once with `BrokerError::Config` naming its
+//!   variable (`KAFKA_CONFIG_SESSION_TIMEOUT_MS`); an unreachable cluster stays retryable.
 //!
 //! The tests run against Tansu, a Kafka-compatible broker started by `scripts/start-kafka.sh`
 //! on 127.0.0.1:9092, with `session.timeout.ms=6000` (its first group join takes about half
@@ -49,6 +62,7 @@ mod error;
 mod offsets;
 mod polling;
 mod publish;
+mod quiet;
 mod received;
 mod records;
 pub mod settings;
@@ -60,6 +74,7 @@ use std::sync::Arc;
 use messaging_core::{BoxFuture, Broker, BrokerError, BrokerFactory, Config};
 
 pub use broker::KafkaBroker;
+pub use browse::REPLAY_GROUP;
 pub use error::KafkaSetupError;
 pub use settings::KafkaSettings;
 

@@ -194,7 +194,15 @@ impl Drop for RecordHeaders {
 /// go where rdkafka's defaults send them.
 pub(crate) struct Reports;
 
-impl ClientContext for Reports {}
+impl ClientContext for Reports {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::quiet::log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::quiet::error(&error, reason);
+    }
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = Arc<Report>;

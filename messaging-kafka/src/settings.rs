@@ -132,6 +132,14 @@ impl KafkaSettings {
         self.properties.get(name).map(String::as_str)
     }
 
+    /// The names of the librdkafka properties set, longest first (so that a name found in a
+    /// message is not the tail of a longer one that is there too).
+    pub(crate) fn property_names(&self) -> impl Iterator<Item = &str> {
+        let mut names: Vec<&str> = self.properties.keys().map(String::as_str).collect();
+        names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        names.into_iter()
+    }
+
     /// The bootstrap servers, for messages.
     pub fn bootstrap_servers(&self) -> &str {
         self.get("bootstrap.servers").unwrap_or_default()
@@ -159,7 +167,7 @@ impl KafkaSettings {
 }
 
 /// Whether a property holds a secret (or, for `sasl.username`, an API key).
-fn is_secret(name: &str) -> bool {
+pub(crate) fn is_secret(name: &str) -> bool {
     name == "sasl.username"
         || ["password", "secret", "key"]
             .iter()

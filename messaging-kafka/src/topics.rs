@@ -10,20 +10,20 @@ use std::time::Duration;
 
 use messaging_core::BrokerError;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 
 use rdkafka::producer::Producer as _;
 
-use crate::error::{KafkaSetupError, from_kafka, operation};
+use crate::error::{KafkaSetupError, creation_error, from_kafka, operation};
 use crate::polling::ReportingProducer;
+use crate::quiet::Quiet;
 use crate::settings::KafkaSettings;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Creates topics on first use and remembers which exist.
 pub(crate) struct Topics {
-    admin: AdminClient<DefaultClientContext>,
+    admin: AdminClient<Quiet>,
     /// For metadata requests, which block: a clonable handle can move to a blocking thread.
     metadata: ReportingProducer,
     partitions: i32,
@@ -46,8 +46,8 @@ impl Topics {
     ) -> Result<Self, BrokerError> {
         let admin = settings
             .client_config(&[], &[])
-            .create()
-            .map_err(|e| operation("create admin client", e))?;
+            .create_with_context(Quiet)
+            .map_err(|e| creation_error("create admin client", e, settings))?;
         Ok(Self {
             admin,
             metadata,
