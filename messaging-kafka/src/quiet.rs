@@ -205,15 +205,16 @@ fn summarize(seen: &mut HashMap<String, Seen>, over: Duration) -> String {
     line.trim_end_matches(';').to_owned()
 }
 
-/// What identifies a message across repeats: its text without digits and parenthesized
-/// asides.
+/// What identifies a message across repeats: its text without digits and bracketed or
+/// parenthesized asides (a log line's `[thrd:…]: ` prefix, which the error event with the
+/// same text lacks, goes with them).
 fn shape(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut depth = 0usize;
     for c in message.chars() {
         match c {
-            '(' => depth += 1,
-            ')' => depth = depth.saturating_sub(1),
+            '(' | '[' => depth += 1,
+            ')' | ']' => depth = depth.saturating_sub(1),
             _ if depth > 0 => {}
             c if c.is_ascii_digit() => {
                 if !out.ends_with('#') {
@@ -223,7 +224,7 @@ fn shape(message: &str) -> String {
             c => out.push(c),
         }
     }
-    out.trim().to_owned()
+    out.trim_start_matches([':', ' ']).trim().to_owned()
 }
 
 #[cfg(test)]
@@ -241,6 +242,11 @@ mod tests {
             shape(&REFUSED.replace("CONNECT)", "CONNECT, 29 identical error(s) suppressed)"))
         );
         assert_ne!(shape(REFUSED), shape("1/1 brokers are down"));
+        // The `FAIL` log line and the error event say the same.
+        assert_eq!(
+            shape(&format!("[thrd:127.0.0.1:9092/bootstrap]: {REFUSED}")),
+            shape(REFUSED)
+        );
     }
 
     /// A minute of a broker being down, four clients each reporting two messages (one of
