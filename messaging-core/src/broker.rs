@@ -135,6 +135,8 @@ pub struct Readiness(Arc<ReadinessState>);
 #[derive(Debug, Default)]
 struct ReadinessState {
     ready: AtomicBool,
+    /// Made with [`Readiness::pending`]: the broker logs when the member starts consuming.
+    announced_by_broker: bool,
     /// Whether `problems` holds anything: checked without the lock on the hot path.
     troubled: AtomicBool,
     problems: Mutex<Vec<Problem>>,
@@ -156,9 +158,18 @@ impl Readiness {
         readiness
     }
 
-    /// A member that becomes ready later (a Kafka member once partitions are assigned).
+    /// A member that becomes ready later (a Kafka member once partitions are assigned); the
+    /// broker logs when it starts consuming.
     pub fn pending() -> Self {
-        Self::default()
+        Self(Arc::new(ReadinessState {
+            announced_by_broker: true,
+            ..ReadinessState::default()
+        }))
+    }
+
+    /// Whether the broker logs when this member starts consuming (else the runtime does).
+    pub fn announced_by_broker(&self) -> bool {
+        self.0.announced_by_broker
     }
 
     /// Records whether the member is consuming.

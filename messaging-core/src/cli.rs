@@ -137,9 +137,9 @@ fn duration_arg(value: &str) -> Result<Duration, String> {
 
 /// Why a `consumer` with no handler refuses to run, and what to do about it.
 const NO_HANDLERS: &str = "no handler is linked into this binary. If the handlers live in \
-    your library crate, the binary must refer to it or the linker drops them: write the \
-    binary as `messaging_core::main!(your_crate);` (or put `use your_crate as _;` in it and \
-    call a function of the crate). Otherwise add a #[message_handler] or #[consumer].";
+    your library crate, the binary must name it or the linker leaves it out: write the \
+    binary as `messaging_core::main!(your_crate);` (or put `use your_crate as _;` in it). \
+    Otherwise add a #[message_handler] or #[consumer].";
 
 /// Parses the process arguments and runs; the exit code says how it went.
 pub fn main() -> ExitCode {

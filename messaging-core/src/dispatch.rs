@@ -1,14 +1,16 @@
 //! The per-group pipeline: route each delivered message to its handler, run it with the retry
 //! policy, dead-letter what still fails, and acknowledge only after success or after the DLQ
-//! record was acknowledged. Order is kept per lane (Kafka partition, else topic + key); lanes
-//! run concurrently.
+//! record was acknowledged. Order is kept per key (topic and key; on Kafka, the key within its
+//! partition; without a key, the partition or the topic): a message in back-off holds back
+//! only the later messages of its key, and the fetch never waits on one busy key
+//! ([`Scheduler`]).
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -26,7 +28,7 @@ use crate::dlq::{
 use crate::envelope::{EnvelopeFields, event_name};
 use crate::error::{FailureKind, HandlerError};
 use crate::extract::Context;
-use crate::handler::Invocation;
+use crate::handler::{BoxFuture, Invocation};
 use crate::message::{Message, header};
 use crate::metrics::{HandlerMetrics, LaneCounters, metrics};
 use crate::registry::HandlerSpec;
@@ -143,11 +145,131 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Where the fetching task hands messages to one lane.
-struct Lane {
-    tx: mpsc::UnboundedSender<Vec<Arc<Message>>>,
-    /// Messages the lane can still take.
-    room: Arc<Semaphore>,
+/// Where the fetching task, the workers and the retries meet. A key is busy from the moment
+/// one of its messages is handed out until it is settled; messages of a busy key wait behind
+/// it in arrival order, and are handed out as one run when it is done.
+struct Scheduler {
+    /// Busy keys, each with the messages waiting behind the one being handled.
+    keys: Mutex<HashMap<u64, VecDeque<Arc<Message>>>>,
+    /// Runs ready to be handled, each of one key, in the order they became ready.
+    runs: Mutex<VecDeque<Run>>,
+    /// One permit per run in `runs`.
+    available: Semaphore,
+    /// Messages fetched and not yet settled may not exceed the window: past it, fetching
+    /// waits (a key with a long back-off and many messages behind it fills it alone).
+    room: Semaphore,
+    /// Retries handed to the fetching task, which owns every task of the dispatcher.
+    retries: mpsc::UnboundedSender<BoxFuture<'static, ()>>,
+}
+
+/// Messages of one key, in order.
+struct Run {
+    key: u64,
+    messages: Vec<Arc<Message>>,
+}
+
+/// A message whose first attempt failed and will be retried: the retries leave the worker,
+/// so that only its key waits.
+struct Failed {
+    target: Arc<Target>,
+    error: HandlerError,
+    attempt: u32,
+    traced: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Scheduler {
+    /// Makes each message of a fetched batch ready, or queues it behind its busy key.
+    fn admit(&self, batch: Vec<Arc<Message>>) {
+        let mut ready: Vec<Run> = Vec::new();
+        {
+            let mut keys = lock(&self.keys);
+            for message in batch {
+                let key = message.ordering_key();
+                if let Some(waiting) = keys.get_mut(&key) {
+                    waiting.push_back(message);
+                } else if let Some(run) = ready.iter_mut().rev().find(|r| r.key == key) {
+                    // Later in the same batch: it follows in the run, not via the queue.
+                    run.messages.push(message);
+                } else {
+                    ready.push(Run {
+                        key,
+                        messages: vec![message],
+                    });
+                }
+            }
+            for run in &ready {
+                keys.insert(run.key, VecDeque::new());
+            }
+        }
+        self.push(ready);
+    }
+
+    fn push(&self, ready: Vec<Run>) {
+        if ready.is_empty() {
+            return;
+        }
+        let n = ready.len();
+        lock(&self.runs).extend(ready);
+        self.available.add_permits(n);
+    }
+
+    /// Ready runs for one of `workers`, taken at once: a fair share of what is ready, at
+    /// least one and at most 64. Empty when none is ready.
+    fn take_runs(&self, workers: usize, into: &mut Vec<Run>) {
+        let share = (self.available.available_permits() / workers.max(1)).clamp(1, 64);
+        let Ok(permits) = self.available.try_acquire_many(share as u32) else {
+            return self.take_one(into);
+        };
+        permits.forget();
+        let mut runs = lock(&self.runs);
+        let taken = share.min(runs.len());
+        into.extend(runs.drain(..taken));
+    }
+
+    fn take_one(&self, into: &mut Vec<Run>) {
+        if let Ok(permit) = self.available.try_acquire() {
+            permit.forget();
+            into.extend(lock(&self.runs).pop_front());
+        }
+    }
+
+    /// Waits for a ready run; `None` once `shutdown` is cancelled.
+    async fn next_run(&self, shutdown: &CancellationToken) -> Option<Run> {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => None,
+            permit = self.available.acquire() => {
+                permit.ok()?.forget();
+                lock(&self.runs).pop_front()
+            }
+        }
+    }
+
+    /// `key`'s run is done: what waits behind it becomes the key's next run, and `rest`
+    /// (what a retried message held back of its own run) goes first.
+    fn finish(&self, key: u64, rest: Vec<Arc<Message>>) {
+        let next = {
+            let mut keys = lock(&self.keys);
+            match keys.get_mut(&key) {
+                Some(waiting) if !waiting.is_empty() || !rest.is_empty() => {
+                    let mut messages = rest;
+                    messages.extend(waiting.drain(..));
+                    Some(Run { key, messages })
+                }
+                _ => {
+                    keys.remove(&key);
+                    None
+                }
+            }
+        };
+        self.push(next.into_iter().collect());
+    }
 }
 
 /// Why a message was acknowledged without a handler.
@@ -180,11 +302,7 @@ impl Dispatcher {
                 }
             }
         }));
-        if self.concurrency <= 1 {
-            self.run_inline(&mut *consumer).await;
-        } else {
-            self.run_lanes(&mut *consumer).await;
-        }
+        self.run_workers(&mut *consumer).await;
         if let Err(error) = consumer.close().await {
             tracing::warn!(group = %self.group, %error, "closing the consumer failed");
         }
@@ -255,97 +373,161 @@ impl Dispatcher {
         }
     }
 
-    /// Handles a run of messages in order on one lane and acknowledges them all before it
-    /// returns; `false` when shutdown began (the rest of the run is left unacknowledged).
-    async fn process_run(
-        &self,
-        run: Vec<Arc<Message>>,
+    /// Handles a run of one key's messages in order and acknowledges them. A message whose
+    /// first attempt fails and will be retried leaves with the rest of the run for a retry
+    /// task of its own, and the key stays busy until that is done. `false` when shutdown
+    /// began (the rest of the run is left unacknowledged, for redelivery).
+    async fn handle_run(
+        self: &Arc<Self>,
+        scheduler: &Arc<Scheduler>,
+        run: Run,
         lane: usize,
         acks: &mut PendingAcks,
         invocation: &mut Invocation,
     ) -> bool {
-        let mut going = true;
         acks.mark = self.clock.raw();
-        for (i, message) in run.into_iter().enumerate() {
-            if self.stopping(i == 0) {
-                going = false;
-                break;
+        let Run { key, messages } = run;
+        let mut messages = messages.into_iter();
+        let mut first = true;
+        while let Some(message) = messages.next() {
+            if self.stopping(first) {
+                self.flush_acks(acks).await;
+                return false;
             }
-            self.process(message, lane, acks, invocation).await;
+            first = false;
+            let Some(failed) = self.process(message, lane, acks, invocation).await else {
+                scheduler.room.add_permits(1);
+                continue;
+            };
+            // Its retries wait outside the worker; the rest of its key waits for them.
+            let message = std::mem::take(&mut invocation.message);
+            let retry = Arc::clone(self).retry(
+                Arc::clone(scheduler),
+                key,
+                lane,
+                message,
+                failed,
+                messages.collect(),
+            );
+            if scheduler.retries.send(Box::pin(retry)).is_err() {
+                return false;
+            }
+            return true;
         }
-        self.flush_acks(acks).await;
-        going
+        // Acknowledged with the worker's batch; the key's next message may go first.
+        scheduler.finish(key, Vec::new());
+        true
     }
 
-    async fn run_inline(&self, consumer: &mut dyn Consumer) {
-        let mut failures = 0;
-        let (mut acks, mut invocation) = (self.pending_acks(), self.invocation());
-        while let Some(batch) = self.next_batch(consumer, &mut failures).await {
-            if !self.process_run(batch, 0, &mut acks, &mut invocation).await {
-                return;
-            }
+    /// Retries a failed message with its handler's back-off (or dead-letters it), then hands
+    /// the rest of its key back to the workers.
+    async fn retry(
+        self: Arc<Self>,
+        scheduler: Arc<Scheduler>,
+        key: u64,
+        lane: usize,
+        message: Arc<Message>,
+        failed: Failed,
+        rest: Vec<Arc<Message>>,
+    ) {
+        let mut invocation = self.invocation();
+        invocation.message = message;
+        invocation.handler = failed.target.spec.name;
+        let on = Attempting {
+            target: &failed.target,
+            counters: failed.target.metrics.lane(lane),
+            traced: failed.traced,
+        };
+        self.after_failure(&on, &mut invocation, failed.error, failed.attempt)
+            .await;
+        scheduler.room.add_permits(1);
+        if !self.stopping(true) {
+            scheduler.finish(key, rest);
         }
     }
 
-    /// Fetches and hands each batch's messages to `concurrency` lanes by ordering key, one
-    /// run of messages per lane and batch (one wake-up per run, not per message). A lane
-    /// holds at most `lane_capacity` messages not yet handled; the fetch waits for room, so
-    /// a lane stuck in back-off holds back only the fetching, never another lane's work.
-    async fn run_lanes(self: &Arc<Self>, consumer: &mut dyn Consumer) {
-        let lane_capacity = self.batch_size.max(16);
-        // Owned here, so that aborting the dispatcher (shutdown timeout) aborts its lanes too.
+    /// Fetches and hands each batch's messages to `concurrency` workers by key, until
+    /// shutdown; then waits for the workers and the retries.
+    async fn run_workers(self: &Arc<Self>, consumer: &mut dyn Consumer) {
+        let window = (4 * self.batch_size).max(64 * self.concurrency);
+        let (retries, mut retry_rx) = mpsc::unbounded_channel::<BoxFuture<'static, ()>>();
+        let scheduler = Arc::new(Scheduler {
+            keys: Mutex::default(),
+            runs: Mutex::default(),
+            available: Semaphore::new(0),
+            room: Semaphore::new(window),
+            retries,
+        });
+        // Owned here, so that aborting the dispatcher (shutdown timeout) aborts its workers
+        // and retries too.
         let mut tasks = tokio::task::JoinSet::new();
-        let lanes: Vec<Lane> = (0..self.concurrency)
-            .map(|lane| {
-                let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Arc<Message>>>();
-                let room = Arc::new(Semaphore::new(lane_capacity));
-                let this = Arc::clone(self);
-                let freed = Arc::clone(&room);
-                tasks.spawn(async move {
-                    let (mut acks, mut invocation) = (this.pending_acks(), this.invocation());
-                    while let Some(run) = rx.recv().await {
-                        let taken = run.len().min(lane_capacity);
+        for lane in 0..self.concurrency {
+            let (this, scheduler) = (Arc::clone(self), Arc::clone(&scheduler));
+            let workers = self.concurrency;
+            tasks.spawn(async move {
+                let (mut acks, mut invocation) = (this.pending_acks(), this.invocation());
+                let mut runs = Vec::new();
+                loop {
+                    scheduler.take_runs(workers, &mut runs);
+                    if runs.is_empty() {
+                        // Nothing ready: what was handled is acknowledged before waiting.
+                        this.flush_acks(&mut acks).await;
+                        let Some(run) = scheduler.next_run(&this.shutdown).await else {
+                            return;
+                        };
+                        runs.push(run);
+                    }
+                    for run in runs.drain(..) {
                         if !this
-                            .process_run(run, lane, &mut acks, &mut invocation)
+                            .handle_run(&scheduler, run, lane, &mut acks, &mut invocation)
                             .await
                         {
                             return;
                         }
-                        freed.add_permits(taken);
                     }
-                });
-                Lane { tx, room }
-            })
-            .collect();
-        let mut runs: Vec<Vec<Arc<Message>>> = vec![Vec::new(); lanes.len()];
-        let mut failures = 0;
-        'fetch: while let Some(batch) = self.next_batch(consumer, &mut failures).await {
-            for message in batch {
-                let lane = (message.ordering_key() % lanes.len() as u64) as usize;
-                runs[lane].push(message);
-            }
-            for (lane, run) in lanes.iter().zip(&mut runs) {
-                if run.is_empty() {
-                    continue;
                 }
-                // A batch is at most `batch_size` long, so a run fits in an empty lane; a
-                // broker that returned more takes the whole lane.
-                let taken = run.len().min(lane_capacity) as u32;
+            });
+        }
+        let mut failures = 0;
+        'fetch: loop {
+            let wanted = self.batch_size.min(window) as u32;
+            let room = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break 'fetch,
+                Some(retry) = retry_rx.recv() => {
+                    tasks.spawn(retry);
+                    while tasks.try_join_next().is_some() {}
+                    continue 'fetch;
+                }
+                room = scheduler.room.acquire_many(wanted) => match room {
+                    Ok(room) => room,
+                    Err(_) => break 'fetch,
+                },
+            };
+            let batch = loop {
                 tokio::select! {
                     biased;
-                    _ = self.shutdown.cancelled() => break 'fetch,
-                    room = lane.room.acquire_many(taken) => match room {
-                        Ok(room) => room.forget(),
-                        Err(_) => break 'fetch,
-                    },
+                    Some(retry) = retry_rx.recv() => {
+                        tasks.spawn(retry);
+                        while tasks.try_join_next().is_some() {}
+                    }
+                    batch = self.next_batch(consumer, &mut failures) => break batch,
                 }
-                let run = std::mem::replace(run, Vec::with_capacity(run.len()));
-                if lane.tx.send(run).is_err() {
-                    break 'fetch;
-                }
-            }
+            };
+            let Some(batch) = batch else { break 'fetch };
+            // Held until each message is settled; what the batch did not use goes back.
+            room.forget();
+            scheduler
+                .room
+                .add_permits((wanted as usize).saturating_sub(batch.len()));
+            scheduler.admit(batch);
         }
-        drop(lanes);
+        // Retries still arriving are spawned (they end at once on shutdown) and awaited.
+        retry_rx.close();
+        while let Some(retry) = retry_rx.recv().await {
+            tasks.spawn(retry);
+        }
+        drop(scheduler);
         while tasks.join_next().await.is_some() {}
     }
 
@@ -416,13 +598,13 @@ impl Dispatcher {
     /// `lane` picks the counters written: one lane handles one message at a time. A
     /// handled message joins the lane's `acks`; before a failure's slow path they are
     /// acknowledged, so that a back-off does not hold them.
-    pub async fn process(
+    async fn process(
         &self,
         message: Arc<Message>,
         lane: usize,
         acks: &mut PendingAcks,
         invocation: &mut Invocation,
-    ) {
+    ) -> Option<Failed> {
         let target = match self.route(&message) {
             Ok(target) => target,
             Err(skip) => {
@@ -430,7 +612,7 @@ impl Dispatcher {
                 tracing::debug!(topic = %message.topic, reason = skip.reason(), "message skipped");
                 acks.mark = self.clock.raw();
                 self.ack_soon(message, acks.mark, acks).await;
-                return;
+                return None;
             }
         };
         let delivery = message.delivery_headers();
@@ -454,7 +636,7 @@ impl Dispatcher {
             self.flush_acks(acks).await;
             Box::pin(self.dead_letter(&on, &message, &error, attempt, now, now)).await;
             acks.mark = self.clock.raw();
-            return;
+            return None;
         }
         let spare = std::mem::replace(&mut invocation.message, message);
         invocation.handler = target.spec.name;
@@ -473,12 +655,27 @@ impl Dispatcher {
                     Gathered::Due => self.flush_acks(acks).await,
                     Gathered::Alone(message) => self.ack(&message).await,
                 }
+                None
+            }
+            // Retried: the caller moves it (still in `invocation`) to a task of its own.
+            Err(error) if error.is_retryable() && attempt < target.spec.retry.max_attempts() => {
+                acks.mark = self.clock.raw();
+                let failed = Failed {
+                    target: Arc::clone(target),
+                    error,
+                    attempt,
+                    traced: delivery.traced,
+                };
+                // The failed message stays in `invocation` for the caller to take.
+                drop(spare);
+                Some(failed)
             }
             Err(error) => {
                 self.flush_acks(acks).await;
                 Box::pin(self.after_failure(&on, invocation, error, attempt)).await;
                 invocation.message = spare;
                 acks.mark = self.clock.raw();
+                None
             }
         }
     }

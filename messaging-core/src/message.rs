@@ -250,17 +250,18 @@ impl Message {
         }
     }
 
-    /// The lane key that keeps order: per Kafka partition, otherwise per topic and key.
-    /// The partitions of one topic get consecutive keys, so that up to as many partitions
-    /// as there are lanes each get a lane of their own (no partition waits behind another).
+    /// The key that keeps order: the topic and key (on Kafka, the key within its
+    /// partition); without a key, the partition (Kafka) or the topic. Messages with equal
+    /// ordering keys are handled one after the other, in order; others concurrently. (Two
+    /// keys whose hashes collide are merely ordered together.)
     pub fn ordering_key(&self) -> u64 {
-        let topic = lane_hash(self.topic.as_bytes());
-        match (&self.position, &self.key) {
-            (Position::Partition { partition, .. }, _) => {
-                topic.wrapping_add(u64::from(partition.unsigned_abs()))
-            }
-            (_, Some(key)) => topic ^ lane_hash(key.as_bytes()).rotate_left(1),
-            (_, None) => topic,
+        let mut scope = lane_hash(self.topic.as_bytes());
+        if let Position::Partition { partition, .. } = &self.position {
+            scope = scope.wrapping_add(u64::from(partition.unsigned_abs()));
+        }
+        match &self.key {
+            Some(key) => scope ^ lane_hash(key.as_bytes()).rotate_left(1),
+            None => scope,
         }
     }
 }
@@ -395,6 +396,23 @@ mod tests {
             other_topic.ordering_key(),
             keyed("user-1".into()).ordering_key()
         );
+    }
+
+    #[test]
+    fn on_kafka_a_key_is_ordered_within_its_partition() {
+        let at = |partition, key: Option<&str>| {
+            let mut m = Message::new("orders", Vec::<u8>::new());
+            m.position = Position::Partition {
+                partition,
+                offset: 7,
+            };
+            m.key = key.map(str::to_owned);
+            m.ordering_key()
+        };
+        assert_eq!(at(1, Some("user-1")), at(1, Some("user-1")));
+        assert_ne!(at(1, Some("user-1")), at(1, Some("user-2")));
+        assert_ne!(at(1, Some("user-1")), at(2, Some("user-1")));
+        assert_ne!(at(1, Some("user-1")), at(1, None));
     }
 
     #[test]

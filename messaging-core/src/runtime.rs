@@ -111,8 +111,9 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Handlers running at once per group; order is kept per key. 1 runs them in the
-    /// fetching task itself.
+    /// First attempts running at once per group; order is kept per key. A message waiting
+    /// out a back-off holds back only its key and does not count here: its retries run on
+    /// their own.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = Some(concurrency.max(1));
         self
@@ -473,9 +474,9 @@ impl DispatcherParts {
     async fn run(self, consumer: Box<dyn Consumer>) {
         let readiness = consumer.readiness();
         self.connection.set_group(&self.group, readiness.clone());
-        if readiness.is_ready() {
+        if !readiness.announced_by_broker() {
             tracing::info!(group = %self.group, backend = self.broker.name(), "consuming");
-        } else {
+        } else if !readiness.is_ready() {
             tracing::info!(group = %self.group, backend = self.broker.name(), "joining the group");
         }
         let dispatcher = Arc::new(Dispatcher {

@@ -50,6 +50,7 @@ macro_rules! suite {
             redelivers_what_a_dropped_consumer_held,
             graceful_shutdown_finishes_in_flight_work,
             replay_ends_while_the_handler_still_fails,
+            a_failing_key_holds_back_only_itself,
         );
     };
     (@each $connect:path; $($name:ident),* $(,)?) => {

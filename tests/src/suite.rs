@@ -952,3 +952,85 @@ pub async fn replay_ends_while_the_handler_still_fails(connect: Connect) {
     assert_eq!(listed(&*broker, &dlq_topic).await.len(), 11);
     runtime.shutdown().await.unwrap();
 }
+
+/// One key failing every attempt holds back only its own messages (issue 22): 2 000
+/// messages on 50 keys, key `k0` failing with 3 retries 5 s apart. Every message of the other
+/// 49 keys is handled within 2 s of its publish, and `k0`'s messages reach the DLQ in order.
+/// (Draining all of `k0` takes 40 × 15 s; the test checks the order of the first two.)
+pub async fn a_failing_key_holds_back_only_itself(connect: Connect) {
+    let s = Scenario::new(connect);
+    let topic = s.topic("keyed");
+    let started = Instant::now();
+    let handled: Log<(String, u64, Duration)> = Log::default();
+    let failing_attempts: Log<u64> = Log::default();
+    let dlq = Log::default();
+    let handler = HandlerSpec::new("keyed", [topic.clone()], {
+        let (handled, failing_attempts) = (handled.clone(), failing_attempts.clone());
+        move |inv: Invocation| {
+            let body: serde_json::Value = serde_json::from_slice(&inv.message.payload).unwrap();
+            let seq = body["seq"].as_u64().unwrap();
+            let sent = Duration::from_micros(body["at"].as_u64().unwrap());
+            let key = inv.message.key.clone().unwrap_or_default();
+            let result = if key == "k0" {
+                failing_attempts.push(seq);
+                Err(HandlerError::retryable("k0 always fails"))
+            } else {
+                handled.push((key, seq, started.elapsed().saturating_sub(sent)));
+                Ok(())
+            };
+            async move { result }
+        }
+    })
+    .group(s.group("keyed"))
+    .retry(RetryPolicy::new(3, Duration::from_secs(5)));
+    let runtime = s
+        .start(vec![handler, dlq_reader(&s, &topic, dlq.clone())])
+        .await;
+    let producer = s.producer().await;
+    for seq in 0..2_000u64 {
+        let key = format!("k{}", seq % 50);
+        let at = started.elapsed().as_micros() as u64;
+        producer
+            .send_with(
+                &topic,
+                &json!({"seq": seq, "at": at}),
+                SendOptions::key(key),
+            )
+            .await
+            .unwrap();
+    }
+    eventually("the 49 healthy keys handled", || handled.len() == 1_960).await;
+    let slowest = handled
+        .all()
+        .into_iter()
+        .max_by_key(|(_, _, d)| *d)
+        .unwrap();
+    assert!(
+        slowest.2 < Duration::from_secs(2),
+        "a message of another key waited {:?} (key {}, seq {})",
+        slowest.2,
+        slowest.0,
+        slowest.1
+    );
+    // Per key, in publish order.
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for (key, seq, _) in handled.all() {
+        if let Some(previous) = last.insert(key.clone(), seq) {
+            assert!(seq > previous, "key {key}: {seq} after {previous}");
+        }
+    }
+    eventually("two of k0's messages dead-lettered", || dlq.len() >= 2).await;
+    let order: Vec<u64> = dlq
+        .all()
+        .iter()
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_str(&r.original.payload).unwrap();
+            body["seq"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(&order[..2], &[0, 50], "k0's messages in order into the DLQ");
+    // k0 never ran two messages at once, nor one before the previous was done with.
+    let attempts = failing_attempts.all();
+    assert!(attempts.windows(2).all(|w| w[0] <= w[1]), "{attempts:?}");
+    runtime.shutdown().await.unwrap();
+}
