@@ -7,7 +7,7 @@
 //! fail), the next call first re-reads this consumer's own pending list from `0`, skipping
 //! what it already holds, so nothing assigned is lost.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,6 +23,9 @@ use crate::broker::{Shared, create_group, not_a_stream};
 use crate::entry::{EntryId, RawEntry, parse_autoclaim, parse_read};
 use crate::error::{broker_error, is_connection_error, is_no_group, is_wrong_type};
 
+/// The most entries one `XPENDING`/`XCLAIM` round of the refresh takes.
+const REFRESH_PAGE: usize = 1000;
+
 /// This consumer within its group, shared with its acker and keeper.
 pub(crate) struct Member {
     pub shared: Arc<Shared>,
@@ -31,12 +34,12 @@ pub(crate) struct Member {
     pub streams: Vec<String>,
     /// The streams' names, shared by the messages received.
     pub names: TopicNames,
-    /// Entries delivered and not yet acknowledged, with when they were last claimed.
-    held: Mutex<HashMap<(usize, EntryId), Instant>>,
+    /// Entries delivered and not yet acknowledged: a re-read of the pending list skips them.
+    held: Mutex<HashSet<(usize, EntryId)>>,
 }
 
 impl Member {
-    pub(crate) fn held(&self) -> MutexGuard<'_, HashMap<(usize, EntryId), Instant>> {
+    pub(crate) fn held(&self) -> MutexGuard<'_, HashSet<(usize, EntryId)>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -44,38 +47,74 @@ impl Member {
         self.streams.iter().position(|s| s == topic)
     }
 
-    /// Resets the idle time of held entries not claimed for a `period`, so no other consumer
-    /// mistakes this live one for dead while its handlers still work (retry back-offs).
+    /// Resets the idle time of the held entries idle for a `period`, so that
+    /// no other member's `XAUTOCLAIM` takes an entry this live consumer still works on (a
+    /// handler in a retry back-off longer than `reclaim_idle`). Run every `period` (a quarter
+    /// of `reclaim_idle`), it keeps every entry's idle time under about half of it.
+    ///
+    /// The server says which entries are due (`XPENDING … IDLE <period> … <self>`), so no
+    /// clock but its own counts. `XCLAIM … <period> … JUSTID` then claims only entries still
+    /// idle that long: one acknowledged meanwhile is not pending and stays gone, and one
+    /// another member took over in between has just been claimed and stays theirs.
     async fn refresh(&self, period: Duration) {
-        let now = Instant::now();
-        let mut due: Vec<Vec<EntryId>> = vec![Vec::new(); self.streams.len()];
-        for ((stream, id), claimed) in self.held().iter() {
-            if now.duration_since(*claimed) >= period {
-                due[*stream].push(*id);
+        for (index, stream) in self.streams.iter().enumerate() {
+            if let Err(error) = self.refresh_stream(index, stream, period).await {
+                tracing::warn!(%stream, group = %self.group, %error, "refreshing held entries failed");
             }
         }
+    }
+
+    async fn refresh_stream(
+        &self,
+        index: usize,
+        stream: &str,
+        period: Duration,
+    ) -> Result<(), RedisError> {
+        let idle = period.as_millis() as u64;
         let mut conn = self.shared.conn();
-        for (stream, ids) in due.iter().enumerate().filter(|(_, ids)| !ids.is_empty()) {
-            let mut cmd = redis::cmd("XCLAIM");
-            cmd.arg(&self.streams[stream])
+        let mut from = "-".to_owned();
+        loop {
+            let due: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+                .arg(stream)
                 .arg(&self.group)
-                .arg(&self.name);
-            // Only entries idle that long: one another consumer has just taken over stays theirs.
-            cmd.arg(period.as_millis() as u64)
-                .arg(ids.iter().map(EntryId::to_string).collect::<Vec<_>>());
-            cmd.arg("JUSTID");
-            match cmd.query_async::<Value>(&mut conn).await {
-                Ok(_) => {
-                    let mut held = self.held();
-                    for id in ids {
-                        if let Some(claimed) = held.get_mut(&(stream, *id)) {
-                            *claimed = now;
-                        }
-                    }
+                .arg("IDLE")
+                .arg(idle)
+                .arg(&from)
+                .arg("+")
+                .arg(REFRESH_PAGE)
+                .arg(&self.name)
+                .query_async(&mut conn)
+                .await?;
+            let Some(last) = due.last() else {
+                return Ok(());
+            };
+            from = format!("({}", last.0);
+            // Only what is still held: an entry whose `XACK` failed is no longer, and idles
+            // out to be reclaimed and delivered again.
+            let ids: Vec<&str> = {
+                let held = self.held();
+                due.iter()
+                    .map(|p| p.0.as_str())
+                    .filter(|id| id.parse().is_ok_and(|id| held.contains(&(index, id))))
+                    .collect()
+            };
+            if ids.is_empty() {
+                if due.len() < REFRESH_PAGE {
+                    return Ok(());
                 }
-                Err(error) => {
-                    tracing::warn!(stream = %self.streams[stream], group = %self.group, %error, "refreshing held entries failed")
-                }
+                continue;
+            }
+            redis::cmd("XCLAIM")
+                .arg(stream)
+                .arg(&self.group)
+                .arg(&self.name)
+                .arg(idle)
+                .arg(&ids)
+                .arg("JUSTID")
+                .query_async::<Value>(&mut conn)
+                .await?;
+            if due.len() < REFRESH_PAGE {
+                return Ok(());
             }
         }
     }
@@ -256,7 +295,7 @@ impl RedisConsumer {
             name,
             names: TopicNames::new(&streams),
             streams,
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(HashSet::new()),
         });
         let (keeper, stop) = oneshot::channel();
         tokio::spawn(keep(Arc::clone(&member), stop));
@@ -481,7 +520,6 @@ impl RedisConsumer {
         let Some(index) = self.member.stream_index(stream) else {
             return Ok(());
         };
-        let now = Instant::now();
         let topic = self.member.names.get(stream);
         let mut deleted = Vec::new();
         {
@@ -491,15 +529,15 @@ impl RedisConsumer {
                     .id
                     .parse()
                     .map_err(|e| protocol_error("XREADGROUP", e))?;
-                match held.get_mut(&(index, id)) {
-                    Some(claimed) => *claimed = now,
-                    None => match entry.into_message(topic.clone()) {
-                        Some(message) => {
-                            held.insert((index, id), now);
-                            self.ready.push_back(Arc::new(message));
-                        }
-                        None => deleted.push(id.to_string()),
-                    },
+                if held.contains(&(index, id)) {
+                    continue;
+                }
+                match entry.into_message(topic.clone()) {
+                    Some(message) => {
+                        held.insert((index, id));
+                        self.ready.push_back(Arc::new(message));
+                    }
+                    None => deleted.push(id.to_string()),
                 }
             }
         }

@@ -47,19 +47,27 @@
 //!
 //! # Reclaiming
 //!
-//! An entry delivered to a consumer stays in the group's pending list until acknowledged.
-//! Every consumer runs an `XAUTOCLAIM` round over its streams about every second, taking over
-//! entries idle for `reclaim_idle` (default 30 s): those of consumers that died. A live
-//! consumer refreshes the idle time of the entries it still holds (`XCLAIM … JUSTID`), so a
-//! handler in a long retry back-off is not taken over. A consumer dropped without `close`
-//! hands its entries back at once (they are marked idle), so the next round anywhere takes
-//! them; a process that crashes leaves them for `reclaim_idle`. The attempt count of a
-//! reclaimed entry continues from the `x-messaging-attempt` header, never from Redis's
-//! delivery counter. Entries deleted or trimmed while pending are acknowledged and skipped.
-//! Names of consumers idle for `forget_after` (default 1 h) with nothing pending are removed
-//! from the group, so crashed processes do not pile up in `XINFO CONSUMERS`; a clean `close`
-//! removes its own name at once. A consumer also re-reads its own pending list on start and after a read whose reply it did
-//! not see (connection lost, future dropped), so `next_batch` loses nothing when cancelled.
+//! An entry delivered to a consumer stays in the group's pending list until acknowledged. Every
+//! consumer runs an `XAUTOCLAIM` round over its streams about every second, taking over entries
+//! idle for `reclaim_idle` (default 30 s): those of consumers that died. A live consumer keeps
+//! the entries it still holds (delivered, not yet acknowledged) from idling that long, so a
+//! message being retried stays with its owner however long its back-off: every quarter of
+//! `reclaim_idle` (at most 10 s) a task of the consumer asks which of its entries have idled
+//! that long (`XPENDING … IDLE`) and claims them again for itself (`XCLAIM … JUSTID`, with the
+//! same minimum idle time), so none idles past about half of `reclaim_idle`. An entry
+//! acknowledged meanwhile is not brought back (it is no longer pending), and one another member
+//! took over (its owner was cut off from Redis for `reclaim_idle`) is not taken back (its idle
+//! time was just reset). The owner's process must live and reach Redis: an entry whose `XACK`
+//! failed is no longer refreshed, and idles out to be delivered again. A consumer dropped
+//! without `close` hands its entries back at once (they are marked idle), so the next round
+//! anywhere takes them; a process that crashes leaves them for `reclaim_idle`. The attempt
+//! count of a reclaimed entry continues from the `x-messaging-attempt` header, never from
+//! Redis's delivery counter. Entries deleted or trimmed while pending are acknowledged and
+//! skipped. Names of consumers idle for `forget_after` (default 1 h) with nothing pending are
+//! removed from the group, so crashed processes do not pile up in `XINFO CONSUMERS`; a clean
+//! `close` removes its own name at once. A consumer also re-reads its own pending list on start
+//! and after a read whose reply it did not see (connection lost, future dropped), so
+//! `next_batch` loses nothing when cancelled.
 //!
 //! # Connection loss
 //!

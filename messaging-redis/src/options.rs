@@ -17,7 +17,8 @@ pub struct RedisOptions {
     pub maxlen: Option<usize>,
     /// How long an entry must stay unacknowledged by its consumer before another consumer of
     /// the group takes it over with `XAUTOCLAIM`. Live consumers refresh the entries they
-    /// still work on, so only dead consumers lose theirs. URL: `reclaim_idle=30s`.
+    /// still work on every quarter of it (handlers in a retry back-off included, however
+    /// long), so only dead consumers lose theirs. URL: `reclaim_idle=30s`.
     pub reclaim_idle: Duration,
     /// How long one `XREADGROUP … BLOCK` waits before the loop looks for entries to reclaim
     /// again. URL: `block=2s`.
