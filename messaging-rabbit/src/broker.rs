@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::Channel;
 use lapin::options::{
@@ -40,7 +41,10 @@ impl std::fmt::Debug for RabbitBroker {
 impl RabbitBroker {
     /// Connects once with these options and declares the exchange; fails when RabbitMQ
     /// cannot be reached (the runtime's connect loop retries).
-    pub async fn connect(options: RabbitOptions) -> Result<Self, BrokerError> {
+    pub async fn connect(mut options: RabbitOptions) -> Result<Self, BrokerError> {
+        options.consumer_timeout = options
+            .resolved_consumer_timeout()
+            .map_err(|e| RabbitError::Config(e).into_broker("connect"))?;
         let options = Arc::new(options);
         let publisher = Publisher::connect(Arc::clone(&options))
             .await
@@ -287,6 +291,12 @@ impl Broker for RabbitBroker {
                 .await
                 .map_err(|e| e.into_broker("publish"))
         })
+    }
+
+    /// The server's `consumer_timeout` as configured (`?consumer_timeout=` in the URL,
+    /// 30 min by default): the runtime refuses handlers whose retries could reach it.
+    fn max_unacknowledged(&self) -> Option<Duration> {
+        self.options.consumer_timeout
     }
 
     fn subscribe(

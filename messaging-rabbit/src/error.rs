@@ -23,6 +23,16 @@ pub enum RabbitError {
     /// The broker negatively acknowledged a publish: it may not be stored.
     #[error("the broker did not accept the message (publisher confirm nack)")]
     Nacked,
+    /// A publish no queue is bound to: the broker returned it (published `mandatory`)
+    /// instead of dropping it in silence, and nothing was stored.
+    #[error(
+        "nothing consumes topic `{topic}`: no queue is bound to it on exchange `{exchange}` (the broker returned the message: {reason}); the message was not stored. A group's queue exists from its first subscribe on"
+    )]
+    Unroutable {
+        topic: String,
+        exchange: String,
+        reason: String,
+    },
     /// An acknowledgement for a delivery the consumer no longer holds: its channel closed
     /// (the broker redelivers it), or it was acknowledged already.
     #[error(

@@ -16,9 +16,18 @@
 //! - Topics are bound literally. On a topic exchange `*` and `#` are wildcards, so topics
 //!   containing them are refused (`RabbitError::InvalidTopic`); `.` is fine.
 //! - Everything is declared idempotently when a connection opens, and again after each
-//!   reconnection. A message published to a topic that no queue is bound to yet is
-//!   dropped by RabbitMQ, as on any topic exchange: a group's queue exists from its first
-//!   `subscribe` on, and keeps what arrives while its consumers are away.
+//!   reconnection. A group's queue exists from its first `subscribe` on, and keeps what
+//!   arrives while its consumers are away.
+//! - **Nothing published is dropped in silence.** A topic exchange drops a message no
+//!   queue is bound to. Every publish is therefore `mandatory`: the broker returns such a
+//!   message (`basic.return`, `NO_ROUTE`) and `publish` (so `send`, `publish_event`)
+//!   fails with [`RabbitError::Unroutable`] naming the topic; nothing was stored. This
+//!   backend does not keep what is published to a topic with no group (as Kafka and Redis
+//!   do): start the consuming group once (its queue stays) before publishing, or declare the
+//!   topic kept. The framework's own publishes go to declared topics (dead-letter records)
+//!   or to topics a group reads (a replay), so they are routed; a replay to a topic whose
+//!   group queue was deleted fails, and the record stays in the DLQ. `#[event]` publishes
+//!   that fail this way are logged and counted as dropped by the core.
 //! - [`StartFrom`](messaging_core::StartFrom) has no effect: a queue holds what was
 //!   published since it was first declared and not yet acknowledged, so a new group starts
 //!   at the latest message and an existing one where it left off, whatever is asked.
@@ -55,6 +64,26 @@
 //! `basic.ack` to the connection without waiting for it to be written (AMQP acks get no
 //! reply, and the wait would cost two thread hops per message); closing the consumer waits
 //! for them, and one lost with its connection means a redelivery, never a loss.
+//!
+//! # How long a message may be held: `consumer_timeout`
+//!
+//! RabbitMQ takes back a delivery left unacknowledged longer than its `consumer_timeout`
+//! (30 minutes by default in current versions; `consumer_timeout` in `rabbitmq.conf`, in
+//! milliseconds): it closes the channel and redelivers every message the channel held.
+//! Retries are in-process and hold the message unacknowledged through every back-off, so
+//! the total back-off of a handler (plus its attempts' time limits) must stay under it.
+//! [`Broker::max_unacknowledged`] reports the limit, and the runtime refuses at start-up,
+//! naming them, handlers whose
+//! [`RetryPolicy::max_hold`](messaging_core::RetryPolicy::max_hold) reaches it.
+//!
+//! This backend cannot read the server's setting: say it in `RABBITMQ_URL` as
+//! `?consumer_timeout=45m` (a duration with its unit, e.g. `2700000ms`; `off` when the
+//! server has the timeout disabled), or with [`RabbitOptions::consumer_timeout`]. It
+//! defaults to RabbitMQ's 30 minutes and **must match the server's value**: a smaller
+//! one refuses handlers needlessly, a larger one lets a long back-off end in a closed
+//! channel and a redelivery (and the handler's remaining attempts start over). The check
+//! does not count the time a message waits in the prefetch buffer before its first
+//! attempt, nor attempt times of a handler without a `timeout`: keep a margin.
 //!
 //! # Reconnection
 //!
@@ -98,7 +127,7 @@ use messaging_core::{BoxFuture, Broker, BrokerError, BrokerFactory, Config};
 
 pub use broker::RabbitBroker;
 pub use error::RabbitError;
-pub use options::{DEFAULT_EXCHANGE, RabbitOptions};
+pub use options::{DEFAULT_CONSUMER_TIMEOUT, DEFAULT_EXCHANGE, RabbitOptions};
 
 /// The name the backend is registered under.
 pub const NAME: &str = "rabbitmq";

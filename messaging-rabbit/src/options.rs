@@ -9,6 +9,9 @@ use messaging_core::config::mask_url;
 /// The exchange used when none is configured.
 pub const DEFAULT_EXCHANGE: &str = "messaging";
 
+/// RabbitMQ's default `consumer_timeout` (current versions): 30 minutes.
+pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
 /// Connection and topology settings of a [`RabbitBroker`](crate::RabbitBroker).
 #[derive(Clone)]
 pub struct RabbitOptions {
@@ -19,6 +22,7 @@ pub struct RabbitOptions {
     pub(crate) connect_retry_delay: Duration,
     pub(crate) connect_cooldown: Duration,
     pub(crate) queue_expires: Option<Duration>,
+    pub(crate) consumer_timeout: Option<Duration>,
 }
 
 impl RabbitOptions {
@@ -34,6 +38,7 @@ impl RabbitOptions {
             connect_retry_delay: defaults.connect_retry_delay,
             connect_cooldown: defaults.connect_cooldown,
             queue_expires: None,
+            consumer_timeout: Some(DEFAULT_CONSUMER_TIMEOUT),
         }
     }
 
@@ -85,9 +90,64 @@ impl RabbitOptions {
         self
     }
 
+    /// The server's `consumer_timeout`: how long RabbitMQ lets a delivery stay
+    /// unacknowledged before it closes the channel and redelivers (default 30 min, as
+    /// RabbitMQ's; `None` when the server's is disabled). It must match the server's setting:
+    /// the runtime refuses at start-up a handler whose retries could hold a message that long.
+    /// The URL's `?consumer_timeout=` (`30m`, `1800000ms`, `off`) overrides it.
+    pub fn consumer_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.consumer_timeout = timeout;
+        self
+    }
+
     /// The exchange name.
     pub fn exchange_name(&self) -> &str {
         &self.exchange
+    }
+
+    /// The consumer timeout in force: the URL's `consumer_timeout` when it has one, else the
+    /// one set in code. A value that does not parse is a configuration error.
+    pub(crate) fn resolved_consumer_timeout(&self) -> Result<Option<Duration>, String> {
+        let Some(query) = self.url.split_once('?').map(|(_, q)| q) else {
+            return Ok(self.consumer_timeout);
+        };
+        let query = query.split('#').next().unwrap_or_default();
+        let value = url_param(query, "consumer_timeout");
+        value.map_or(Ok(self.consumer_timeout), |v| parse_consumer_timeout(&v))
+    }
+}
+
+/// The last value of `key` in a query string, percent-decoding left out (a duration needs
+/// none).
+fn url_param(query: &str, key: &str) -> Option<String> {
+    query
+        .split('&')
+        .rev()
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+/// `30m`, `1800000ms`, `1h`; `off` (or `false`, `none`) for a server without the timeout.
+/// A bare number is refused: RabbitMQ's own setting is in milliseconds, a duration here is
+/// read in seconds elsewhere, and the mix-up would be a factor of 1000.
+fn parse_consumer_timeout(value: &str) -> Result<Option<Duration>, String> {
+    let expected = "write a duration with its unit (`30m`, `1800000ms`) or `off`, matching the server's consumer_timeout";
+    match value.to_ascii_lowercase().as_str() {
+        "off" | "false" | "none" => return Ok(None),
+        "" => return Err(format!("`consumer_timeout` is empty; {expected}")),
+        v if v.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(format!(
+                "`consumer_timeout={value}` has no unit; {expected}"
+            ));
+        }
+        _ => {}
+    }
+    match messaging_core::config::parse_duration("consumer_timeout", value) {
+        Ok(d) if !d.is_zero() => Ok(Some(d)),
+        _ => Err(format!(
+            "`consumer_timeout={value}` is not a duration above zero; {expected}"
+        )),
     }
 }
 
@@ -101,6 +161,44 @@ impl fmt::Debug for RabbitOptions {
             .field("connect_retry_delay", &self.connect_retry_delay)
             .field("connect_cooldown", &self.connect_cooldown)
             .field("queue_expires", &self.queue_expires)
+            .field("consumer_timeout", &self.consumer_timeout)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(url: &str) -> Result<Option<Duration>, String> {
+        RabbitOptions::new(url).resolved_consumer_timeout()
+    }
+
+    #[test]
+    fn the_consumer_timeout_comes_from_the_url_or_defaults_to_rabbitmqs() {
+        let base = "amqp://guest:guest@127.0.0.1:5672/%2f";
+        assert_eq!(timeout(base), Ok(Some(DEFAULT_CONSUMER_TIMEOUT)));
+        let heartbeat = format!("{base}?heartbeat=5");
+        assert_eq!(timeout(&heartbeat), Ok(Some(DEFAULT_CONSUMER_TIMEOUT)));
+        let hour = format!("{base}?heartbeat=5&consumer_timeout=1h");
+        assert_eq!(timeout(&hour), Ok(Some(Duration::from_secs(3600))));
+        let ms = format!("{base}?consumer_timeout=900000ms");
+        assert_eq!(timeout(&ms), Ok(Some(Duration::from_secs(900))));
+        assert_eq!(timeout(&format!("{base}?consumer_timeout=off")), Ok(None));
+        let in_code = RabbitOptions::new(base).consumer_timeout(Some(Duration::from_secs(60)));
+        assert_eq!(
+            in_code.resolved_consumer_timeout(),
+            Ok(Some(Duration::from_secs(60)))
+        );
+    }
+
+    #[test]
+    fn a_bad_consumer_timeout_says_what_to_write() {
+        let base = "amqp://h/%2f?consumer_timeout=";
+        for bad in ["1800000", "soon", "0s", ""] {
+            let error = timeout(&format!("{base}{bad}")).unwrap_err();
+            assert!(error.contains("consumer_timeout"), "{error}");
+            assert!(error.contains("`30m`"), "{error}");
+        }
     }
 }

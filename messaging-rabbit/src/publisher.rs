@@ -1,5 +1,7 @@
 //! Publishing on one confirm-mode channel of the broker's own connection. Each `publish`
-//! awaits its publisher confirm; many may be in flight at once on the channel. A lost
+//! awaits its publisher confirm; many may be in flight at once on the channel. Publishes are
+//! mandatory: one that no queue is bound to is returned by the broker and fails with
+//! [`RabbitError::Unroutable`] instead of being confirmed and lost. A lost
 //! connection is reopened on the next publish (paced by the retry gate), and the exchange
 //! and kept-topic queues are declared again on it.
 
@@ -150,18 +152,29 @@ impl Publisher {
             let session = self.current().await?;
             let channel = &session.channel;
             let sent = async {
+                // Mandatory: a message no queue is bound to comes back (`basic.return`,
+                // then the confirm) rather than being dropped by the exchange.
+                let mandatory = BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                };
                 let confirm = channel
                     .basic_publish(
                         self.exchange.clone(),
                         routing_key.clone(),
-                        BasicPublishOptions::default(),
+                        mandatory,
                         &message.payload,
                         properties,
                     )
                     .await?;
                 match confirm.await? {
                     Confirmation::Nack(_) => Err(RabbitError::Nacked),
-                    Confirmation::Ack(_) | Confirmation::NotRequested => Ok(()),
+                    Confirmation::Ack(Some(returned)) => Err(RabbitError::Unroutable {
+                        topic: message.topic.clone(),
+                        exchange: self.options.exchange.clone(),
+                        reason: format!("{} {}", returned.reply_code, returned.reply_text),
+                    }),
+                    Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
                 }
             };
             match sent.await {
