@@ -368,7 +368,11 @@ fn list(handlers: &[HandlerSpec], config: &Config) -> String {
             h.topics().join(","),
             h.group_name().to_owned(),
             h.event_name().unwrap_or("-").to_owned(),
-            retry.max_retries.to_string(),
+            if h.uses_retry_topics() {
+                format!("{} via topics", retry.max_retries)
+            } else {
+                retry.max_retries.to_string()
+            },
             humantime::format_duration(retry.retry_delay).to_string(),
             match retry.backoff {
                 Backoff::Constant => "constant",

@@ -41,12 +41,24 @@ pub(crate) struct Target {
     pub metrics: Arc<HandlerMetrics>,
 }
 
+#[derive(Clone)]
 pub(crate) enum Route {
     Single(Arc<Target>),
     ByEvent {
         envelope: EnvelopeFields,
         targets: HashMap<String, Arc<Target>>,
     },
+}
+
+impl Route {
+    /// Every handler of the route.
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
+        let (single, by_event) = match self {
+            Route::Single(target) => (Some(target), None),
+            Route::ByEvent { targets, .. } => (None, Some(targets.values())),
+        };
+        single.into_iter().chain(by_event.into_iter().flatten())
+    }
 }
 
 pub(crate) struct Dispatcher {
@@ -168,13 +180,17 @@ struct Run {
     messages: Vec<Arc<Message>>,
 }
 
-/// A message whose first attempt failed and will be retried: the retries leave the worker,
-/// so that only its key waits.
+/// A message that must wait before its next attempt: its first attempt failed and will be
+/// retried, or it came from a retry topic before its due time. The wait leaves the worker, so
+/// that only its key waits.
 struct Failed {
     target: Arc<Target>,
-    error: HandlerError,
+    /// The failure to retry; `None` for a message that has not been attempted yet.
+    error: Option<HandlerError>,
     attempt: u32,
     traced: bool,
+    /// How long it waits for its due time before `attempt` is made.
+    wait: Duration,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -438,8 +454,32 @@ impl Dispatcher {
             counters: failed.target.metrics.lane(lane),
             traced: failed.traced,
         };
-        self.after_failure(&on, &mut invocation, failed.error, failed.attempt)
-            .await;
+        let error = match failed.error {
+            Some(error) => Some(error),
+            None => {
+                tokio::select! {
+                    biased;
+                    // Not acknowledged: it waits in its retry topic for the next start.
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(failed.wait) => {}
+                }
+                match self
+                    .attempt(&on, &mut invocation, failed.attempt, None)
+                    .await
+                {
+                    Ok(()) => {
+                        self.handled(&on, &invocation.message, failed.attempt);
+                        self.ack(&invocation.message).await;
+                        None
+                    }
+                    Err(error) => Some(error),
+                }
+            }
+        };
+        if let Some(error) = error {
+            self.after_failure(&on, &mut invocation, error, failed.attempt)
+                .await;
+        }
         scheduler.room.add_permits(1);
         if !self.stopping(true) {
             scheduler.finish(key, rest);
@@ -638,6 +678,16 @@ impl Dispatcher {
             acks.mark = self.clock.raw();
             return None;
         }
+        if let Some(wait) = not_yet_due(&message) {
+            invocation.message = message;
+            return Some(Failed {
+                target: Arc::clone(target),
+                error: None,
+                attempt,
+                traced: delivery.traced,
+                wait,
+            });
+        }
         let spare = std::mem::replace(&mut invocation.message, message);
         invocation.handler = target.spec.name;
         match self
@@ -658,13 +708,18 @@ impl Dispatcher {
                 None
             }
             // Retried: the caller moves it (still in `invocation`) to a task of its own.
-            Err(error) if error.is_retryable() && attempt < target.spec.retry.max_attempts() => {
+            Err(error)
+                if error.is_retryable()
+                    && attempt < target.spec.retry.max_attempts()
+                    && !target.spec.retry_topics =>
+            {
                 acks.mark = self.clock.raw();
                 let failed = Failed {
                     target: Arc::clone(target),
-                    error,
+                    error: Some(error),
                     attempt,
                     traced: delivery.traced,
+                    wait: Duration::ZERO,
                 };
                 // The failed message stays in `invocation` for the caller to take.
                 drop(spare);
@@ -707,6 +762,18 @@ impl Dispatcher {
             }
             let delay = policy.delay_before_retry(attempt);
             on.counters.retried();
+            if target.spec.retry_topics {
+                match self
+                    .to_retry_topic(&invocation.message, attempt, delay, first_failure, &error)
+                    .await
+                {
+                    Ok(()) => return self.ack(&invocation.message).await,
+                    // Not lost: retried here instead.
+                    Err(publish_error) => {
+                        tracing::warn!(topic = %invocation.message.topic, error = %publish_error, "publishing to the retry topic failed; retrying in process");
+                    }
+                }
+            }
             tracing::info!(topic = %invocation.message.topic, handler = target.spec.name, attempt, ?delay, %error, "attempt failed; retrying");
             tokio::select! {
                 biased;
@@ -723,6 +790,51 @@ impl Dispatcher {
                 Err(next) => error = next,
             }
         }
+    }
+
+    /// Moves a failed message to the retry topic of its attempt, due after `delay`; the
+    /// caller acknowledges it once that is confirmed.
+    async fn to_retry_topic(
+        &self,
+        message: &Message,
+        attempt: u32,
+        delay: Duration,
+        first_failure_at: DateTime<Utc>,
+        error: &HandlerError,
+    ) -> Result<(), crate::error::BrokerError> {
+        let original = message
+            .header(header::ORIGINAL_TOPIC)
+            .unwrap_or(&message.topic)
+            .to_owned();
+        let mut headers = message.headers.clone();
+        headers.insert(header::ATTEMPT, attempt.to_string());
+        let due = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        headers.insert(
+            header::RETRY_DUE,
+            due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
+        headers.insert(header::ORIGINAL_TOPIC, original.clone());
+        if message.header(header::FIRST_FAILURE).is_none() {
+            let first = FirstFailure {
+                at: first_failure_at,
+                error: RecordedError {
+                    kind: error.kind(),
+                    message: error.to_string(),
+                },
+            };
+            headers.insert(
+                header::FIRST_FAILURE,
+                serde_json::to_string(&first).expect("a failure always serializes"),
+            );
+        }
+        let out = crate::message::OutgoingMessage {
+            topic: crate::registry::retry_topic(&original, attempt),
+            key: message.key.clone(),
+            payload: message.payload.clone(),
+            headers,
+        };
+        tracing::info!(topic = %original, retry_topic = %out.topic, attempt, ?delay, %error, "attempt failed; retrying through the retry topic");
+        self.broker.publish(out).await
     }
 
     /// One attempt. When the handler has to wait (its future is not ready at once), the
@@ -812,9 +924,14 @@ impl Dispatcher {
         // A replayed message that failed again keeps its first failure and counts replays.
         let first = FirstFailure::of(message);
         let first_failure_at = first.as_ref().map_or(first_failure_at, |f| f.at);
+        let mut original = OriginalMessage::capture_within(message, limit);
+        if let Some(topic) = message.header(header::ORIGINAL_TOPIC) {
+            // From a retry topic: the record names the topic it was first published to.
+            original.topic = topic.to_owned();
+        }
         let record = DeadLetterRecord {
             version: RECORD_VERSION,
-            original: OriginalMessage::capture_within(message, limit),
+            original,
             error: RecordedError {
                 kind: error.kind(),
                 message: error.to_string(),
@@ -892,6 +1009,17 @@ async fn wrapped(
                 format!("handler did not finish within {limit:?}"),
             )))
         })
+}
+
+/// How long a message from a retry topic still has to wait for its due time; `None` when it
+/// is due (or is no such message).
+fn not_yet_due(message: &Message) -> Option<Duration> {
+    let due = message.header(header::RETRY_DUE)?;
+    let due = DateTime::parse_from_rfc3339(due).ok()?.with_timezone(&Utc);
+    (due - Utc::now())
+        .to_std()
+        .ok()
+        .filter(|wait| !wait.is_zero())
 }
 
 fn panicked(panic: Box<dyn Any + Send>) -> HandlerError {

@@ -233,6 +233,8 @@ impl OriginalMessage {
         }
         let mut headers = self.headers.clone();
         headers.remove(header::ATTEMPT);
+        headers.remove(header::RETRY_DUE);
+        headers.remove(header::ORIGINAL_TOPIC);
         headers.insert(header::REPLAYED.to_owned(), "1".to_owned());
         Ok(OutgoingMessage {
             topic: self.topic.clone(),

@@ -23,6 +23,10 @@ pub mod header {
     /// Set on a message re-published from a dead-letter queue: how many times it has been
     /// replayed (1 after the first replay).
     pub const REPLAYED: &str = "x-messaging-replayed";
+    /// On a message waiting in a retry topic: when it is due (RFC 3339).
+    pub const RETRY_DUE: &str = "x-retry-due";
+    /// On a message in a retry topic: the topic it was first published to.
+    pub const ORIGINAL_TOPIC: &str = "x-messaging-original-topic";
     /// Set on a replayed message: the failure that first dead-lettered it (JSON:
     /// `{"at":…,"kind":…,"message":…}`), kept by the record written if it fails again.
     pub const FIRST_FAILURE: &str = "x-messaging-first-failure";

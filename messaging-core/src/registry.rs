@@ -49,6 +49,8 @@ pub struct HandlerRegistration {
     pub retry: RetryPolicy,
     /// Dead-letter topic; `None` means `<topic>.dlq`.
     pub dlq: Option<&'static str>,
+    /// Retries through delay topics instead of in-process (`retry_topics`).
+    pub retry_topics: bool,
     /// The schema type's name, for listings.
     pub schema: Option<&'static str>,
     /// Values the extractors need, checked at start-up.
@@ -79,6 +81,7 @@ pub struct HandlerSpec {
     pub(crate) envelope: EnvelopeFields,
     pub(crate) retry: RetryPolicy,
     pub(crate) dlq: Option<String>,
+    pub(crate) retry_topics: bool,
     pub(crate) schema: Option<String>,
     pub(crate) requires: Vec<Requirement>,
     pub(crate) instance: Option<InstanceFn>,
@@ -167,6 +170,7 @@ impl HandlerSpec {
             envelope: EnvelopeFields::STANDARD,
             retry: RetryPolicy::DEFAULT,
             dlq: None,
+            retry_topics: false,
             schema: None,
             requires: Vec::new(),
             instance: None,
@@ -197,6 +201,30 @@ impl HandlerSpec {
     pub fn dlq(mut self, topic: impl Into<String>) -> Self {
         self.dlq = Some(topic.into());
         self
+    }
+
+    /// Retries through delay topics (`retry_topics`, as Spring Kafka's `@RetryableTopic`):
+    /// a failed message is published to `<topic>.retry.<attempt>` with its due time and
+    /// acknowledged, so that its key goes on at once. Order is given up for this handler.
+    pub fn retry_topics(mut self, yes: bool) -> Self {
+        self.retry_topics = yes;
+        self
+    }
+
+    /// Whether it retries through delay topics.
+    pub fn uses_retry_topics(&self) -> bool {
+        self.retry_topics
+    }
+
+    /// The delay topics of `topic` it reads: one per retry, `<topic>.retry.<n>`; none
+    /// without `retry_topics`.
+    pub fn delay_topics(&self, topic: &str) -> Vec<String> {
+        if !self.retry_topics {
+            return Vec::new();
+        }
+        (1..=self.retry.max_retries)
+            .map(|n| retry_topic(topic, n))
+            .collect()
     }
 
     /// Reads a foreign envelope: the event name and the data are in these fields.
@@ -270,12 +298,18 @@ impl HandlerSpec {
             envelope: r.envelope,
             retry: r.retry,
             dlq: r.dlq.map(str::to_owned),
+            retry_topics: r.retry_topics,
             schema: r.schema.map(str::to_owned),
             requires: r.requires.iter().filter_map(|f| f()).collect(),
             instance: r.instance,
             call: Arc::new(call),
         }
     }
+}
+
+/// The delay topic where a message of `topic` waits for its retry after `attempt` attempts.
+pub fn retry_topic(topic: &str, attempt: u32) -> String {
+    format!("{topic}.retry.{attempt}")
 }
 
 /// The registered handlers, from the macros.

@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::extract::Context;
 use crate::metrics::{HandlerMetrics, metrics};
 use crate::producer::{Producer, install_producer};
-use crate::registry::{HandlerSpec, TopicRoute, plan, registered_handlers};
+use crate::registry::{HandlerSpec, TopicRoute, plan, registered_handlers, retry_topic};
 
 type AnyArc = Arc<dyn Any + Send + Sync>;
 
@@ -299,10 +299,30 @@ impl RuntimeBuilder {
                     };
                     (topic.clone(), route)
                 })
+                .collect::<Vec<_>>();
+            // Handlers with `retry_topics` also read their delay topics, routed as the
+            // original topic (its handlers, counters and DLQ).
+            let mut topics = group.topics.clone();
+            let mut routes = routes;
+            let delayed: Vec<(String, Route)> = routes
+                .iter()
+                .flat_map(|(topic, route)| {
+                    let retries = route
+                        .targets()
+                        .filter(|t| t.spec.retry_topics)
+                        .map(|t| t.spec.retry.max_retries)
+                        .max()
+                        .unwrap_or(0);
+                    (1..=retries).map(move |n| (retry_topic(topic, n), route.clone()))
+                })
                 .collect();
+            for (topic, route) in delayed {
+                topics.push(topic.clone());
+                routes.push((topic, route));
+            }
             let subscription = Subscription {
                 group: group.group.clone(),
-                topics: group.topics.clone(),
+                topics,
                 start: self.start,
                 prefetch: self.batch_size.max(concurrency),
             };
@@ -435,7 +455,8 @@ impl Runtime {
 fn check_hold(handlers: &[HandlerSpec], limit: Duration, broker: &str) -> Result<(), Error> {
     let too_long: Vec<String> = handlers
         .iter()
-        .filter(|h| h.retry.max_hold() >= limit)
+        // Retry topics acknowledge at once; only in-process retries hold a message.
+        .filter(|h| !h.retry_topics && h.retry.max_hold() >= limit)
         .map(|h| {
             format!(
                 "`{}` can hold a message for {} in retries",

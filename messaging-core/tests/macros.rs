@@ -159,6 +159,9 @@ impl Beats {
     }
 }
 
+#[message_handler(topic = "macros-test.retried", max_retries = 2, retry_topics = true)]
+async fn retried_through_topics(_body: serde_json::Value) {}
+
 fn handler(name: &str) -> HandlerSpec {
     registered_handlers()
         .into_iter()
@@ -197,6 +200,18 @@ fn message_handler_registers_its_attribute_values() {
         "{}",
         h.qualified_name()
     );
+}
+
+#[test]
+fn retry_topics_registers_one_delay_topic_per_retry() {
+    let h = handler("retried_through_topics");
+    assert!(h.uses_retry_topics());
+    assert_eq!(
+        h.delay_topics("macros-test.retried"),
+        ["macros-test.retried.retry.1", "macros-test.retried.retry.2"]
+    );
+    assert!(!handler("record_raw").uses_retry_topics());
+    assert!(handler("record_raw").delay_topics("t").is_empty());
 }
 
 #[test]

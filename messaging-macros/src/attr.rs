@@ -21,6 +21,7 @@ mod kw {
     syn::custom_keyword!(max_delay);
     syn::custom_keyword!(timeout);
     syn::custom_keyword!(dlq);
+    syn::custom_keyword!(retry_topics);
     syn::custom_keyword!(schema);
     syn::custom_keyword!(name_field);
     syn::custom_keyword!(data_field);
@@ -40,6 +41,7 @@ pub(crate) enum Param {
     MaxDelay,
     Timeout,
     Dlq,
+    RetryTopics,
     Schema,
     NameField,
     DataField,
@@ -59,6 +61,7 @@ impl Param {
             Param::MaxDelay => "max_delay",
             Param::Timeout => "timeout",
             Param::Dlq => "dlq",
+            Param::RetryTopics => "retry_topics",
             Param::Schema => "schema",
             Param::NameField => "name_field",
             Param::DataField => "data_field",
@@ -79,6 +82,7 @@ impl Param {
             Param::MaxDelay => lookahead.peek(kw::max_delay),
             Param::Timeout => lookahead.peek(kw::timeout),
             Param::Dlq => lookahead.peek(kw::dlq),
+            Param::RetryTopics => lookahead.peek(kw::retry_topics),
             Param::Schema => lookahead.peek(kw::schema),
             Param::NameField => lookahead.peek(kw::name_field),
             Param::DataField => lookahead.peek(kw::data_field),
@@ -99,6 +103,7 @@ impl Param {
             Param::MaxDelay => r#"max_delay = "1m""#,
             Param::Timeout => r#"timeout = "30s""#,
             Param::Dlq => r#"dlq = "orders.dead""#,
+            Param::RetryTopics => "retry_topics = true",
             Param::Schema => "schema = OrderCreated",
             Param::NameField => r#"name_field = "type""#,
             Param::DataField => r#"data_field = "payload""#,
@@ -108,13 +113,14 @@ impl Param {
     }
 }
 
-const RETRY: [Param; 6] = [
+const RETRY: [Param; 7] = [
     Param::MaxRetries,
     Param::RetryDelay,
     Param::Backoff,
     Param::MaxDelay,
     Param::Timeout,
     Param::Dlq,
+    Param::RetryTopics,
 ];
 
 pub(crate) const MESSAGE_HANDLER_KEYS: &[Param] = &[
@@ -126,6 +132,7 @@ pub(crate) const MESSAGE_HANDLER_KEYS: &[Param] = &[
     RETRY[3],
     RETRY[4],
     RETRY[5],
+    RETRY[6],
     Param::Schema,
 ];
 
@@ -140,6 +147,7 @@ pub(crate) const CONSUMER_KEYS: &[Param] = &[
     RETRY[3],
     RETRY[4],
     RETRY[5],
+    RETRY[6],
 ];
 
 pub(crate) const ON_EVENT_KEYS: &[Param] = &RETRY;
@@ -162,6 +170,7 @@ pub(crate) struct RetryArgs {
     pub max_delay: Option<Spanned<Duration>>,
     pub timeout: Option<Spanned<Duration>>,
     pub dlq: Option<LitStr>,
+    pub retry_topics: Option<LitBool>,
 }
 
 impl RetryArgs {
@@ -183,6 +192,10 @@ impl RetryArgs {
                 .or_else(|| defaults.max_delay.clone()),
             timeout: self.timeout.clone().or_else(|| defaults.timeout.clone()),
             dlq: self.dlq.clone().or_else(|| defaults.dlq.clone()),
+            retry_topics: self
+                .retry_topics
+                .clone()
+                .or_else(|| defaults.retry_topics.clone()),
         }
     }
 
@@ -492,6 +505,10 @@ fn store(key: Param, value: TokenStream, args: &mut Args) -> syn::Result<()> {
         }
         Param::Backoff => set(&mut args.retry.backoff, parse_backoff(value)?),
         Param::Dlq => set(&mut args.retry.dlq, topic_name(key, value)?),
+        Param::RetryTopics => {
+            let lit = parse_or(value, key, "a boolean", syn::parse2::<LitBool>)?;
+            set(&mut args.retry.retry_topics, lit)
+        }
         Param::Schema => set(&mut args.schema, parse_schema(value)?),
         Param::NameField => set(&mut args.name_field, non_empty_str(key, value)?),
         Param::DataField => set(&mut args.data_field, non_empty_str(key, value)?),

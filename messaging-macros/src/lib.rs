@@ -58,6 +58,7 @@ use proc_macro::TokenStream;
 /// | `max_delay` | duration string: cap of one wait | `"60s"` |
 /// | `timeout` | duration string: time allowed to one attempt | no limit |
 /// | `dlq` | `"topic"`: where failed messages go | `"<topic>.dlq"` |
+/// | `retry_topics` | `true`: retry through delay topics (`<topic>.retry.<n>`) instead of in process, so that the key goes on at once; order is given up for this handler | `false` |
 /// | `schema` | a type path implementing `Deserialize`: the body must decode as it | none |
 ///
 /// The defaults are `messaging_core::RetryPolicy::DEFAULT`'s.
@@ -141,7 +142,7 @@ pub fn message_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// | `group` | `"name"` | the type's name |
 /// | `name_field` | field of the body holding the event name | `"name"` |
 /// | `data_field` | field of the body holding the data | `"data"` |
-/// | `max_retries`, `retry_delay`, `backoff`, `max_delay`, `timeout`, `dlq` | as in [`macro@message_handler`]; defaults for every method | the core's |
+/// | `max_retries`, `retry_delay`, `backoff`, `max_delay`, `timeout`, `dlq`, `retry_topics` | as in [`macro@message_handler`]; defaults for every method | the core's |
 ///
 /// The type must be `Default + Send + Sync + 'static`: the runtime makes its one instance with
 /// `Default::default()` at start-up, unless a value of the type was registered with

@@ -175,6 +175,7 @@ impl Registration<'_> {
         let group = option(self.group.as_ref().map(|g| quote!(#g)));
         let retry = retry_policy(&self.retry);
         let dlq = option(self.retry.dlq.as_ref().map(|d| quote!(#d)));
+        let retry_topics = self.retry.retry_topics.as_ref().is_some_and(|b| b.value);
         let schema = option(self.schema.map(|s| quote!(::core::stringify!(#s))));
         let requires = sig.extractors.iter().map(|ty| {
             quote_spanned! {ty.span()=>
@@ -195,6 +196,7 @@ impl Registration<'_> {
                     envelope: __MESSAGING_ENVELOPE,
                     retry: #retry,
                     dlq: #dlq,
+                    retry_topics: #retry_topics,
                     schema: #schema,
                     requires: &[#(#requires),*],
                     instance: #instance,

@@ -51,6 +51,7 @@ macro_rules! suite {
             graceful_shutdown_finishes_in_flight_work,
             replay_ends_while_the_handler_still_fails,
             a_failing_key_holds_back_only_itself,
+            retry_topics_let_the_key_go_on,
         );
     };
     (@each $connect:path; $($name:ident),* $(,)?) => {

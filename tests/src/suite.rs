@@ -1034,3 +1034,68 @@ pub async fn a_failing_key_holds_back_only_itself(connect: Connect) {
     assert!(attempts.windows(2).all(|w| w[0] <= w[1]), "{attempts:?}");
     runtime.shutdown().await.unwrap();
 }
+
+/// `retry_topics` (issue 22): a failed message moves to `<topic>.retry.<attempt>` with its due
+/// time and is acknowledged, so that the next message of its key goes on at once; it is
+/// retried when due, and what still fails reaches the DLQ under its original topic.
+pub async fn retry_topics_let_the_key_go_on(connect: Connect) {
+    let s = Scenario::new(connect);
+    let topic = s.topic("payments");
+    let seen: Log<(String, u32, bool)> = Log::default();
+    let dlq = Log::default();
+    let handler = HandlerSpec::new("flaky", [topic.clone()], {
+        let seen = seen.clone();
+        move |inv: Invocation| {
+            let body = String::from_utf8_lossy(&inv.message.payload).into_owned();
+            let delayed = inv.message.header("x-retry-due").is_some();
+            seen.push((body.clone(), inv.attempt, delayed));
+            let result = match body.as_str() {
+                // Fails once, then succeeds from its retry topic.
+                "\"first\"" if inv.attempt == 1 => Err(HandlerError::retryable("not yet")),
+                "\"doomed\"" => Err(HandlerError::retryable("never")),
+                _ => Ok(()),
+            };
+            async move { result }
+        }
+    })
+    .group(s.group("payments"))
+    .retry(RetryPolicy::new(2, Duration::from_millis(500)))
+    .retry_topics(true);
+    let runtime = s
+        .start(vec![handler, dlq_reader(&s, &topic, dlq.clone())])
+        .await;
+    let producer = s.producer().await;
+    for body in ["first", "second", "doomed"] {
+        producer
+            .send_with(&topic, &body, SendOptions::key("same-key"))
+            .await
+            .unwrap();
+    }
+    eventually("first handled on its retry", || {
+        seen.all()
+            .iter()
+            .any(|(b, a, d)| b == "\"first\"" && *a == 2 && *d)
+    })
+    .await;
+    eventually("doomed dead-lettered", || !dlq.is_empty()).await;
+    let seen = seen.all();
+    let at = |body: &str, attempt: u32| {
+        seen.iter()
+            .position(|(b, a, _)| b == body && *a == attempt)
+            .unwrap_or_else(|| panic!("{body} attempt {attempt} not seen: {seen:?}"))
+    };
+    // The key went on while `first` waited for its retry.
+    assert!(at("\"second\"", 1) < at("\"first\"", 2), "{seen:?}");
+    let record = &dlq.all()[0];
+    assert_eq!(
+        record.original.topic, topic,
+        "the DLQ names the original topic"
+    );
+    assert_eq!(record.attempts, 3);
+    assert_eq!(record.original.payload, "\"doomed\"");
+    assert!(record.original.headers.get("x-retry-due").is_some());
+    let replay = record.to_replay().unwrap();
+    assert_eq!(replay.topic, topic);
+    assert!(replay.headers.get("x-retry-due").is_none());
+    runtime.shutdown().await.unwrap();
+}
