@@ -10,9 +10,8 @@ use messaging_core::{
 use rdkafka::producer::Producer as _;
 
 use crate::browse::KafkaSnapshot;
-use crate::consumer::{GroupConsumer, GroupContext, KafkaConsumer};
+use crate::consumer::{GroupConsumer, GroupContext, KafkaConsumer, Limits, REVOKE_DRAIN_TIMEOUT};
 use crate::error::{KafkaSetupError, NAME, connection, creation_error, from_kafka, operation};
-use crate::polling::ReportingProducer;
 use crate::publish::{Publisher, Refused};
 use crate::settings::KafkaSettings;
 use crate::topics::Topics;
@@ -31,7 +30,7 @@ pub struct KafkaBroker {
 
 struct Inner {
     settings: KafkaSettings,
-    publisher: Publisher,
+    publisher: Arc<Publisher>,
     topics: Topics,
 }
 
@@ -75,9 +74,9 @@ impl KafkaBroker {
     /// `messaging.connect.timeout.ms` (10 s by default), and at once, with
     /// [`BrokerError::Config`] naming the variable, on a property librdkafka refuses.
     pub async fn connect_with(settings: KafkaSettings) -> Result<Self, BrokerError> {
-        let producer = ReportingProducer::create(&settings.client_config(PRODUCER_DEFAULTS, &[]))
+        let publisher = Publisher::new(settings.client_config(PRODUCER_DEFAULTS, &[]))
             .map_err(|e| creation_error("create producer", e, &settings))?;
-        let probe = producer.clone();
+        let probe = publisher.producer();
         let servers = settings.bootstrap_servers().to_owned();
         let timeout = settings.connect_timeout;
         tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout))
@@ -87,11 +86,12 @@ impl KafkaBroker {
                 tracing::debug!(%error, "Kafka metadata request failed");
                 connection(KafkaSetupError::Unreachable { servers, timeout })
             })?;
-        let topics = Topics::new(&settings, producer.clone())?;
+        let publisher = Arc::new(publisher);
+        let topics = Topics::new(&settings, Arc::clone(&publisher))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 settings,
-                publisher: Publisher::new(producer),
+                publisher,
                 topics,
             }),
         })
@@ -116,10 +116,7 @@ impl KafkaBroker {
                 Ok(delivery) => return delivery.await.map_err(|e| from_kafka("publish", e)),
                 Err(Refused::NewTopic) => {
                     inner.topics.ensure_for_publish(&message.topic).await;
-                    inner
-                        .publisher
-                        .open(&message.topic)
-                        .map_err(|e| from_kafka("publish", e))?;
+                    inner.publisher.open(&message.topic);
                 }
                 // Waits for room, as rdkafka's `FutureProducer` does; delivery itself is
                 // bounded by librdkafka's `message.timeout.ms`.
@@ -136,7 +133,8 @@ impl KafkaBroker {
         let consumer = self.group_consumer(&subscription).await?;
         let names = messaging_core::TopicNames::new(&subscription.topics);
         let join_timeout = self.inner.settings.join_timeout;
-        let consumer = KafkaConsumer::joined(consumer, names, join_timeout).await;
+        let limits = Limits::for_prefetch(subscription.prefetch);
+        let consumer = KafkaConsumer::joined(consumer, names, limits, join_timeout).await?;
         Ok(Box::new(consumer))
     }
 
@@ -164,10 +162,20 @@ impl KafkaBroker {
                 ("auto.offset.reset", reset),
             ],
         );
+        // A revocation waits for in-flight messages inside the rebalance: at most half of
+        // the time the group gives a member between polls.
+        let drain_timeout = inner
+            .settings
+            .get("max.poll.interval.ms")
+            .and_then(|ms| ms.trim().parse().ok())
+            .map_or(REVOKE_DRAIN_TIMEOUT, |ms: u64| {
+                REVOKE_DRAIN_TIMEOUT.min(Duration::from_millis(ms / 2))
+            });
         let context = GroupContext::new(
             subscription.group.clone(),
             subscription.start,
             subscription.topics.first().cloned().unwrap_or_default(),
+            drain_timeout,
         );
         let consumer: GroupConsumer = config
             .create_with_context(context)
@@ -246,7 +254,7 @@ impl Broker for KafkaBroker {
     }
 
     fn flush(&self, timeout: Duration) -> BoxFuture<'_, Result<(), BrokerError>> {
-        let producer = self.inner.publisher.producer().clone();
+        let producer = self.inner.publisher.producer();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || producer.flush(timeout))
                 .await
@@ -313,10 +321,10 @@ mod tests {
         got
     }
 
-    /// The records of a partition that could not be forwarded to the record queue come on
-    /// the main queue: they must arrive whole and their offsets be committed all the same.
+    /// Records handed over by the polling thread arrive whole, and their offsets are
+    /// committed on close.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn records_read_from_the_main_queue_arrive_whole_and_are_committed() {
+    async fn records_arrive_whole_and_are_committed_on_close() {
         let cluster = MockCluster::new(1).unwrap();
         cluster.create_topic("orders", 2, 1).unwrap();
         let broker = KafkaBroker::connect_with_properties(
@@ -343,9 +351,11 @@ mod tests {
         };
         let names = messaging_core::TopicNames::new(&subscription.topics);
         let consumer = broker.group_consumer(&subscription).await.expect("created");
+        let limits = Limits::for_prefetch(16);
         let mut consumer: Box<dyn Consumer> = Box::new(
-            KafkaConsumer::joined_without_record_queue(consumer, names, Duration::from_secs(10))
-                .await,
+            KafkaConsumer::joined(consumer, names, limits, Duration::from_secs(10))
+                .await
+                .expect("joined"),
         );
         let got = receive(&mut *consumer, 6, Duration::from_secs(20)).await;
         let mut seen: Vec<(String, String, String)> = got

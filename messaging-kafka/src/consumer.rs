@@ -1,60 +1,92 @@
-//! One member of a consumer group. Offsets are stored only for acknowledged messages
-//! (`enable.auto.offset.store=false`) and committed by librdkafka's periodic auto-commit, on
-//! revocation and on close, so a committed offset never passes an unfinished message.
+//! One member of a consumer group. The client is polled on a thread of its own, which hands
+//! the fetched records to the async side over a channel, in batches, and never waits for it:
+//! so the member keeps polling (and is never taken out of its group for exceeding
+//! `max.poll.interval.ms`) while handlers are slow or in back-off, and librdkafka's rebalance
+//! callbacks, with their blocking requests, run on that thread, never on a Tokio worker.
 //!
-//! Records are read in batches from the member's [`RecordQueue`], to which each partition is
-//! forwarded as it is assigned; the main queue, read too, serves the group's events.
+//! Offsets are stored only for acknowledged messages (`enable.auto.offset.store=false`):
+//! acknowledging records the message in the [`OffsetTracker`], and the polling thread stores
+//! what advanced once per round (at least every [`POLL_WAIT`]); librdkafka's auto-commit
+//! sends it, as do a revocation and closing. A stored offset never passes an unsettled
+//! message of its partition, however out of order the acknowledgements come.
 //!
-//! Acknowledging records the message in the [`OffsetTracker`]; the advanced offsets are
-//! handed to librdkafka once per batch by the consumer task, and every 200 ms by a
-//! background task (for when the runtime is busy with handlers and not fetching).
+//! Memory stays bounded while a key is blocked: a partition holding too many delivered
+//! messages unsettled is paused (the others are still fetched), and resumed once it has
+//! drained to half ([`OffsetTracker::flow`]).
 //!
-//! On revocation the handlers first get up to 10 s to finish what they hold of the revoked
-//! partitions (on a multi-thread runtime; the rebalance waits meanwhile); then the settled
-//! offsets are stored and committed. Acknowledgements that come later are dropped and the new
-//! owner reads those messages again (at least once, duplicates bounded by what was still in
-//! flight).
+//! On revocation the handlers first get up to [`REVOKE_DRAIN_TIMEOUT`] to finish what they
+//! hold of the revoked partitions (the rebalance waits meanwhile, on the polling thread);
+//! then the settled offsets are stored and committed, before the partitions go.
+//! Acknowledgements that come later are dropped, messages of those partitions fetched but
+//! not yet handed out are not handed out, and the new owner reads them again (at least once,
+//! duplicates bounded by what was still in flight).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt as _, StreamExt as _};
 use messaging_core::{
     Acker, BoxFuture, BrokerError, Consumer, Message, Position, Readiness, StartFrom, TopicNames,
 };
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::{NAME, from_kafka, operation};
 use crate::offsets::{Acked, OffsetTracker, ToStore};
 use crate::received::Received;
-use crate::records::{BATCH, Record, RecordQueue};
+
+/// The most records one round of the polling thread hands over at once.
+pub(crate) const BATCH: usize = 256;
+
+/// How long one poll waits for a record; the polling thread's other work (storing offsets,
+/// pausing and resuming, noticing a stop) happens at least this often.
+const POLL_WAIT: Duration = Duration::from_millis(100);
 
 /// Broker requests made inside a rebalance (committed offsets, high watermarks, commit).
 const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a revocation waits for the handlers to finish what they hold of the revoked
-/// partitions before committing (the group's rebalance waits meanwhile).
-const REVOKE_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How often acknowledged offsets are stored when the consumer task does not fetch.
-const STORE_INTERVAL: Duration = Duration::from_millis(200);
+/// How long a revocation waits at most for the handlers to finish what they hold of the
+/// revoked partitions before committing (the group's rebalance waits meanwhile). Less when
+/// `max.poll.interval.ms` is short: half of it.
+pub(crate) const REVOKE_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// While the client reports errors, how often the cluster is asked whether it answers
-/// again, and how long each try waits.
+/// again, and how long each try waits (on the polling thread).
 const PROBE_EVERY: Duration = Duration::from_secs(5);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What the consumer task and its acker share.
+/// How much a partition may hold before it is paused: delivered messages not yet settled
+/// (`unsettled`), and offsets since its lowest unsettled one (`span`, which bounds what a
+/// crash makes the group read again and the tracker's memory).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) unsettled: usize,
+    pub(crate) span: usize,
+}
+
+impl Limits {
+    /// For a subscription that holds up to `prefetch` unacknowledged messages: twice that
+    /// per partition. The runtime fetches only while its own window (at least four times
+    /// `prefetch`) has room for a batch, so one partition blocked behind a key leaves room
+    /// for the others to flow.
+    pub(crate) fn for_prefetch(prefetch: usize) -> Self {
+        let unsettled = (2 * prefetch).max(2);
+        Self {
+            unsettled,
+            span: 64 * unsettled,
+        }
+    }
+}
+
+/// What the consumer's two sides share.
 #[derive(Default)]
 pub(crate) struct Acks {
     tracker: OffsetTracker,
@@ -62,40 +94,44 @@ pub(crate) struct Acks {
     closed: AtomicBool,
 }
 
-/// Callbacks of one consumer: positions new partitions, keeps the offset tracker in step
-/// with the assignment, and tells `/health/ready` whether the member consumes and whether
-/// the client keeps failing.
+/// Callbacks of one consumer, run on its polling thread: positions new partitions, keeps
+/// the offset tracker in step with the assignment, and tells `/health/ready` whether the
+/// member consumes and whether the client keeps failing.
 pub(crate) struct GroupContext {
     group: String,
     start: StartFrom,
     acks: Arc<Acks>,
     /// Assignments received so far; `subscribe` waits for the first.
-    assignments: AtomicU64,
-    /// Where the assigned partitions' records go; `None` until the consumer exists and once
-    /// it is being dropped (records then come on the main queue).
-    records: Mutex<Option<RecordQueue>>,
+    assignments: watch::Sender<u64>,
     /// Ready from an assignment until its partitions are revoked.
     readiness: Readiness,
     /// Whether the client reported errors since it last fetched or answered a probe.
     troubled: AtomicBool,
     /// A topic of the subscription, whose metadata the probe asks for.
     probe_topic: String,
-    /// When the last probe started, and whether one is under way.
-    probe: Mutex<(Option<Instant>, bool)>,
+    /// When the last probe was made.
+    probed: Mutex<Option<Instant>>,
+    /// How long a revocation waits for in-flight messages.
+    drain_timeout: Duration,
 }
 
 impl GroupContext {
-    pub(crate) fn new(group: String, start: StartFrom, probe_topic: String) -> Self {
+    pub(crate) fn new(
+        group: String,
+        start: StartFrom,
+        probe_topic: String,
+        drain_timeout: Duration,
+    ) -> Self {
         Self {
             group,
             start,
             acks: Arc::default(),
-            assignments: AtomicU64::new(0),
-            records: Mutex::new(None),
+            assignments: watch::Sender::new(0),
             readiness: Readiness::pending(),
             troubled: AtomicBool::new(false),
             probe_topic,
-            probe: Mutex::new((None, false)),
+            probed: Mutex::new(None),
+            drain_timeout,
         }
     }
 
@@ -114,71 +150,27 @@ impl GroupContext {
         }
     }
 
-    /// Whether to probe the cluster now (errors were reported, no probe is under way and the
-    /// last one is [`PROBE_EVERY`] old); if so the probe counts as started.
+    /// Whether to probe the cluster now (errors were reported and the last probe is
+    /// [`PROBE_EVERY`] old); if so the probe counts as made.
     fn probe_due(&self, now: Instant) -> bool {
         if !self.troubled.load(Ordering::Acquire) {
             return false;
         }
-        let mut probe = self.probe.lock().unwrap_or_else(PoisonError::into_inner);
-        let due = !probe.1
-            && probe
-                .0
-                .is_none_or(|last| now.duration_since(last) >= PROBE_EVERY);
+        let mut probed = self.probed.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = probed.is_none_or(|last| now.duration_since(last) >= PROBE_EVERY);
         if due {
-            *probe = (Some(now), true);
+            *probed = Some(now);
         }
         due
     }
 
     /// Asks the cluster for a topic's metadata; blocking, up to [`PROBE_TIMEOUT`].
-    fn probe(&self, consumer: &impl rdkafka::consumer::Consumer<Self>) {
-        let answered = consumer
+    fn probe(&self, consumer: &BaseConsumer<Self>) {
+        if consumer
             .fetch_metadata(Some(&self.probe_topic), PROBE_TIMEOUT)
-            .is_ok();
-        self.probe.lock().unwrap_or_else(PoisonError::into_inner).1 = false;
-        if answered {
+            .is_ok()
+        {
             self.untroubled();
-        }
-    }
-
-    fn record_queue(&self) -> MutexGuard<'_, Option<RecordQueue>> {
-        self.records.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Hands each record the record queue holds (up to `max`) to `each`.
-    fn take_records(&self, max: usize, each: impl FnMut(&Record)) {
-        if let Some(queue) = self.record_queue().as_ref() {
-            queue.take(max, each, |error| {
-                crate::quiet::warn(error);
-                self.trouble(error);
-            });
-        }
-    }
-
-    /// Ready when the record queue holds something (never without a queue).
-    fn poll_records(&self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        self.record_queue()
-            .as_ref()
-            .map_or(Poll::Pending, |queue| queue.poll_nonempty(cx))
-    }
-
-    /// Sends the records of partitions about to be assigned to the record queue. A
-    /// partition not forwarded (no queue, or it is in use: this never waits inside a
-    /// callback) has its records on the main queue, which is read too.
-    fn forward(&self, base: &BaseConsumer<Self>, partitions: &[(String, i32)]) {
-        let Ok(records) = self.records.try_lock() else {
-            tracing::debug!(group = %self.group, "record queue busy; records of the new partitions come on the main queue");
-            return;
-        };
-        let Some(queue) = records.as_ref() else {
-            return;
-        };
-        let rk = base.client().native_ptr();
-        for (topic, partition) in partitions {
-            if !queue.forward(rk, topic, *partition) {
-                tracing::debug!(group = %self.group, %topic, partition, "partition not forwarded; its records come on the main queue");
-            }
         }
     }
 
@@ -186,7 +178,7 @@ impl GroupContext {
     /// high watermark. Resolving "latest" here, before `subscribe` returns, means a message
     /// published after `subscribe` returned is always read (librdkafka's own reset would
     /// look the end up later, racing with such a publish). The two requests block the
-    /// thread polling the consumer, once per rebalance.
+    /// polling thread, once per rebalance.
     fn position(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let partitions = pairs(tpl);
         let committed = match base.committed_offsets(tpl.clone(), REBALANCE_REQUEST_TIMEOUT) {
@@ -223,7 +215,6 @@ impl GroupContext {
     fn on_assign(&self, base: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         self.position(base, tpl);
         let partitions = pairs(tpl);
-        self.forward(base, &partitions);
         self.acks
             .tracker
             .assign(partitions.iter().map(|(t, p)| (t.as_str(), *p)));
@@ -246,7 +237,7 @@ impl GroupContext {
                 tracing::error!(group = %self.group, %error, "assigning partitions failed")
             }
         }
-        self.assignments.fetch_add(1, Ordering::Release);
+        self.assignments.send_modify(|n| *n += 1);
     }
 
     fn on_revoke(&self, base: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
@@ -254,12 +245,17 @@ impl GroupContext {
         self.finish_in_flight(&partitions);
         // Stop tracking these partitions, store what was settled, then commit: nothing
         // acknowledged after this point can be lost to the next owner, it is read again.
-        let unstored = self
+        let revoked = self
             .acks
             .tracker
             .revoke(partitions.iter().map(|(t, p)| (t.as_str(), *p)));
-        if let Err(error) = store(base, &unstored).and_then(|()| commit_stored(base)) {
+        if let Err(error) = store(base, &revoked.unstored).and_then(|()| commit_stored(base)) {
             tracing::warn!(group = %self.group, %error, "committing offsets on revocation failed; the next owner may read some messages again");
+        }
+        if !revoked.paused.is_empty()
+            && let Err(error) = list(&revoked.paused).and_then(|tpl| base.resume(&tpl))
+        {
+            tracing::warn!(group = %self.group, %error, "could not resume revoked partitions");
         }
         let unassigned = match base.rebalance_protocol() {
             RebalanceProtocol::Cooperative => base.incremental_unassign(tpl),
@@ -279,28 +275,17 @@ impl GroupContext {
         }
     }
 
-    /// Lets the handlers finish what they hold of revoked partitions (up to
-    /// [`REVOKE_DRAIN_TIMEOUT`]), so that it is committed and the next owner does not read it
-    /// again. The callback runs inside the poll of a runtime task, so the wait hands that
-    /// worker's other tasks to another thread (`block_in_place`): the handlers go on
-    /// meanwhile. Only on a multi-thread runtime (on one thread they could not run), and not
-    /// once the consumer is closing (its acknowledgements are refused by then).
+    /// Lets the handlers finish what they hold of revoked partitions (up to the drain
+    /// timeout), so that it is committed and the next owner does not read it again. This
+    /// runs on the polling thread; the handlers go on meanwhile on the runtime, whatever its
+    /// flavor. Not once the consumer is closing (its acknowledgements are refused by then).
     fn finish_in_flight(&self, partitions: &[(String, i32)]) {
-        let multi_thread = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if !multi_thread || self.acks.closed.load(Ordering::SeqCst) {
+        if self.acks.closed.load(Ordering::SeqCst) {
             return;
         }
-        let drain = || self.acks.tracker.drain(partitions, REVOKE_DRAIN_TIMEOUT);
-        // `block_in_place` refuses (panics) inside a `LocalSet`: then do not wait, and never
-        // let a panic out into librdkafka's callback.
-        let Ok(unsettled) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            tokio::task::block_in_place(drain)
-        })) else {
-            return;
-        };
+        let unsettled = self.acks.tracker.drain(partitions, self.drain_timeout);
         if unsettled > 0 {
-            tracing::warn!(group = %self.group, unsettled, timeout = ?REVOKE_DRAIN_TIMEOUT, "partitions revoked with messages still being handled; the next owner reads them again");
+            tracing::warn!(group = %self.group, unsettled, timeout = ?self.drain_timeout, "partitions revoked with messages still being handled; the next owner reads them again");
         }
     }
 }
@@ -371,39 +356,20 @@ fn commit_stored<C: ConsumerContext>(
     }
 }
 
-pub(crate) type GroupConsumer = StreamConsumer<GroupContext>;
-
-/// A consumer with its record queue, which it destroys first: librdkafka's queue handles
-/// must go before their client.
-struct Member(GroupConsumer);
-
-impl Member {
-    /// Installs the record queue; before the first poll, so before any assignment.
-    fn new(consumer: GroupConsumer) -> Self {
-        let queue = RecordQueue::new(consumer.client().native_ptr());
-        if queue.is_none() {
-            tracing::warn!(group = %consumer.context().group, "no record queue; reading records one by one");
-        }
-        *consumer.context().record_queue() = queue;
-        Self(consumer)
+/// The partitions as librdkafka's list.
+fn list(partitions: &[(String, i32)]) -> KafkaResult<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for (topic, partition) in partitions {
+        tpl.add_partition_offset(topic, *partition, Offset::Invalid)?;
     }
+    Ok(tpl)
 }
 
-impl std::ops::Deref for Member {
-    type Target = GroupConsumer;
+pub(crate) type GroupConsumer = BaseConsumer<GroupContext>;
 
-    fn deref(&self) -> &GroupConsumer {
-        &self.0
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        // Taken out first, so that it is destroyed outside the lock.
-        let queue = self.0.context().record_queue().take();
-        drop(queue);
-    }
-}
+/// What the polling thread hands over: records fetched in one round, with the tracker's
+/// generation then, or an error that ends the client.
+type Fetched = Result<(u64, Vec<Arc<Message>>), BrokerError>;
 
 /// Stores what was acknowledged since the last call.
 fn store_acknowledged(consumer: &GroupConsumer) {
@@ -414,34 +380,27 @@ fn store_acknowledged(consumer: &GroupConsumer) {
     }
 }
 
-/// Stores acknowledged offsets every [`STORE_INTERVAL`] until the consumer is gone.
-async fn store_periodically(consumer: Weak<Member>) {
-    let mut ticks = tokio::time::interval(STORE_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let Some(consumer) = consumer.upgrade() else {
-            return;
-        };
-        store_acknowledged(&consumer);
-        if consumer.context().probe_due(Instant::now()) {
-            let probing = Arc::clone(&consumer);
-            tokio::task::spawn_blocking(move || probing.context().probe(&**probing));
-        }
-        if Arc::strong_count(&consumer) == 1 {
-            // Dropped meanwhile and this is the last handle: leave the group off this thread.
-            tokio::task::spawn_blocking(move || drop(consumer));
-            return;
+/// Pauses the partitions that hold too much and resumes those that drained.
+fn regulate(consumer: &GroupConsumer, limits: Limits) {
+    let context = consumer.context();
+    let flow = context.acks.tracker.flow(limits.unsettled, limits.span);
+    if !flow.pause.is_empty() {
+        match list(&flow.pause).and_then(|tpl| consumer.pause(&tpl)) {
+            Ok(()) => {
+                tracing::debug!(group = %context.group, partitions = ?flow.pause, "paused: too many messages unsettled")
+            }
+            Err(error) => {
+                tracing::warn!(group = %context.group, %error, partitions = ?flow.pause, "could not pause partitions")
+            }
         }
     }
-}
-
-/// Drops the last handle of a consumer (leaving the group, which blocks) off the async
-/// threads when there are some.
-fn drop_off_thread(consumer: Arc<Member>) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => drop(runtime.spawn_blocking(move || drop(consumer))),
-        Err(_) => drop(consumer),
+    if !flow.resume.is_empty() {
+        match list(&flow.resume).and_then(|tpl| consumer.resume(&tpl)) {
+            Ok(()) => tracing::debug!(group = %context.group, partitions = ?flow.resume, "resumed"),
+            Err(error) => {
+                tracing::warn!(group = %context.group, %error, partitions = ?flow.resume, "could not resume partitions")
+            }
+        }
     }
 }
 
@@ -451,80 +410,138 @@ fn is_fatal(error: &KafkaError) -> bool {
     matches!(error, KafkaError::MessageConsumptionFatal(_))
 }
 
+/// The polling thread: polls until told to stop (or the async side is gone), handing each
+/// round's records over, storing acknowledged offsets and pausing or resuming partitions in
+/// between. Then it stores and commits what was acknowledged and leaves the group (the
+/// revocation's callback runs here too); returns the commit's outcome.
+fn poll_until_stopped(
+    consumer: GroupConsumer,
+    names: &TopicNames,
+    limits: Limits,
+    out: &mpsc::UnboundedSender<Fetched>,
+    stop: &AtomicBool,
+) -> KafkaResult<()> {
+    let context = consumer.context();
+    let mut messages = Received::default();
+    let mut fatal_reported = false;
+    while !stop.load(Ordering::Acquire) {
+        store_acknowledged(&consumer);
+        regulate(&consumer, limits);
+        if context.probe_due(Instant::now()) {
+            context.probe(&consumer);
+        }
+        let mut batch = Vec::new();
+        let mut next = consumer.poll(POLL_WAIT);
+        loop {
+            match next {
+                Some(Ok(record)) => {
+                    batch.reserve(BATCH);
+                    batch.push(messages.make(&record, names));
+                }
+                Some(Err(error)) => {
+                    // Logged (rate-limited) and reported by the error callback already;
+                    // librdkafka retries by itself, unless the error is fatal.
+                    if is_fatal(&error) && !fatal_reported {
+                        fatal_reported = true;
+                        let _ = out.send(Err(from_kafka("receive", error)));
+                    }
+                    break;
+                }
+                // Nothing more now, or a rebalance was served: hand over what was fetched
+                // before (a batch never spans a rebalance).
+                None => break,
+            }
+            if batch.len() >= BATCH {
+                break;
+            }
+            next = consumer.poll(Duration::ZERO);
+        }
+        let generation = context.acks.tracker.deliver(&mut batch);
+        if batch.is_empty() {
+            continue;
+        }
+        context.untroubled();
+        if out.send(Ok((generation, batch))).is_err() {
+            break;
+        }
+    }
+    store_acknowledged(&consumer);
+    let committed = commit_stored(&consumer);
+    drop(consumer);
+    committed
+}
+
+/// The polling thread's handle: stops it when dropped.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    /// The thread's outcome (the last commit), once it has left the group.
+    left: Option<oneshot::Receiver<KafkaResult<()>>>,
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
 /// A subscribed member of a group.
 pub(crate) struct KafkaConsumer {
-    /// `None` once closed. The periodic store task holds it weakly.
-    consumer: Option<Arc<Member>>,
+    /// `None` once closed.
+    poller: Option<Poller>,
+    fetched: mpsc::UnboundedReceiver<Fetched>,
+    acks: Arc<Acks>,
     acker: Arc<KafkaAcker>,
-    /// Messages received while waiting for the first assignment.
+    /// Received and not handed out yet (more than a `next_batch` asked for).
     buffered: VecDeque<Arc<Message>>,
-    /// The subscribed topics' names, shared by the messages received.
-    names: TopicNames,
-    /// Makes the messages of the records received.
-    messages: Received,
     /// Pending until the first assignment (shared with the context, which sets it).
     readiness: Readiness,
 }
 
 impl KafkaConsumer {
-    /// Waits (up to `timeout`) until the group has assigned this member its partitions,
-    /// so that the positions are set when `subscribe` returns. Polling is what drives the
-    /// rebalance callbacks; messages that arrive meanwhile are kept for `next_batch`.
+    /// Starts the polling thread and waits (up to `timeout`) until the group has assigned
+    /// this member its partitions, so that the positions are set when `subscribe` returns.
+    /// Messages that arrive meanwhile wait in the channel for `next_batch`.
     pub(crate) async fn joined(
         consumer: GroupConsumer,
         names: TopicNames,
+        limits: Limits,
         timeout: Duration,
-    ) -> Self {
-        Self::join(Member::new(consumer), names, timeout).await
-    }
-
-    /// As [`KafkaConsumer::joined`], without a record queue: every record then comes on
-    /// the main queue, as those of a partition that could not be forwarded do.
-    #[cfg(test)]
-    pub(crate) async fn joined_without_record_queue(
-        consumer: GroupConsumer,
-        names: TopicNames,
-        timeout: Duration,
-    ) -> Self {
-        Self::join(Member(consumer), names, timeout).await
-    }
-
-    async fn join(consumer: Member, names: TopicNames, timeout: Duration) -> Self {
-        let mut buffered = VecDeque::new();
-        let mut messages = Received::default();
-        let deadline = tokio::time::Instant::now() + timeout;
+    ) -> Result<Self, BrokerError> {
         let context = consumer.context();
-        let mut stream = consumer.stream();
-        while context.assignments.load(Ordering::Acquire) == 0 {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(group = %context.group, ?timeout, "no partitions assigned yet; consuming as soon as they are");
-                break;
-            }
-            match tokio::time::timeout(Duration::from_millis(50), stream.next()).await {
-                Ok(Some(Ok(record))) => {
-                    let mut one = vec![messages.make(&record, &names)];
-                    context.acks.tracker.deliver(&mut one);
-                    buffered.extend(one);
-                }
-                Ok(Some(Err(error))) => {
-                    tracing::debug!(group = %context.group, %error, "while joining")
-                }
-                Ok(None) | Err(_) => {}
-            }
-        }
-        drop(stream);
+        let group = context.group.clone();
         let acks = Arc::clone(&context.acks);
         let readiness = context.readiness.clone();
-        let consumer = Arc::new(consumer);
-        tokio::spawn(store_periodically(Arc::downgrade(&consumer)));
-        Self {
-            acker: Arc::new(KafkaAcker { acks }),
-            consumer: Some(consumer),
-            buffered,
-            names,
-            messages,
-            readiness,
+        let mut assignments = context.assignments.subscribe();
+        let (out, fetched) = mpsc::unbounded_channel();
+        let (left_tx, left) = oneshot::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        std::thread::Builder::new()
+            .name("kafka-consumer".to_owned())
+            .spawn({
+                let stop = Arc::clone(&stop);
+                move || {
+                    let committed = poll_until_stopped(consumer, &names, limits, &out, &stop);
+                    let _ = left_tx.send(committed);
+                }
+            })
+            .map_err(|e| operation("start the polling thread", e))?;
+        let joined = tokio::time::timeout(timeout, assignments.wait_for(|n| *n > 0)).await;
+        if joined.is_err() {
+            tracing::warn!(%group, ?timeout, "no partitions assigned yet; consuming as soon as they are");
         }
+        Ok(Self {
+            poller: Some(Poller {
+                stop,
+                left: Some(left),
+            }),
+            fetched,
+            acker: Arc::new(KafkaAcker {
+                acks: Arc::clone(&acks),
+            }),
+            acks,
+            buffered: VecDeque::new(),
+            readiness,
+        })
     }
 }
 
@@ -532,65 +549,28 @@ impl Consumer for KafkaConsumer {
     fn next_batch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Arc<Message>>, BrokerError>> {
         Box::pin(async move {
             let max = max.max(1);
-            if !self.buffered.is_empty() {
-                let n = max.min(self.buffered.len());
-                return Ok(self.buffered.drain(..n).collect());
-            }
-            let consumer = self
-                .consumer
-                .as_ref()
-                .ok_or(BrokerError::Closed { broker: NAME })?;
-            let context = consumer.context();
-            let (names, messages) = (&self.names, &mut self.messages);
-            let mut stream = consumer.stream();
             loop {
-                store_acknowledged(consumer);
-                let mut received = Vec::with_capacity(max.min(BATCH));
-                // The main queue first: it serves the group's events, and carries the records
-                // of any partition that was not forwarded to the record queue.
-                while received.len() < max {
-                    match stream.next().now_or_never() {
-                        Some(Some(Ok(record))) => received.push(messages.make(&record, names)),
-                        Some(Some(Err(error))) => {
-                            // Logged (rate-limited) and reported by the context's error
-                            // callback already; librdkafka retries by itself.
-                            if is_fatal(&error) {
-                                return Err(from_kafka("receive", error));
-                            }
-                            break;
-                        }
-                        Some(None) | None => break,
+                if !self.buffered.is_empty() {
+                    let n = max.min(self.buffered.len());
+                    return Ok(self.buffered.drain(..n).collect());
+                }
+                if self.poller.is_none() {
+                    return Err(BrokerError::Closed { broker: NAME });
+                }
+                // Cancel-safe: a batch is taken from the channel only when it is returned
+                // or kept in `buffered`.
+                let (generation, mut batch) = match self.fetched.recv().await {
+                    Some(fetched) => fetched?,
+                    None => return Err(BrokerError::Closed { broker: NAME }),
+                };
+                self.acks.tracker.still_owned(generation, &mut batch);
+                if batch.len() <= max {
+                    if batch.is_empty() {
+                        continue;
                     }
+                    return Ok(batch);
                 }
-                if received.len() < max {
-                    context.take_records(max - received.len(), |record| {
-                        received.push(messages.make(record, names))
-                    });
-                }
-                if received.is_empty() {
-                    // The only await; cancel-safe: the stream takes a message only when it
-                    // returns it, and the record queue is only looked at.
-                    let next = futures::future::poll_fn(|cx| match stream.poll_next_unpin(cx) {
-                        Poll::Ready(next) => Poll::Ready(Some(next)),
-                        Poll::Pending => context.poll_records(cx).map(|()| None),
-                    })
-                    .await;
-                    match next {
-                        Some(None) => return Err(BrokerError::Closed { broker: NAME }),
-                        Some(Some(Ok(first))) => received.push(messages.make(&first, names)),
-                        Some(Some(Err(error))) if is_fatal(&error) => {
-                            return Err(from_kafka("receive", error));
-                        }
-                        // Already logged and reported by the error callback; librdkafka
-                        // reconnects by itself. Records arrived: take them on the next turn.
-                        Some(Some(Err(_))) | None => continue,
-                    }
-                }
-                context.acks.tracker.deliver(&mut received);
-                if !received.is_empty() {
-                    context.untroubled();
-                    return Ok(received);
-                }
+                self.buffered.extend(batch);
             }
         })
     }
@@ -604,39 +584,30 @@ impl Consumer for KafkaConsumer {
     }
 
     fn close(mut self: Box<Self>) -> BoxFuture<'static, Result<(), BrokerError>> {
-        let consumer = self.consumer.take();
+        self.acks.closed.store(true, Ordering::SeqCst);
+        let left = self.poller.as_mut().and_then(|p| p.left.take());
+        // Dropping the handle tells the thread to stop: it stores, commits and leaves.
+        drop(self.poller.take());
         Box::pin(async move {
-            let Some(consumer) = consumer else {
+            let Some(left) = left else {
                 return Ok(());
             };
-            consumer.context().acks.closed.store(true, Ordering::SeqCst);
-            store_acknowledged(&consumer);
-            // Committing and leaving the group are blocking librdkafka calls.
-            tokio::task::spawn_blocking(move || {
-                let committed = commit_stored(&**consumer);
-                drop(consumer);
-                committed
-            })
-            .await
-            .map_err(|e| operation("close", e))?
-            .map_err(|e| from_kafka("commit", e))
+            left.await
+                .map_err(|e| operation("close", e))?
+                .map_err(|e| from_kafka("commit", e))
         })
     }
 }
 
 impl Drop for KafkaConsumer {
     fn drop(&mut self) {
-        let Some(consumer) = self.consumer.take() else {
-            return;
-        };
-        consumer.context().acks.closed.store(true, Ordering::SeqCst);
-        store_acknowledged(&consumer);
-        // Leaving the group commits what is stored.
-        drop_off_thread(consumer);
+        // The polling thread stops (dropping the poller), stores what was acknowledged,
+        // commits and leaves the group, on its own.
+        self.acks.closed.store(true, Ordering::SeqCst);
     }
 }
 
-/// Records acknowledgements for the consumer task to store.
+/// Records acknowledgements for the polling thread to store.
 struct KafkaAcker {
     acks: Arc<Acks>,
 }

@@ -5,20 +5,28 @@
 //! `MESSAGING_BACKEND=kafka KAFKA_BOOTSTRAP_SERVERS=host:9092` runs every handler unchanged.
 //!
 //! - **Publishing** is idempotent (`enable.idempotence=true`, `acks=all`); the key and every
-//!   header travel as Kafka key and headers. A record is handed to librdkafka when `publish`
-//!   is called (through a handle opened once per topic), and `publish` resolves on its
-//!   delivery report; while librdkafka's local queue is full (`queue.buffering.max.messages`)
-//!   it waits for room, 100 ms at a time.
+//!   header travel as Kafka key and headers. A record is handed to rdkafka's `BaseProducer`
+//!   when `publish` is called, and `publish` resolves on its delivery report, served by a
+//!   polling thread of the producer's own; while librdkafka's local queue is full
+//!   (`queue.buffering.max.messages`) it waits for room, 100 ms at a time. A producer that
+//!   librdkafka declares dead (a fatal error, e.g. `ProducerFenced` after the cluster was
+//!   unreachable for longer than `message.timeout.ms`) is replaced by the next publish.
 //! - **Consuming**: one consumer group per handler group; `subscribe` returns once the group
 //!   has assigned the member its partitions, positioned at the committed offset, else at the
-//!   beginning or (`StartFrom::Latest`) at the end as it was then. An offset is stored only
-//!   for acknowledged messages (after the handler succeeded or the DLQ record was delivered),
-//!   never past an earlier unsettled message of its partition, and committed every second
-//!   (`auto.commit.interval.ms`, librdkafka's default is 5 s), on revocation and on close.
-//!   Order is per partition. Records are read in batches of up to 256 with librdkafka's
-//!   batch call, from one queue the assigned partitions are forwarded to. On a revocation the handlers first get up to 10 s to finish what
-//!   they hold of the revoked partitions (on a multi-thread Tokio runtime), so that it is
-//!   committed; what is still unfinished then is read again by the new owner.
+//!   beginning or (`StartFrom::Latest`) at the end as it was then. Each member's client is
+//!   polled on a thread of its own, which hands records to the runtime over a channel and
+//!   never waits for it: the member keeps polling while handlers are slow or in back-off
+//!   (so `max.poll.interval.ms` never takes it out of its group), and the rebalance
+//!   callbacks run there, never on a Tokio worker. An offset is stored only for acknowledged
+//!   messages (after the handler succeeded or the DLQ record was delivered), never past an
+//!   earlier unsettled message of its partition (acknowledgements come out of order: order
+//!   is per key), and committed every second (`auto.commit.interval.ms`, librdkafka's
+//!   default is 5 s), on revocation and on close. A partition holding twice the
+//!   subscription's prefetch of delivered messages unsettled (a key blocked behind a slow or
+//!   failing message) is paused, and resumed once half of that is settled; the others keep
+//!   flowing. On a revocation the handlers first get up to 10 s (at most half of
+//!   `max.poll.interval.ms`) to finish what they hold of the revoked partitions, so that it
+//!   is committed; what is still unfinished then is read again by the new owner.
 //!   The member is ready (`Consumer::readiness`, `/health/ready`) from an assignment until
 //!   its partitions are revoked; it logs "consuming" then. While the client reports errors
 //!   (the cluster is down or frozen) the member reports a `fetch` problem, cleared by the
@@ -54,6 +62,8 @@
 //! # Ok(()) }
 //! ```
 
+#![forbid(unsafe_code)]
+
 mod broker;
 mod browse;
 mod consumer;
@@ -64,9 +74,7 @@ mod polling;
 mod publish;
 mod quiet;
 mod received;
-mod records;
 pub mod settings;
-mod signalled;
 mod topics;
 
 use std::sync::Arc;

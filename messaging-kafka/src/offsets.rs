@@ -4,12 +4,20 @@
 //! partition were already fetched, or a handler of another lane finishing first); the offset
 //! to store is therefore the lowest unsettled offset of the partition, never more.
 //!
-//! Acknowledging only updates this tracker; the consumer hands the advanced offsets to
-//! librdkafka in one call per batch ([`OffsetTracker::take_unstored`]), which costs far less
-//! than a librdkafka call per message.
+//! Acknowledging only updates this tracker; the consumer's polling thread hands the advanced
+//! offsets to librdkafka in one call per round ([`OffsetTracker::take_unstored`]), which costs
+//! far less than a librdkafka call per message.
+//!
+//! The tracker also says which partitions hold too much ([`OffsetTracker::flow`]): a
+//! partition with too many delivered messages unsettled (a key blocked by a slow handler or a
+//! back-off, with the messages behind it) is paused, and resumed once it has drained to half.
+//!
+//! Messages fetched before a revocation and handed out after it must not reach a handler
+//! (the new owner reads them again): each fetched batch carries the tracker's generation, and
+//! [`OffsetTracker::still_owned`] keeps only the messages of partitions assigned since.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -43,6 +51,12 @@ struct PartitionState {
     settled: i64,
     /// The last `settled` handed out to be stored.
     stored: i64,
+    /// How many of `window` are not acknowledged.
+    unsettled: usize,
+    /// Paused for holding too much (see [`OffsetTracker::flow`]).
+    paused: bool,
+    /// The tracker's generation when the partition was assigned.
+    since: u64,
 }
 
 impl PartitionState {
@@ -60,6 +74,24 @@ pub(crate) struct OffsetTracker {
     settled: Condvar,
     /// Whether someone waits; acknowledgements signal only then (a signal is a system call).
     draining: AtomicBool,
+    /// Moves on every assignment and revocation (changed under the lock of `partitions`).
+    generation: AtomicU64,
+}
+
+/// What a revocation leaves to do.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Revoked {
+    /// Offsets not stored yet, to store before committing.
+    pub(crate) unstored: Vec<ToStore>,
+    /// Partitions that were paused, to resume (librdkafka would keep them paused).
+    pub(crate) paused: Vec<(String, i32)>,
+}
+
+/// What [`OffsetTracker::flow`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Flow {
+    pub(crate) pause: Vec<(String, i32)>,
+    pub(crate) resume: Vec<(String, i32)>,
 }
 
 impl OffsetTracker {
@@ -70,6 +102,7 @@ impl OffsetTracker {
     /// Starts tracking newly assigned partitions afresh.
     pub(crate) fn assign<'a>(&self, assigned: impl IntoIterator<Item = (&'a str, i32)>) {
         let mut partitions = self.lock();
+        let since = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         for (topic, partition) in assigned {
             partitions.retain(|s| !s.is(topic, partition));
             partitions.push(PartitionState {
@@ -79,32 +112,74 @@ impl OffsetTracker {
                 next_unseen: -1,
                 settled: -1,
                 stored: -1,
+                unsettled: 0,
+                paused: false,
+                since,
             });
         }
     }
 
     /// Forgets revoked partitions and returns their offsets not yet stored, to store before
-    /// committing. Later acknowledgements of their messages are [`Acked::Stale`].
-    pub(crate) fn revoke<'a>(
-        &self,
-        revoked: impl IntoIterator<Item = (&'a str, i32)>,
-    ) -> Vec<ToStore> {
+    /// committing, and those paused. Later acknowledgements of their messages are
+    /// [`Acked::Stale`], and their messages not handed out yet are not handed out.
+    pub(crate) fn revoke<'a>(&self, revoked: impl IntoIterator<Item = (&'a str, i32)>) -> Revoked {
         let mut partitions = self.lock();
-        let mut unstored = Vec::new();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut done = Revoked::default();
         for (topic, partition) in revoked {
             if let Some(i) = partitions.iter().position(|s| s.is(topic, partition)) {
                 let state = partitions.swap_remove(i);
+                if state.paused {
+                    done.paused.push((state.topic.clone(), partition));
+                }
                 if state.settled > state.stored {
-                    unstored.push((state.topic, partition, state.settled));
+                    done.unstored.push((state.topic, partition, state.settled));
                 }
             }
         }
-        unstored
+        done
+    }
+
+    /// Keeps, of messages delivered in `generation`, those whose partition is still assigned
+    /// since then (no lock unless a rebalance happened meanwhile).
+    pub(crate) fn still_owned(&self, generation: u64, messages: &mut Vec<Arc<Message>>) {
+        if self.generation.load(Ordering::Acquire) == generation {
+            return;
+        }
+        let mut partitions = self.lock();
+        let mut last = Last::default();
+        messages.retain(|m| {
+            let Position::Partition { partition, .. } = m.position else {
+                return false;
+            };
+            last.find(&mut partitions, &m.topic, partition)
+                .is_some_and(|state| state.since <= generation)
+        });
+    }
+
+    /// Which partitions to pause (at least `max_unsettled` messages unsettled, or `max_span`
+    /// offsets since the lowest unsettled one) and which paused ones to resume (down to half
+    /// of both); each is marked so.
+    pub(crate) fn flow(&self, max_unsettled: usize, max_span: usize) -> Flow {
+        let mut partitions = self.lock();
+        let mut flow = Flow::default();
+        for state in partitions.iter_mut() {
+            let (unsettled, span) = (state.unsettled, state.window.len());
+            if !state.paused && (unsettled >= max_unsettled || span >= max_span) {
+                state.paused = true;
+                flow.pause.push((state.topic.clone(), state.partition));
+            } else if state.paused && unsettled <= max_unsettled / 2 && span <= max_span / 2 {
+                state.paused = false;
+                flow.resume.push((state.topic.clone(), state.partition));
+            }
+        }
+        flow
     }
 
     /// Records delivered messages and keeps those that may be handed out: a message of a
-    /// partition no longer assigned (fetched before a revocation) must not be.
-    pub(crate) fn deliver(&self, messages: &mut Vec<Arc<Message>>) {
+    /// partition no longer assigned (fetched before a revocation) must not be. Returns the
+    /// generation they were delivered in, for [`OffsetTracker::still_owned`].
+    pub(crate) fn deliver(&self, messages: &mut Vec<Arc<Message>>) -> u64 {
         let mut partitions = self.lock();
         let mut last = Last::default();
         messages.retain(|m| {
@@ -119,13 +194,18 @@ impl OffsetTracker {
                     // Not seen in practice (a partition is read in order); kept sorted.
                     if let Err(at) = state.window.binary_search_by_key(&offset, |e| e.0) {
                         state.window.insert(at, (offset, false));
+                        state.unsettled += 1;
                     }
                 }
-                _ => state.window.push_back((offset, false)),
+                _ => {
+                    state.window.push_back((offset, false));
+                    state.unsettled += 1;
+                }
             }
             state.next_unseen = state.next_unseen.max(offset + 1);
             true
         });
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Settles a message (see [`settle`]).
@@ -171,7 +251,7 @@ impl OffsetTracker {
             let unsettled: usize = guard
                 .iter()
                 .filter(|s| partitions.iter().any(|(t, p)| s.is(t, *p)))
-                .map(|s| s.window.iter().filter(|e| !e.1).count())
+                .map(|s| s.unsettled)
                 .sum();
             let now = Instant::now();
             if unsettled == 0 || now >= deadline {
@@ -204,10 +284,14 @@ impl OffsetTracker {
     /// Messages delivered and not yet acknowledged, over all partitions.
     #[cfg(test)]
     pub(crate) fn in_flight(&self) -> usize {
-        self.lock()
+        let partitions = self.lock();
+        let counted = partitions.iter().map(|s| s.unsettled).sum();
+        let seen: usize = partitions
             .iter()
             .map(|s| s.window.iter().filter(|e| !e.1).count())
-            .sum()
+            .sum();
+        assert_eq!(counted, seen, "the unsettled count is kept in step");
+        counted
     }
 }
 
@@ -249,7 +333,10 @@ fn settle(state: &mut PartitionState, offset: i64) -> Acked {
         _ => state.window.binary_search_by_key(&offset, |e| e.0),
     };
     match at {
-        Ok(i) if !state.window[i].1 => state.window[i].1 = true,
+        Ok(i) if !state.window[i].1 => {
+            state.window[i].1 = true;
+            state.unsettled -= 1;
+        }
         _ => return Acked::Stale,
     }
     while state.window.front().is_some_and(|e| e.1) {
@@ -404,7 +491,7 @@ mod tests {
         assert_eq!(ack(&t, "t", 1, 0), advanced(1));
         assert_eq!(ack(&t, "t", 1, 0), Acked::Stale, "acknowledged twice");
         assert_eq!(ack(&t, "t", 0, 0), advanced(1));
-        assert_eq!(t.revoke([("t", 0)]), vec![("t".to_owned(), 0, 1)]);
+        assert_eq!(t.revoke([("t", 0)]).unstored, vec![("t".to_owned(), 0, 1)]);
         assert_eq!(ack(&t, "t", 0, 1), Acked::Stale);
         assert_eq!(
             deliver(&t, &[("t", 0, 2), ("other", 0, 1)]),
@@ -415,7 +502,7 @@ mod tests {
         // Assigned again: a fresh start; the old in-flight offset is not remembered.
         t.assign([("t", 0)]);
         assert_eq!(ack(&t, "t", 0, 1), Acked::Stale);
-        assert_eq!(t.revoke([("t", 0)]), vec![]);
+        assert_eq!(t.revoke([("t", 0)]), Revoked::default());
     }
 
     #[test]
@@ -442,5 +529,68 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         acker.join().unwrap();
         assert_eq!(t.in_flight(), 1);
+    }
+
+    #[test]
+    fn a_partition_holding_too_much_is_paused_and_resumed_at_half() {
+        let t = OffsetTracker::default();
+        t.assign([("t", 0), ("t", 1)]);
+        for o in 0..3 {
+            deliver(&t, &[("t", 0, o), ("t", 1, o)]);
+        }
+        assert_eq!(t.flow(4, 100), Flow::default(), "3 unsettled in each");
+        deliver(&t, &[("t", 1, 3), ("t", 1, 4)]);
+        let pause_1 = Flow {
+            pause: vec![("t".to_owned(), 1)],
+            resume: vec![],
+        };
+        assert_eq!(t.flow(4, 100), pause_1, "5 unsettled in partition 1");
+        assert_eq!(t.flow(4, 100), Flow::default(), "paused once");
+        ack(&t, "t", 1, 0);
+        ack(&t, "t", 1, 1);
+        assert_eq!(t.flow(4, 100), Flow::default(), "3 unsettled: above half");
+        ack(&t, "t", 1, 2);
+        assert_eq!(t.flow(4, 100).resume, vec![("t".to_owned(), 1)]);
+        assert_eq!(t.revoke([("t", 1)]).paused, Vec::<(String, i32)>::new());
+    }
+
+    #[test]
+    fn the_span_since_the_lowest_unsettled_message_is_bounded_too() {
+        let t = OffsetTracker::default();
+        t.assign([("t", 0)]);
+        for o in 0..4 {
+            deliver(&t, &[("t", 0, o)]);
+        }
+        // The first message is slow; the three after it are handled: one unsettled, four
+        // offsets held since it.
+        for o in 1..4 {
+            ack(&t, "t", 0, o);
+        }
+        assert_eq!(t.flow(100, 4).pause, vec![("t".to_owned(), 0)]);
+        // Revoked while paused: to be resumed.
+        assert_eq!(t.revoke([("t", 0)]).paused, vec![("t".to_owned(), 0)]);
+    }
+
+    #[test]
+    fn messages_fetched_before_a_revocation_are_not_handed_out_after_it() {
+        let t = OffsetTracker::default();
+        t.assign([("t", 0), ("t", 1)]);
+        let mut batch: Vec<Arc<Message>> = vec![Arc::new(at("t", 0, 5)), Arc::new(at("t", 1, 5))];
+        let generation = t.deliver(&mut batch);
+        let mut same = batch.clone();
+        t.still_owned(generation, &mut same);
+        assert_eq!(same.len(), 2, "no rebalance since");
+        // Partition 1 is revoked, partition 0 revoked and assigned again (an eager
+        // rebalance): neither message is handed out; a batch fetched since is.
+        t.revoke([("t", 0), ("t", 1)]);
+        t.assign([("t", 0)]);
+        let mut stale = batch.clone();
+        t.still_owned(generation, &mut stale);
+        assert!(stale.is_empty(), "{stale:?}");
+        let mut fresh = vec![Arc::new(at("t", 0, 5))];
+        let now = t.deliver(&mut fresh);
+        t.assign([("t", 2)]);
+        t.still_owned(now, &mut fresh);
+        assert_eq!(fresh.len(), 1, "partition 0 was not revoked since");
     }
 }

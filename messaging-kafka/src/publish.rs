@@ -1,38 +1,35 @@
-//! Records handed to librdkafka, and their delivery reports awaited. rdkafka's
-//! `FutureProducer` spends on each record a `CString` of the topic's name (which librdkafka
-//! then looks up under the client's write lock), a `CString` per header name, a clock read,
-//! and two allocations for the report's channel. Here each topic's handle is opened once and
-//! kept, header names go with their lengths, and the report comes through one `Arc`
-//! (BENCHMARKS.md has what that is worth). rdkafka has no safe API for topic handles, hence
-//! this module's unsafe code, as in `records.rs` and `signalled.rs`.
-#![allow(unsafe_code)]
+//! Records handed to librdkafka through rdkafka's `BaseProducer`, and their delivery reports
+//! awaited: each record carries an `Arc` of its [`Report`], which the producer's polling
+//! thread fills in (`ProducerContext::delivery`) and whose waker it wakes.
+//!
+//! A client that librdkafka declares dead (a fatal error: seen as `ProducerFenced` once the
+//! cluster was unreachable for longer than `message.timeout.ms` with the idempotent producer)
+//! accepts nothing any more; the next publish builds a new one with the same settings.
+//! Records the dead client held fail with its error: none is reported delivered.
 
-use std::collections::HashMap;
-use std::ffi::{CString, c_void};
+use std::collections::HashSet;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
-use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
 use messaging_core::{Headers, OutgoingMessage};
-use rdkafka::bindings as rd;
-use rdkafka::bindings::rd_kafka_vtype_t::{
-    RD_KAFKA_VTYPE_END, RD_KAFKA_VTYPE_HEADERS, RD_KAFKA_VTYPE_KEY, RD_KAFKA_VTYPE_MSGFLAGS,
-    RD_KAFKA_VTYPE_OPAQUE, RD_KAFKA_VTYPE_RKT, RD_KAFKA_VTYPE_VALUE,
-};
+use rdkafka::ClientConfig;
+use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryResult, Producer as _, ProducerContext};
-use rdkafka::{ClientContext, IntoOpaque};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 
 use crate::polling::ReportingProducer;
 
 /// Why a record was not handed to librdkafka.
 #[derive(Debug)]
 pub(crate) enum Refused {
-    /// Its topic has no handle yet: make sure the topic exists, then [`Publisher::open`] it.
+    /// Its topic was not published to yet: make sure the topic exists, then
+    /// [`Publisher::open`] it.
     NewTopic,
     /// librdkafka's queue is full (`queue.buffering.max.messages`): try again shortly.
     QueueFull,
@@ -40,159 +37,139 @@ pub(crate) enum Refused {
     Failed(KafkaError),
 }
 
-/// Publishes through one producer, with a handle per topic published to.
+/// Publishes through one producer at a time, replaced when librdkafka declares it dead.
 pub(crate) struct Publisher {
-    /// Declared first: the handles must be destroyed before the client.
-    topics: RwLock<HashMap<Box<str>, TopicHandle, BuildHasherDefault<Fnv>>>,
-    producer: ReportingProducer,
+    /// What a replacement is built from.
+    config: ClientConfig,
+    current: RwLock<ReportingProducer>,
+    /// Topics made sure of (see [`Refused::NewTopic`]).
+    topics: RwLock<HashSet<Box<str>, BuildHasherDefault<Fnv>>>,
 }
 
 impl Publisher {
-    pub(crate) fn new(producer: ReportingProducer) -> Self {
-        Self {
+    pub(crate) fn new(config: ClientConfig) -> KafkaResult<Self> {
+        let current = ReportingProducer::create(&config)?;
+        Ok(Self {
+            config,
+            current: RwLock::new(current),
             topics: RwLock::default(),
-            producer,
-        }
+        })
     }
 
-    /// The producer, for flushing and metadata.
-    pub(crate) fn producer(&self) -> &ReportingProducer {
-        &self.producer
+    /// The producer in use, for flushing and metadata.
+    pub(crate) fn producer(&self) -> ReportingProducer {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Hands `message` to librdkafka, which copies what it needs of it, and returns its
     /// delivery report to await.
     pub(crate) fn send(&self, message: &OutgoingMessage) -> Result<Delivery, Refused> {
-        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
-        let topic = topics.get(&*message.topic).ok_or(Refused::NewTopic)?;
-        let headers = RecordHeaders::new(&message.headers).map_err(Refused::Failed)?;
+        let known = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(message.topic.as_str());
+        if !known {
+            return Err(Refused::NewTopic);
+        }
+        let producer = self.live_producer();
         let report = Arc::new(Report::default());
-        let opaque = Arc::clone(&report).into_ptr();
-        let (key, key_len) = message
-            .key
-            .as_deref()
-            .map_or((std::ptr::null(), 0), |k| (k.as_ptr(), k.len()));
-        // SAFETY: the client and the topic handle are alive (the handle is dropped only with
-        // `self`); with `F_COPY` librdkafka copies payload and key before returning; the
-        // headers and the report's reference become librdkafka's only when it accepts the
-        // record, and stay ours when it refuses.
-        let error = unsafe {
-            rd::rd_kafka_producev(
-                self.producer.client().native_ptr(),
-                RD_KAFKA_VTYPE_RKT,
-                topic.0.as_ptr(),
-                RD_KAFKA_VTYPE_MSGFLAGS,
-                rd::RD_KAFKA_MSG_F_COPY,
-                RD_KAFKA_VTYPE_VALUE,
-                message.payload.as_ptr() as *mut c_void,
-                message.payload.len(),
-                RD_KAFKA_VTYPE_KEY,
-                key as *const c_void,
-                key_len,
-                RD_KAFKA_VTYPE_OPAQUE,
-                opaque,
-                RD_KAFKA_VTYPE_HEADERS,
-                headers.as_ptr(),
-                RD_KAFKA_VTYPE_END,
-            )
-        };
-        if error == rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-            headers.given_away();
-            return Ok(Delivery(report));
+        let mut record = BaseRecord::with_opaque_to(&message.topic, Arc::clone(&report))
+            .payload(&message.payload[..]);
+        if let Some(key) = &message.key {
+            record = record.key(key.as_bytes());
         }
-        // SAFETY: refused, so librdkafka holds no copy of the pointer.
-        drop(unsafe { <Arc<Report> as IntoOpaque>::from_ptr(opaque) });
-        Err(match RDKafkaErrorCode::from(error) {
-            RDKafkaErrorCode::QueueFull => Refused::QueueFull,
-            code => Refused::Failed(KafkaError::MessageProduction(code)),
-        })
-    }
-
-    /// Opens a handle for `topic`, so that [`Publisher::send`] accepts its records.
-    pub(crate) fn open(&self, topic: &str) -> KafkaResult<()> {
-        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
-        if topics.contains_key(topic) {
-            return Ok(());
+        if !message.headers.is_empty() {
+            record = record.headers(owned_headers(&message.headers));
         }
-        let name = CString::new(topic)?;
-        let client = self.producer.client().native_ptr();
-        // SAFETY: a live client and a valid C string; no configuration, so the producer's
-        // topic defaults apply, as for a topic named on each record.
-        let handle = unsafe { rd::rd_kafka_topic_new(client, name.as_ptr(), std::ptr::null_mut()) };
-        let handle = NonNull::new(handle).ok_or_else(|| {
-            // SAFETY: reads this thread's last librdkafka error.
-            let code = unsafe { rd::rd_kafka_last_error() };
-            KafkaError::MessageProduction(code.into())
-        })?;
-        topics.insert(topic.into(), TopicHandle(handle));
-        Ok(())
-    }
-}
-
-/// A topic's handle, holding a reference of the application's.
-struct TopicHandle(NonNull<rd::rd_kafka_topic_t>);
-
-// SAFETY: librdkafka's topic handles may be used from any thread.
-unsafe impl Send for TopicHandle {}
-unsafe impl Sync for TopicHandle {}
-
-impl Drop for TopicHandle {
-    fn drop(&mut self) {
-        // SAFETY: the handle came from `rd_kafka_topic_new` and is released once.
-        unsafe { rd::rd_kafka_topic_destroy(self.0.as_ptr()) }
-    }
-}
-
-/// A record's headers, ours until librdkafka accepts the record.
-struct RecordHeaders(*mut rd::rd_kafka_headers_t);
-
-impl RecordHeaders {
-    fn new(headers: &Headers) -> KafkaResult<Self> {
-        if headers.is_empty() {
-            return Ok(Self(std::ptr::null_mut()));
-        }
-        // SAFETY: a new list, owned by the value returned (destroyed by `Drop` until given
-        // away); librdkafka copies each name and value.
-        unsafe {
-            let list = Self(rd::rd_kafka_headers_new(headers.len()));
-            for (name, value) in headers.iter() {
-                let error = rd::rd_kafka_header_add(
-                    list.0,
-                    name.as_ptr().cast(),
-                    name.len() as isize,
-                    value.as_ptr().cast(),
-                    value.len() as isize,
-                );
-                if error != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-                    return Err(KafkaError::MessageProduction(error.into()));
-                }
+        let refused = match producer.send(record) {
+            Ok(()) => return Ok(Delivery(report)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                return Err(Refused::QueueFull);
             }
-            Ok(list)
+            Err(refused) => refused,
+        };
+        // Refused because the client just died (its error event may not be served yet)?
+        // Then once more, on a new client.
+        let (error, record) = refused;
+        if producer.client().fatal_error().is_none() {
+            return Err(Refused::Failed(error));
+        }
+        producer.context().mark_dead();
+        match self.live_producer().send(record) {
+            Ok(()) => Ok(Delivery(report)),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err(Refused::QueueFull)
+            }
+            Err((error, _)) => Err(Refused::Failed(error)),
         }
     }
 
-    fn as_ptr(&self) -> *mut rd::rd_kafka_headers_t {
-        self.0
+    /// The producer in use, replaced first if librdkafka declared it dead.
+    fn live_producer(&self) -> ReportingProducer {
+        let producer = self.producer();
+        if !producer.is_dead() {
+            return producer;
+        }
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        // Replaced by another publish meanwhile?
+        if !current.is_dead() {
+            return current.clone();
+        }
+        match ReportingProducer::create(&self.config) {
+            Ok(fresh) => {
+                tracing::warn!("the Kafka producer failed for good; publishing with a new one");
+                // The old client is destroyed by its polling thread once its last user lets go.
+                *current = fresh;
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not replace the failed Kafka producer");
+            }
+        }
+        current.clone()
     }
 
-    /// The record was accepted: librdkafka owns the list now.
-    fn given_away(mut self) {
-        self.0 = std::ptr::null_mut();
+    /// Marks `topic` as made sure of, so that [`Publisher::send`] accepts its records.
+    pub(crate) fn open(&self, topic: &str) {
+        self.topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.into());
     }
 }
 
-impl Drop for RecordHeaders {
-    fn drop(&mut self) {
-        if !self.0.is_null() {
-            // SAFETY: a list of ours, not given away.
-            unsafe { rd::rd_kafka_headers_destroy(self.0) }
-        }
-    }
+/// A message's headers as librdkafka's.
+fn owned_headers(headers: &Headers) -> OwnedHeaders {
+    headers.iter().fold(
+        OwnedHeaders::new_with_capacity(headers.len()),
+        |all, (name, value)| {
+            all.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            })
+        },
+    )
 }
 
 /// The producer's context: delivery reports go to the record's [`Report`]; logs and errors
-/// go where rdkafka's defaults send them.
-pub(crate) struct Reports;
+/// go to the rate-limited log; a fatal error marks the client dead.
+#[derive(Default)]
+pub(crate) struct Reports {
+    dead: AtomicBool,
+}
+
+impl Reports {
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    fn mark_dead(&self) {
+        self.dead.store(true, Ordering::Release);
+    }
+}
 
 impl ClientContext for Reports {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -200,6 +177,9 @@ impl ClientContext for Reports {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.mark_dead();
+        }
         crate::quiet::error(&error, reason);
     }
 }
@@ -246,7 +226,7 @@ impl Future for Delivery {
     }
 }
 
-/// FNV-1a, for the topic map: a lookup on every publish, of a short key chosen by the
+/// FNV-1a, for the topic set: a lookup on every publish, of a short key chosen by the
 /// application, where SipHash's resistance to flooding buys nothing.
 struct Fnv(u64);
 
@@ -275,7 +255,7 @@ mod tests {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
     use rdkafka::message::{Headers as _, Message as _};
     use rdkafka::mocking::MockCluster;
-    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    use rdkafka::{Offset, TopicPartitionList};
 
     use super::*;
 
@@ -284,7 +264,7 @@ mod tests {
         for (name, value) in properties {
             config.set(*name, *value);
         }
-        Publisher::new(ReportingProducer::create(&config).expect("a producer"))
+        Publisher::new(config).expect("a producer")
     }
 
     #[tokio::test]
@@ -297,8 +277,8 @@ mod tests {
         message.headers.insert("x-trace-id", "t-1");
 
         assert!(matches!(publisher.send(&message), Err(Refused::NewTopic)));
-        publisher.open("orders").unwrap();
-        publisher.open("orders").unwrap();
+        publisher.open("orders");
+        publisher.open("orders");
         let delivery = publisher.send(&message).expect("accepted");
         drop(message);
         tokio::time::timeout(Duration::from_secs(10), delivery)
@@ -345,7 +325,7 @@ mod tests {
             ("queue.buffering.max.messages", "1"),
             ("message.timeout.ms", "300"),
         ]);
-        publisher.open("orders").unwrap();
+        publisher.open("orders");
         let message = OutgoingMessage::new("orders", &b"x"[..]);
         let first = publisher.send(&message).expect("room for one");
         assert!(matches!(publisher.send(&message), Err(Refused::QueueFull)));
@@ -367,10 +347,38 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_topic_name_with_a_nul_byte_is_refused() {
-        let publisher = publisher(&[("bootstrap.servers", "127.0.0.1:1")]);
-        let error = publisher.open("or\0ders").unwrap_err();
-        assert!(matches!(error, KafkaError::Nul(_)), "{error}");
+    /// librdkafka's mock cluster can inject a fatal error into the idempotent producer's
+    /// next request: the client that reports it is replaced, and publishing goes on.
+    #[tokio::test]
+    async fn a_dead_producer_is_replaced_by_the_next_publish() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("orders", 1, 1).unwrap();
+        let publisher = publisher(&[
+            ("bootstrap.servers", &cluster.bootstrap_servers()),
+            ("enable.idempotence", "true"),
+        ]);
+        publisher.open("orders");
+        let message = OutgoingMessage::new("orders", &b"x"[..]);
+        let first = publisher.producer();
+        tokio::time::timeout(Duration::from_secs(10), publisher.send(&message).unwrap())
+            .await
+            .expect("reported")
+            .expect("delivered");
+        // What librdkafka's `rd_kafka_test_fatal_error` does, through the safe API: the
+        // context learns of a fatal error.
+        first.context().error(
+            KafkaError::Global(RDKafkaErrorCode::Fatal),
+            "test: the client is dead",
+        );
+        assert!(first.is_dead());
+        tokio::time::timeout(Duration::from_secs(10), publisher.send(&message).unwrap())
+            .await
+            .expect("reported")
+            .expect("delivered by the new producer");
+        assert!(!publisher.producer().is_dead());
+        assert!(!Arc::ptr_eq(
+            &first.downgrade().upgrade().unwrap(),
+            &publisher.producer().downgrade().upgrade().unwrap()
+        ));
     }
 }

@@ -72,16 +72,6 @@ pub(crate) fn error(error: &KafkaError, reason: &str) {
     outcome.print_summary();
 }
 
-/// Prints a warning of the Kafka client's (an error it reported in place of a record),
-/// unless it repeats one printed lately.
-pub(crate) fn warn(message: &str) {
-    let outcome = LIMITER.note(message, Instant::now());
-    if outcome.print {
-        tracing::warn!(target: "librdkafka", "Kafka client: {message}");
-    }
-    outcome.print_summary();
-}
-
 /// The context of the clients that need no callbacks of their own (admin client, browsing
 /// consumers): only the quiet logging.
 #[derive(Clone, Copy, Debug, Default)]

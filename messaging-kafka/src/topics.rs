@@ -5,7 +5,7 @@
 //! topic but not to create topics (a common ACL) must not be refused.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use messaging_core::BrokerError;
@@ -15,7 +15,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::producer::Producer as _;
 
 use crate::error::{KafkaSetupError, creation_error, from_kafka, operation};
-use crate::polling::ReportingProducer;
+use crate::publish::Publisher;
 use crate::quiet::Quiet;
 use crate::settings::KafkaSettings;
 
@@ -24,8 +24,9 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Creates topics on first use and remembers which exist.
 pub(crate) struct Topics {
     admin: AdminClient<Quiet>,
-    /// For metadata requests, which block: a clonable handle can move to a blocking thread.
-    metadata: ReportingProducer,
+    /// Its producer serves metadata requests, which block: a clone of the handle can move
+    /// to a blocking thread.
+    metadata: Arc<Publisher>,
     partitions: i32,
     replication_factor: i32,
     /// Topics known to exist, so each is created at most once per client.
@@ -42,7 +43,7 @@ pub(crate) struct Topics {
 impl Topics {
     pub(crate) fn new(
         settings: &KafkaSettings,
-        metadata: ReportingProducer,
+        metadata: Arc<Publisher>,
     ) -> Result<Self, BrokerError> {
         let admin = settings
             .client_config(&[], &[])
@@ -118,7 +119,7 @@ impl Topics {
         #[cfg(test)]
         self.metadata_reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let client = self.metadata.clone();
+        let client = self.metadata.producer();
         let metadata =
             tokio::task::spawn_blocking(move || client.client().fetch_metadata(None, TIMEOUT))
                 .await
@@ -229,7 +230,7 @@ mod tests {
         let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
         cluster.create_topic("orders", 1, 1).unwrap();
         let settings = KafkaSettings::new(&cluster.bootstrap_servers());
-        let metadata = ReportingProducer::create(&settings.client_config(&[], &[])).unwrap();
+        let metadata = Arc::new(Publisher::new(settings.client_config(&[], &[])).unwrap());
         let topics = Topics::new(&settings, metadata).unwrap();
         futures::future::join_all((0..20).map(|_| topics.ensure_for_publish("orders"))).await;
         assert!(topics.known.lock().unwrap().contains("orders"));

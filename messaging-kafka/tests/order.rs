@@ -1,5 +1,5 @@
-//! A handler failing with retries keeps its partition's order: later messages of that
-//! partition wait for it, while the other partitions go on.
+//! A handler failing with retries keeps its key's order: later messages of that key (within
+//! its partition) wait for it, while the other keys, of its partition too, go on.
 //!
 //! Run with: scripts/start-kafka.sh && cargo test -p messaging-kafka --test order
 
@@ -21,6 +21,7 @@ const RETRY_DELAY: Duration = Duration::from_millis(300);
 #[derive(Clone, Debug)]
 struct Attempt {
     n: u64,
+    key: String,
     partition: i32,
     offset: i64,
     attempt: u32,
@@ -33,10 +34,8 @@ struct Attempt {
 const LANES: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retried_message_holds_back_its_partition_only() {
+async fn a_retried_message_holds_back_its_key_only() {
     let broker = connect(6).await;
-    // With more lanes than partitions each partition has a lane of its own
-    // (`Message::ordering_key`): no partition waits behind message 0's in a shared lane.
     let topic = unique("ordered");
     // Everything is published first, so every partition has work waiting when the first
     // message of one starts failing.
@@ -74,11 +73,13 @@ async fn a_retried_message_holds_back_its_partition_only() {
                 let Position::Partition { partition, offset } = inv.message.position else {
                     panic!("not a Kafka position");
                 };
+                let key = inv.message.key.clone().unwrap_or_default();
                 // Message 0 fails twice, then succeeds on its third attempt.
                 let ok = n != 0 || inv.attempt >= 3;
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 log.push(Attempt {
                     n,
+                    key,
                     partition,
                     offset,
                     attempt: inv.attempt,
@@ -113,44 +114,70 @@ async fn a_retried_message_holds_back_its_partition_only() {
         vec![(1, false), (2, false), (3, true)]
     );
     let (held_partition, held_offset) = (zero[0].partition, zero[0].offset);
+    let held_key = zero[0].key.clone();
     let (first_failure, success) = (zero[0].ended, zero[2].ended);
 
-    // Its partition: nothing after it started before it succeeded, and order is kept.
-    let mut by_partition: BTreeMap<i32, Vec<&Attempt>> = BTreeMap::new();
+    // Its key: nothing after it started before it succeeded, and each key's order is kept.
+    let mut by_key: BTreeMap<(i32, String), Vec<&Attempt>> = BTreeMap::new();
     for a in attempts.iter().filter(|a| a.ok) {
-        by_partition.entry(a.partition).or_default().push(a);
+        by_key
+            .entry((a.partition, a.key.clone()))
+            .or_default()
+            .push(a);
     }
-    for a in &by_partition[&held_partition] {
+    for a in &by_key[&(held_partition, held_key.clone())] {
         if a.offset > held_offset {
             assert!(
                 a.started >= success,
-                "offset {} of the held partition ran before the retried message succeeded",
+                "offset {} of the held key ran before the retried message succeeded",
                 a.offset
             );
         }
     }
-    for (partition, handled) in &by_partition {
+    for ((partition, key), handled) in &by_key {
         let offsets: Vec<i64> = handled.iter().map(|a| a.offset).collect();
         let mut sorted = offsets.clone();
         sorted.sort_unstable();
         assert_eq!(
             offsets, sorted,
-            "partition {partition} handled out of order"
+            "key {key} of partition {partition} handled out of order"
         );
     }
-    // Other partitions went on while message 0 waited between its attempts.
-    let meanwhile: Vec<&Attempt> = attempts
-        .iter()
-        .filter(|a| {
-            a.partition != held_partition && a.ok && a.started > first_failure && a.ended < success
-        })
-        .collect();
+    // Other keys went on while message 0 waited between its attempts, in its own partition
+    // too when it holds another key.
+    let meanwhile = |same_partition: bool| {
+        attempts
+            .iter()
+            .filter(|a| {
+                a.key != held_key
+                    && (a.partition == held_partition) == same_partition
+                    && a.ok
+                    && a.started > first_failure
+                    && a.ended < success
+            })
+            .count()
+    };
     assert!(
-        !meanwhile.is_empty(),
+        meanwhile(false) > 0,
         "no other partition made progress during the retries"
     );
+    let keys_with_it = by_key
+        .keys()
+        .filter(|(p, k)| *p == held_partition && *k != held_key)
+        .count();
+    if keys_with_it > 0 {
+        assert!(
+            meanwhile(true) > 0,
+            "the other keys of its partition waited for the retries"
+        );
+    }
     assert!(
-        by_partition.len() > 1,
+        by_key
+            .keys()
+            .map(|(p, _)| p)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            > 1,
         "messages spread over several partitions"
     );
 }
