@@ -172,7 +172,9 @@ pub fn main_with(adjust: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder) -> ExitC
 
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // lapin logs each connection failure at error level from its I/O thread, besides the
+        // error the broker crate returns and this binary prints: once is enough.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -87,7 +87,8 @@ impl Publisher {
             }
             Err(error) => {
                 gate.failed(&self.options, &error);
-                tracing::warn!(%error, "publisher connection failed");
+                // The caller reports it (the connect loop, or the publish that needed it).
+                tracing::debug!(%error, "publisher connection failed");
                 Err(error)
             }
         }

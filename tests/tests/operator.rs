@@ -161,3 +161,53 @@ fn the_log_stays_quiet_while_kafka_is_down() {
         "{lines} lines in 30 s while Kafka was down:\n{log}"
     );
 }
+
+/// A DLQ record of a message that was on `topic`, in the wire format of DESIGN §3.
+fn dlq_record(topic: &str, body: &str) -> messaging_core::DeadLetterRecord {
+    let at = "2026-12-02T00:00:00Z";
+    serde_json::from_value(serde_json::json!({
+        "version": 1,
+        "original": {"topic": topic, "key": null, "payload": body, "headers": {}, "position": "offset 0"},
+        "error": {"kind": "handler", "message": "failed"},
+        "attempts": 1, "first_failure_at": at, "last_failure_at": at,
+        "handler": "fixable", "group": "g", "source": "operator-test", "dead_lettered_at": at,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn kafka_replay_with_the_consumer_stopped_publishes_every_record_at_once() {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    let prefix = format!("op-{}", &id[id.len() - 12..]);
+    let topic = format!("{prefix}.fixable");
+    let broker = KafkaBroker::connect(KAFKA).await.unwrap_or_else(|e| {
+        panic!("Kafka is not reachable at {KAFKA} (run scripts/start-kafka.sh): {e}")
+    });
+    for i in 0..68 {
+        broker
+            .publish(
+                dlq_record(&topic, &format!("\"order-{i}\"")).to_message(&format!("{topic}.dlq")),
+            )
+            .await
+            .unwrap();
+    }
+    let env = [
+        ("MESSAGING_BACKEND", "kafka"),
+        ("KAFKA_BOOTSTRAP_SERVERS", KAFKA),
+        ("FIXTURE_PREFIX", prefix.as_str()),
+        ("FIXTURE_LOG", "/dev/null"),
+    ];
+    let (status, out, err, took) = run_plain(FIXTURE, &["dlq", "replay", "--topic", &topic], &env);
+    assert!(status.success(), "{out}{err}");
+    assert!(out.contains("replayed 68, skipped 0, left 0"), "{out}{err}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    let (status, out, err, _) = run_plain(FIXTURE, &["dlq", "list", "--topic", &topic], &env);
+    assert!(status.success(), "{err}");
+    assert_eq!(
+        out.lines().count(),
+        0,
+        "replayed records are no longer listed:\n{out}"
+    );
+    let copies = broker.browse(&topic, 1_000).await.unwrap();
+    assert_eq!(copies.len(), 68, "each record published once to its topic");
+}
