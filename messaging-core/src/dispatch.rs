@@ -6,7 +6,9 @@
 //! ([`Scheduler`]).
 
 use std::any::Any;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
@@ -17,6 +19,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
 use futures::future::Either;
+use smallvec::SmallVec;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -162,7 +165,7 @@ impl Drop for AbortOnDrop {
 /// it in arrival order, and are handed out as one run when it is done.
 struct Scheduler {
     /// Busy keys, each with the messages waiting behind the one being handled.
-    keys: Mutex<HashMap<u64, VecDeque<Arc<Message>>>>,
+    keys: Mutex<HashMap<u64, VecDeque<Arc<Message>>, BuildHasherDefault<KeyHasher>>>,
     /// Runs ready to be handled, each of one key, in the order they became ready.
     runs: Mutex<VecDeque<Run>>,
     /// One permit per run in `runs`.
@@ -174,10 +177,30 @@ struct Scheduler {
     retries: mpsc::UnboundedSender<BoxFuture<'static, ()>>,
 }
 
-/// Messages of one key, in order.
+/// Messages of one key, in order; usually one.
 struct Run {
     key: u64,
-    messages: Vec<Arc<Message>>,
+    messages: SmallVec<[Arc<Message>; 1]>,
+}
+
+/// Hashes an ordering key, already a well-mixed hash, as itself.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
 }
 
 /// A message that must wait before its next attempt: its first attempt failed and will be
@@ -200,27 +223,25 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Scheduler {
-    /// Makes each message of a fetched batch ready, or queues it behind its busy key.
+    /// Makes each message of a fetched batch ready, or queues it behind its busy key (also
+    /// behind an earlier message of the same batch: [`Scheduler::finish`] then hands the key's
+    /// queue out as one run).
     fn admit(&self, batch: Vec<Arc<Message>>) {
         let mut ready: Vec<Run> = Vec::new();
         {
             let mut keys = lock(&self.keys);
             for message in batch {
                 let key = message.ordering_key();
-                if let Some(waiting) = keys.get_mut(&key) {
-                    waiting.push_back(message);
-                } else if let Some(run) = ready.iter_mut().rev().find(|r| r.key == key) {
-                    // Later in the same batch: it follows in the run, not via the queue.
-                    run.messages.push(message);
-                } else {
-                    ready.push(Run {
-                        key,
-                        messages: vec![message],
-                    });
+                match keys.entry(key) {
+                    Entry::Occupied(mut waiting) => waiting.get_mut().push_back(message),
+                    Entry::Vacant(slot) => {
+                        slot.insert(VecDeque::new());
+                        ready.push(Run {
+                            key,
+                            messages: smallvec::smallvec![message],
+                        });
+                    }
                 }
-            }
-            for run in &ready {
-                keys.insert(run.key, VecDeque::new());
             }
         }
         self.push(ready);
@@ -274,7 +295,7 @@ impl Scheduler {
             let mut keys = lock(&self.keys);
             match keys.get_mut(&key) {
                 Some(waiting) if !waiting.is_empty() || !rest.is_empty() => {
-                    let mut messages = rest;
+                    let mut messages = SmallVec::from_vec(rest);
                     messages.extend(waiting.drain(..));
                     Some(Run { key, messages })
                 }
