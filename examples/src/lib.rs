@@ -5,6 +5,7 @@
 //! in their own envelope.
 //!
 //! Run the quick start (no server needed): `cargo run -p messaging-examples --bin quickstart`
+#![forbid(unsafe_code)]
 
 pub mod analytics;
 pub mod api;

@@ -111,6 +111,7 @@
 //! and a publish waiting for its confirm fails. The TCP connection and handshake may take
 //! 10 s (`?connection_timeout=` in milliseconds), since a frozen broker still accepts TCP
 //! connections.
+#![forbid(unsafe_code)]
 
 mod broker;
 mod connection;

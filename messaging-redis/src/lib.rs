@@ -121,6 +121,7 @@
 //! let runtime = messaging_core::Runtime::builder().broker(broker.into_dyn());
 //! # let _ = runtime; Ok(()) }
 //! ```
+#![forbid(unsafe_code)]
 
 mod acker;
 mod broker;

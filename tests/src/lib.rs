@@ -11,6 +11,7 @@
 //!
 //! `connect` must panic when the broker is unreachable: a broker test fails, it never skips.
 //! Every test uses fresh topic and group names, so runs do not see each other's messages.
+#![forbid(unsafe_code)]
 
 use std::sync::Arc;
 
