@@ -47,6 +47,9 @@ pub struct Config {
     /// How many times `dlq replay` re-publishes one record before it refuses without
     /// `--force` (`MESSAGING_DLQ_MAX_REPLAYS`).
     pub dlq_max_replays: u32,
+    /// How many `#[event]` publishes may wait for the broker; more are dropped and counted
+    /// (`MESSAGING_EVENT_QUEUE`).
+    pub event_queue: usize,
 }
 
 impl Default for Config {
@@ -68,6 +71,7 @@ impl Default for Config {
             dlq_topic: None,
             health_stall_after: Duration::from_secs(30),
             dlq_max_replays: 3,
+            event_queue: 10_000,
         }
     }
 }
@@ -139,6 +143,12 @@ impl Config {
                 return Err(invalid("MESSAGING_CONCURRENCY", "must be at least 1"));
             }
         }
+        if let Some(v) = set("MESSAGING_EVENT_QUEUE") {
+            c.event_queue = parse_number("MESSAGING_EVENT_QUEUE", &v)?;
+            if c.event_queue == 0 {
+                return Err(invalid("MESSAGING_EVENT_QUEUE", "must be at least 1"));
+            }
+        }
         if let Some(v) = set("MESSAGING_MAX_MESSAGE_SIZE") {
             c.max_message_size = parse_number("MESSAGING_MAX_MESSAGE_SIZE", &v)?;
         }
@@ -196,6 +206,7 @@ impl fmt::Debug for Config {
             .field("dlq_topic", &self.dlq_topic)
             .field("health_stall_after", &self.health_stall_after)
             .field("dlq_max_replays", &self.dlq_max_replays)
+            .field("event_queue", &self.event_queue)
             .finish()
     }
 }

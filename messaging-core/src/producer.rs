@@ -2,13 +2,21 @@
 //! wraps it in the envelope; both wait for the broker's acknowledgement. [`Producer::fire`] is
 //! the background path of `#[event]`: it never fails the caller, counts what it drops, and is
 //! waited for by [`Producer::flush`].
+//!
+//! Background publishes go through one bounded queue per producer (`MESSAGING_EVENT_QUEUE`)
+//! and one task that publishes up to [`IN_FLIGHT`] of them at once, so that a broker that is
+//! down holds at most the queue in memory instead of a task per event.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use serde::Serialize;
+use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::sync::{Notify, OnceCell};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::broker::{Broker, connect_once};
@@ -20,18 +28,49 @@ use crate::message::{Headers, OutgoingMessage, header};
 use crate::metrics::metrics;
 use crate::trace;
 
+/// Background publishes awaiting their acknowledgement at once: a batching client (Kafka's
+/// linger) keeps as busy as it did with a task per event, and a broker that hangs holds no
+/// more than this beyond the queue.
+pub const IN_FLIGHT: usize = 256;
+
+/// How long a failing background publish is retried, counted from [`Producer::fire`]: a
+/// broker restart is ridden out, an event older than this is dropped.
+pub const RETRY_FOR: Duration = Duration::from_secs(120);
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// At most one warning line this often per kind (drops, failing publishes).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// Publishes messages; cheap to clone. Obtain the process-wide one with [`get_producer`], or
 /// take one as a handler argument.
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<Inner>,
+    /// Held by producers only, not by the publishing task: once the last clone is gone the
+    /// task publishes what is queued and ends.
+    queue: Arc<Queue>,
 }
 
+/// What the producers and their publishing task share.
 struct Inner {
     broker: OnceCell<Arc<dyn Broker>>,
     config: Config,
+    /// Fired events not yet delivered or dropped.
     pending: AtomicUsize,
     settled: Notify,
+    /// While a flush waits: when retries must have ended.
+    flush_deadline: Mutex<Option<Instant>>,
+    /// Wakes retries sleeping out a back-off when a flush begins.
+    flushing: Notify,
+    drops: Throttle,
+    failures: Throttle,
+}
+
+struct Queue {
+    /// `None` until the first fire; replaced when the task's runtime has gone.
+    sender: RwLock<Option<mpsc::Sender<Queued>>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -84,23 +123,20 @@ impl Producer {
                 config,
                 pending: AtomicUsize::new(0),
                 settled: Notify::new(),
+                flush_deadline: Mutex::new(None),
+                flushing: Notify::new(),
+                drops: Throttle::default(),
+                failures: Throttle::default(),
+            }),
+            queue: Arc::new(Queue {
+                sender: RwLock::new(None),
             }),
         }
     }
 
     /// The broker, connecting on first use.
     pub async fn broker(&self) -> Result<&Arc<dyn Broker>, Error> {
-        if let Some(broker) = self.inner.broker.get() {
-            return Ok(broker);
-        }
-        // Boxed: the connecting future is large, and every publish's future would carry
-        // its room (BENCHMARKS.md, Kafka produce).
-        Box::pin(
-            self.inner
-                .broker
-                .get_or_try_init(|| connect_once(&self.inner.config)),
-        )
-        .await
+        self.inner.broker().await
     }
 
     /// The configuration it was made with.
@@ -205,40 +241,63 @@ impl Producer {
         Ok((event.id, message))
     }
 
-    /// Publishes in the background: the caller never waits and never sees an error. A failed
-    /// publish is logged and counted in `messaging_events_dropped_total`. Needs a Tokio runtime.
+    /// Publishes in the background: the caller never waits and never sees an error. Needs a
+    /// Tokio runtime.
+    ///
+    /// The message joins this producer's queue (`MESSAGING_EVENT_QUEUE` places). A full queue
+    /// drops it; a publish that fails is retried with back-off for [`RETRY_FOR`] (or until a
+    /// flush's deadline), then dropped. Drops are counted in `messaging_events_dropped_total`
+    /// and logged at most once per 10 s with the number dropped since.
     pub fn fire(&self, message: OutgoingMessage) {
-        let producer = self.clone();
-        self.inner.pending.fetch_add(1, Ordering::SeqCst);
-        let publish = async move {
-            let topic = message.topic.clone();
-            if let Err(error) = producer.send_raw(message).await {
-                metrics().record_dropped();
-                tracing::warn!(%topic, %error, "event dropped: publish failed");
-            }
-            if producer.inner.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
-                producer.inner.settled.notify_waiters();
+        let item = Queued::new(message, &self.inner);
+        let item = {
+            let sender = self.queue.sender.read().unwrap_or_else(|e| e.into_inner());
+            match sender.as_ref() {
+                Some(tx) => match tx.try_send(item) {
+                    Ok(()) => return,
+                    Err(TrySendError::Full(item)) => return item.drop_because("queue full"),
+                    Err(TrySendError::Closed(item)) => item,
+                },
+                None => item,
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(publish);
+        self.start_publisher(item);
+    }
+
+    /// Starts the publishing task on the current runtime (the first time, or after the
+    /// runtime that ran it has gone) and queues `item`.
+    fn start_publisher(&self, item: Queued) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return item.drop_because("no Tokio runtime to publish it from");
+        };
+        let mut sender = self.queue.sender.write().unwrap_or_else(|e| e.into_inner());
+        let tx = match sender.as_ref() {
+            Some(tx) if !tx.is_closed() => tx,
+            _ => {
+                let (tx, rx) = mpsc::channel(self.inner.config.event_queue.max(1));
+                runtime.spawn(publish_queued(rx, Arc::clone(&self.inner)));
+                sender.insert(tx)
             }
-            Err(_) => {
-                self.inner.pending.fetch_sub(1, Ordering::SeqCst);
-                metrics().record_dropped();
-                tracing::warn!("event dropped: no Tokio runtime to publish it from");
-            }
+        };
+        match tx.try_send(item) {
+            Ok(()) => {}
+            Err(TrySendError::Full(item)) => item.drop_because("queue full"),
+            Err(TrySendError::Closed(item)) => item.drop_because("publisher stopped"),
         }
     }
 
-    /// Background publishes not yet settled.
+    /// Background publishes not yet settled: queued, in flight or waiting to retry.
     pub fn pending(&self) -> usize {
         self.inner.pending.load(Ordering::SeqCst)
     }
 
     /// Waits (up to `timeout`) for background publishes, then flushes the broker's buffers.
+    ///
+    /// Failing publishes stop retrying in time for the deadline and are counted as dropped;
+    /// what has not been tried by then stays queued.
     pub async fn flush_within(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        self.inner.begin_flush(deadline);
         let settle = async {
             loop {
                 let settled = self.inner.settled.notified();
@@ -248,7 +307,8 @@ impl Producer {
                 settled.await;
             }
         };
-        let _ = tokio::time::timeout(timeout, settle).await;
+        let _ = tokio::time::timeout_at(deadline, settle).await;
+        self.inner.end_flush(deadline);
         if let Some(broker) = self.inner.broker.get() {
             broker.flush(timeout).await?;
         }
@@ -258,6 +318,231 @@ impl Producer {
     /// [`Producer::flush_within`] with a 30 s limit.
     pub async fn flush(&self) -> Result<(), Error> {
         self.flush_within(Duration::from_secs(30)).await
+    }
+}
+
+impl Inner {
+    /// The broker, connecting on first use.
+    async fn broker(&self) -> Result<&Arc<dyn Broker>, Error> {
+        if let Some(broker) = self.broker.get() {
+            return Ok(broker);
+        }
+        // Boxed: the connecting future is large, and every publish's future would carry
+        // its room (BENCHMARKS.md, Kafka produce).
+        Box::pin(self.broker.get_or_try_init(|| connect_once(&self.config))).await
+    }
+
+    fn begin_flush(&self, deadline: Instant) {
+        let mut slot = self
+            .flush_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *slot = Some(slot.map_or(deadline, |d| d.min(deadline)));
+        drop(slot);
+        self.flushing.notify_waiters();
+    }
+
+    fn end_flush(&self, deadline: Instant) {
+        let mut slot = self
+            .flush_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if *slot == Some(deadline) {
+            *slot = None;
+        }
+    }
+
+    fn flush_deadline(&self) -> Option<Instant> {
+        *self
+            .flush_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a dropped event; warns at most once per [`WARN_EVERY`].
+    fn dropped(&self, reason: &'static str, error: Option<&Error>) {
+        metrics().record_dropped();
+        if let Some(n) = self.drops.hit(reason) {
+            match error {
+                Some(error) => tracing::warn!(dropped = n, reason, %error, "events dropped"),
+                None => tracing::warn!(dropped = n, reason, "events dropped"),
+            }
+        }
+    }
+
+    /// Logs the drops and failures counted since the last line, if a line is due.
+    fn report_due(&self) {
+        if let Some((n, reason)) = self.drops.due() {
+            tracing::warn!(dropped = n, reason, "events dropped");
+        }
+        if let Some((n, _)) = self.failures.due() {
+            tracing::warn!(
+                failed = n,
+                queued = self.pending.load(Ordering::Relaxed),
+                "event publishes failing; retrying"
+            );
+        }
+    }
+}
+
+/// A fired event until it is delivered or dropped; dropping it unsettled (its runtime shut
+/// down with it queued) counts it as dropped.
+struct Queued {
+    message: OutgoingMessage,
+    fired: Instant,
+    inner: Arc<Inner>,
+    /// Why it is being dropped; `None` once delivered.
+    drop_reason: Option<&'static str>,
+}
+
+impl Queued {
+    fn new(message: OutgoingMessage, inner: &Arc<Inner>) -> Self {
+        inner.pending.fetch_add(1, Ordering::SeqCst);
+        Self {
+            message,
+            fired: Instant::now(),
+            inner: Arc::clone(inner),
+            drop_reason: Some("abandoned at shutdown"),
+        }
+    }
+
+    fn drop_because(mut self, reason: &'static str) {
+        self.drop_reason = Some(reason);
+    }
+
+    fn give_up(mut self, error: &Error) {
+        self.drop_reason = None;
+        self.inner.dropped("publish failed", Some(error));
+    }
+
+    fn delivered(mut self) {
+        self.drop_reason = None;
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        if let Some(reason) = self.drop_reason {
+            self.inner.dropped(reason, None);
+        }
+        if self.inner.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.inner.settled.notify_waiters();
+        }
+    }
+}
+
+/// The publishing task: takes queued events, publishes up to [`IN_FLIGHT`] at once (one
+/// while the broker has never been reached, so that a down broker sees one connection
+/// attempt at a time), until every producer is gone and the queue is empty.
+async fn publish_queued(mut queue: mpsc::Receiver<Queued>, inner: Arc<Inner>) {
+    let mut in_flight = FuturesUnordered::new();
+    let mut ticks = tokio::time::interval_at(Instant::now() + WARN_EVERY, WARN_EVERY);
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        let room = if inner.broker.initialized() {
+            IN_FLIGHT
+        } else {
+            1
+        };
+        tokio::select! {
+            biased;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            item = queue.recv(), if open && in_flight.len() < room => match item {
+                Some(item) => in_flight.push(deliver(item)),
+                None => open = false,
+            },
+            _ = ticks.tick() => inner.report_due(),
+        }
+    }
+    inner.report_due();
+}
+
+/// Publishes one event, retrying with back-off while it is younger than [`RETRY_FOR`] and
+/// no flush's deadline comes first.
+async fn deliver(item: Queued) {
+    let inner = Arc::clone(&item.inner);
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let error = match inner.broker().await {
+            Ok(broker) => {
+                let (counter, publishing) = publish_counted(broker, item.message.clone());
+                match publishing.await {
+                    Ok(()) => {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        return item.delivered();
+                    }
+                    Err(error) => Error::from(error),
+                }
+            }
+            Err(error) => error,
+        };
+        let hopeless = matches!(error, Error::Config { .. } | Error::UnknownBackend { .. });
+        let mut until = item.fired + RETRY_FOR;
+        if let Some(deadline) = inner.flush_deadline() {
+            until = until.min(deadline);
+        }
+        if hopeless || Instant::now() + backoff > until {
+            return item.give_up(&error);
+        }
+        if let Some(n) = inner.failures.hit("publish failed") {
+            tracing::warn!(failed = n, topic = %item.message.topic, %error, queued = inner.pending.load(Ordering::Relaxed), "event publishes failing; retrying");
+        } else {
+            tracing::debug!(topic = %item.message.topic, %error, ?backoff, "event publish failed; retrying");
+        }
+        let flushing = inner.flushing.notified();
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            // A flush began: its deadline may come before this back-off ends.
+            _ = flushing => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Counts occurrences and says when a log line is due: at most one per [`WARN_EVERY`],
+/// carrying the count since the previous one.
+#[derive(Default)]
+struct Throttle {
+    count: AtomicU64,
+    state: Mutex<ThrottleState>,
+}
+
+#[derive(Default)]
+struct ThrottleState {
+    last_line: Option<Instant>,
+    reason: &'static str,
+}
+
+impl Throttle {
+    /// Counts one; `Some(count since the last line)` when a line is due now.
+    fn hit(&self, reason: &'static str) -> Option<u64> {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        // Busy: another thread is counting or logging; the count is not lost.
+        let mut state = self.state.try_lock().ok()?;
+        state.reason = reason;
+        Self::take(&self.count, &mut state)
+    }
+
+    /// `Some((count, last reason))` when occurrences wait to be logged and a line is due.
+    fn due(&self) -> Option<(u64, &'static str)> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Self::take(&self.count, &mut state).map(|n| (n, state.reason))
+    }
+
+    fn take(count: &AtomicU64, state: &mut ThrottleState) -> Option<u64> {
+        let now = Instant::now();
+        if state
+            .last_line
+            .is_some_and(|last| now.duration_since(last) < WARN_EVERY)
+        {
+            return None;
+        }
+        let n = count.swap(0, Ordering::Relaxed);
+        if n == 0 {
+            return None;
+        }
+        state.last_line = Some(now);
+        Some(n)
     }
 }
 
@@ -341,6 +626,27 @@ mod tests {
                 })
             })
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn warnings_come_at_most_every_10s_with_the_count_since_the_last() {
+        let throttle = Throttle::default();
+        assert_eq!(
+            throttle.hit("queue full"),
+            Some(1),
+            "the first one is logged"
+        );
+        for _ in 0..999 {
+            assert_eq!(throttle.hit("queue full"), None);
+        }
+        assert_eq!(throttle.due(), None, "not 10 s yet");
+        tokio::time::advance(WARN_EVERY - Duration::from_millis(1)).await;
+        assert_eq!(throttle.hit("publish failed"), None);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(throttle.due(), Some((1000, "publish failed")));
+        tokio::time::advance(WARN_EVERY).await;
+        assert_eq!(throttle.due(), None, "nothing since");
+        assert_eq!(throttle.hit("queue full"), Some(1));
     }
 
     #[tokio::test]
