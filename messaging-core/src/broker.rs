@@ -400,12 +400,15 @@ impl ConnectionState {
     }
 }
 
-/// Connects, retrying `connect_max_retries` times `connect_retry_delay` apart, then cooling
-/// down for `connect_cooldown`, and again, for ever. Only a configuration error (an unknown
-/// backend, a setting the broker reports as one that can never work) ends it.
+/// Connects, trying `connect_max_retries` times `connect_retry_delay` apart. Then, with
+/// `forever`, cools down for `connect_cooldown` and starts again, for ever (the `consumer`
+/// command waits for its broker); without, it returns the last error, so that a library
+/// user is told rather than left waiting in silence. A configuration error (an unknown
+/// backend, a setting the broker reports as one that can never work) ends it at once.
 pub async fn connect_with_retry(
     config: &Config,
     state: &ConnectionState,
+    forever: bool,
 ) -> Result<Arc<dyn Broker>, Error> {
     let factory = factory(&config.backend)?;
     let target = match config.backend.as_str() {
@@ -438,14 +441,37 @@ pub async fn connect_with_retry(
                 state.set_connected(false);
                 state.record_failure();
                 tracing::warn!(backend = factory.name, %error, "connection attempt {attempt}/{per_round} failed");
-                if attempt >= per_round {
+                if attempt < per_round {
+                    tokio::time::sleep(config.connect_retry_delay).await;
+                } else if forever {
                     tracing::warn!("Cooling down for {:?}", config.connect_cooldown);
                     state.in_cooldown.store(true, Ordering::Relaxed);
                     tokio::time::sleep(config.connect_cooldown).await;
                     state.in_cooldown.store(false, Ordering::Relaxed);
                     attempt = 0;
                 } else {
-                    tokio::time::sleep(config.connect_retry_delay).await;
+                    // The broker's own error without its `<broker>: connection failed:` prefix,
+                    // which the returned one carries.
+                    let cause = match &error {
+                        BrokerError::Connection { source, .. } => source.to_string(),
+                        other => other.to_string(),
+                    };
+                    let tried = match attempt {
+                        1 => "1 attempt".to_owned(),
+                        n => format!(
+                            "{n} attempts {} apart",
+                            humantime::format_duration(config.connect_retry_delay)
+                        ),
+                    };
+                    return Err(BrokerError::connection(
+                        factory.name,
+                        format!(
+                            "{target} unreachable after {tried} (MESSAGING_CONNECT_MAX_RETRIES, \
+                             MESSAGING_CONNECT_RETRY_DELAY; `RuntimeBuilder::retry_forever` \
+                             waits for ever): {cause}"
+                        ),
+                    )
+                    .into());
                 }
             }
         }

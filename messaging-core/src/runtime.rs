@@ -37,6 +37,7 @@ pub struct RuntimeBuilder {
     start: StartFrom,
     shutdown_timeout: Duration,
     install_global_producer: Option<bool>,
+    retry_forever: bool,
 }
 
 impl Default for RuntimeBuilder {
@@ -55,6 +56,7 @@ impl Default for RuntimeBuilder {
             start: StartFrom::Latest,
             shutdown_timeout: Duration::from_secs(30),
             install_global_producer: None,
+            retry_forever: false,
         }
     }
 }
@@ -148,6 +150,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Whether [`RuntimeBuilder::start`] waits for an unreachable broker for ever: rounds of
+    /// `connect_max_retries` attempts with `connect_cooldown` between them (the `consumer`
+    /// command does this). Default: no, `start` returns the error after one round, so a
+    /// service that links the library is told instead of waiting in silence.
+    pub fn retry_forever(mut self, yes: bool) -> Self {
+        self.retry_forever = yes;
+        self
+    }
+
     /// Shares the connection state (for `/health`).
     pub fn connection_state(mut self, state: Arc<ConnectionState>) -> Self {
         self.connection = state;
@@ -220,6 +231,9 @@ impl RuntimeBuilder {
 
     /// Connects (with the retry loop when the broker comes from configuration), checks the
     /// handlers, subscribes every group and starts dispatching.
+    ///
+    /// A broker that cannot be reached after `connect_max_retries` attempts fails the start
+    /// with [`Error::Broker`], unless [`RuntimeBuilder::retry_forever`] was asked for.
     pub async fn start(self) -> Result<Runtime, Error> {
         let config = match self.config.clone() {
             Some(config) => config,
@@ -246,7 +260,7 @@ impl RuntimeBuilder {
         let from_config = self.broker.is_none();
         let broker = match self.broker {
             Some(broker) => broker,
-            None => connect_with_retry(&config, &self.connection).await?,
+            None => connect_with_retry(&config, &self.connection, self.retry_forever).await?,
         };
         self.connection.set_connected(true);
         metrics().set_backend(broker.name());
