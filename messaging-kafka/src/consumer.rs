@@ -22,6 +22,7 @@
 //! duplicates bounded by what was still in flight).
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -421,14 +422,48 @@ fn poll_until_stopped(
     out: &mpsc::UnboundedSender<Fetched>,
     stop: &AtomicBool,
 ) -> KafkaResult<()> {
-    let context = consumer.context();
-    let mut messages = Received::default();
-    let mut fatal_reported = false;
+    let mut round = Round {
+        consumer: &consumer,
+        names,
+        limits,
+        out,
+        messages: Received::default(),
+        fatal_reported: false,
+    };
     while !stop.load(Ordering::Acquire) {
-        store_acknowledged(&consumer);
-        regulate(&consumer, limits);
+        // A panic in a callback (a log subscriber's, say) must not end the member.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| round.run())) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(_) => tracing::error!("a Kafka consumer callback panicked; polling on"),
+        }
+    }
+    store_acknowledged(&consumer);
+    let committed = commit_stored(&consumer);
+    drop(consumer);
+    committed
+}
+
+/// One round of the polling thread, and what it keeps from one to the next.
+struct Round<'a> {
+    consumer: &'a GroupConsumer,
+    names: &'a TopicNames,
+    limits: Limits,
+    out: &'a mpsc::UnboundedSender<Fetched>,
+    messages: Received,
+    fatal_reported: bool,
+}
+
+impl Round<'_> {
+    /// Stores, regulates, probes if due, then polls and hands over what came; `false` once
+    /// the async side is gone.
+    fn run(&mut self) -> bool {
+        let consumer = self.consumer;
+        let context = consumer.context();
+        store_acknowledged(consumer);
+        regulate(consumer, self.limits);
         if context.probe_due(Instant::now()) {
-            context.probe(&consumer);
+            context.probe(consumer);
         }
         let mut batch = Vec::new();
         let mut next = consumer.poll(POLL_WAIT);
@@ -436,19 +471,20 @@ fn poll_until_stopped(
             match next {
                 Some(Ok(record)) => {
                     batch.reserve(BATCH);
-                    batch.push(messages.make(&record, names));
+                    batch.push(self.messages.make(&record, self.names));
                 }
                 Some(Err(error)) => {
                     // Logged (rate-limited) and reported by the error callback already;
                     // librdkafka retries by itself, unless the error is fatal.
-                    if is_fatal(&error) && !fatal_reported {
-                        fatal_reported = true;
-                        let _ = out.send(Err(from_kafka("receive", error)));
+                    if is_fatal(&error) && !self.fatal_reported {
+                        self.fatal_reported = true;
+                        let _ = self.out.send(Err(from_kafka("receive", error)));
                     }
                     break;
                 }
                 // Nothing more now, or a rebalance was served: hand over what was fetched
-                // before (a batch never spans a rebalance).
+                // before (a batch never spans a rebalance, and what it holds of revoked
+                // partitions is dropped by `deliver`).
                 None => break,
             }
             if batch.len() >= BATCH {
@@ -458,17 +494,11 @@ fn poll_until_stopped(
         }
         let generation = context.acks.tracker.deliver(&mut batch);
         if batch.is_empty() {
-            continue;
+            return true;
         }
         context.untroubled();
-        if out.send(Ok((generation, batch))).is_err() {
-            break;
-        }
+        self.out.send(Ok((generation, batch))).is_ok()
     }
-    store_acknowledged(&consumer);
-    let committed = commit_stored(&consumer);
-    drop(consumer);
-    committed
 }
 
 /// The polling thread's handle: stops it when dropped.

@@ -8,6 +8,7 @@
 //! flush on destruction then never run on an async thread).
 
 use std::ops::Deref;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -44,7 +45,14 @@ impl ReportingProducer {
                 let (producer, stop) = (Arc::clone(&producer), Arc::clone(&stop));
                 move || {
                     while !stop.load(Ordering::Acquire) {
-                        producer.poll(ROUND);
+                        // A panic in a callback (a log subscriber's, say) must not end the
+                        // thread: every later delivery report would go unserved.
+                        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            producer.poll(ROUND);
+                        }));
+                        if polled.is_err() {
+                            tracing::error!("a Kafka producer callback panicked; polling on");
+                        }
                     }
                 }
             })

@@ -190,12 +190,33 @@ impl ProducerContext for Reports {
     fn delivery(&self, result: &DeliveryResult<'_>, report: Arc<Report>) {
         let outcome = match result {
             Ok(_) => Ok(()),
-            Err((error, _)) => Err(error.clone()),
+            Err((error, _)) => {
+                if kills_the_client(error) && !self.is_dead() {
+                    tracing::warn!(%error, "the Kafka producer was refused for good; the next publish builds a new one");
+                    self.mark_dead();
+                }
+                Err(error.clone())
+            }
         };
         // Set once: librdkafka reports each record once.
         let _ = report.outcome.set(outcome);
         report.waker.wake();
     }
+}
+
+/// Whether a record's failure means its client will deliver nothing any more. Besides a
+/// fatal error: the broker fencing the idempotent producer's id (seen with Tansu once the
+/// producer, its records timed out in flight, bumped its epoch), which librdkafka reports
+/// record by record instead of raising a fatal error.
+fn kills_the_client(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::Fatal
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
 }
 
 /// A record's delivery report, set by the producer's polling thread.

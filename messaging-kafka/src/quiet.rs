@@ -58,6 +58,10 @@ pub(crate) fn log(level: RDKafkaLogLevel, facility: &str, message: &str) {
 /// line usually came first, with the same text). A fatal error is always printed.
 pub(crate) fn error(error: &KafkaError, reason: &str) {
     let code = error.rdkafka_error_code();
+    if code == Some(RDKafkaErrorCode::PartitionEOF) {
+        // Not an error: asked for (`enable.partition.eof`) by the readers of a DLQ.
+        return;
+    }
     if code == Some(RDKafkaErrorCode::Fatal) {
         tracing::error!(target: "librdkafka", %error, "Kafka client: fatal error: {reason}");
         return;
