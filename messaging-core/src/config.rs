@@ -47,8 +47,8 @@ pub struct Config {
     /// How many times `dlq replay` re-publishes one record before it refuses without
     /// `--force` (`MESSAGING_DLQ_MAX_REPLAYS`).
     pub dlq_max_replays: u32,
-    /// How many `#[event]` publishes may wait for the broker; more are dropped and counted
-    /// (`MESSAGING_EVENT_QUEUE`).
+    /// How many `#[event]` publishes may wait for the broker (queued, in flight or waiting to
+    /// retry); more are dropped and counted (`MESSAGING_EVENT_QUEUE`).
     pub event_queue: usize,
 }
 

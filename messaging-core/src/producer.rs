@@ -3,18 +3,19 @@
 //! the background path of `#[event]`: it never fails the caller, counts what it drops, and is
 //! waited for by [`Producer::flush`].
 //!
-//! Background publishes go through one bounded queue per producer (`MESSAGING_EVENT_QUEUE`)
-//! and one task that publishes up to [`IN_FLIGHT`] of them at once, so that a broker that is
-//! down holds at most the queue in memory instead of a task per event.
+//! Background publishes go through one bounded queue per producer (`MESSAGING_EVENT_QUEUE`
+//! events queued, in flight or waiting to retry) and one task that publishes them, all at once
+//! as a task per event did, so that a broker that is down holds at most the queue in memory
+//! instead of a task per event.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use serde::Serialize;
-use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio::sync::mpsc;
 use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -27,11 +28,6 @@ use crate::handler::BoxFuture;
 use crate::message::{Headers, OutgoingMessage, header};
 use crate::metrics::metrics;
 use crate::trace;
-
-/// Background publishes awaiting their acknowledgement at once: a batching client (Kafka's
-/// linger) keeps as busy as it did with a task per event, and a broker that hangs holds no
-/// more than this beyond the queue.
-pub const IN_FLIGHT: usize = 256;
 
 /// How long a failing background publish is retried, counted from [`Producer::fire`]: a
 /// broker restart is ridden out, an event older than this is dropped.
@@ -66,11 +62,15 @@ struct Inner {
     flushing: Notify,
     drops: Throttle,
     failures: Throttle,
+    /// Whether the last publish attempt failed: events that waited past [`RETRY_FOR`] are
+    /// then dropped without another attempt.
+    failing: AtomicBool,
 }
 
 struct Queue {
-    /// `None` until the first fire; replaced when the task's runtime has gone.
-    sender: RwLock<Option<mpsc::Sender<Queued>>>,
+    /// `None` until the first fire; replaced when the task's runtime has gone. Unbounded:
+    /// [`Producer::fire`] admits no more than the configured number of pending events.
+    sender: RwLock<Option<mpsc::UnboundedSender<Queued>>>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -127,6 +127,7 @@ impl Producer {
                 flushing: Notify::new(),
                 drops: Throttle::default(),
                 failures: Throttle::default(),
+                failing: AtomicBool::new(false),
             }),
             queue: Arc::new(Queue {
                 sender: RwLock::new(None),
@@ -244,19 +245,22 @@ impl Producer {
     /// Publishes in the background: the caller never waits and never sees an error. Needs a
     /// Tokio runtime.
     ///
-    /// The message joins this producer's queue (`MESSAGING_EVENT_QUEUE` places). A full queue
-    /// drops it; a publish that fails is retried with back-off for [`RETRY_FOR`] (or until a
-    /// flush's deadline), then dropped. Drops are counted in `messaging_events_dropped_total`
-    /// and logged at most once per 10 s with the number dropped since.
+    /// The message joins this producer's queue: `MESSAGING_EVENT_QUEUE` events may be queued,
+    /// in flight or waiting to retry, more are dropped. A publish that fails is retried with
+    /// back-off for [`RETRY_FOR`] (or until a flush's deadline), then dropped. Drops are
+    /// counted in `messaging_events_dropped_total` and logged at most once per 10 s with the
+    /// number dropped since.
     pub fn fire(&self, message: OutgoingMessage) {
-        let item = Queued::new(message, &self.inner);
+        let (item, ahead) = Queued::new(message, &self.inner);
+        if ahead >= self.inner.config.event_queue.max(1) {
+            return item.drop_because("queue full");
+        }
         let item = {
             let sender = self.queue.sender.read().unwrap_or_else(|e| e.into_inner());
             match sender.as_ref() {
-                Some(tx) => match tx.try_send(item) {
+                Some(tx) => match tx.send(item) {
                     Ok(()) => return,
-                    Err(TrySendError::Full(item)) => return item.drop_because("queue full"),
-                    Err(TrySendError::Closed(item)) => item,
+                    Err(mpsc::error::SendError(item)) => item,
                 },
                 None => item,
             }
@@ -274,15 +278,13 @@ impl Producer {
         let tx = match sender.as_ref() {
             Some(tx) if !tx.is_closed() => tx,
             _ => {
-                let (tx, rx) = mpsc::channel(self.inner.config.event_queue.max(1));
+                let (tx, rx) = mpsc::unbounded_channel();
                 runtime.spawn(publish_queued(rx, Arc::clone(&self.inner)));
                 sender.insert(tx)
             }
         };
-        match tx.try_send(item) {
-            Ok(()) => {}
-            Err(TrySendError::Full(item)) => item.drop_because("queue full"),
-            Err(TrySendError::Closed(item)) => item.drop_because("publisher stopped"),
+        if let Err(mpsc::error::SendError(item)) = tx.send(item) {
+            item.drop_because("publisher stopped");
         }
     }
 
@@ -396,14 +398,16 @@ struct Queued {
 }
 
 impl Queued {
-    fn new(message: OutgoingMessage, inner: &Arc<Inner>) -> Self {
-        inner.pending.fetch_add(1, Ordering::SeqCst);
-        Self {
+    /// The event, counted as pending, and how many were pending before it.
+    fn new(message: OutgoingMessage, inner: &Arc<Inner>) -> (Self, usize) {
+        let ahead = inner.pending.fetch_add(1, Ordering::SeqCst);
+        let item = Self {
             message,
             fired: Instant::now(),
             inner: Arc::clone(inner),
             drop_reason: Some("abandoned at shutdown"),
-        }
+        };
+        (item, ahead)
     }
 
     fn drop_because(mut self, reason: &'static str) {
@@ -431,16 +435,17 @@ impl Drop for Queued {
     }
 }
 
-/// The publishing task: takes queued events, publishes up to [`IN_FLIGHT`] at once (one
+/// The publishing task: takes queued events and publishes them all at once (one at a time
 /// while the broker has never been reached, so that a down broker sees one connection
-/// attempt at a time), until every producer is gone and the queue is empty.
-async fn publish_queued(mut queue: mpsc::Receiver<Queued>, inner: Arc<Inner>) {
+/// attempt at a time), until every producer is gone and the queue is empty. How many there
+/// can be is bounded by [`Producer::fire`].
+async fn publish_queued(mut queue: mpsc::UnboundedReceiver<Queued>, inner: Arc<Inner>) {
     let mut in_flight = FuturesUnordered::new();
     let mut ticks = tokio::time::interval_at(Instant::now() + WARN_EVERY, WARN_EVERY);
     let mut open = true;
     while open || !in_flight.is_empty() {
         let room = if inner.broker.initialized() {
-            IN_FLIGHT
+            usize::MAX
         } else {
             1
         };
@@ -461,6 +466,11 @@ async fn publish_queued(mut queue: mpsc::Receiver<Queued>, inner: Arc<Inner>) {
 /// no flush's deadline comes first.
 async fn deliver(item: Queued) {
     let inner = Arc::clone(&item.inner);
+    // After a long outage the queue holds events older than the window: trying each once
+    // would hammer the broker as it comes back, or an unreachable one with connections.
+    if inner.failing.load(Ordering::Relaxed) && Instant::now() >= item.fired + RETRY_FOR {
+        return item.drop_because("expired while the broker failed");
+    }
     let mut backoff = FIRST_BACKOFF;
     loop {
         let error = match inner.broker().await {
@@ -469,6 +479,9 @@ async fn deliver(item: Queued) {
                 match publishing.await {
                     Ok(()) => {
                         counter.fetch_add(1, Ordering::Relaxed);
+                        if inner.failing.load(Ordering::Relaxed) {
+                            inner.failing.store(false, Ordering::Relaxed);
+                        }
                         return item.delivered();
                     }
                     Err(error) => Error::from(error),
@@ -476,6 +489,7 @@ async fn deliver(item: Queued) {
             }
             Err(error) => error,
         };
+        inner.failing.store(true, Ordering::Relaxed);
         let hopeless = matches!(error, Error::Config { .. } | Error::UnknownBackend { .. });
         let mut until = item.fired + RETRY_FOR;
         if let Some(deadline) = inner.flush_deadline() {
