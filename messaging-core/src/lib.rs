@@ -5,6 +5,7 @@ pub mod broker;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
+mod decode;
 mod disabled;
 mod dispatch;
 pub mod dlq;
@@ -32,6 +33,7 @@ pub use broker::{
     linked_backends,
 };
 pub use config::{Config, configure_messaging, current_config};
+pub use decode::FromMessage;
 pub use disabled::DisabledBroker;
 pub use dlq::DeadLetterRecord;
 pub use envelope::{EnvelopeFields, Event, TypedEvent, decode_event, decode_json};
@@ -90,10 +92,20 @@ pub mod __private {
     use std::any::{Any, TypeId};
     use std::sync::Arc;
 
+    pub use crate::decode::{Decoder, EventPayload, JsonPayload, NamedEvent, Schema, SchemaType};
     pub use crate::envelope::{EnvelopeFields, decode_event, decode_json};
     #[cfg(feature = "axum")]
     pub use crate::event::ViaJson;
     pub use crate::event::{EventData, EventSpec, ViaSerialize, emit_event};
+
+    /// The traits that pick a first argument's decoder and check its schema (see
+    /// [`Decoder`] and [`Schema`]); the generated code glob-imports this module.
+    pub mod decoders {
+        pub use crate::decode::{
+            SchemaIsEventData, SchemaIsPayload, SchemaOfBody, SchemaOfEventData, ViaEvent,
+            ViaFromMessage, ViaJson,
+        };
+    }
 
     /// The traits `#[event]` resolves its data with, whichever exist with the enabled
     /// features; the generated code glob-imports this module.
@@ -102,37 +114,110 @@ pub mod __private {
         pub use crate::event::ViaJson;
         pub use crate::event::ViaSerialize;
     }
+
+    /// The traits `#[event]` reaches the data's `key_field` through, as [`event_data`] does
+    /// for the data; the generated code glob-imports this module.
+    pub mod event_key {
+        /// A handler's `Ok` value, for [`KeyInJson`] / [`KeyInValue`] resolution.
+        pub struct KeyOf<'a, T>(pub &'a T);
+
+        /// The data is the value itself.
+        pub trait KeyInValue<'a, T> {
+            /// The data.
+            fn __messaging_data(&self) -> &'a T;
+        }
+
+        impl<'a, T> KeyInValue<'a, T> for KeyOf<'a, T> {
+            fn __messaging_data(&self) -> &'a T {
+                self.0
+            }
+        }
+
+        /// The data is what an axum response wraps.
+        #[cfg(feature = "axum")]
+        pub trait KeyInJson<'a, T> {
+            /// The data.
+            fn __messaging_data(&self) -> &'a T;
+        }
+
+        #[cfg(feature = "axum")]
+        impl<'a, T> KeyInJson<'a, T> for &KeyOf<'a, axum::Json<T>> {
+            fn __messaging_data(&self) -> &'a T {
+                &self.0.0
+            }
+        }
+
+        #[cfg(feature = "axum")]
+        impl<'a, T> KeyInJson<'a, T> for &KeyOf<'a, (axum::http::StatusCode, axum::Json<T>)> {
+            fn __messaging_data(&self) -> &'a T {
+                &self.0.1.0
+            }
+        }
+    }
+
+    /// The message key made of a `key_field`'s value: a string as it is, `None` (JSON
+    /// `null`) as no key, anything else as its JSON text.
+    pub fn event_key<T: serde::Serialize + ?Sized>(field: &T) -> Option<String> {
+        match serde_json::to_value(field) {
+            Ok(serde_json::Value::String(key)) => Some(key),
+            Ok(serde_json::Value::Null) | Err(_) => None,
+            Ok(other) => Some(other.to_string()),
+        }
+    }
+
+    /// [`emit_event`] with the key already taken from the data's field by the generated code
+    /// (`spec.key_field` is then only its name). Publishing never fails the caller: data that
+    /// does not serialize is logged and counted as dropped.
+    pub fn emit_keyed_event(
+        spec: &EventSpec,
+        data: Result<serde_json::Value, serde_json::Error>,
+        key: Option<String>,
+    ) {
+        let data = match data {
+            Ok(data) if spec.include_result => data,
+            Ok(_) => serde_json::Value::Object(Default::default()),
+            Err(error) => {
+                crate::metrics::metrics().record_dropped();
+                tracing::warn!(event = spec.name, %error, "event dropped: result does not serialize");
+                return;
+            }
+        };
+        let producer = crate::producer::get_producer();
+        match producer.envelope(spec.name, &data, spec.topic, key) {
+            Ok((_, message)) => producer.fire(message),
+            Err(error) => {
+                crate::metrics::metrics().record_dropped();
+                tracing::warn!(event = spec.name, %error, "event dropped: envelope does not serialize");
+            }
+        }
+    }
+
+    /// Compile-time check of a topic given as a `const`: the rules the macros apply to a
+    /// literal.
+    pub const fn check_topic(topic: &str) {
+        let bytes = topic.as_bytes();
+        assert!(
+            !bytes.is_empty(),
+            "a topic name cannot be empty: give the const a value such as \"orders.created\""
+        );
+        let mut i = 0;
+        while i < bytes.len() {
+            assert!(
+                !bytes[i].is_ascii_whitespace() && !bytes[i].is_ascii_control(),
+                "a topic name cannot contain white space, which brokers do not accept"
+            );
+            i += 1;
+        }
+    }
+
     pub use crate::extract::{FromContext, Requirement};
     pub use crate::handler::{HandlerFuture, IntoHandlerResult, Invocation};
     pub use crate::registry::{HandlerKind, HandlerRegistration};
     pub use crate::retry::{Backoff, RetryPolicy};
-    pub use bytes::Bytes;
     pub use inventory;
     pub use serde_json;
 
     use crate::error::HandlerError;
-
-    /// The raw body.
-    pub fn decode_bytes(invocation: &Invocation) -> Bytes {
-        invocation.message.payload.clone()
-    }
-
-    /// The raw body as a vector.
-    pub fn decode_vec(invocation: &Invocation) -> Vec<u8> {
-        invocation.message.payload.to_vec()
-    }
-
-    /// The whole message.
-    pub fn decode_message(invocation: &Invocation) -> crate::message::Message {
-        (*invocation.message).clone()
-    }
-
-    /// Decodes the body as the schema type and then as the argument type (when they differ).
-    pub fn validate_schema<S: serde::de::DeserializeOwned>(
-        invocation: &Invocation,
-    ) -> Result<(), HandlerError> {
-        decode_json::<S>(&invocation.message).map(drop)
-    }
 
     /// The `#[consumer]` instance of type `T` (made at start-up).
     pub fn instance<T: Send + Sync + 'static>(
@@ -147,41 +232,6 @@ pub mod __private {
     pub fn default_instance<T: Default + Send + Sync + 'static>()
     -> (TypeId, Arc<dyn Any + Send + Sync>) {
         (TypeId::of::<T>(), Arc::new(T::default()))
-    }
-
-    /// Compile-time check that a first argument decodes from JSON.
-    #[diagnostic::on_unimplemented(
-        message = "the first handler argument `{Self}` cannot be decoded from a message",
-        label = "cannot be decoded",
-        note = "derive `serde::Deserialize` for it, or take `serde_json::Value`, `Bytes`, `Vec<u8>`, `Message` or `Event<T>`"
-    )]
-    pub trait JsonPayload: Sized {
-        /// The body decoded as `Self`. The macros decode through this trait rather than
-        /// `decode_json`, so that a type that is not `Deserialize` is reported once, with the
-        /// message above, at the handler's argument.
-        fn decode_payload(message: &crate::message::Message) -> Result<Self, HandlerError>;
-
-        /// The body decoded as an envelope whose data is a `Self`.
-        fn decode_envelope(
-            message: &crate::message::Message,
-            fields: &EnvelopeFields,
-        ) -> Result<crate::envelope::Event<Self>, HandlerError>;
-    }
-
-    // Not recommended: an error names `JsonPayload` (with the message above), not serde's
-    // bounds and a list of every type that implements `Deserialize`.
-    #[diagnostic::do_not_recommend]
-    impl<T: serde::de::DeserializeOwned> JsonPayload for T {
-        fn decode_payload(message: &crate::message::Message) -> Result<Self, HandlerError> {
-            decode_json(message)
-        }
-
-        fn decode_envelope(
-            message: &crate::message::Message,
-            fields: &EnvelopeFields,
-        ) -> Result<crate::envelope::Event<Self>, HandlerError> {
-            decode_event(message, fields)
-        }
     }
 
     /// What a `#[consumer]` type must be; the macros reach its instance through this trait so
@@ -234,8 +284,6 @@ pub mod __private {
         }
     }
 
-    /// Compile-time check of a payload type.
-    pub fn assert_json_payload<T: JsonPayload>() {}
     /// Compile-time check of an extractor.
     pub fn assert_extractor<T: FromContext>() {}
     /// Compile-time check of a return type.

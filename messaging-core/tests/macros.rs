@@ -4,6 +4,9 @@
 //!
 //! Topics here start with `macros-test.` so that no other test binary's handlers overlap.
 
+// A facade crate re-exporting messaging_core, as `crate = "facade"` expects.
+extern crate messaging_core as facade;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -161,6 +164,132 @@ impl Beats {
 
 #[message_handler(topic = "macros-test.retried", max_retries = 2, retry_topics = true)]
 async fn retried_through_topics(_body: serde_json::Value) {}
+
+/// A format of its own: a plain-text number, `21.5`.
+#[derive(Debug)]
+struct Celsius(f64);
+
+impl messaging_core::FromMessage for Celsius {
+    fn from_message(
+        message: &messaging_core::Message,
+        _: &messaging_core::EnvelopeFields,
+    ) -> Result<Self, HandlerError> {
+        let decode = |e: &dyn std::fmt::Display| {
+            HandlerError::new(messaging_core::FailureKind::Decode, e.to_string())
+        };
+        let text = std::str::from_utf8(&message.payload).map_err(|e| decode(&e))?;
+        text.trim()
+            .parse()
+            .map(Celsius)
+            .map_err(|e: std::num::ParseFloatError| decode(&e))
+    }
+}
+
+#[message_handler(topic = "macros-test.celsius")]
+async fn record_celsius(reading: Celsius, calls: State<Calls>) {
+    calls.push(format!("celsius {}", reading.0));
+}
+
+/// `Vec<u8>` is JSON like any other `Deserialize` type, not the raw body.
+#[message_handler(topic = "macros-test.numbers")]
+async fn record_numbers(numbers: Vec<u8>, calls: State<Calls>) {
+    calls.push(format!("numbers {numbers:?}"));
+}
+
+/// The raw body and the whole message are `FromMessage` types.
+#[message_handler(topic = "macros-test.numbers", group = "macros-test-numbers-raw")]
+async fn record_numbers_raw(message: messaging_core::Message, calls: State<Calls>) {
+    calls.push(format!(
+        "message {} {}",
+        message.topic.as_str(),
+        String::from_utf8_lossy(&message.payload)
+    ));
+}
+
+/// User types named like the framework's are decoded as what they are: JSON.
+mod own_names {
+    use super::Calls;
+    use messaging_core::prelude::*;
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct Message {
+        pub text: String,
+    }
+
+    #[derive(Deserialize)]
+    pub struct Event {
+        pub kind: String,
+    }
+
+    #[message_handler(topic = "macros-test.own-names")]
+    async fn own_message(message: Message, calls: State<Calls>) {
+        calls.push(format!("own message {}", message.text));
+    }
+
+    #[message_handler(topic = "macros-test.own-names", group = "macros-test-own-event")]
+    async fn own_event(event: Event, calls: State<Calls>) {
+        calls.push(format!("own event {}", event.kind));
+    }
+}
+
+/// Topics from constants, in both macros.
+const PRICES: &str = "macros-test.prices";
+mod topics {
+    pub const STOCK: &str = "macros-test.stock";
+    pub const SHELVES: &str = "macros-test.shelves";
+}
+
+#[message_handler(topic = PRICES)]
+async fn record_price(price: u32, calls: State<Calls>) {
+    calls.push(format!("price {price}"));
+}
+
+#[message_handler(topic = [topics::STOCK, "macros-test.stock.extra"], retry(max = 4, delay = "2s", backoff = "exponential", max_delay = "1m", timeout = "3s"))]
+async fn record_stock(stock: u32, calls: State<Calls>) {
+    calls.push(format!("stock {stock}"));
+}
+
+#[derive(Default)]
+struct Shelves;
+
+#[consumer(topics = [topics::SHELVES, "macros-test.shelves.b"], retry(max = 2, delay = "300ms"))]
+impl Shelves {
+    #[on_event("shelf.filled", retry(backoff = "linear"))]
+    async fn filled(&self, event: Event<u32>, calls: State<Calls>) {
+        calls.push(format!("filled {}", event.data));
+    }
+}
+
+/// Everything through the facade path.
+#[facade::message_handler(topic = "macros-test.facade", crate = "facade")]
+async fn through_facade(body: facade::Event<u32>, calls: facade::State<Calls>) {
+    calls.push(format!("facade {}", body.data));
+}
+
+#[derive(Default)]
+struct FacadeConsumer;
+
+#[facade::consumer(topics = ["macros-test.facade"], crate = "facade")]
+impl FacadeConsumer {
+    #[on_event("facade.ping")]
+    async fn ping(&self, event: facade::Event<u32>, calls: facade::State<Calls>) {
+        calls.push(format!("facade consumer {}", event.data));
+    }
+}
+
+#[derive(Serialize)]
+struct Published {
+    id: u64,
+}
+
+/// `#[event]` through the facade, on a constant topic (compiled, not called: publishing is
+/// tested in event_macro.rs).
+#[allow(dead_code)]
+#[facade::event("price.published", topic = PRICES, key_field = "id", crate = "facade")]
+async fn publish_price() -> anyhow::Result<Published> {
+    Ok(Published { id: 1 })
+}
 
 fn handler(name: &str) -> HandlerSpec {
     registered_handlers()
@@ -383,5 +512,109 @@ async fn consumer_reads_a_foreign_envelope() {
     harness.send("macros-test.beats", &body).await.unwrap();
     harness.wait_idle().await;
     assert_eq!(calls.take(), ["BEAT_CREATED 120"]);
+    harness.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_argument_type_chooses_the_decoder() {
+    let calls = Calls::default();
+    let harness = harness(&calls).await;
+    harness.send("macros-test.celsius", &21.5).await.unwrap();
+    harness.send("macros-test.celsius", "warm").await.unwrap();
+    harness
+        .send("macros-test.numbers", &[1u8, 2, 3])
+        .await
+        .unwrap();
+    harness
+        .send(
+            "macros-test.own-names",
+            &serde_json::json!({"text": "hi", "kind": "k"}),
+        )
+        .await
+        .unwrap();
+    harness.wait_idle().await;
+    let mut seen = calls.take();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "celsius 21.5",
+            "message macros-test.numbers [1,2,3]",
+            "numbers [1, 2, 3]",
+            "own event k",
+            "own message hi",
+        ]
+    );
+    // `"warm"` is not a number: a decode failure, dead-lettered without retries.
+    let parked = harness.dlq("macros-test.celsius");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].error.kind, messaging_core::FailureKind::Decode);
+    assert_eq!(harness.attempts("record_celsius"), 2);
+    harness.shutdown().await;
+}
+
+#[test]
+fn topics_may_be_constants_and_retry_may_be_grouped() {
+    let price = handler("record_price");
+    assert_eq!(price.topics(), ["macros-test.prices"]);
+    assert_eq!(*price.retry_policy(), messaging_core::RetryPolicy::DEFAULT);
+    let stock = handler("record_stock");
+    assert_eq!(
+        stock.topics(),
+        ["macros-test.stock", "macros-test.stock.extra"]
+    );
+    let retry = stock.retry_policy();
+    assert_eq!(retry.max_retries, 4);
+    assert_eq!(retry.retry_delay, Duration::from_secs(2));
+    assert_eq!(retry.backoff, Backoff::Exponential);
+    assert_eq!(retry.max_delay, Duration::from_secs(60));
+    assert_eq!(retry.timeout, Some(Duration::from_secs(3)));
+    let filled = handler("Shelves::filled");
+    assert_eq!(
+        filled.topics(),
+        ["macros-test.shelves", "macros-test.shelves.b"]
+    );
+    // The consumer's `retry(…)` and the method's own, merged key by key.
+    let retry = filled.retry_policy();
+    assert_eq!(retry.max_retries, 2);
+    assert_eq!(retry.retry_delay, Duration::from_millis(300));
+    assert_eq!(retry.backoff, Backoff::Linear);
+}
+
+#[tokio::test(start_paused = true)]
+async fn handlers_on_constant_topics_and_through_a_facade_receive_messages() {
+    let calls = Calls::default();
+    let harness = harness(&calls).await;
+    harness.send(PRICES, &5u32).await.unwrap();
+    harness.send(topics::STOCK, &9u32).await.unwrap();
+    harness
+        .publish_event("shelf.filled", &3u32, topics::SHELVES)
+        .await
+        .unwrap();
+    harness
+        .publish_event("facade.ping", &8u32, "macros-test.facade")
+        .await
+        .unwrap();
+    harness.wait_idle().await;
+    let mut seen = calls.take();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "facade 8",
+            "facade consumer 8",
+            "filled 3",
+            "price 5",
+            "stock 9",
+        ]
+    );
+    assert_eq!(handler("through_facade").topics(), ["macros-test.facade"]);
+    for name in ["record_price", "record_stock", "Shelves::filled"] {
+        assert!(
+            harness
+                .dlq_topic(&format!("{}.dlq", handler(name).topics()[0]))
+                .is_empty()
+        );
+    }
     harness.shutdown().await;
 }

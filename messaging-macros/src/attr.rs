@@ -27,6 +27,7 @@ mod kw {
     syn::custom_keyword!(data_field);
     syn::custom_keyword!(key_field);
     syn::custom_keyword!(include_result);
+    syn::custom_keyword!(retry);
 }
 
 /// Every key any of the macros knows. Each macro accepts a subset (see the `*_KEYS` lists).
@@ -47,6 +48,10 @@ pub(crate) enum Param {
     DataField,
     KeyField,
     IncludeResult,
+    /// `retry(max = 3, delay = "5s", …)`: the grouped form of the retry keys.
+    Retry,
+    /// `crate = "path"`: where the generated code finds `messaging_core`.
+    Crate,
 }
 
 impl Param {
@@ -67,6 +72,8 @@ impl Param {
             Param::DataField => "data_field",
             Param::KeyField => "key_field",
             Param::IncludeResult => "include_result",
+            Param::Retry => "retry",
+            Param::Crate => "crate",
         }
     }
 
@@ -88,6 +95,8 @@ impl Param {
             Param::DataField => lookahead.peek(kw::data_field),
             Param::KeyField => lookahead.peek(kw::key_field),
             Param::IncludeResult => lookahead.peek(kw::include_result),
+            Param::Retry => lookahead.peek(kw::retry),
+            Param::Crate => lookahead.peek(Token![crate]),
         }
     }
 
@@ -109,31 +118,25 @@ impl Param {
             Param::DataField => r#"data_field = "payload""#,
             Param::KeyField => r#"key_field = "id""#,
             Param::IncludeResult => "include_result = false",
+            Param::Retry => r#"retry(max = 3, delay = "5s", backoff = "linear")"#,
+            Param::Crate => r#"crate = "my_facade""#,
         }
     }
 }
 
-const RETRY: [Param; 7] = [
+pub(crate) const MESSAGE_HANDLER_KEYS: &[Param] = &[
+    Param::Topic,
+    Param::Group,
     Param::MaxRetries,
     Param::RetryDelay,
     Param::Backoff,
     Param::MaxDelay,
     Param::Timeout,
+    Param::Retry,
     Param::Dlq,
     Param::RetryTopics,
-];
-
-pub(crate) const MESSAGE_HANDLER_KEYS: &[Param] = &[
-    Param::Topic,
-    Param::Group,
-    RETRY[0],
-    RETRY[1],
-    RETRY[2],
-    RETRY[3],
-    RETRY[4],
-    RETRY[5],
-    RETRY[6],
     Param::Schema,
+    Param::Crate,
 ];
 
 pub(crate) const CONSUMER_KEYS: &[Param] = &[
@@ -141,18 +144,77 @@ pub(crate) const CONSUMER_KEYS: &[Param] = &[
     Param::Topics,
     Param::NameField,
     Param::DataField,
-    RETRY[0],
-    RETRY[1],
-    RETRY[2],
-    RETRY[3],
-    RETRY[4],
-    RETRY[5],
-    RETRY[6],
+    Param::MaxRetries,
+    Param::RetryDelay,
+    Param::Backoff,
+    Param::MaxDelay,
+    Param::Timeout,
+    Param::Retry,
+    Param::Dlq,
+    Param::RetryTopics,
+    Param::Crate,
 ];
 
-pub(crate) const ON_EVENT_KEYS: &[Param] = &RETRY;
+pub(crate) const ON_EVENT_KEYS: &[Param] = &[
+    Param::MaxRetries,
+    Param::RetryDelay,
+    Param::Backoff,
+    Param::MaxDelay,
+    Param::Timeout,
+    Param::Retry,
+    Param::Dlq,
+    Param::RetryTopics,
+];
 
-pub(crate) const EVENT_KEYS: &[Param] = &[Param::Topic, Param::KeyField, Param::IncludeResult];
+pub(crate) const EVENT_KEYS: &[Param] = &[
+    Param::Topic,
+    Param::KeyField,
+    Param::IncludeResult,
+    Param::Crate,
+];
+
+/// The keys of `retry(…)` and the flat key each stands for.
+const RETRY_GROUP: &[(&str, Param)] = &[
+    ("max", Param::MaxRetries),
+    ("delay", Param::RetryDelay),
+    ("backoff", Param::Backoff),
+    ("max_delay", Param::MaxDelay),
+    ("timeout", Param::Timeout),
+];
+
+/// A topic: a string literal, or the path of a `const` of type `&str` (checked by the
+/// compiler, and for emptiness by a const assertion in the generated code).
+#[derive(Clone, Debug)]
+pub(crate) enum Topic {
+    Lit(LitStr),
+    Const(syn::Path),
+}
+
+impl ToTokens for Topic {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        match self {
+            Topic::Lit(lit) => lit.to_tokens(tokens),
+            Topic::Const(path) => path.to_tokens(tokens),
+        }
+    }
+}
+
+impl Topic {
+    /// How it is compared with the other topics of the list for repeats.
+    fn written(&self) -> String {
+        match self {
+            Topic::Lit(lit) => format!("{:?}", lit.value()),
+            Topic::Const(path) => path.to_token_stream().to_string().replace(' ', ""),
+        }
+    }
+
+    fn span(&self) -> Span {
+        match self {
+            Topic::Lit(lit) => lit.span(),
+            Topic::Const(path) => syn::spanned::Spanned::span(path),
+        }
+    }
+}
 
 /// A value and where it was written.
 #[derive(Clone, Debug)]
@@ -232,7 +294,7 @@ pub(crate) struct Args {
     /// The leading string of `#[on_event("…")]` and `#[event("…")]`.
     pub name: Option<LitStr>,
     /// `topic` or `topics`; never empty, no empty name.
-    pub topics: Option<Spanned<Vec<LitStr>>>,
+    pub topics: Option<Spanned<Vec<Topic>>>,
     pub group: Option<LitStr>,
     pub retry: RetryArgs,
     pub schema: Option<Type>,
@@ -240,6 +302,18 @@ pub(crate) struct Args {
     pub data_field: Option<LitStr>,
     pub key_field: Option<LitStr>,
     pub include_result: Option<LitBool>,
+    /// `crate = "…"`: the path of `messaging_core` in generated code.
+    pub krate: Option<syn::Path>,
+}
+
+impl Args {
+    /// The path the generated code reaches `messaging_core` by.
+    pub(crate) fn krate(&self) -> TokenStream {
+        match &self.krate {
+            Some(path) => path.to_token_stream(),
+            None => quote::quote!(::messaging_core),
+        }
+    }
 }
 
 /// Whether the attribute starts with a string that is not a key (the event name).
@@ -268,7 +342,7 @@ pub(crate) fn parse_args(
     let parser = |input: ParseStream<'_>| {
         let mut errors = Errors::default();
         let mut args = Args::default();
-        let mut seen = Vec::new();
+        let mut seen: Vec<(Param, bool)> = Vec::new();
         if let Leading::EventName {
             example,
             attribute,
@@ -362,7 +436,7 @@ fn parse_pair(
     input: ParseStream<'_>,
     macro_name: &str,
     allowed: &[Param],
-    seen: &mut Vec<Param>,
+    seen: &mut Vec<(Param, bool)>,
     args: &mut Args,
     errors: &mut Errors,
 ) {
@@ -380,9 +454,13 @@ fn parse_pair(
             return;
         }
     };
-    if let Err(error) = first_time(seen, key, key_span) {
+    if let Err(error) = first_time(seen, key, false, key_span) {
         errors.push(error);
         skip_to_comma(input);
+        return;
+    }
+    if key == Param::Retry {
+        parse_retry(input, key_span, seen, args, errors);
         return;
     }
     if input.parse::<Token![=]>().is_err() {
@@ -411,6 +489,172 @@ fn parse_pair(
     if let Err(error) = store(key, value, args) {
         errors.push(error);
     }
+}
+
+/// `retry(max = 3, delay = "5s", …)` after the key `retry`; `retry = …` is the design card's
+/// shorthand that never existed, answered with the two spellings that do.
+fn parse_retry(
+    input: ParseStream<'_>,
+    key_span: Span,
+    seen: &mut Vec<(Param, bool)>,
+    args: &mut Args,
+    errors: &mut Errors,
+) {
+    if input.peek(syn::token::Paren) {
+        if let Ok(TokenTree::Group(group)) = input.parse::<TokenTree>() {
+            let parser = |content: ParseStream<'_>| {
+                parse_retry_group(content, seen, args, errors);
+                Ok(())
+            };
+            if let Err(error) = parser.parse2(group.stream()) {
+                errors.push(error);
+            }
+        }
+        // Anything after `retry(…)` and before the comma is stray.
+        let rest = skip_to_comma(input);
+        if !rest.is_empty() {
+            errors.push(syn::Error::new_spanned(
+                rest,
+                "expected `,` after `retry(…)`: keys are separated by commas",
+            ));
+        }
+        return;
+    }
+    let grouped = Param::Retry.example();
+    let message = if input.parse::<Token![=]>().is_ok() {
+        let value = skip_to_comma(input);
+        match syn::parse2::<syn::Lit>(value.clone()) {
+            Ok(syn::Lit::Int(n)) => {
+                let n = n.base10_digits();
+                format!(
+                    "there is no key `retry = {n}`: did you mean `max_retries = {n}`, or the \
+                     grouped form `retry(max = {n})`?"
+                )
+            }
+            Ok(syn::Lit::Str(delay)) => {
+                let delay = delay.value();
+                format!(
+                    "there is no key `retry = \"{delay}\"`: did you mean `retry_delay = \"{delay}\"`, \
+                     or the grouped form `retry(delay = \"{delay}\")`?"
+                )
+            }
+            _ => format!(
+                "`retry` takes its settings in parentheses, `{grouped}`; or write them as \
+                 `max_retries = 3, retry_delay = \"5s\"`"
+            ),
+        }
+    } else {
+        skip_to_comma(input);
+        format!("`retry` takes its settings in parentheses: `{grouped}`")
+    };
+    errors.push(syn::Error::new(key_span, message));
+}
+
+/// The inside of `retry(…)`: the retry keys under short names, each one stored as its flat key
+/// is (so the two forms cannot both set one value).
+fn parse_retry_group(
+    input: ParseStream<'_>,
+    seen: &mut Vec<(Param, bool)>,
+    args: &mut Args,
+    errors: &mut Errors,
+) {
+    while !input.is_empty() {
+        parse_retry_pair(input, seen, args, errors);
+        if input.is_empty() {
+            break;
+        }
+        if let Err(error) = input.parse::<Token![,]>() {
+            errors.push(error);
+            skip_to_comma(input);
+            let _ = input.parse::<Option<Token![,]>>();
+        }
+    }
+}
+
+fn parse_retry_pair(
+    input: ParseStream<'_>,
+    seen: &mut Vec<(Param, bool)>,
+    args: &mut Args,
+    errors: &mut Errors,
+) {
+    let ident = match input.call(<syn::Ident as syn::ext::IdentExt>::parse_any) {
+        Ok(ident) => ident,
+        Err(error) => {
+            errors.push(error);
+            skip_to_comma(input);
+            return;
+        }
+    };
+    let found = ident.to_string();
+    let Some(&(name, key)) = RETRY_GROUP.iter().find(|(name, _)| *name == found) else {
+        errors.push(unknown_retry_key(&ident));
+        skip_to_comma(input);
+        return;
+    };
+    if let Err(error) = first_time(seen, key, true, ident.span()) {
+        errors.push(error);
+        skip_to_comma(input);
+        return;
+    }
+    let example = || key.example().replacen(key.name(), name, 1);
+    if input.parse::<Token![=]>().is_err() {
+        errors.push(syn::Error::new(
+            ident.span(),
+            format!("`{name}` needs a value: `retry({})`", example()),
+        ));
+        skip_to_comma(input);
+        return;
+    }
+    let value = skip_to_comma(input);
+    if let Some(next_key) = missing_comma(&value) {
+        errors.push(syn::Error::new(
+            next_key.span(),
+            format!("expected `,` before `{next_key}`: keys are separated by commas"),
+        ));
+        return;
+    }
+    if value.is_empty() {
+        errors.push(syn::Error::new(
+            ident.span(),
+            format!("`{name}` needs a value: `retry({})`", example()),
+        ));
+        return;
+    }
+    if let Err(error) = store(key, value, args) {
+        errors.push(error);
+    }
+}
+
+fn unknown_retry_key(ident: &proc_macro2::Ident) -> syn::Error {
+    let found = ident.to_string();
+    let valid: Vec<String> = RETRY_GROUP
+        .iter()
+        .map(|(name, _)| format!("`{name}`"))
+        .collect();
+    let hint = if let Some((name, key)) = RETRY_GROUP.iter().find(|(_, key)| key.name() == found) {
+        format!(
+            " (inside `retry(…)` it is `{name}`: `retry({})`)",
+            key.example().replacen(key.name(), name, 1)
+        )
+    } else if found == "dlq" || found == "retry_topics" {
+        format!(" (`{found}` stays outside: `retry(max = 3), {found} = …`)")
+    } else {
+        let tolerance = (found.len() / 3).max(2);
+        RETRY_GROUP
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| edit_distance(name, &found) <= tolerance)
+            .min_by_key(|name| edit_distance(name, &found))
+            .map(|name| format!(" (did you mean `{name}`?)"))
+            .unwrap_or_default()
+    };
+    syn::Error::new(
+        ident.span(),
+        format!(
+            "unknown key `{found}` in `retry(…)`{hint}; expected one of: {}",
+            valid.join(", ")
+        ),
+    )
 }
 
 /// The error for a token that is not one of `allowed`: names it, lists the valid keys and
@@ -489,7 +733,18 @@ fn store(key: Param, value: TokenStream, args: &mut Args) -> syn::Result<()> {
             let topics = parse_topics(key, value)?;
             set(&mut args.topics, topics)
         }
-        Param::Group => set(&mut args.group, non_empty_str(key, value)?),
+        Param::Group => {
+            let group = parse_or(value, key, "a string", syn::parse2::<LitStr>)?;
+            if group.value().trim().is_empty() {
+                return Err(syn::Error::new(
+                    group.span(),
+                    "`group = \"\"` names no group: write `group = \"order-service\"`, or leave \
+                     `group` out for the default (the handler's name; for a #[consumer], its \
+                     type's name)",
+                ));
+            }
+            set(&mut args.group, group)
+        }
         Param::MaxRetries => set(&mut args.retry.max_retries, parse_retries(value)?),
         Param::RetryDelay => set(&mut args.retry.retry_delay, parse_duration(key, value)?),
         Param::MaxDelay => set(&mut args.retry.max_delay, parse_duration(key, value)?),
@@ -504,7 +759,18 @@ fn store(key: Param, value: TokenStream, args: &mut Args) -> syn::Result<()> {
             set(&mut args.retry.timeout, timeout)
         }
         Param::Backoff => set(&mut args.retry.backoff, parse_backoff(value)?),
-        Param::Dlq => set(&mut args.retry.dlq, topic_name(key, value)?),
+        Param::Dlq => {
+            let dlq = parse_or(value, key, "a topic name", syn::parse2::<LitStr>)?;
+            if dlq.value().trim().is_empty() {
+                return Err(syn::Error::new(
+                    dlq.span(),
+                    "`dlq = \"\"` names no topic: write `dlq = \"orders.dead\"`, or leave `dlq` \
+                     out for the default `<topic>.dlq`",
+                ));
+            }
+            check_topic(key, &dlq)?;
+            set(&mut args.retry.dlq, dlq)
+        }
         Param::RetryTopics => {
             let lit = parse_or(value, key, "a boolean", syn::parse2::<LitBool>)?;
             set(&mut args.retry.retry_topics, lit)
@@ -517,19 +783,63 @@ fn store(key: Param, value: TokenStream, args: &mut Args) -> syn::Result<()> {
             let lit = parse_or(value, key, "a boolean", syn::parse2::<LitBool>)?;
             set(&mut args.include_result, lit)
         }
+        Param::Crate => {
+            let lit = parse_or(value, key, "a path as a string", syn::parse2::<LitStr>)?;
+            let path = lit.parse::<syn::Path>().map_err(|_| {
+                syn::Error::new(
+                    lit.span(),
+                    "`crate` takes the path of a crate re-exporting messaging_core, as a \
+                     string: `crate = \"my_facade\"` or `crate = \"my_facade::messaging\"`",
+                )
+            })?;
+            set(&mut args.krate, respan(path, lit.span()))
+        }
+        Param::Retry => Err(syn::Error::new(
+            Span::call_site(),
+            "`retry` takes its settings in parentheses",
+        )),
     }
+}
+
+/// `path` with every token at `span`, so that a path that does not resolve is reported at the
+/// `crate = "…"` string.
+fn respan(path: syn::Path, span: Span) -> syn::Path {
+    let tokens: TokenStream = path
+        .to_token_stream()
+        .into_iter()
+        .map(|mut tt| {
+            tt.set_span(span);
+            tt
+        })
+        .collect();
+    syn::parse2(tokens).expect("a path re-parses")
 }
 
 /// The one check for repeated keys, made before the value is looked at so that a key given
 /// twice is reported even when its first value was rejected.
-fn first_time(seen: &mut Vec<Param>, key: Param, key_span: Span) -> syn::Result<()> {
-    if seen.contains(&key) {
-        return Err(syn::Error::new(
-            key_span,
-            format!("`{}` is given twice; keep one of them", key.name()),
-        ));
+fn first_time(
+    seen: &mut Vec<(Param, bool)>,
+    key: Param,
+    grouped: bool,
+    key_span: Span,
+) -> syn::Result<()> {
+    let written = |grouped: bool| match RETRY_GROUP.iter().find(|(_, k)| *k == key) {
+        Some((name, _)) if grouped => format!("retry({name} = …)"),
+        _ => key.name().to_owned(),
+    };
+    if let Some(&(_, before)) = seen.iter().find(|(k, _)| *k == key) {
+        let message = if before == grouped {
+            format!("`{}` is given twice; keep one of them", written(grouped))
+        } else {
+            format!(
+                "`{}` and `{}` set the same thing; keep one of them",
+                written(before),
+                written(grouped)
+            )
+        };
+        return Err(syn::Error::new(key_span, message));
     }
-    seen.push(key);
+    seen.push((key, grouped));
     Ok(())
 }
 
@@ -584,28 +894,29 @@ fn check_topic(key: Param, lit: &LitStr) -> syn::Result<()> {
     Ok(())
 }
 
-fn topic_name(key: Param, value: TokenStream) -> syn::Result<LitStr> {
-    let lit = parse_or(value, key, "a topic name", syn::parse2::<LitStr>)?;
-    check_topic(key, &lit)?;
-    Ok(lit)
+/// One topic: a string literal or a `const` path.
+fn parse_topic(input: ParseStream<'_>) -> syn::Result<Topic> {
+    if input.peek(LitStr) {
+        return input.parse().map(Topic::Lit);
+    }
+    input.parse().map(Topic::Const)
 }
 
-/// `"t"` or `["a", "b"]`: at least one topic, none empty, none repeated.
-fn parse_topics(key: Param, value: TokenStream) -> syn::Result<Spanned<Vec<LitStr>>> {
-    let parse = |input: ParseStream<'_>| -> syn::Result<(Vec<LitStr>, Span)> {
-        if input.peek(LitStr) {
-            let lit: LitStr = input.parse()?;
-            let span = lit.span();
-            return Ok((vec![lit], span));
+/// `"t"`, `CONST` or `["a", B]`: at least one topic, no literal empty, none repeated.
+fn parse_topics(key: Param, value: TokenStream) -> syn::Result<Spanned<Vec<Topic>>> {
+    let parse = |input: ParseStream<'_>| -> syn::Result<(Vec<Topic>, Span)> {
+        if !input.peek(syn::token::Bracket) {
+            let topic = parse_topic(input)?;
+            let span = topic.span();
+            return Ok((vec![topic], span));
         }
         let content;
         let bracket = syn::bracketed!(content in input);
-        let list = content.parse_terminated(|i: ParseStream<'_>| i.parse::<LitStr>(), Token![,])?;
+        let list = content.parse_terminated(parse_topic, Token![,])?;
         Ok((list.into_iter().collect(), bracket.span.join()))
     };
-    let (topics, list_span) = parse_or(value, key, "a string or an array of strings", |v| {
-        parse.parse2(v)
-    })?;
+    let what = "a string, the path of a `const` of type `&str`, or an array of them";
+    let (topics, list_span) = parse_or(value, key, what, |v| parse.parse2(v))?;
     if topics.is_empty() {
         return Err(syn::Error::new(
             list_span,
@@ -618,12 +929,17 @@ fn parse_topics(key: Param, value: TokenStream) -> syn::Result<Spanned<Vec<LitSt
     }
     let mut errors = Errors::default();
     for (i, topic) in topics.iter().enumerate() {
-        if let Err(error) = check_topic(key, topic) {
+        if let Topic::Lit(lit) = topic
+            && let Err(error) = check_topic(key, lit)
+        {
             errors.push(error);
-        } else if topics[..i].iter().any(|t| t.value() == topic.value()) {
+        } else if topics[..i].iter().any(|t| t.written() == topic.written()) {
             errors.push(syn::Error::new(
                 topic.span(),
-                format!("topic `{}` is listed twice", topic.value()),
+                format!(
+                    "topic `{}` is listed twice",
+                    topic.written().trim_matches('"')
+                ),
             ));
         }
     }
@@ -790,9 +1106,9 @@ mod tests {
             .unwrap()
             .value
             .iter()
-            .map(LitStr::value)
+            .map(Topic::written)
             .collect();
-        assert_eq!(topics, ["a", "b"]);
+        assert_eq!(topics, ["\"a\"", "\"b\""]);
         assert_eq!(args.retry.max_retries.unwrap().value, 2);
         assert_eq!(
             args.retry.retry_delay.unwrap().value,

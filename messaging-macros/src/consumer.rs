@@ -10,7 +10,7 @@ use syn::{Attribute, ImplItem, Item, ItemImpl, LitStr, Meta, Type};
 use crate::attr::{self, Args, Leading};
 use crate::errors::{Errors, with_item};
 use crate::registration::{Kind, Registration};
-use crate::signature::{self, HandlerSig, PayloadKind, Place};
+use crate::signature::{self, HandlerSig, Place};
 
 const ON_EVENT_EXAMPLE: &str = r#"#[on_event("user.created")]"#;
 
@@ -168,6 +168,7 @@ fn registrations(
         return Vec::new();
     }
     let type_name = type_name(self_ty);
+    let krate = args.krate();
     let group = args
         .group
         .clone()
@@ -200,9 +201,7 @@ fn registrations(
             continue;
         };
         let method_name = function.sig.ident.to_string();
-        let Some((event_name, shown)) = event_name(&method.attr, method_args, &sig, errors) else {
-            continue;
-        };
+        let (event_name, shown) = event_name(&method.attr, method_args, &sig, &krate);
         if let Some((_, first)) = seen.iter().find(|(name, _)| *name == shown) {
             errors.push(syn::Error::new_spanned(
                 &method.attr,
@@ -226,6 +225,7 @@ fn registrations(
             envelope: envelope.clone(),
             retry: method_args.retry.or(&args.retry),
             schema: None,
+            krate: krate.clone(),
         };
         out.push(registration.expand());
     }
@@ -233,32 +233,25 @@ fn registrations(
 }
 
 /// The event name expression of a method and how to show it: the attribute's string, or
-/// `<T as TypedEvent>::NAME` for a method taking `Event<T>` under a bare `#[on_event]`.
+/// `<P as NamedEvent>::NAME` for a bare `#[on_event]` (implemented for `Event<T>` with
+/// `T: TypedEvent`; any other first argument is reported by the type checker, with the fix).
 fn event_name(
     attr: &Attribute,
     args: &Args,
     sig: &HandlerSig,
-    errors: &mut Errors,
-) -> Option<(TokenStream, String)> {
+    krate: &TokenStream,
+) -> (TokenStream, String) {
     if let Some(name) = &args.name {
-        return Some((quote!(#name), name.value()));
+        return (quote!(#name), name.value());
     }
-    let PayloadKind::Event(data) = &sig.payload.kind else {
-        errors.push(syn::Error::new_spanned(
-            attr,
-            format!(
-                "#[on_event] needs the event name, `{ON_EVENT_EXAMPLE}`, unless the method takes \
-                 `Event<T>` with `T: TypedEvent` (which declares it)"
-            ),
-        ));
-        return None;
-    };
-    // Spanned at `T`: a type that is not `TypedEvent` is reported there.
-    let name = quote_spanned!(data.span()=> <#data as ::messaging_core::TypedEvent>::NAME);
-    Some((
+    let payload = &sig.payload.ty;
+    // Spanned at the attribute: the fix is to name the event there.
+    let span = attr.span();
+    let name = quote_spanned!(span=> <#payload as #krate::__private::NamedEvent>::NAME);
+    (
         name,
-        format!("<{} as TypedEvent>::NAME", signature::type_string(data)),
-    ))
+        format!("<{} as NamedEvent>::NAME", signature::type_string(payload)),
+    )
 }
 
 /// `OrderEvents` for `OrderEvents` or `crate::events::OrderEvents`.

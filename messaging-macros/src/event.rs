@@ -5,7 +5,7 @@
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{ItemFn, ReturnType, Type};
+use syn::{ItemFn, LitStr, Member, ReturnType, Type};
 
 use crate::attr::{self, Leading};
 use crate::errors::{Errors, with_item};
@@ -74,30 +74,49 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     let (Some(args), Some(topic), Some(output)) = (args, topic, output) else {
         return Err(syn::Error::new(Span::call_site(), "invalid #[event]"));
     };
-    let Some(name) = args.name else {
+    let Some(name) = &args.name else {
         return Err(syn::Error::new(Span::call_site(), "missing event name"));
     };
 
+    let krate = args.krate();
     let include_result = args.include_result.is_none_or(|b| b.value);
     let key_field = match &args.key_field {
         Some(field) => quote!(::core::option::Option::Some(#field)),
         None => quote!(::core::option::Option::None),
     };
-    // The data is needed for the envelope and for the key; with neither, the `Ok` value does
-    // not even have to be serializable.
-    let data = if include_result || args.key_field.is_some() {
+    // The key is read from the data's field itself, so that a field the data type lacks is a
+    // compile error at `key_field` (listing the fields it has), and a field renamed by serde
+    // still gives its value.
+    let key = match &args.key_field {
+        Some(field) => {
+            let member = field_member(field)?;
+            quote_spanned! {field.span()=>
+                {
+                    use #krate::__private::event_key::*;
+                    #krate::__private::event_key(
+                        &(&&KeyOf(__messaging_ok)).__messaging_data().#member,
+                    )
+                }
+            }
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    // The data is needed for the envelope only; without it, the `Ok` value does not even have
+    // to be serializable.
+    let data = if include_result {
         quote_spanned! {output.span()=>
             {
-                use ::messaging_core::__private::event_data::*;
-                (&::messaging_core::__private::EventData(__messaging_ok)).to_event_data()
+                use #krate::__private::event_data::*;
+                (&#krate::__private::EventData(__messaging_ok)).to_event_data()
             }
         }
     } else {
-        quote! {{
-            let _ = __messaging_ok;
-            ::core::result::Result::Ok(::messaging_core::__private::serde_json::Value::Null)
-        }}
+        quote! {
+            ::core::result::Result::Ok(#krate::__private::serde_json::Value::Null)
+        }
     };
+    let (topic_items, topic) =
+        crate::registration::topic_values(&krate, std::slice::from_ref(&topic));
     let ItemFn {
         attrs,
         vis,
@@ -107,22 +126,55 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
-            const __MESSAGING_EVENT: ::messaging_core::__private::EventSpec =
-                ::messaging_core::__private::EventSpec {
+            const __MESSAGING_EVENT: #krate::__private::EventSpec =
+                #krate::__private::EventSpec {
                     name: #name,
-                    topic: #topic,
+                    topic: #(#topic)*,
                     key_field: #key_field,
                     include_result: #include_result,
                 };
+            #topic_items
             // The body runs as it was written (`?` and `return` included) ...
             let __messaging_result: #output = async move #block.await;
             // ... and only its `Ok` value is published.
             if let ::core::result::Result::Ok(__messaging_ok) = &__messaging_result {
+                let __messaging_key = #key;
                 let __messaging_data = #data;
-                ::messaging_core::__private::emit_event(&__MESSAGING_EVENT, __messaging_data);
+                #krate::__private::emit_keyed_event(
+                    &__MESSAGING_EVENT,
+                    __messaging_data,
+                    __messaging_key,
+                );
             }
             __messaging_result
         }
+    })
+}
+
+/// The field named by `key_field = "…"`, as a member expression at the string's span: an
+/// identifier (a keyword as a raw one, `r#type`) or a tuple index (`"0"`).
+fn field_member(field: &LitStr) -> syn::Result<Member> {
+    let name = field.value();
+    let member = syn::parse_str::<Member>(&name)
+        .or_else(|_| syn::parse_str::<Member>(&format!("r#{name}")))
+        .map_err(|_| {
+            syn::Error::new(
+                field.span(),
+                format!(
+                    "`key_field` names a field of the data type as written in Rust, e.g. \
+                     `key_field = \"id\"`; `{name}` is not a field name"
+                ),
+            )
+        })?;
+    Ok(match member {
+        Member::Named(mut ident) => {
+            ident.set_span(field.span());
+            Member::Named(ident)
+        }
+        Member::Unnamed(index) => Member::Unnamed(syn::Index {
+            index: index.index,
+            span: field.span(),
+        }),
     })
 }
 

@@ -50,7 +50,7 @@ use proc_macro::TokenStream;
 ///
 /// | key | value | default |
 /// |---|---|---|
-/// | `topic` | `"t"` or `["t1", "t2"]`; required, no empty name | — |
+/// | `topic` | `"t"`, a `const` path of type `&str` (`ORDERS_CREATED`), or an array of them (`["t1", T2]`); required, no empty name | — |
 /// | `group` | `"name"`: instances of one group share the messages | the function's name |
 /// | `max_retries` | integer ≥ 0: retries after the first attempt | `3` |
 /// | `retry_delay` | duration string (`"250ms"`, `"5s"`, `"1m 30s"`) | `"1s"` |
@@ -59,7 +59,9 @@ use proc_macro::TokenStream;
 /// | `timeout` | duration string: time allowed to one attempt | no limit |
 /// | `dlq` | `"topic"`: where failed messages go | `"<topic>.dlq"` |
 /// | `retry_topics` | `true`: retry through delay topics (`<topic>.retry.<n>`) instead of in process, so that the key goes on at once; order is given up for this handler | `false` |
+/// | `retry(…)` | the retry keys grouped, as the design card writes them: `retry(max = 3, delay = "5s", backoff = "linear", max_delay = "1m", timeout = "30s")`; a setting given both here and as its own key is an error | — |
 /// | `schema` | a type path implementing `Deserialize`: the body must decode as it | none |
+/// | `crate` | `"path"` of a crate re-exporting `messaging_core` (a facade), used by the generated code instead of `::messaging_core` | `"::messaging_core"` |
 ///
 /// The defaults are `messaging_core::RetryPolicy::DEFAULT`'s.
 ///
@@ -67,11 +69,14 @@ use proc_macro::TokenStream;
 ///
 /// `async fn name(payload, extractors…) -> R`, not generic, not a method.
 ///
-/// * The first argument is the message, chosen by its type: `Event<T>` (an envelope; `T`
-///   decoded from its `data`), `Bytes`, `Vec<u8>` or `Message` (raw), or any other
-///   `Deserialize` type (the body decoded as JSON, e.g. `serde_json::Value`). With
-///   `schema = S`, the body is first checked against `S` when the argument is another type.
-///   A body that does not decode goes to the dead-letter queue at once, without retries.
+/// * The first argument is the message, decoded as its *type* says (its name plays no part):
+///   a type implementing `messaging_core::FromMessage` is made by it — `Event<T>` (an
+///   envelope; `T` decoded from its `data`), `Bytes` (the raw body), `Message` (the whole
+///   message), or your own format (protobuf, Avro…); any other `Deserialize` type is the body
+///   decoded as JSON (e.g. `serde_json::Value`, `OrderCreated`, and `Vec<u8>`, which is a JSON
+///   array: take `Bytes` for raw bytes). With `schema = S`, the body (for `Event<T>`, its
+///   data) is first checked against `S` when the argument is another type. A body that does
+///   not decode goes to the dead-letter queue at once, without retries.
 /// * Further arguments are extractors, built per message: `State<T>` (a value registered on
 ///   the runtime with `.state(value)`, checked at start-up), `Metadata`, `Producer`, or your
 ///   own `FromContext` type. Argument patterns are free (`State(db): State<Db>`).
@@ -138,11 +143,12 @@ pub fn message_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// | key | value | default |
 /// |---|---|---|
-/// | `topics` | `"t"` or `["t1", "t2"]`; required | — |
+/// | `topics` | `"t"`, a `const` path of type `&str`, or an array of them; required | — |
 /// | `group` | `"name"` | the type's name |
 /// | `name_field` | field of the body holding the event name | `"name"` |
 /// | `data_field` | field of the body holding the data | `"data"` |
-/// | `max_retries`, `retry_delay`, `backoff`, `max_delay`, `timeout`, `dlq`, `retry_topics` | as in [`macro@message_handler`]; defaults for every method | the core's |
+/// | `max_retries`, `retry_delay`, `backoff`, `max_delay`, `timeout`, `retry(…)`, `dlq`, `retry_topics` | as in [`macro@message_handler`]; defaults for every method | the core's |
+/// | `crate` | as in [`macro@message_handler`]; also used for every `#[on_event]` method | `"::messaging_core"` |
 ///
 /// The type must be `Default + Send + Sync + 'static`: the runtime makes its one instance with
 /// `Default::default()` at start-up, unless a value of the type was registered with
@@ -163,7 +169,8 @@ pub fn consumer(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// registration is named `Type::method`, and takes its group and topics from the consumer.
 ///
 /// A bare `#[on_event]` (or one with only retry keys) takes the event name from the data
-/// type, which must then implement `TypedEvent`:
+/// type: the method must take `Event<T>` with `T: TypedEvent` (else the compiler asks for
+/// the name in the attribute):
 ///
 /// ```
 /// use messaging_core::prelude::*;
@@ -238,9 +245,10 @@ pub fn on_event(_attr: TokenStream, item: TokenStream) -> TokenStream {
 /// | argument | value | default |
 /// |---|---|---|
 /// | first, positional | the event name, `"user.created"`; required | — |
-/// | `topic` | the topic to publish on; required | — |
-/// | `key_field` | a field of the data whose value becomes the message key | no key |
+/// | `topic` | the topic to publish on, a literal or a `const` path of type `&str`; required | — |
+/// | `key_field` | a field of the data type, by its Rust name (checked at compile time), whose value becomes the message key (a string as is, `None` as no key, else its JSON text); the data must be a struct, so a `serde_json::Value` cannot have one | no key |
 /// | `include_result` | `false` publishes `{}` as the data | `true` |
+/// | `crate` | as in [`macro@message_handler`] | `"::messaging_core"` |
 ///
 /// The function keeps its signature and body (`?` and `return` work as written). After the
 /// body produced `Ok(value)`, the data is `T` for `Json<T>` and `(StatusCode, Json<T>)`, and
@@ -252,4 +260,49 @@ pub fn on_event(_attr: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn event(attr: TokenStream, item: TokenStream) -> TokenStream {
     event::expand(attr.into(), item.into()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use crate::{consumer, event, message_handler};
+
+    /// With `crate = "…"`, the generated code names no `messaging_core` path.
+    #[test]
+    fn crate_option_replaces_every_core_path() {
+        let expansions = [
+            message_handler::expand(
+                quote!(topic = "t", crate = "facade", schema = S, max_retries = 1),
+                quote!(
+                    async fn h(e: Event<S>, db: State<Db>) -> anyhow::Result<()> {
+                        Ok(())
+                    }
+                ),
+            ),
+            consumer::expand(
+                quote!(topics = ["t"], crate = "facade"),
+                quote!(impl C {
+                    #[on_event("a")]
+                    async fn a(&self, e: Event<S>) {}
+                    #[on_event]
+                    async fn b(&self, e: Event<T>) {}
+                }),
+            ),
+            event::expand(
+                quote!("e", topic = T, key_field = "id", crate = "facade"),
+                quote!(
+                    async fn p() -> Result<Json<U>, E> {
+                        todo!()
+                    }
+                ),
+            ),
+        ];
+        for expansion in expansions {
+            let text = expansion.to_string();
+            assert!(!text.contains("compile_error"), "{text}");
+            assert!(text.contains("facade :: __private"), "{text}");
+            assert!(!text.contains("messaging_core"), "{text}");
+        }
+    }
 }

@@ -52,6 +52,7 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             "invalid #[message_handler]",
         ));
     };
+    let krate = args.krate();
     let Some(topics) = args.topics.map(|t| t.value) else {
         return Err(syn::Error::new(Span::call_site(), "missing topic"));
     };
@@ -64,6 +65,7 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         envelope: None,
         retry: args.retry,
         schema: args.schema.as_ref(),
+        krate,
     };
     let generated = registration.expand();
     Ok(quote::quote! {

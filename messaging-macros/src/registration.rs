@@ -6,8 +6,8 @@ use quote::{quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{LitStr, Type};
 
-use crate::attr::{Backoff, RetryArgs};
-use crate::signature::{HandlerSig, PayloadKind};
+use crate::attr::{Backoff, RetryArgs, Topic};
+use crate::signature::HandlerSig;
 
 /// Which macro made the registration.
 pub(crate) enum Kind<'a> {
@@ -25,27 +25,32 @@ pub(crate) struct Registration<'a> {
     pub name: String,
     pub sig: &'a HandlerSig,
     pub kind: Kind<'a>,
-    pub topics: &'a [LitStr],
+    pub topics: &'a [Topic],
     pub group: Option<LitStr>,
     /// The foreign envelope fields (name, data); `None` for the standard envelope.
     pub envelope: Option<(LitStr, LitStr)>,
     pub retry: RetryArgs,
     pub schema: Option<&'a Type>,
+    /// The path of `messaging_core`: `::messaging_core`, or what `crate = "…"` says.
+    pub krate: TokenStream,
 }
 
 impl Registration<'_> {
     pub(crate) fn expand(&self) -> TokenStream {
+        let krate = &self.krate;
         let call = self.call();
-        let registration = self.registration();
+        let (topic_items, topics) = topic_values(krate, self.topics);
+        let registration = self.registration(&topics);
         let envelope = match &self.envelope {
             Some((name, data)) => quote! {
-                ::messaging_core::__private::EnvelopeFields { name: #name, data: #data }
+                #krate::__private::EnvelopeFields { name: #name, data: #data }
             },
-            None => quote!(::messaging_core::__private::EnvelopeFields::STANDARD),
+            None => quote!(#krate::__private::EnvelopeFields::STANDARD),
         };
         quote! {
             const _: () = {
-                const __MESSAGING_ENVELOPE: ::messaging_core::__private::EnvelopeFields = #envelope;
+                const __MESSAGING_ENVELOPE: #krate::__private::EnvelopeFields = #envelope;
+                #topic_items
                 #call
                 #registration
             };
@@ -57,44 +62,28 @@ impl Registration<'_> {
     /// converts its result (a failed decode or extractor: a ready error).
     fn call(&self) -> TokenStream {
         let sig = self.sig;
+        let krate = &self.krate;
         let payload_ty = &sig.payload.ty;
-        let decode = match &sig.payload.kind {
-            PayloadKind::Event(inner) => quote_spanned! {inner.span()=>
-                <#inner as ::messaging_core::__private::JsonPayload>::decode_envelope(
-                    &__inv.message,
-                    &__MESSAGING_ENVELOPE,
-                )?
-            },
-            PayloadKind::Bytes => quote!(::messaging_core::__private::decode_bytes(&__inv)),
-            PayloadKind::Vec => quote!(::messaging_core::__private::decode_vec(&__inv)),
-            PayloadKind::Message => quote!(::messaging_core::__private::decode_message(&__inv)),
-            PayloadKind::Json => quote_spanned! {payload_ty.span()=>
-                <#payload_ty as ::messaging_core::__private::JsonPayload>::decode_payload(&__inv.message)?
-            },
+        // The type decides: `FromMessage`, else JSON (see `__private::Decoder`); spanned at the
+        // type, so that one that is neither is reported where it is written.
+        let decode = quote_spanned! {payload_ty.span()=>
+            (&&&#krate::__private::Decoder::<#payload_ty>::NEW)
+                .__messaging_decode(&__inv.message, &__MESSAGING_ENVELOPE)?
         };
         // The body (for `Event<T>`: the envelope's data) must also decode as the schema type,
-        // unless that is the type decoded anyway.
-        let schema_check = self.schema.and_then(|schema| match &sig.payload.kind {
-            PayloadKind::Event(inner) if !same_type(schema, inner) => Some(quote_spanned! {schema.span()=>
-                <#schema as ::messaging_core::__private::JsonPayload>::decode_envelope(
-                    &__inv.message,
-                    &__MESSAGING_ENVELOPE,
-                )
-                .map(::core::mem::drop)?;
-            }),
-            PayloadKind::Event(_) => None,
-            _ if same_type(schema, payload_ty) => None,
-            _ => Some(quote_spanned! {schema.span()=>
-                <#schema as ::messaging_core::__private::JsonPayload>::decode_payload(&__inv.message)
-                    .map(::core::mem::drop)?;
-            }),
+        // unless that is the type decoded anyway (see `__private::Schema`).
+        let schema_check = self.schema.map(|schema| {
+            quote_spanned! {schema.span()=>
+                (&&&#krate::__private::Schema::<#payload_ty, #schema>::NEW)
+                    .__messaging_check(&__inv.message, &__MESSAGING_ENVELOPE)?;
+            }
         });
         let args: Vec<_> = (0..sig.extractors.len())
             .map(|i| quote::format_ident!("__arg{}", i))
             .collect();
         let extract = sig.extractors.iter().zip(&args).map(|(ty, arg)| {
             quote_spanned! {ty.span()=>
-                let #arg = <#ty as ::messaging_core::__private::FromContext>::from_context(&__inv)?;
+                let #arg = <#ty as #krate::__private::FromContext>::from_context(&__inv)?;
             }
         });
         let ident = &sig.ident;
@@ -102,7 +91,7 @@ impl Registration<'_> {
             Kind::MessageHandler => (None, None, quote!(#ident)),
             Kind::OnEvent { self_ty, .. } => (
                 Some(quote_spanned! {self_ty.span()=>
-                    let __this = <#self_ty as ::messaging_core::__private::ConsumerType>::instance(&__inv)?;
+                    let __this = <#self_ty as #krate::__private::ConsumerType>::instance(&__inv)?;
                 }),
                 Some(quote!(__this,)),
                 quote!(__this.#ident),
@@ -111,15 +100,22 @@ impl Registration<'_> {
         // Through the declared type, so that an unsupported one is reported where it is written.
         let into_result = match &sig.output {
             Some(output) => quote_spanned! {output.span()=>
-                <#output as ::messaging_core::__private::HandlerReturn>::into_handler_result(__result)
+                <#output as #krate::__private::HandlerReturn>::into_handler_result(__result)
             },
             None => quote!(
-                ::messaging_core::__private::IntoHandlerResult::into_handler_result(__result)
+                #krate::__private::IntoHandlerResult::into_handler_result(__result)
             ),
         };
         // Spanned at the function's name: a future that is not `Send` is reported there.
         let body = quote_spanned! {ident.span()=>
-            let __taken = (|| -> ::core::result::Result<_, ::messaging_core::HandlerError> {
+            let __taken = (|| -> ::core::result::Result<_, #krate::HandlerError> {
+                // Unnamed, so that no name of the user's is shadowed; those that method
+                // resolution does not pick are unused.
+                #[allow(unused_imports)]
+                use #krate::__private::decoders::{
+                    SchemaIsEventData as _, SchemaIsPayload as _, SchemaOfBody as _,
+                    SchemaOfEventData as _, ViaEvent as _, ViaFromMessage as _, ViaJson as _,
+                };
                 #schema_check
                 let __payload = #decode;
                 #(#extract)*
@@ -140,16 +136,17 @@ impl Registration<'_> {
         };
         quote! {
             fn __messaging_call(
-                __inv: &::messaging_core::__private::Invocation,
-            ) -> ::messaging_core::__private::HandlerFuture {
+                __inv: &#krate::__private::Invocation,
+            ) -> #krate::__private::HandlerFuture {
                 #body
             }
         }
     }
 
     /// The `inventory::submit!` of the `HandlerRegistration`.
-    fn registration(&self) -> TokenStream {
+    fn registration(&self, topics: &[TokenStream]) -> TokenStream {
         let sig = self.sig;
+        let krate = &self.krate;
         let name = &self.name;
         let line = quote_spanned!(sig.ident.span()=> ::core::line!());
         let (kind, event_name, instance) = match self.kind {
@@ -166,30 +163,29 @@ impl Registration<'_> {
                 quote!(::core::option::Option::Some(#event_name)),
                 quote_spanned! {self_ty.span()=>
                     ::core::option::Option::Some(
-                        <#self_ty as ::messaging_core::__private::ConsumerType>::make_default
+                        <#self_ty as #krate::__private::ConsumerType>::make_default
                     )
                 },
             ),
         };
-        let topics = self.topics;
         let group = option(self.group.as_ref().map(|g| quote!(#g)));
-        let retry = retry_policy(&self.retry);
+        let retry = retry_policy(krate, &self.retry);
         let dlq = option(self.retry.dlq.as_ref().map(|d| quote!(#d)));
         let retry_topics = self.retry.retry_topics.as_ref().is_some_and(|b| b.value);
         let schema = option(self.schema.map(|s| quote!(::core::stringify!(#s))));
         let requires = sig.extractors.iter().map(|ty| {
             quote_spanned! {ty.span()=>
-                <#ty as ::messaging_core::__private::FromContext>::requirement as fn() -> _
+                <#ty as #krate::__private::FromContext>::requirement as fn() -> _
             }
         });
         quote! {
-            ::messaging_core::__private::inventory::submit! {
-                ::messaging_core::__private::HandlerRegistration {
+            #krate::__private::inventory::submit! {
+                #krate::__private::HandlerRegistration {
                     name: #name,
                     module_path: ::core::module_path!(),
                     file: ::core::file!(),
                     line: #line,
-                    kind: ::messaging_core::__private::HandlerKind::#kind,
+                    kind: #krate::__private::HandlerKind::#kind,
                     topics: &[#(#topics),*],
                     group: #group,
                     event_name: #event_name,
@@ -220,7 +216,7 @@ const RETRY_POLICY_FIELDS: usize = 5;
 
 /// The `RetryPolicy` literal: the keys given, the rest from `RetryPolicy::DEFAULT`, so the
 /// defaults live in one place (the core).
-fn retry_policy(retry: &RetryArgs) -> TokenStream {
+fn retry_policy(krate: &TokenStream, retry: &RetryArgs) -> TokenStream {
     let duration = |d: std::time::Duration| {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         quote!(::core::time::Duration::from_nanos(#nanos))
@@ -240,7 +236,7 @@ fn retry_policy(retry: &RetryArgs) -> TokenStream {
             Backoff::Linear => quote!(Linear),
             Backoff::Exponential => quote!(Exponential),
         };
-        fields.push(quote!(backoff: ::messaging_core::__private::Backoff::#variant,));
+        fields.push(quote!(backoff: #krate::__private::Backoff::#variant,));
     }
     if let Some(d) = &retry.max_delay {
         let d = duration(d.value);
@@ -252,16 +248,37 @@ fn retry_policy(retry: &RetryArgs) -> TokenStream {
     }
     // With every field given, `..DEFAULT` would trip `clippy::needless_update` in user crates.
     let rest = (fields.len() < RETRY_POLICY_FIELDS)
-        .then(|| quote!(..::messaging_core::__private::RetryPolicy::DEFAULT));
+        .then(|| quote!(..#krate::__private::RetryPolicy::DEFAULT));
     quote! {
-        ::messaging_core::__private::RetryPolicy {
+        #krate::__private::RetryPolicy {
             #(#fields)*
             #rest
         }
     }
 }
 
-/// Whether two types are written the same (then `schema` adds no validation step).
-fn same_type(a: &Type, b: &Type) -> bool {
-    quote!(#a).to_string() == quote!(#b).to_string()
+/// The topics as values, and the items they need: a literal as written; a `const` through a
+/// `const` of type `&'static str` (a type error there names the expected type) that is
+/// checked at compile time, as the macro checked the literals.
+pub(crate) fn topic_values(
+    krate: &TokenStream,
+    topics: &[Topic],
+) -> (TokenStream, Vec<TokenStream>) {
+    let mut items = TokenStream::new();
+    let values = topics
+        .iter()
+        .enumerate()
+        .map(|(i, topic)| match topic {
+            Topic::Const(path) => {
+                let name = quote::format_ident!("__MESSAGING_TOPIC_{}", i);
+                items.extend(quote_spanned! {path.span()=>
+                    const #name: &str = #path;
+                    const _: () = #krate::__private::check_topic(#name);
+                });
+                quote!(#name)
+            }
+            Topic::Lit(lit) => quote!(#lit),
+        })
+        .collect();
+    (items, values)
 }

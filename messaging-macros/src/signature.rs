@@ -6,28 +6,14 @@
 use proc_macro2::{Group, Ident, TokenStream, TokenTree};
 use quote::ToTokens;
 use syn::spanned::Spanned;
-use syn::{FnArg, GenericArgument, PathArguments, ReturnType, Signature, Type};
+use syn::{FnArg, ReturnType, Signature, Type};
 
 use crate::errors::Errors;
 
-/// How the first argument is made from the message, chosen by its type's last path segment.
-pub(crate) enum PayloadKind {
-    /// `Event<T>`: the envelope, `T` decoded from its data field.
-    Event(Box<Type>),
-    /// `Bytes`: the raw body.
-    Bytes,
-    /// `Vec<u8>`: the raw body, copied.
-    Vec,
-    /// `Message`: the whole message.
-    Message,
-    /// Anything else: the body decoded as JSON.
-    Json,
-}
-
-/// The first argument.
+/// The first argument. How it is decoded is left to the type checker (`FromMessage`, else
+/// JSON; see `messaging_core::__private::Decoder`), never read from the type's name.
 pub(crate) struct Payload {
     pub ty: Type,
-    pub kind: PayloadKind,
 }
 
 /// A handler signature that passed the syntactic checks.
@@ -136,10 +122,7 @@ pub(crate) fn analyze(sig: &Signature, place: &Place<'_>) -> syn::Result<Handler
             let ty = replace_self(&arg.ty, self_ty);
             errors
                 .keep(check_argument_type(&ty, true))
-                .map(|()| Payload {
-                    kind: classify(&ty),
-                    ty,
-                })
+                .map(|()| Payload { ty })
         }
         Some(FnArg::Receiver(receiver)) => {
             errors.push(syn::Error::new_spanned(receiver, "`self` must come first"));
@@ -245,7 +228,7 @@ fn owned_form(inner: &Type) -> String {
     match inner {
         Type::Path(path) if path.path.is_ident("str") => "String".to_owned(),
         Type::Slice(slice) if matches!(&*slice.elem, Type::Path(p) if p.path.is_ident("u8")) => {
-            "Bytes` or `Vec<u8>".to_owned()
+            "Bytes".to_owned()
         }
         Type::Slice(slice) => format!("Vec<{}>", type_string(&slice.elem)),
         other => type_string(other),
@@ -274,33 +257,6 @@ pub(crate) fn type_string(ty: &Type) -> String {
         out.push(c);
     }
     out
-}
-
-fn classify(ty: &Type) -> PayloadKind {
-    let Type::Path(path) = ty else {
-        return PayloadKind::Json;
-    };
-    if path.qself.is_some() {
-        return PayloadKind::Json;
-    }
-    let Some(last) = path.path.segments.last() else {
-        return PayloadKind::Json;
-    };
-    let single_type_arg = match &last.arguments {
-        PathArguments::AngleBracketed(args) if args.args.len() == 1 => match &args.args[0] {
-            GenericArgument::Type(inner) => Some(inner),
-            _ => None,
-        },
-        _ => None,
-    };
-    let no_args = last.arguments.is_none();
-    match (last.ident.to_string().as_str(), single_type_arg) {
-        ("Event", Some(inner)) => PayloadKind::Event(Box::new(inner.clone())),
-        ("Vec", Some(Type::Path(inner))) if inner.path.is_ident("u8") => PayloadKind::Vec,
-        ("Bytes", None) if no_args => PayloadKind::Bytes,
-        ("Message", None) if no_args => PayloadKind::Message,
-        _ => PayloadKind::Json,
-    }
 }
 
 /// `ty` with every `Self` replaced by `self_ty`, spans kept.
@@ -352,24 +308,6 @@ mod tests {
         ] {
             assert_eq!(type_string(&ty(written)), written);
         }
-    }
-
-    #[test]
-    fn the_first_argument_is_decoded_by_its_last_path_segment() {
-        let kind = |s| match classify(&ty(s)) {
-            PayloadKind::Event(_) => "event",
-            PayloadKind::Bytes => "bytes",
-            PayloadKind::Vec => "vec",
-            PayloadKind::Message => "message",
-            PayloadKind::Json => "json",
-        };
-        assert_eq!(kind("messaging_core::Event<User>"), "event");
-        assert_eq!(kind("bytes::Bytes"), "bytes");
-        assert_eq!(kind("Vec<u8>"), "vec");
-        assert_eq!(kind("Vec<u64>"), "json");
-        assert_eq!(kind("Message"), "message");
-        assert_eq!(kind("serde_json::Value"), "json");
-        assert_eq!(kind("Event"), "json");
     }
 
     #[test]

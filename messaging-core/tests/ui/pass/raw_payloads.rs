@@ -1,4 +1,5 @@
-// Raw bodies: `Bytes`, `Vec<u8>`, the whole `Message`; no JSON involved.
+// Raw bodies: `Bytes`, the whole `Message`; no JSON involved. `Vec<u8>` is not raw: it is
+// JSON like any other `Deserialize` type (an array of numbers).
 use bytes::Bytes;
 use messaging_core::Message;
 use messaging_core::prelude::*;
@@ -21,7 +22,7 @@ async fn whole_message(message: Message) -> anyhow::Result<()> {
     Ok(())
 }
 
-// A `Vec` of something else is JSON.
+// A `Vec` of anything is JSON.
 #[message_handler(topic = "numbers")]
 async fn numbers(body: Vec<u64>) -> anyhow::Result<()> {
     let _ = body.iter().sum::<u64>();
