@@ -683,6 +683,8 @@ fn unknown_key(
         "; several topics go in an array: `topic = [\"a\", \"b\"]`"
     } else if found == "topic" && allowed.contains(&Param::Topics) {
         "; a consumer names its topics with `topics = [\"a\", \"b\"]`"
+    } else if found == "crate" && macro_name == "on_event" {
+        "; `crate` goes on the #[consumer], which uses it for every method"
     } else {
         ""
     };

@@ -25,4 +25,11 @@ async fn report() -> anyhow::Result<UserOut> {
     Ok(UserOut { id: 1, email: String::new() })
 }
 
+// Dynamic data has no fields to check: set the key with `SendOptions::key` and
+// `Producer::send_with` instead.
+#[event("user.imported", topic = "user-events", key_field = "id")]
+async fn import() -> Result<Json<serde_json::Value>, StatusCode> {
+    Ok(Json(serde_json::json!({"id": 1})))
+}
+
 fn main() {}
