@@ -277,6 +277,8 @@ async fn run(
     let mut builder = adjust(Runtime::builder())
         .config(config.clone())
         .connection_state(Arc::clone(&connection))
+        // A service waits for its broker (reporting on /health) rather than exiting.
+        .retry_forever(true)
         .from_beginning(args.from_beginning)
         .shutdown_timeout(args.shutdown_timeout);
     if !args.topics.is_empty() {
