@@ -354,11 +354,15 @@ impl Inner {
         }
     }
 
-    fn flush_deadline(&self) -> Option<Instant> {
-        *self
+    /// When retrying `item` must have ended: [`RETRY_FOR`] after it was fired, or a
+    /// flush's deadline if that comes first.
+    fn retry_until(&self, item: &Queued) -> Instant {
+        let window = item.fired + RETRY_FOR;
+        let flush = *self
             .flush_deadline
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|e| e.into_inner());
+        flush.map_or(window, |deadline| deadline.min(window))
     }
 
     /// Counts a dropped event; warns at most once per [`WARN_EVERY`].
@@ -466,9 +470,13 @@ async fn publish_queued(mut queue: mpsc::UnboundedReceiver<Queued>, inner: Arc<I
 /// no flush's deadline comes first.
 async fn deliver(item: Queued) {
     let inner = Arc::clone(&item.inner);
-    // After a long outage the queue holds events older than the window: trying each once
-    // would hammer the broker as it comes back, or an unreachable one with connections.
-    if inner.failing.load(Ordering::Relaxed) && Instant::now() >= item.fired + RETRY_FOR {
+    // While publishes fail, an event whose time is (nearly) up is not tried: after a long
+    // outage, or once a flush's deadline is near, trying each queued event once would hammer
+    // the broker as it comes back, or an unreachable one with connections. The margin is
+    // the longest back-off, within which the event retried last gave up.
+    if inner.failing.load(Ordering::Relaxed)
+        && Instant::now() + MAX_BACKOFF > inner.retry_until(&item)
+    {
         return item.drop_because("expired while the broker failed");
     }
     let mut backoff = FIRST_BACKOFF;
@@ -491,11 +499,7 @@ async fn deliver(item: Queued) {
         };
         inner.failing.store(true, Ordering::Relaxed);
         let hopeless = matches!(error, Error::Config { .. } | Error::UnknownBackend { .. });
-        let mut until = item.fired + RETRY_FOR;
-        if let Some(deadline) = inner.flush_deadline() {
-            until = until.min(deadline);
-        }
-        if hopeless || Instant::now() + backoff > until {
+        if hopeless || Instant::now() + backoff > inner.retry_until(&item) {
             return item.give_up(&error);
         }
         if let Some(n) = inner.failures.hit("publish failed") {

@@ -366,4 +366,21 @@ async fn a_lazy_producer_connects_once_at_a_time_and_delivers_when_the_broker_an
         "{attempts} connection attempts for 100 events in the {RETRY_FOR:?} window"
     );
     assert_eq!(metrics().dropped() - dropped_before, 100);
+
+    // Shut down while it never answers: the flush ends in time, and the events it could not
+    // try are dropped and counted, not tried one connection each.
+    let before = CONNECTS.load(Ordering::SeqCst);
+    for _ in 0..1_000 {
+        producer.fire(OutgoingMessage::new("outage.lazy", "{}"));
+    }
+    let started = tokio::time::Instant::now();
+    producer.flush_within(Duration::from_secs(5)).await.unwrap();
+    assert!(started.elapsed() <= Duration::from_secs(5));
+    assert_eq!(producer.pending(), 0);
+    let attempts = CONNECTS.load(Ordering::SeqCst) - before;
+    assert!(
+        attempts < 30,
+        "{attempts} connection attempts in a 5 s flush"
+    );
+    assert_eq!(metrics().dropped() - dropped_before, 1_100);
 }
