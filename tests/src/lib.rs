@@ -25,6 +25,20 @@ pub mod process;
 pub mod reliability;
 pub use hostile::{ConnectRaw, Limits, RawMessage, RawSend};
 
+/// A DLQ record of a message that was on `topic`, in the wire format of DESIGN §3, as
+/// another service might have written it.
+pub fn dlq_record(topic: &str, body: &str) -> messaging_core::DeadLetterRecord {
+    let at = "2026-12-02T00:00:00Z";
+    serde_json::from_value(serde_json::json!({
+        "version": 1,
+        "original": {"topic": topic, "key": null, "payload": body, "headers": {}, "position": "offset 0"},
+        "error": {"kind": "handler", "message": "failed"},
+        "attempts": 1, "first_failure_at": at, "last_failure_at": at,
+        "handler": "h", "group": "g", "source": "test", "dead_lettered_at": at,
+    }))
+    .expect("a DLQ record in the wire format")
+}
+
 /// What a broker's `connect` function returns: a new client connection, as a new process would
 /// open it.
 pub type ConnectFuture = BoxFuture<'static, Arc<dyn Broker>>;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use messaging_core::{Broker, OutgoingMessage};
 use messaging_redis::RedisBroker;
+use messaging_tests::dlq_record;
 use messaging_tests::process::{free_addr, get, run_plain};
 
 const REDIS: &str = "redis://127.0.0.1:6379/0";
@@ -611,19 +612,6 @@ async fn metrics_move_and_dlq_replay_feeds_the_fixed_handler() {
     );
     consumer.signal("-TERM");
     assert!(consumer.wait(Duration::from_secs(15)).success());
-}
-
-/// A DLQ record of a message that was on `topic`, in the wire format of DESIGN §3.
-fn dlq_record(topic: &str, body: &str) -> messaging_core::DeadLetterRecord {
-    let at = "2026-12-02T00:00:00Z";
-    serde_json::from_value(serde_json::json!({
-        "version": 1,
-        "original": {"topic": topic, "key": null, "payload": body, "headers": {}, "position": "offset 0"},
-        "error": {"kind": "handler", "message": "failed"},
-        "attempts": 1, "first_failure_at": at, "last_failure_at": at,
-        "handler": "h", "group": "g", "source": "cli-test", "dead_lettered_at": at,
-    }))
-    .unwrap()
 }
 
 #[tokio::test]

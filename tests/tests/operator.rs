@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use messaging_core::{Broker, OutgoingMessage};
 use messaging_kafka::KafkaBroker;
+use messaging_tests::dlq_record;
 use messaging_tests::process::{free_addr, get, run_plain};
 
 const FIXTURE: &str = env!("CARGO_BIN_EXE_fixture_consumer");
@@ -160,19 +161,6 @@ fn the_log_stays_quiet_while_kafka_is_down() {
         lines <= 10,
         "{lines} lines in 30 s while Kafka was down:\n{log}"
     );
-}
-
-/// A DLQ record of a message that was on `topic`, in the wire format of DESIGN §3.
-fn dlq_record(topic: &str, body: &str) -> messaging_core::DeadLetterRecord {
-    let at = "2026-12-02T00:00:00Z";
-    serde_json::from_value(serde_json::json!({
-        "version": 1,
-        "original": {"topic": topic, "key": null, "payload": body, "headers": {}, "position": "offset 0"},
-        "error": {"kind": "handler", "message": "failed"},
-        "attempts": 1, "first_failure_at": at, "last_failure_at": at,
-        "handler": "fixable", "group": "g", "source": "operator-test", "dead_lettered_at": at,
-    }))
-    .unwrap()
 }
 
 #[tokio::test]
