@@ -1153,6 +1153,47 @@ mod tests {
     }
 
     #[test]
+    fn retry_groups_the_retry_keys() {
+        let args = handler(quote!(
+            topic = C,
+            retry(
+                max = 2,
+                delay = "250ms",
+                backoff = "linear",
+                max_delay = "1m",
+                timeout = "2s"
+            ),
+            crate = "facade::inner"
+        ))
+        .unwrap();
+        assert_eq!(args.krate().to_string(), "facade :: inner");
+        assert_eq!(args.retry.max_retries.unwrap().value, 2);
+        assert_eq!(
+            args.retry.retry_delay.unwrap().value,
+            Duration::from_millis(250)
+        );
+        assert_eq!(args.retry.backoff.unwrap().value, Backoff::Linear);
+        assert_eq!(args.retry.max_delay.unwrap().value, Duration::from_secs(60));
+        assert_eq!(args.retry.timeout.unwrap().value, Duration::from_secs(2));
+        assert!(matches!(
+            &args.topics.as_ref().unwrap().value[..],
+            [Topic::Const(_)]
+        ));
+        let errors = messages(handler(quote!(
+            topic = "t",
+            retry(max = 1),
+            max_retries = 2
+        )));
+        assert_eq!(
+            errors,
+            ["`retry(max = …)` and `max_retries` set the same thing; keep one of them"]
+        );
+        let errors = messages(handler(quote!(topic = "t", retry = 3)));
+        assert!(errors[0].contains("`max_retries = 3`"), "{errors:?}");
+        assert!(errors[0].contains("`retry(max = 3)`"), "{errors:?}");
+    }
+
+    #[test]
     fn a_missing_comma_is_named() {
         let errors = messages(handler(quote!(topic = "a" group = "b")));
         assert_eq!(

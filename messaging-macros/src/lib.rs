@@ -43,6 +43,14 @@ use proc_macro::TokenStream;
 ///     let _ = msg;
 ///     Ok(())
 /// }
+///
+/// // A topic from a constant; the retry keys grouped as the design card writes them.
+/// const ORDERS_CANCELLED: &str = "orders.cancelled";
+///
+/// #[message_handler(topic = ORDERS_CANCELLED, retry(max = 5, delay = "1s", backoff = "exponential"))]
+/// async fn refund(msg: serde_json::Value) {
+///     let _ = msg;
+/// }
 /// # fn main() {}
 /// ```
 ///
