@@ -60,26 +60,18 @@ impl<T: Serialize> ViaJson for EventData<'_, (axum::http::StatusCode, axum::Json
     }
 }
 
-/// Publishes the event in the background. Never fails the caller: a data that does not
-/// serialize or a publish that fails is logged and counted as dropped.
-pub fn emit_event(spec: &EventSpec, data: Result<Value, serde_json::Error>) {
+/// Publishes the event in the background with `key`, which the generated code took from the
+/// data's `key_field`. Never fails the caller: a data that does not serialize or a publish that
+/// fails is logged and counted as dropped.
+pub fn emit_event(spec: &EventSpec, data: Result<Value, serde_json::Error>, key: Option<String>) {
     let data = match data {
-        Ok(data) => data,
+        Ok(data) if spec.include_result => data,
+        Ok(_) => Value::Object(Default::default()),
         Err(error) => {
             metrics().record_dropped();
             tracing::warn!(event = spec.name, %error, "event dropped: result does not serialize");
             return;
         }
-    };
-    let key = spec.key_field.and_then(|field| match data.get(field)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Null => None,
-        other => Some(other.to_string()),
-    });
-    let data = if spec.include_result {
-        data
-    } else {
-        Value::Object(Default::default())
     };
     let producer = get_producer();
     match producer.envelope(spec.name, &data, spec.topic, key) {

@@ -1,5 +1,6 @@
 #![doc = include_str!("../../README.md")]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![forbid(unsafe_code)]
 
 pub mod broker;
 #[cfg(feature = "cli")]
@@ -80,9 +81,9 @@ macro_rules! main {
 /// What a service needs in scope: the macros, the handler argument types, publishing.
 pub mod prelude {
     pub use crate::{
-        Config, Event, HandlerError, Metadata, Producer, SendOptions, State, TypedEvent,
-        configure_messaging, consumer, event, get_producer, message_handler, on_event, publish,
-        publish_event,
+        Config, Event, FromMessage, HandlerError, Metadata, Producer, SendOptions, State,
+        TypedEvent, configure_messaging, consumer, event, get_producer, message_handler, on_event,
+        publish, publish_event,
     };
 }
 
@@ -162,33 +163,6 @@ pub mod __private {
             Ok(serde_json::Value::String(key)) => Some(key),
             Ok(serde_json::Value::Null) | Err(_) => None,
             Ok(other) => Some(other.to_string()),
-        }
-    }
-
-    /// [`emit_event`] with the key already taken from the data's field by the generated code
-    /// (`spec.key_field` is then only its name). Publishing never fails the caller: data that
-    /// does not serialize is logged and counted as dropped.
-    pub fn emit_keyed_event(
-        spec: &EventSpec,
-        data: Result<serde_json::Value, serde_json::Error>,
-        key: Option<String>,
-    ) {
-        let data = match data {
-            Ok(data) if spec.include_result => data,
-            Ok(_) => serde_json::Value::Object(Default::default()),
-            Err(error) => {
-                crate::metrics::metrics().record_dropped();
-                tracing::warn!(event = spec.name, %error, "event dropped: result does not serialize");
-                return;
-            }
-        };
-        let producer = crate::producer::get_producer();
-        match producer.envelope(spec.name, &data, spec.topic, key) {
-            Ok((_, message)) => producer.fire(message),
-            Err(error) => {
-                crate::metrics::metrics().record_dropped();
-                tracing::warn!(event = spec.name, %error, "event dropped: envelope does not serialize");
-            }
         }
     }
 

@@ -140,7 +140,7 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             if let ::core::result::Result::Ok(__messaging_ok) = &__messaging_result {
                 let __messaging_key = #key;
                 let __messaging_data = #data;
-                #krate::__private::emit_keyed_event(
+                #krate::__private::emit_event(
                     &__MESSAGING_EVENT,
                     __messaging_data,
                     __messaging_key,

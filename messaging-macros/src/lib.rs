@@ -8,6 +8,7 @@
 //! the runtime, `consumer list` and the test harness to see it. The attributes are checked at
 //! compile time; each mistake is reported at the offending token with the fix, all mistakes of
 //! one attribute at once, and the item is still emitted so the IDE keeps working.
+#![forbid(unsafe_code)]
 
 mod attr;
 mod consumer;
