@@ -24,7 +24,7 @@
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use messaging_core::{
@@ -47,9 +47,18 @@ use crate::received::Received;
 /// The most records one round of the polling thread hands over at once.
 pub(crate) const BATCH: usize = 256;
 
-/// How long one poll waits for a record; the polling thread's other work (storing offsets,
-/// pausing and resuming, noticing a stop) happens at least this often.
+/// How long the polling thread sleeps at most when nothing comes (its queues wake it); its
+/// other work (storing offsets, pausing and resuming, noticing a stop) happens at least this
+/// often.
 const POLL_WAIT: Duration = Duration::from_millis(100);
+
+/// How long the polling thread sleeps when a partition is full (it is read again as soon as
+/// it has room), and when one is paused (resumed once drained to half).
+const FULL_POLL_WAIT: Duration = Duration::from_millis(2);
+const PAUSED_POLL_WAIT: Duration = Duration::from_millis(20);
+
+/// How long a full partition's offset to commit must stay put before it is paused.
+const STUCK_AFTER: Duration = Duration::from_secs(1);
 
 /// Broker requests made inside a rebalance (committed offsets, high watermarks, commit).
 const REBALANCE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,6 +123,8 @@ pub(crate) struct GroupContext {
     probed: Mutex<Option<Instant>>,
     /// How long a revocation waits for in-flight messages.
     drain_timeout: Duration,
+    /// Set by a rebalance: the polling thread gives the partitions their queues again.
+    rebalanced: AtomicBool,
 }
 
 impl GroupContext {
@@ -133,6 +144,7 @@ impl GroupContext {
             probe_topic,
             probed: Mutex::new(None),
             drain_timeout,
+            rebalanced: AtomicBool::new(false),
         }
     }
 
@@ -238,6 +250,7 @@ impl GroupContext {
                 tracing::error!(group = %self.group, %error, "assigning partitions failed")
             }
         }
+        self.rebalanced.store(true, Ordering::Release);
         self.assignments.send_modify(|n| *n += 1);
     }
 
@@ -258,6 +271,7 @@ impl GroupContext {
         {
             tracing::warn!(group = %self.group, %error, "could not resume revoked partitions");
         }
+        self.rebalanced.store(true, Ordering::Release);
         let unassigned = match base.rebalance_protocol() {
             RebalanceProtocol::Cooperative => base.incremental_unassign(tpl),
             _ => {
@@ -381,10 +395,15 @@ fn store_acknowledged(consumer: &GroupConsumer) {
     }
 }
 
-/// Pauses the partitions that hold too much and resumes those that drained.
-fn regulate(consumer: &GroupConsumer, limits: Limits) {
+/// Pauses the partitions stuck full and resumes those that drained; returns whether any
+/// stays paused.
+fn regulate(consumer: &GroupConsumer, limits: Limits) -> bool {
     let context = consumer.context();
-    let flow = context.acks.tracker.flow(limits.unsettled, limits.span);
+    let flow =
+        context
+            .acks
+            .tracker
+            .flow(limits.unsettled, limits.span, STUCK_AFTER, Instant::now());
     if !flow.pause.is_empty() {
         match list(&flow.pause).and_then(|tpl| consumer.pause(&tpl)) {
             Ok(()) => {
@@ -403,6 +422,36 @@ fn regulate(consumer: &GroupConsumer, limits: Limits) {
             }
         }
     }
+    flow.paused
+}
+
+/// What wakes the polling thread: a queue of its client that stops being empty (librdkafka
+/// calls back, from its own threads, under the queue's lock: this only takes a lock of
+/// ours, never held while calling librdkafka).
+#[derive(Default)]
+struct Wake {
+    raised: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Wake {
+    fn raise(&self) {
+        *self.raised.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.changed.notify_one();
+    }
+
+    /// Sleeps until raised or `at_most` passed.
+    fn wait(&self, at_most: Duration) {
+        let mut raised = self.raised.lock().unwrap_or_else(PoisonError::into_inner);
+        if !*raised {
+            raised = self
+                .changed
+                .wait_timeout(raised, at_most)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *raised = false;
+    }
 }
 
 /// Whether an error the consumer returns ends it: librdkafka gives up (a fatal error)
@@ -416,7 +465,8 @@ fn is_fatal(error: &KafkaError) -> bool {
 /// between. Then it stores and commits what was acknowledged and leaves the group (the
 /// revocation's callback runs here too); returns the commit's outcome.
 fn poll_until_stopped(
-    consumer: GroupConsumer,
+    consumer: Arc<GroupConsumer>,
+    wake: Arc<Wake>,
     names: &TopicNames,
     limits: Limits,
     out: &mpsc::UnboundedSender<Fetched>,
@@ -424,6 +474,8 @@ fn poll_until_stopped(
 ) -> KafkaResult<()> {
     let mut round = Round {
         consumer: &consumer,
+        wake,
+        queues: Vec::new(),
         names,
         limits,
         out,
@@ -438,15 +490,24 @@ fn poll_until_stopped(
             Err(_) => tracing::error!("a Kafka consumer callback panicked; polling on"),
         }
     }
+    // The partition queues hold the client too: they go first.
+    drop(round);
     store_acknowledged(&consumer);
-    let committed = commit_stored(&consumer);
+    let committed = commit_stored(&*consumer);
     drop(consumer);
     committed
 }
 
+/// A partition's own queue (`split_partition_queue`): its records are read only while it
+/// has room, and the client's main queue serves the group's events meanwhile.
+type PartitionQueue = rdkafka::consumer::base_consumer::PartitionQueue<GroupContext>;
+
 /// One round of the polling thread, and what it keeps from one to the next.
 struct Round<'a> {
-    consumer: &'a GroupConsumer,
+    consumer: &'a Arc<GroupConsumer>,
+    wake: Arc<Wake>,
+    /// A queue per assigned partition.
+    queues: Vec<(String, i32, PartitionQueue)>,
     names: &'a TopicNames,
     limits: Limits,
     out: &'a mpsc::UnboundedSender<Fetched>,
@@ -455,49 +516,138 @@ struct Round<'a> {
 }
 
 impl Round<'_> {
-    /// Stores, regulates, probes if due, then polls and hands over what came; `false` once
-    /// the async side is gone.
+    /// Stores, regulates and probes; serves the group's events; reads the partitions that
+    /// have room, and hands over what came; sleeps if nothing did. `false` once the async
+    /// side is gone.
     fn run(&mut self) -> bool {
         let consumer = self.consumer;
         let context = consumer.context();
         store_acknowledged(consumer);
-        regulate(consumer, self.limits);
+        let paused = regulate(consumer, self.limits);
         if context.probe_due(Instant::now()) {
             context.probe(consumer);
         }
         let mut batch = Vec::new();
-        let mut next = consumer.poll(POLL_WAIT);
-        loop {
-            match next {
+        let mut progressed = self.serve_main(&mut batch);
+        if context.rebalanced.swap(false, Ordering::AcqRel) {
+            // What came before the rebalance is handed over first (`deliver` drops what it
+            // holds of revoked partitions); then each assigned partition gets its queue,
+            // and what was fetched before that (on the main queue) comes first.
+            if !self.hand_over(&mut batch) {
+                return false;
+            }
+            self.split();
+            self.serve_main(&mut batch);
+            progressed = true;
+        }
+        let mut full = false;
+        let mut errors = Vec::new();
+        let tracker = &context.acks.tracker;
+        for (topic, partition, queue) in &self.queues {
+            let room = tracker
+                .room(topic, *partition, self.limits.unsettled, self.limits.span)
+                .unwrap_or(0)
+                .min(BATCH);
+            let mut taken = 0;
+            while taken < room {
+                match queue.poll(Duration::ZERO) {
+                    Some(Ok(record)) => {
+                        batch.push(self.messages.make(&record, self.names));
+                        taken += 1;
+                    }
+                    Some(Err(error)) => {
+                        errors.push(error);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            full |= taken == room;
+        }
+        for error in errors {
+            self.failed(error);
+        }
+        progressed |= !batch.is_empty();
+        if !self.hand_over(&mut batch) {
+            return false;
+        }
+        if !progressed {
+            // A full partition is read again as soon as it has room: only a round notices.
+            self.wake.wait(if full {
+                FULL_POLL_WAIT
+            } else if paused {
+                PAUSED_POLL_WAIT
+            } else {
+                POLL_WAIT
+            });
+        }
+        true
+    }
+
+    /// Serves what the main queue holds: the group's events, and records of partitions
+    /// not split off yet. Stops at a rebalance. Whether anything came.
+    fn serve_main(&mut self, batch: &mut Vec<Arc<Message>>) -> bool {
+        let consumer = self.consumer;
+        let mut came = false;
+        // `poll` answers `None` for an event it served as well as for an empty queue: two
+        // in a row mean empty.
+        let mut nones = 0;
+        while nones < 2 && batch.len() < BATCH {
+            match consumer.poll(Duration::ZERO) {
                 Some(Ok(record)) => {
-                    batch.reserve(BATCH);
                     batch.push(self.messages.make(&record, self.names));
+                    (came, nones) = (true, 0);
                 }
                 Some(Err(error)) => {
-                    // Logged (rate-limited) and reported by the error callback already;
-                    // librdkafka retries by itself, unless the error is fatal.
-                    if is_fatal(&error) && !self.fatal_reported {
-                        self.fatal_reported = true;
-                        let _ = self.out.send(Err(from_kafka("receive", error)));
-                    }
-                    break;
+                    self.failed(error);
+                    (came, nones) = (true, 0);
                 }
-                // Nothing more now, or a rebalance was served: hand over what was fetched
-                // before (a batch never spans a rebalance, and what it holds of revoked
-                // partitions is dropped by `deliver`).
-                None => break,
+                None => nones += 1,
             }
-            if batch.len() >= BATCH {
-                break;
+            if consumer.context().rebalanced.load(Ordering::Acquire) {
+                return true;
             }
-            next = consumer.poll(Duration::ZERO);
         }
-        let generation = context.acks.tracker.deliver(&mut batch);
+        came
+    }
+
+    /// An error librdkafka returned in place of a record: logged (rate-limited) and reported
+    /// by the error callback already, and retried by librdkafka, unless it is fatal.
+    fn failed(&mut self, error: KafkaError) {
+        if is_fatal(&error) && !self.fatal_reported {
+            self.fatal_reported = true;
+            let _ = self.out.send(Err(from_kafka("receive", error)));
+        }
+    }
+
+    /// Gives each assigned partition a queue of its own (an assignment undoes the last).
+    fn split(&mut self) {
+        // Dropped first: a queue's callback is set on librdkafka's queue, which the new
+        // handle shares.
+        self.queues.clear();
+        for (topic, partition) in self.consumer.context().acks.tracker.assigned() {
+            let Some(mut queue) = self.consumer.split_partition_queue(&topic, partition) else {
+                tracing::warn!(%topic, partition, "no queue of its own; its records come on the main queue");
+                continue;
+            };
+            let wake = Arc::clone(&self.wake);
+            queue.set_nonempty_callback(move || wake.raise());
+            self.queues.push((topic, partition, queue));
+        }
+    }
+
+    /// Records the batch as delivered and hands it over; `false` once the async side is
+    /// gone.
+    fn hand_over(&mut self, batch: &mut Vec<Arc<Message>>) -> bool {
+        let context = self.consumer.context();
+        let generation = context.acks.tracker.deliver(batch);
         if batch.is_empty() {
             return true;
         }
         context.untroubled();
-        self.out.send(Ok((generation, batch))).is_ok()
+        self.out
+            .send(Ok((generation, std::mem::take(batch))))
+            .is_ok()
     }
 }
 
@@ -537,6 +687,13 @@ impl KafkaConsumer {
         limits: Limits,
         timeout: Duration,
     ) -> Result<Self, BrokerError> {
+        let mut consumer = consumer;
+        let wake = Arc::new(Wake::default());
+        consumer.set_nonempty_callback({
+            let wake = Arc::clone(&wake);
+            move || wake.raise()
+        });
+        let consumer = Arc::new(consumer);
         let context = consumer.context();
         let group = context.group.clone();
         let acks = Arc::clone(&context.acks);
@@ -550,7 +707,7 @@ impl KafkaConsumer {
             .spawn({
                 let stop = Arc::clone(&stop);
                 move || {
-                    let committed = poll_until_stopped(consumer, &names, limits, &out, &stop);
+                    let committed = poll_until_stopped(consumer, wake, &names, limits, &out, &stop);
                     let _ = left_tx.send(committed);
                 }
             })

@@ -57,6 +57,8 @@ struct PartitionState {
     paused: bool,
     /// The tracker's generation when the partition was assigned.
     since: u64,
+    /// `settled` when [`OffsetTracker::flow`] last saw it change, and when.
+    seen_settled: (i64, Instant),
 }
 
 impl PartitionState {
@@ -92,6 +94,8 @@ pub(crate) struct Revoked {
 pub(crate) struct Flow {
     pub(crate) pause: Vec<(String, i32)>,
     pub(crate) resume: Vec<(String, i32)>,
+    /// Whether any partition stays paused.
+    pub(crate) paused: bool,
 }
 
 impl OffsetTracker {
@@ -115,6 +119,7 @@ impl OffsetTracker {
                 unsettled: 0,
                 paused: false,
                 since,
+                seen_settled: (-1, Instant::now()),
             });
         }
     }
@@ -157,21 +162,61 @@ impl OffsetTracker {
         });
     }
 
-    /// Which partitions to pause (at least `max_unsettled` messages unsettled, or `max_span`
-    /// offsets since the lowest unsettled one) and which paused ones to resume (down to half
-    /// of both); each is marked so.
-    pub(crate) fn flow(&self, max_unsettled: usize, max_span: usize) -> Flow {
+    /// The partitions assigned.
+    pub(crate) fn assigned(&self) -> Vec<(String, i32)> {
+        self.lock()
+            .iter()
+            .map(|s| (s.topic.clone(), s.partition))
+            .collect()
+    }
+
+    /// How many more messages of a partition may be delivered: none once it holds
+    /// `max_unsettled` messages unsettled, or `max_span` offsets since its lowest unsettled
+    /// one; `None` if it is not assigned.
+    pub(crate) fn room(
+        &self,
+        topic: &str,
+        partition: i32,
+        max_unsettled: usize,
+        max_span: usize,
+    ) -> Option<usize> {
+        let partitions = self.lock();
+        let state = partitions.iter().find(|s| s.is(topic, partition))?;
+        if state.window.len() >= max_span {
+            return Some(0);
+        }
+        Some(max_unsettled.saturating_sub(state.unsettled))
+    }
+
+    /// Which partitions to pause and which paused ones to resume; each is marked so. A
+    /// partition is paused when it is full (see [`OffsetTracker::room`]) and its offset to
+    /// commit has not moved for `stuck_after` (a key blocked by a slow handler or a back-off:
+    /// librdkafka would go on fetching for it), and resumed once down to half of both
+    /// limits. A partition that is merely full while its messages are handled is not read
+    /// for a moment; pausing it would throw away what librdkafka fetched ahead.
+    pub(crate) fn flow(
+        &self,
+        max_unsettled: usize,
+        max_span: usize,
+        stuck_after: Duration,
+        now: Instant,
+    ) -> Flow {
         let mut partitions = self.lock();
         let mut flow = Flow::default();
         for state in partitions.iter_mut() {
             let (unsettled, span) = (state.unsettled, state.window.len());
-            if !state.paused && (unsettled >= max_unsettled || span >= max_span) {
+            if state.seen_settled.0 != state.settled {
+                state.seen_settled = (state.settled, now);
+            }
+            let stuck = now.duration_since(state.seen_settled.1) >= stuck_after;
+            if !state.paused && stuck && (unsettled >= max_unsettled || span >= max_span) {
                 state.paused = true;
                 flow.pause.push((state.topic.clone(), state.partition));
             } else if state.paused && unsettled <= max_unsettled / 2 && span <= max_span / 2 {
                 state.paused = false;
                 flow.resume.push((state.topic.clone(), state.partition));
             }
+            flow.paused |= state.paused;
         }
         flow
     }
@@ -538,19 +583,42 @@ mod tests {
         for o in 0..3 {
             deliver(&t, &[("t", 0, o), ("t", 1, o)]);
         }
-        assert_eq!(t.flow(4, 100), Flow::default(), "3 unsettled in each");
+        assert_eq!(
+            t.flow(4, 100, Duration::ZERO, Instant::now()),
+            Flow::default(),
+            "3 unsettled in each"
+        );
         deliver(&t, &[("t", 1, 3), ("t", 1, 4)]);
         let pause_1 = Flow {
             pause: vec![("t".to_owned(), 1)],
             resume: vec![],
+            paused: true,
         };
-        assert_eq!(t.flow(4, 100), pause_1, "5 unsettled in partition 1");
-        assert_eq!(t.flow(4, 100), Flow::default(), "paused once");
+        let still_paused = Flow {
+            paused: true,
+            ..Flow::default()
+        };
+        assert_eq!(
+            t.flow(4, 100, Duration::ZERO, Instant::now()),
+            pause_1,
+            "5 unsettled in partition 1"
+        );
+        assert_eq!(
+            t.flow(4, 100, Duration::ZERO, Instant::now()),
+            still_paused,
+            "paused once"
+        );
         ack(&t, "t", 1, 0);
         ack(&t, "t", 1, 1);
-        assert_eq!(t.flow(4, 100), Flow::default(), "3 unsettled: above half");
+        assert_eq!(
+            t.flow(4, 100, Duration::ZERO, Instant::now()),
+            still_paused,
+            "3 unsettled: above half"
+        );
         ack(&t, "t", 1, 2);
-        assert_eq!(t.flow(4, 100).resume, vec![("t".to_owned(), 1)]);
+        let resumed = t.flow(4, 100, Duration::ZERO, Instant::now());
+        assert_eq!(resumed.resume, vec![("t".to_owned(), 1)]);
+        assert!(!resumed.paused);
         assert_eq!(t.revoke([("t", 1)]).paused, Vec::<(String, i32)>::new());
     }
 
@@ -566,7 +634,10 @@ mod tests {
         for o in 1..4 {
             ack(&t, "t", 0, o);
         }
-        assert_eq!(t.flow(100, 4).pause, vec![("t".to_owned(), 0)]);
+        assert_eq!(
+            t.flow(100, 4, Duration::ZERO, Instant::now()).pause,
+            vec![("t".to_owned(), 0)]
+        );
         // Revoked while paused: to be resumed.
         assert_eq!(t.revoke([("t", 0)]).paused, vec![("t".to_owned(), 0)]);
     }
@@ -592,5 +663,31 @@ mod tests {
         t.assign([("t", 2)]);
         t.still_owned(now, &mut fresh);
         assert_eq!(fresh.len(), 1, "partition 0 was not revoked since");
+    }
+
+    #[test]
+    fn a_full_partition_whose_offset_moves_is_not_paused() {
+        let t = OffsetTracker::default();
+        t.assign([("t", 0)]);
+        let start = Instant::now();
+        let stuck_after = Duration::from_secs(1);
+        for o in 0..4 {
+            deliver(&t, &[("t", 0, o)]);
+        }
+        assert_eq!(t.room("t", 0, 4, 100), Some(0), "full");
+        assert_eq!(t.room("t", 0, 8, 100), Some(4));
+        assert_eq!(t.room("t", 1, 4, 100), None, "not assigned");
+        assert!(t.flow(4, 100, stuck_after, start).pause.is_empty());
+        // Its offset moves: full again, but not stuck.
+        ack(&t, "t", 0, 0);
+        deliver(&t, &[("t", 0, 4)]);
+        let later = start + Duration::from_millis(1500);
+        assert!(t.flow(4, 100, stuck_after, later).pause.is_empty());
+        // Nothing settles for a second: paused.
+        let stuck = later + stuck_after;
+        assert_eq!(
+            t.flow(4, 100, stuck_after, stuck).pause,
+            vec![("t".to_owned(), 0)]
+        );
     }
 }
