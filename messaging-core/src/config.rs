@@ -47,6 +47,10 @@ pub struct Config {
     /// How many times `dlq replay` re-publishes one record before it refuses without
     /// `--force` (`MESSAGING_DLQ_MAX_REPLAYS`).
     pub dlq_max_replays: u32,
+    /// Topic names overridden for this environment, by the name the code uses in its
+    /// variable form (`MESSAGING_TOPIC_ORDERS_CREATED=staging.orders` →
+    /// `"ORDERS_CREATED" → "staging.orders"`): see [`Config::resolve_topic`].
+    pub topic_overrides: BTreeMap<String, String>,
     /// How many `#[event]` publishes may wait for the broker (queued, in flight or waiting to
     /// retry); more are dropped and counted (`MESSAGING_EVENT_QUEUE`).
     pub event_queue: usize,
@@ -71,6 +75,7 @@ impl Default for Config {
             dlq_topic: None,
             health_stall_after: Duration::from_secs(30),
             dlq_max_replays: 3,
+            topic_overrides: BTreeMap::new(),
             event_queue: 10_000,
         }
     }
@@ -165,6 +170,19 @@ impl Config {
             c.dlq_topic = Some(v);
         }
         for (key, value) in all {
+            if let Some(name) = key.strip_prefix("MESSAGING_TOPIC_")
+                && !name.is_empty()
+            {
+                let topic = value.trim();
+                if topic.is_empty() || topic.chars().any(char::is_whitespace) {
+                    return Err(invalid(
+                        &key,
+                        format!("`{value}` is not a topic name (empty, or with white space)"),
+                    ));
+                }
+                c.topic_overrides.insert(name.to_owned(), topic.to_owned());
+                continue;
+            }
             if let Some(name) = key.strip_prefix("KAFKA_CONFIG_")
                 && !name.is_empty()
             {
@@ -173,6 +191,30 @@ impl Config {
             }
         }
         Ok(c)
+    }
+}
+
+impl Config {
+    /// The topic `topic` is in this environment: the override `MESSAGING_TOPIC_<NAME>` gives
+    /// (NAME is `topic` in capitals with every character but letters and digits made `_`:
+    /// `orders.created` → `ORDERS_CREATED`), else `topic` itself.
+    pub fn resolve_topic<'a>(&'a self, topic: &'a str) -> &'a str {
+        if self.topic_overrides.is_empty() {
+            return topic;
+        }
+        let name: String = topic
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.topic_overrides
+            .get(&name)
+            .map_or(topic, String::as_str)
     }
 }
 
@@ -206,6 +248,7 @@ impl fmt::Debug for Config {
             .field("dlq_topic", &self.dlq_topic)
             .field("health_stall_after", &self.health_stall_after)
             .field("dlq_max_replays", &self.dlq_max_replays)
+            .field("topic_overrides", &self.topic_overrides)
             .field("event_queue", &self.event_queue)
             .finish()
     }
@@ -310,6 +353,20 @@ pub fn try_current_config() -> Result<Config, Error> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn a_topic_is_overridden_by_its_variable() {
+        let c = from(&[("MESSAGING_TOPIC_ORDERS_CREATED", "staging.orders")]).unwrap();
+        assert_eq!(c.resolve_topic("orders.created"), "staging.orders");
+        assert_eq!(c.resolve_topic("orders-created"), "staging.orders");
+        assert_eq!(c.resolve_topic("users"), "users");
+        let bad = from(&[("MESSAGING_TOPIC_ORDERS", "two words")]);
+        assert!(
+            bad.unwrap_err()
+                .to_string()
+                .contains("MESSAGING_TOPIC_ORDERS")
+        );
+    }
 
     fn from(vars: &[(&str, &str)]) -> Result<Config, Error> {
         let map: HashMap<String, String> = vars

@@ -181,8 +181,9 @@ impl Producer {
     /// it at once, as its `publish` does).
     pub fn send_raw(
         &self,
-        message: OutgoingMessage,
+        mut message: OutgoingMessage,
     ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        self.resolve_topic(&mut message);
         // The broker's (boxed) publish future made now, so that this future does not carry
         // the message: with 10 000 publishes in flight, that made Kafka produce through
         // `Producer` about a fifth slower than through the broker alone (BENCHMARKS.md).
@@ -250,7 +251,8 @@ impl Producer {
     /// back-off for [`RETRY_FOR`] (or until a flush's deadline), then dropped. Drops are
     /// counted in `messaging_events_dropped_total` and logged at most once per 10 s with the
     /// number dropped since.
-    pub fn fire(&self, message: OutgoingMessage) {
+    pub fn fire(&self, mut message: OutgoingMessage) {
+        self.resolve_topic(&mut message);
         let (item, ahead) = Queued::new(message, &self.inner);
         if ahead >= self.inner.config.event_queue.max(1) {
             return item.drop_because("queue full");
@@ -266,6 +268,17 @@ impl Producer {
             }
         };
         self.start_publisher(item);
+    }
+
+    /// The topic as this environment names it (`MESSAGING_TOPIC_<NAME>`).
+    fn resolve_topic(&self, message: &mut OutgoingMessage) {
+        let config = &self.inner.config;
+        if !config.topic_overrides.is_empty() {
+            let resolved = config.resolve_topic(&message.topic);
+            if resolved != message.topic {
+                message.topic = resolved.to_owned();
+            }
+        }
     }
 
     /// Starts the publishing task on the current runtime (the first time, or after the

@@ -173,7 +173,23 @@ impl RuntimeBuilder {
             Vec::new()
         };
         handlers.extend(self.handlers.iter().cloned());
-        if let Some(wanted) = &self.topics {
+        // Topics as this environment names them (MESSAGING_TOPIC_<NAME>).
+        let config = match &self.config {
+            Some(config) => config.clone(),
+            None => try_current_config()?,
+        };
+        for h in &mut handlers {
+            for topic in &mut h.topics {
+                *topic = config.resolve_topic(topic).to_owned();
+            }
+        }
+        let wanted: Option<Vec<String>> = self.topics.as_ref().map(|topics| {
+            topics
+                .iter()
+                .map(|t| config.resolve_topic(t).to_owned())
+                .collect()
+        });
+        if let Some(wanted) = &wanted {
             let known: BTreeSet<&str> = handlers
                 .iter()
                 .flat_map(|h| h.topics.iter().map(String::as_str))
