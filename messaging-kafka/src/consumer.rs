@@ -52,9 +52,9 @@ pub(crate) const BATCH: usize = 256;
 /// often.
 const POLL_WAIT: Duration = Duration::from_millis(100);
 
-/// How long the polling thread sleeps when a partition is full (it is read again as soon as
-/// it has room), and when one is paused (resumed once drained to half).
-const FULL_POLL_WAIT: Duration = Duration::from_millis(2);
+/// How long the polling thread sleeps at most when a partition is full (acknowledgements
+/// wake it once it has room), and when one is paused (resumed once drained to half).
+const FULL_POLL_WAIT: Duration = Duration::from_millis(20);
 const PAUSED_POLL_WAIT: Duration = Duration::from_millis(20);
 
 /// How long a full partition's offset to commit must stay put before it is paused.
@@ -572,7 +572,6 @@ impl Round<'_> {
             return false;
         }
         if !progressed {
-            // A full partition is read again as soon as it has room: only a round notices.
             self.wake.wait(if full {
                 FULL_POLL_WAIT
             } else if paused {
@@ -695,6 +694,11 @@ impl KafkaConsumer {
         });
         let consumer = Arc::new(consumer);
         let context = consumer.context();
+        // Acknowledgements wake the thread when a partition it left full has room again.
+        context.acks.tracker.on_room({
+            let wake = Arc::clone(&wake);
+            move || wake.raise()
+        });
         let group = context.group.clone();
         let acks = Arc::clone(&context.acks);
         let readiness = context.readiness.clone();

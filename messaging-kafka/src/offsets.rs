@@ -59,6 +59,9 @@ struct PartitionState {
     since: u64,
     /// `settled` when [`OffsetTracker::flow`] last saw it change, and when.
     seen_settled: (i64, Instant),
+    /// Found full by [`OffsetTracker::room`]: acknowledgements call the tracker's `on_room`
+    /// once it is down to this many unsettled messages.
+    full: Option<usize>,
 }
 
 impl PartitionState {
@@ -69,7 +72,7 @@ impl PartitionState {
 
 /// Per assigned partition, the delivered and settled offsets of one consumer. A consumer
 /// holds few partitions, so a list searched in order beats hashing the topic per message.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct OffsetTracker {
     partitions: Mutex<Vec<PartitionState>>,
     /// Signalled on acknowledgements while someone waits in [`OffsetTracker::drain`].
@@ -78,6 +81,9 @@ pub(crate) struct OffsetTracker {
     draining: AtomicBool,
     /// Moves on every assignment and revocation (changed under the lock of `partitions`).
     generation: AtomicU64,
+    /// Called (outside the lock) when a partition found full has room again: the polling
+    /// thread, which does not read a full partition, is woken to read it.
+    on_room: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// What a revocation leaves to do.
@@ -120,6 +126,7 @@ impl OffsetTracker {
                 paused: false,
                 since,
                 seen_settled: (-1, Instant::now()),
+                full: None,
             });
         }
     }
@@ -173,6 +180,9 @@ impl OffsetTracker {
     /// How many more messages of a partition may be delivered: none once it holds
     /// `max_unsettled` messages unsettled, or `max_span` offsets since its lowest unsettled
     /// one; `None` if it is not assigned.
+    ///
+    /// A partition found full is marked so: once acknowledgements bring it down to three
+    /// quarters of `max_unsettled`, they call `on_room`.
     pub(crate) fn room(
         &self,
         topic: &str,
@@ -180,12 +190,26 @@ impl OffsetTracker {
         max_unsettled: usize,
         max_span: usize,
     ) -> Option<usize> {
-        let partitions = self.lock();
-        let state = partitions.iter().find(|s| s.is(topic, partition))?;
-        if state.window.len() >= max_span {
-            return Some(0);
+        let mut partitions = self.lock();
+        let state = partitions.iter_mut().find(|s| s.is(topic, partition))?;
+        let room = if state.window.len() >= max_span {
+            0
+        } else {
+            max_unsettled.saturating_sub(state.unsettled)
+        };
+        state.full = (room == 0).then_some(max_unsettled * 3 / 4);
+        Some(room)
+    }
+
+    /// What to call when a full partition has room again (see [`OffsetTracker::room`]).
+    pub(crate) fn on_room(&self, call: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_room.set(Box::new(call));
+    }
+
+    fn room_again(&self) {
+        if let Some(call) = self.on_room.get() {
+            call();
         }
-        Some(max_unsettled.saturating_sub(state.unsettled))
     }
 
     /// Which partitions to pause and which paused ones to resume; each is marked so. A
@@ -255,11 +279,19 @@ impl OffsetTracker {
 
     /// Settles a message (see [`settle`]).
     pub(crate) fn ack(&self, topic: &str, partition: i32, offset: i64) -> Acked {
+        let mut room = false;
         let acked = Last::default()
             .find(&mut self.lock(), topic, partition)
-            .map_or(Acked::Stale, |state| settle(state, offset));
+            .map_or(Acked::Stale, |state| {
+                let acked = settle(state, offset);
+                room = has_room_again(state);
+                acked
+            });
         if self.draining.load(Ordering::SeqCst) {
             self.settled.notify_all();
+        }
+        if room {
+            self.room_again();
         }
         acked
     }
@@ -271,16 +303,24 @@ impl OffsetTracker {
     ) -> usize {
         let mut partitions = self.lock();
         let mut last = Last::default();
+        let mut room = false;
         let stale = acked
             .into_iter()
             .filter(|&(topic, partition, offset)| {
                 last.find(&mut partitions, topic, partition)
-                    .is_none_or(|state| settle(state, offset) == Acked::Stale)
+                    .is_none_or(|state| {
+                        let acked = settle(state, offset);
+                        room |= has_room_again(state);
+                        acked == Acked::Stale
+                    })
             })
             .count();
         drop(partitions);
         if self.draining.load(Ordering::SeqCst) {
             self.settled.notify_all();
+        }
+        if room {
+            self.room_again();
         }
         stale
     }
@@ -366,6 +406,17 @@ impl Last {
             }
         };
         partitions.get_mut(index)
+    }
+}
+
+/// Whether a partition found full is down to its mark (then no longer marked).
+fn has_room_again(state: &mut PartitionState) -> bool {
+    match state.full {
+        Some(mark) if state.unsettled <= mark => {
+            state.full = None;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -689,5 +740,34 @@ mod tests {
             t.flow(4, 100, stuck_after, stuck).pause,
             vec![("t".to_owned(), 0)]
         );
+    }
+
+    #[test]
+    fn a_full_partition_calls_back_once_it_has_room_again() {
+        let t = OffsetTracker::default();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        t.on_room({
+            let calls = Arc::clone(&calls);
+            move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        t.assign([("t", 0)]);
+        for o in 0..8 {
+            deliver(&t, &[("t", 0, o)]);
+        }
+        ack(&t, "t", 0, 0);
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "never found full");
+        assert_eq!(t.room("t", 0, 7, 100), Some(0));
+        ack(&t, "t", 0, 1);
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            0,
+            "6 unsettled: above 3/4 of 7"
+        );
+        t.ack_all([("t", 0, 2)]);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "5 unsettled");
+        ack(&t, "t", 0, 3);
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "once");
     }
 }
