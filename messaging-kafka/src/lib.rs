@@ -21,10 +21,11 @@
 //!   messages (after the handler succeeded or the DLQ record was delivered), never past an
 //!   earlier unsettled message of its partition (acknowledgements come out of order: order
 //!   is per key), and committed every second (`auto.commit.interval.ms`, librdkafka's
-//!   default is 5 s), on revocation and on close. A partition holding twice the
-//!   subscription's prefetch of delivered messages unsettled (a key blocked behind a slow or
-//!   failing message) is paused, and resumed once half of that is settled; the others keep
-//!   flowing. On a revocation the handlers first get up to 10 s (at most half of
+//!   default is 5 s), on revocation and on close. Each assigned partition has a queue of
+//!   its own, read only while the partition holds fewer than twice the subscription's
+//!   prefetch of delivered messages unsettled; one that stays full with its offset stuck for
+//!   a second (a key blocked behind a slow or failing message) is paused, and resumed once
+//!   half of that is settled; the others keep flowing. On a revocation the handlers first get up to 10 s (at most half of
 //!   `max.poll.interval.ms`) to finish what they hold of the revoked partitions, so that it
 //!   is committed; what is still unfinished then is read again by the new owner.
 //!   The member is ready (`Consumer::readiness`, `/health/ready`) from an assignment until
