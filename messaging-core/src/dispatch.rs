@@ -441,7 +441,6 @@ impl Dispatcher {
             let retry = Arc::clone(self).retry(
                 Arc::clone(scheduler),
                 key,
-                lane,
                 message,
                 failed,
                 messages.collect(),
@@ -462,7 +461,6 @@ impl Dispatcher {
         self: Arc<Self>,
         scheduler: Arc<Scheduler>,
         key: u64,
-        lane: usize,
         message: Arc<Message>,
         failed: Failed,
         rest: Vec<Arc<Message>>,
@@ -470,9 +468,10 @@ impl Dispatcher {
         let mut invocation = self.invocation();
         invocation.message = message;
         invocation.handler = failed.target.spec.name;
+        // Retries of one worker may run at once: they count on the shared lane.
         let on = Attempting {
             target: &failed.target,
-            counters: failed.target.metrics.lane(lane),
+            counters: failed.target.metrics.shared_lane(),
             traced: failed.traced,
         };
         let error = match failed.error {

@@ -48,29 +48,36 @@ pub(crate) struct LaneCounters {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
     /// In nanoseconds: most calls take less than a microsecond.
     latency_sum_nanos: AtomicU64,
-}
-
-/// Adds to a counter that only one lane writes. Readers may see it a moment late, never
-/// torn or lost.
-fn bump(counter: &AtomicU64, n: u64) {
-    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+    /// Written by many tasks at once (the retries'), so every addition is atomic.
+    shared: bool,
 }
 
 impl LaneCounters {
+    /// Adds to a counter. A lane's own counters have one writer: a plain load and store,
+    /// which readers may see a moment late, never torn or lost. The shared lane adds
+    /// atomically.
+    fn bump(&self, counter: &AtomicU64, n: u64) {
+        if self.shared {
+            counter.fetch_add(n, Relaxed);
+        } else {
+            counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+        }
+    }
+
     pub(crate) fn attempted(&self) {
-        bump(&self.attempts, 1);
+        self.bump(&self.attempts, 1);
     }
 
     pub(crate) fn succeeded(&self) {
-        bump(&self.succeeded, 1);
+        self.bump(&self.succeeded, 1);
     }
 
     pub(crate) fn retried(&self) {
-        bump(&self.retried, 1);
+        self.bump(&self.retried, 1);
     }
 
     pub(crate) fn dead_lettered(&self) {
-        bump(&self.dead_lettered, 1);
+        self.bump(&self.dead_lettered, 1);
     }
 
     pub(crate) fn observe_latency(&self, nanos: u64) {
@@ -78,22 +85,33 @@ impl LaneCounters {
             .iter()
             .position(|&bound| nanos <= bound)
             .unwrap_or(LATENCY_BOUNDS_NANOS.len());
-        bump(&self.latency_buckets[bucket], 1);
-        bump(&self.latency_sum_nanos, nanos);
+        self.bump(&self.latency_buckets[bucket], 1);
+        self.bump(&self.latency_sum_nanos, nanos);
     }
 }
 
 impl HandlerMetrics {
-    /// Counters for a handler run by `lanes` lanes.
+    /// Counters for a handler run by `lanes` lanes, plus the shared lane of its retries.
     pub(crate) fn new(lanes: usize) -> Self {
+        let lanes = lanes.max(1);
         Self {
-            shards: (0..lanes.max(1)).map(|_| LaneCounters::default()).collect(),
+            shards: (0..=lanes)
+                .map(|lane| LaneCounters {
+                    shared: lane == lanes,
+                    ..LaneCounters::default()
+                })
+                .collect(),
         }
     }
 
     /// The counters lane `lane` writes; only that lane may use them.
     pub(crate) fn lane(&self, lane: usize) -> &LaneCounters {
-        &self.shards[lane % self.shards.len()]
+        &self.shards[lane % (self.shards.len() - 1)]
+    }
+
+    /// The counters every retry task writes, atomically.
+    pub(crate) fn shared_lane(&self) -> &LaneCounters {
+        &self.shards[self.shards.len() - 1]
     }
 
     fn sum(&self, pick: impl Fn(&LaneCounters) -> &AtomicU64) -> u64 {
