@@ -74,20 +74,26 @@ impl KafkaBroker {
     /// `messaging.connect.timeout.ms` (10 s by default), and at once, with
     /// [`BrokerError::Config`] naming the variable, on a property librdkafka refuses.
     pub async fn connect_with(settings: KafkaSettings) -> Result<Self, BrokerError> {
-        let publisher = Publisher::new(settings.client_config(PRODUCER_DEFAULTS, &[]))
-            .map_err(|e| creation_error("create producer", e, &settings))?;
-        let probe = publisher.producer();
-        let servers = settings.bootstrap_servers().to_owned();
-        let timeout = settings.connect_timeout;
-        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, timeout))
-            .await
-            .map_err(|e| operation("connect", e))?
-            .map_err(|error| {
+        // Creating clients starts their threads and waits for them, and the probe blocks:
+        // none of it on a Tokio worker.
+        let (settings, publisher, topics) = tokio::task::spawn_blocking(move || {
+            let publisher = Publisher::new(settings.client_config(PRODUCER_DEFAULTS, &[]))
+                .map_err(|e| creation_error("create producer", e, &settings))?;
+            let servers = settings.bootstrap_servers().to_owned();
+            let timeout = settings.connect_timeout;
+            if let Err(error) = publisher.producer().client().fetch_metadata(None, timeout) {
                 tracing::debug!(%error, "Kafka metadata request failed");
-                connection(KafkaSetupError::Unreachable { servers, timeout })
-            })?;
-        let publisher = Arc::new(publisher);
-        let topics = Topics::new(&settings, Arc::clone(&publisher))?;
+                return Err(connection(KafkaSetupError::Unreachable {
+                    servers,
+                    timeout,
+                }));
+            }
+            let publisher = Arc::new(publisher);
+            let topics = Topics::new(&settings, Arc::clone(&publisher))?;
+            Ok((settings, publisher, topics))
+        })
+        .await
+        .map_err(|e| operation("connect", e))??;
         Ok(Self {
             inner: Arc::new(Inner {
                 settings,
@@ -177,13 +183,22 @@ impl KafkaBroker {
             subscription.topics.first().cloned().unwrap_or_default(),
             drain_timeout,
         );
-        let consumer: GroupConsumer = config
-            .create_with_context(context)
-            .map_err(|e| creation_error("create consumer", e, &inner.settings))?;
-        let topics: Vec<&str> = subscription.topics.iter().map(String::as_str).collect();
-        rdkafka::consumer::Consumer::subscribe(&consumer, &topics)
-            .map_err(|e| from_kafka("subscribe", e))?;
-        Ok(consumer)
+        // On a blocking thread: `rd_kafka_subscribe` waits for librdkafka's main thread to
+        // serve the request, which can take up to its one-second timer round (a Tokio worker
+        // stalled that long), and creating the client starts and awaits its threads.
+        let settings = inner.settings.clone();
+        let topics = subscription.topics.clone();
+        tokio::task::spawn_blocking(move || {
+            let consumer: GroupConsumer = config
+                .create_with_context(context)
+                .map_err(|e| creation_error("create consumer", e, &settings))?;
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            rdkafka::consumer::Consumer::subscribe(&consumer, &topics)
+                .map_err(|e| from_kafka("subscribe", e))?;
+            Ok(consumer)
+        })
+        .await
+        .map_err(|e| operation("subscribe", e))?
     }
 }
 

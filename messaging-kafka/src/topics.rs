@@ -23,7 +23,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Creates topics on first use and remembers which exist.
 pub(crate) struct Topics {
-    admin: AdminClient<Quiet>,
+    /// `None` only while dropped: see the `Drop` impl.
+    admin: Option<AdminClient<Quiet>>,
     /// Its producer serves metadata requests, which block: a clone of the handle can move
     /// to a blocking thread.
     metadata: Arc<Publisher>,
@@ -50,7 +51,7 @@ impl Topics {
             .create_with_context(Quiet)
             .map_err(|e| creation_error("create admin client", e, settings))?;
         Ok(Self {
-            admin,
+            admin: Some(admin),
             metadata,
             partitions: settings.partitions,
             replication_factor: settings.replication_factor,
@@ -102,8 +103,10 @@ impl Topics {
         let options = AdminOptions::new()
             .request_timeout(Some(TIMEOUT))
             .operation_timeout(Some(TIMEOUT));
-        let results = self
-            .admin
+        let Some(admin) = &self.admin else {
+            return Err(operation("create topics", "the client is closing"));
+        };
+        let results = admin
             .create_topics(&new, &options)
             .await
             .map_err(|e| from_kafka("create topics", e))?;
@@ -160,6 +163,22 @@ impl Topics {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(topic.to_owned());
+        }
+    }
+}
+
+impl Drop for Topics {
+    /// The admin client joins its polling thread and destroys its librdkafka handle when
+    /// dropped, which blocks: done on a thread of its own, since the last clone of a broker
+    /// is often dropped on a Tokio worker.
+    fn drop(&mut self) {
+        if let Some(admin) = self.admin.take() {
+            let closing = std::thread::Builder::new()
+                .name("kafka-admin-close".to_owned())
+                .spawn(move || drop(admin));
+            if let Err(error) = closing {
+                tracing::debug!(%error, "could not close the admin client on a thread of its own");
+            }
         }
     }
 }
