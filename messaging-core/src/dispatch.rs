@@ -698,7 +698,7 @@ impl Dispatcher {
             acks.mark = self.clock.raw();
             return None;
         }
-        if let Some(wait) = not_yet_due(&message) {
+        if let Some(wait) = delivery.retry_due.then(|| not_yet_due(&message)).flatten() {
             invocation.message = message;
             return Some(Failed {
                 target: Arc::clone(target),

@@ -240,17 +240,19 @@ impl Message {
     /// Whether there is a trace id, and the earlier attempts, read in one pass over the
     /// headers: the dispatcher needs both for every message.
     pub(crate) fn delivery_headers(&self) -> DeliveryHeaders {
-        let (mut traced, mut attempts) = (false, None);
+        let (mut traced, mut attempts, mut retry_due) = (false, None, false);
         for (name, value) in &self.headers {
             match name {
                 header::TRACE_ID => traced = true,
                 header::ATTEMPT => attempts = Some(value),
+                header::RETRY_DUE => retry_due = true,
                 _ => {}
             }
         }
         DeliveryHeaders {
             traced,
             previous_attempts: parse_attempts(attempts),
+            retry_due,
         }
     }
 
@@ -297,6 +299,8 @@ pub(crate) struct DeliveryHeaders {
     /// Whether it carries a trace id (the attempts that need it look it up).
     pub traced: bool,
     pub previous_attempts: u32,
+    /// Whether it came from a retry topic with a due time (looked up when it does).
+    pub retry_due: bool,
 }
 
 fn parse_attempts(header: Option<&str>) -> u32 {
