@@ -11,8 +11,9 @@
 //! {"id":"…","name":"user.created","data":{}}
 //! ```
 //!
-//! Without a blank line the whole input is the body. Header bytes are turned into text
-//! lossily, as every broker crate does. A `key:` line sets the message key.
+//! Without a blank line the whole input is the body. Header names are turned into text
+//! lossily; values and the key keep their bytes, as every broker crate keeps them. A `key:`
+//! line sets the message key.
 //!
 //! Run with: cargo +nightly fuzz run decoders fuzz/corpus/decoders fuzz/seeds/decoders
 
@@ -24,7 +25,7 @@ use messaging_core::dlq::OriginalMessage;
 use messaging_core::envelope::event_name;
 use messaging_core::message::header;
 use messaging_core::{
-    DeadLetterRecord, EnvelopeFields, Event, FailureKind, HandlerError, Headers, Message, Position,
+    DeadLetterRecord, EnvelopeFields, Event, FailureKind, HandlerError, Headers, Key, Message, Position,
     decode_event, decode_json,
 };
 use serde::Deserialize;
@@ -54,15 +55,14 @@ fn message(data: &[u8]) -> Message {
             Some(at) => (&line[..at], line[at + 1..].trim_ascii_start()),
             None => (line, &[][..]),
         };
-        let value = String::from_utf8_lossy(value).into_owned();
         if name == b"key" {
-            key = Some(value);
+            key = Some(Key::from(value));
         } else {
             headers.insert(String::from_utf8_lossy(name).into_owned(), value);
         }
     }
     Message {
-        topic: "fuzz".to_owned(),
+        topic: "fuzz".into(),
         key,
         payload: Bytes::copy_from_slice(body),
         headers,

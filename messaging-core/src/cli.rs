@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::{ConnectionState, connect_once, linked_backends};
 use crate::config::{Config, configured_in_code, parse_duration, try_current_config};
-use crate::dlq::{DeadLetterRecord, resolve_dlq_topic};
+use crate::dlq::{DeadLetterRecord, OriginalMessage, resolve_dlq_topic};
 use crate::error::Error;
 use crate::health::{self, Health};
 use crate::metrics::metrics;
@@ -498,7 +498,7 @@ async fn dlq_list(args: DlqArgs) -> Result<ExitCode, Error> {
                 r.original.truncated,
                 r.handler,
                 r.group,
-                r.original.key.as_deref().unwrap_or("-"),
+                shown_key(&r.original),
                 r.original.position,
                 r.error.message,
             ),
@@ -506,6 +506,15 @@ async fn dlq_list(args: DlqArgs) -> Result<ExitCode, Error> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A record's key as `dlq list` shows it: text as is, other bytes as `base64:…`, none as `-`.
+fn shown_key(original: &OriginalMessage) -> String {
+    match (&original.key, original.key_encoding.as_deref()) {
+        (None, _) => "-".to_owned(),
+        (Some(key), Some(encoding)) => format!("{encoding}:{key}"),
+        (Some(key), None) => key.clone(),
+    }
 }
 
 async fn dlq_replay(args: ReplayArgs) -> Result<ExitCode, Error> {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::rfc3339;
 use crate::error::FailureKind;
-use crate::message::{Headers, Message, OutgoingMessage, header};
+use crate::message::{Headers, Key, Message, OutgoingMessage, header};
 
 /// The current record version.
 pub const RECORD_VERSION: u32 = 1;
@@ -126,9 +126,13 @@ pub fn replays_of(message: &Message) -> u32 {
 pub struct OriginalMessage {
     /// Topic it arrived on.
     pub topic: String,
-    /// Its key.
+    /// Its key: UTF-8 text as is, anything else in base64 (then `key_encoding` is
+    /// `"base64"`).
     #[serde(default)]
     pub key: Option<String>,
+    /// `"base64"` when `key` is base64; absent for UTF-8 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_encoding: Option<String>,
     /// The body: UTF-8 text as is, anything else in base64 (then `encoding` is `"base64"`).
     pub payload: String,
     /// `"base64"` when `payload` is base64; absent for UTF-8 text.
@@ -174,9 +178,18 @@ impl OriginalMessage {
     }
 
     fn with_body(message: &Message, payload: String, encoding: Option<String>) -> Self {
+        let (key, key_encoding) = match message.key.as_ref().map(|key| (key.as_str(), key)) {
+            None => (None, None),
+            Some((Some(text), _)) => (Some(text.to_owned()), None),
+            Some((None, key)) => (
+                Some(BASE64.encode(key.as_bytes())),
+                Some("base64".to_owned()),
+            ),
+        };
         Self {
             topic: message.topic.to_string(),
-            key: message.key.clone(),
+            key,
+            key_encoding,
             payload,
             encoding,
             headers: message.headers.clone(),
@@ -214,6 +227,17 @@ impl OriginalMessage {
         self.truncated = true;
     }
 
+    /// The original key's bytes.
+    pub fn key_bytes(&self) -> Result<Option<Key>, base64::DecodeError> {
+        let Some(key) = &self.key else {
+            return Ok(None);
+        };
+        Ok(Some(match self.key_encoding.as_deref() {
+            Some("base64") => Key::from(BASE64.decode(key)?),
+            _ => Key::from(key.as_str()),
+        }))
+    }
+
     /// The original body bytes.
     pub fn payload_bytes(&self) -> Result<Bytes, base64::DecodeError> {
         match self.encoding.as_deref() {
@@ -238,7 +262,7 @@ impl OriginalMessage {
         headers.insert(header::REPLAYED.to_owned(), "1".to_owned());
         Ok(OutgoingMessage {
             topic: self.topic.clone(),
-            key: self.key.clone(),
+            key: self.key_bytes()?,
             payload: self.payload_bytes()?,
             headers,
         })
@@ -301,7 +325,9 @@ impl DeadLetterRecord {
             }
         }
         let mut message = OutgoingMessage::new(dlq_topic, payload).with_header(DLQ_HEADER, "1");
-        message.key = self.original.key.clone();
+        // The record's own key is the original's, so that it can be found by it; a garbled
+        // one (never written by the framework) is left out rather than failing the write.
+        message.key = self.original.key_bytes().ok().flatten();
         if let Some(name) = &self.event_name {
             message.headers.insert(header::EVENT_NAME, name.clone());
         }

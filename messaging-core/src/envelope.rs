@@ -116,10 +116,12 @@ impl EnvelopeFields {
 /// The event name of a message: the header when present, else the envelope's name field.
 /// `None` when the body is not an object with a string in that field.
 pub fn event_name(message: &Message, fields: &EnvelopeFields) -> Option<String> {
+    // A name header that is not UTF-8 still names the event (lossily; no handler has that
+    // name): the body is not asked instead.
     if fields.is_standard()
-        && let Some(name) = message.header(header::EVENT_NAME)
+        && let Some(name) = message.headers.get_bytes(header::EVENT_NAME)
     {
-        return Some(name.to_owned());
+        return Some(crate::headers::text(name).into_owned());
     }
     let object: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&message.payload).ok()?;

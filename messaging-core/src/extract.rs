@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::error::HandlerError;
 use crate::handler::Invocation;
-use crate::message::{Headers, Position, header};
+use crate::message::{Headers, Key, Position, header};
 use crate::producer::Producer;
 
 type AnyArc = Arc<dyn Any + Send + Sync>;
@@ -102,8 +102,8 @@ impl<T: Send + Sync + 'static> FromContext for State<T> {
 pub struct Metadata {
     /// Its topic.
     pub topic: String,
-    /// Its key.
-    pub key: Option<String>,
+    /// Its key (bytes; [`Metadata::key_str`] reads it as text).
+    pub key: Option<Key>,
     /// Its headers.
     pub headers: Headers,
     /// The broker position (partition/offset, stream id, delivery tag).
@@ -116,6 +116,13 @@ pub struct Metadata {
     pub event_name: Option<String>,
     /// The handler running.
     pub handler: &'static str,
+}
+
+impl Metadata {
+    /// The key as text, when there is one and it is UTF-8.
+    pub fn key_str(&self) -> Option<&str> {
+        self.key.as_ref().and_then(Key::as_str)
+    }
 }
 
 impl FromContext for Metadata {

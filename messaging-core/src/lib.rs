@@ -18,6 +18,7 @@ pub mod handler;
 pub mod headers;
 #[cfg(feature = "cli")]
 pub mod health;
+pub mod key;
 pub mod memory;
 pub mod message;
 pub mod metrics;
@@ -41,6 +42,7 @@ pub use envelope::{EnvelopeFields, Event, TypedEvent, decode_event, decode_json}
 pub use error::{BrokerError, Error, FailureKind, HandlerError};
 pub use extract::{Context, FromContext, Metadata, State};
 pub use handler::{BoxFuture, Invocation};
+pub use key::Key;
 pub use memory::MemoryBroker;
 pub use message::{Headers, Message, OutgoingMessage, Position, TopicName, TopicNames};
 pub use producer::{Producer, SendOptions, get_producer, install_producer, publish, publish_event};

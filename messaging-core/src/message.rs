@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use crate::key::Key;
+
 /// Header names the framework writes and reads. Every broker carries them natively (Kafka
 /// headers, AMQP headers, Redis stream fields), so routing never needs to parse a body.
 pub mod header {
@@ -206,8 +208,8 @@ pub struct Message {
     /// a broker hands every message of a topic the same string, so none copies it, and the
     /// dispatcher's comparisons read memory that is already in the cache.
     pub topic: TopicName,
-    /// The key, if the publisher set one.
-    pub key: Option<String>,
+    /// The key, if the publisher set one: bytes, read as text with [`Message::key_str`].
+    pub key: Option<Key>,
     /// The body, exactly as published.
     pub payload: Bytes,
     /// Headers, framework ones included.
@@ -226,9 +228,14 @@ impl Message {
         }
     }
 
-    /// A header value.
+    /// A header value as text (`None` when absent or not UTF-8; see [`Headers::get_bytes`]).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name)
+    }
+
+    /// The key as text, when there is one and it is UTF-8.
+    pub fn key_str(&self) -> Option<&str> {
+        self.key.as_ref().and_then(Key::as_str)
     }
 
     /// Attempts made by earlier deliveries, from the framework header (never from a
@@ -244,7 +251,7 @@ impl Message {
         for (name, value) in &self.headers {
             match name {
                 header::TRACE_ID => traced = true,
-                header::ATTEMPT => attempts = Some(value),
+                header::ATTEMPT => attempts = std::str::from_utf8(value).ok(),
                 header::RETRY_DUE => retry_due = true,
                 _ => {}
             }
@@ -312,8 +319,8 @@ fn parse_attempts(header: Option<&str>) -> u32 {
 pub struct OutgoingMessage {
     /// Destination topic.
     pub topic: String,
-    /// Optional key (partitioning on Kafka, a header elsewhere).
-    pub key: Option<String>,
+    /// Optional key (partitioning on Kafka, a header elsewhere): text or bytes.
+    pub key: Option<Key>,
     /// The body.
     pub payload: Bytes,
     /// Headers to send.
@@ -330,14 +337,14 @@ impl OutgoingMessage {
         }
     }
 
-    /// Sets the key.
-    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+    /// Sets the key (text or bytes).
+    pub fn with_key(mut self, key: impl Into<Key>) -> Self {
         self.key = Some(key.into());
         self
     }
 
-    /// Adds a header.
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    /// Adds a header (its value text or bytes).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.insert(name, value);
         self
     }
@@ -381,7 +388,7 @@ mod tests {
     fn keys_keep_their_lane_and_spread_over_all_lanes() {
         let keyed = |key: String| {
             let mut m = Message::new("orders", Vec::<u8>::new());
-            m.key = Some(key);
+            m.key = Some(key.into());
             m
         };
         let mut per_lane = [0usize; 16];
@@ -414,7 +421,7 @@ mod tests {
                 partition,
                 offset: 7,
             };
-            m.key = key.map(str::to_owned);
+            m.key = key.map(Key::from);
             m.ordering_key()
         };
         assert_eq!(at(1, Some("user-1")), at(1, Some("user-1")));

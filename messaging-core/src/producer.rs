@@ -25,7 +25,7 @@ use crate::config::{Config, current_config};
 use crate::envelope::{Event, TypedEvent};
 use crate::error::{BrokerError, Error};
 use crate::handler::BoxFuture;
-use crate::message::{Headers, OutgoingMessage, header};
+use crate::message::{Headers, Key, OutgoingMessage, header};
 use crate::metrics::metrics;
 use crate::trace;
 
@@ -85,23 +85,23 @@ impl std::fmt::Debug for Producer {
 /// Key and headers for [`Producer::send_with`].
 #[derive(Clone, Debug, Default)]
 pub struct SendOptions {
-    /// The message key (Kafka partitioning; a header elsewhere).
-    pub key: Option<String>,
+    /// The message key (Kafka partitioning; a header elsewhere): text or bytes.
+    pub key: Option<Key>,
     /// Extra headers.
     pub headers: Headers,
 }
 
 impl SendOptions {
-    /// Options with this key.
-    pub fn key(key: impl Into<String>) -> Self {
+    /// Options with this key (text or bytes).
+    pub fn key(key: impl Into<Key>) -> Self {
         Self {
             key: Some(key.into()),
             headers: Headers::new(),
         }
     }
 
-    /// Adds a header.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    /// Adds a header (its value text or bytes).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.insert(name, value);
         self
     }
@@ -239,7 +239,7 @@ impl Producer {
                 .headers
                 .insert(header::TRACE_ID.to_owned(), trace.clone());
         }
-        message.key = key;
+        message.key = key.map(Key::from);
         Ok((event.id, message))
     }
 

@@ -11,8 +11,8 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use messaging_core::dlq::{DLQ_HEADER, OriginalMessage, RECORD_VERSION, RecordedError};
 use messaging_core::message::header;
 use messaging_core::{
-    DeadLetterRecord, EnvelopeFields, Event, FailureKind, Headers, Message, Position, decode_event,
-    decode_json,
+    DeadLetterRecord, EnvelopeFields, Event, FailureKind, Headers, Key, Message, Position,
+    decode_event, decode_json,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -106,7 +106,7 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
-/// Header names and values as brokers deliver them (any text, lossily converted bytes).
+/// Header names and values as brokers deliver them (any text names, any bytes as values).
 fn headers() -> impl Strategy<Value = Headers> {
     btree_map(
         prop_oneof![
@@ -119,7 +119,10 @@ fn headers() -> impl Strategy<Value = Headers> {
                 header::REPLAYED.to_owned(),
             ]),
         ],
-        any::<String>(),
+        prop_oneof![
+            any::<String>().prop_map(String::into_bytes),
+            vec(any::<u8>(), 0..16)
+        ],
         0..8,
     )
     .prop_map(Headers::from_iter)
@@ -145,7 +148,10 @@ fn position() -> impl Strategy<Value = Position> {
 fn message() -> impl Strategy<Value = Message> {
     (
         any::<String>(),
-        any::<Option<String>>(),
+        prop::option::of(prop_oneof![
+            any::<String>().prop_map(Key::from),
+            vec(any::<u8>(), 0..24).prop_map(Key::from),
+        ]),
         hostile_bytes(),
         headers(),
         position(),
@@ -306,7 +312,11 @@ proptest! {
             std::str::from_utf8(&message.payload).err().map(|_| "base64")
         );
         prop_assert_eq!(&original.headers, &message.headers);
-        prop_assert_eq!(&original.key, &message.key);
+        prop_assert_eq!(original.key_bytes().unwrap(), message.key.clone());
+        prop_assert_eq!(
+            original.key_encoding.as_deref(),
+            message.key.as_ref().filter(|k| k.as_str().is_none()).map(|_| "base64")
+        );
         prop_assert_eq!(original.position, message.position.to_string());
     }
 
@@ -400,7 +410,7 @@ proptest! {
     fn dead_letter_records_round_trip(record in message().prop_flat_map(record)) {
         let out = record.to_message("t.dlq");
         prop_assert_eq!(out.headers.get(DLQ_HEADER), Some("1"));
-        prop_assert_eq!(&out.key, &record.original.key);
+        prop_assert_eq!(out.key, record.original.key_bytes().unwrap());
         let back = DeadLetterRecord::from_bytes(&out.payload).unwrap();
         prop_assert_eq!(back, record);
     }

@@ -135,7 +135,7 @@ async fn ok_publishes_the_envelope_after_the_handler_returned_with_the_key() {
 
     let messages = published("event-test.users", 1).await;
     let m = &messages[0];
-    assert_eq!(m.key.as_deref(), Some("7"), "key_field sets the key");
+    assert_eq!(m.key_str(), Some("7"), "key_field sets the key");
     assert_eq!(m.header("x-event-name"), Some("user.created"));
     let event: Event<serde_json::Value> = serde_json::from_slice(&m.payload).unwrap();
     assert_eq!(event.name, "user.created");

@@ -19,7 +19,7 @@ async fn one_failing_key_holds_back_only_its_own_messages() {
     let handler = HandlerSpec::new("keyed", [TOPIC], {
         let late = Arc::clone(&late);
         move |inv: Invocation| {
-            let result = if inv.message.key.as_deref() == Some("k0") {
+            let result = if inv.message.key_str() == Some("k0") {
                 Err(HandlerError::retryable("k0 always fails"))
             } else {
                 let sent: u64 = String::from_utf8_lossy(&inv.message.payload)
@@ -45,7 +45,7 @@ async fn one_failing_key_holds_back_only_its_own_messages() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let sent = started.elapsed().as_millis() as u64;
         let mut message = OutgoingMessage::new(TOPIC, sent.to_string().into_bytes());
-        message.key = Some(format!("k{}", seq % 50));
+        message.key = Some(format!("k{}", seq % 50).into());
         harness.send_raw(message).await.unwrap();
     }
     harness.wait_idle().await;

@@ -378,7 +378,7 @@ mod tests {
             .map(|m| {
                 (
                     String::from_utf8(m.payload.to_vec()).unwrap(),
-                    m.key.clone().expect("a key"),
+                    m.key_str().expect("a text key").to_owned(),
                     m.header(header::TRACE_ID).expect("its header").to_owned(),
                 )
             })

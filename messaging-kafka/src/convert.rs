@@ -1,9 +1,8 @@
-//! Between the framework's messages and Kafka records. Keys and header values that are not
-//! UTF-8 are converted lossily (the framework's headers are text), never rejected.
+//! Between the framework's messages and Kafka records. Keys and header values are bytes and
+//! kept exactly; header names that are not UTF-8 are converted lossily, never rejected.
 
 use bytes::Bytes;
-use messaging_core::headers::text;
-use messaging_core::{Message, Position, TopicNames};
+use messaging_core::{Key, Message, Position, TopicNames};
 use rdkafka::message::Headers as _;
 
 /// A received record as a new message of the framework's.
@@ -32,10 +31,10 @@ pub(crate) fn fill(
         position,
     } = message;
     match record.headers() {
-        // Into the strings a reused message holds already.
+        // Into the buffers a reused message holds already.
         Some(h) => headers.refill(
             h.iter()
-                .map(|header| (header.key, header.value.map(text).unwrap_or_default())),
+                .map(|header| (header.key, header.value.unwrap_or_default())),
         ),
         None => headers.clear(),
     }
@@ -45,11 +44,7 @@ pub(crate) fn fill(
         None => names.get(record.topic()),
     };
     match record.key() {
-        Some(bytes) => {
-            let held = key.get_or_insert_with(String::new);
-            held.clear();
-            held.push_str(&text(bytes));
-        }
+        Some(bytes) => key.get_or_insert_with(Key::default).assign(bytes),
         None => *key = None,
     }
     *body = payload;
@@ -66,7 +61,7 @@ mod tests {
     use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 
     #[test]
-    fn records_become_messages_with_lossy_text() {
+    fn records_become_messages_with_their_bytes_kept() {
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "x-event-name",
@@ -94,10 +89,12 @@ mod tests {
         assert_eq!(&*m.topic, "orders");
         let again = to_message(&record, &names);
         assert!(m.topic.ptr_eq(&again.topic), "one string per topic");
-        assert_eq!(m.key.as_deref(), Some("k\u{fffd}"));
+        assert_eq!(m.key, Some(Key::from(&[0x6b, 0xfe])));
+        assert_eq!(m.key_str(), None, "not text");
         assert_eq!(&m.payload[..], b"{\"id\":1}");
         assert_eq!(m.header("x-event-name"), Some("user.created"));
-        assert_eq!(m.header("binary"), Some("f\u{fffd}o"));
+        assert_eq!(m.header("binary"), None, "not text");
+        assert_eq!(m.headers.get_bytes("binary"), Some(&[0x66, 0xff, 0x6f][..]));
         assert_eq!(m.header("empty"), Some(""));
         assert_eq!(m.position.to_string(), "partition 2 offset 1187");
     }
@@ -128,7 +125,10 @@ mod tests {
         let mut message = to_message(&record(1, Some(two)), &names);
         assert_eq!(
             message.headers.iter().collect::<Vec<_>>(),
-            [("x-event-name", "user.created"), ("x-trace-id", "t-1")]
+            [
+                ("x-event-name", &b"user.created"[..]),
+                ("x-trace-id", &b"t-1"[..])
+            ]
         );
         let one = OwnedHeaders::new().insert(Header {
             key: "x-source",
@@ -137,7 +137,7 @@ mod tests {
         fill(&mut message, &record(2, Some(one)), &names, Bytes::new());
         assert_eq!(
             message.headers.iter().collect::<Vec<_>>(),
-            [("x-source", "svc")]
+            [("x-source", &b"svc"[..])]
         );
         fill(&mut message, &record(3, None), &names, Bytes::new());
         assert!(message.headers.is_empty());

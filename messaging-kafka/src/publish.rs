@@ -148,7 +148,7 @@ fn owned_headers(headers: &Headers) -> OwnedHeaders {
         |all, (name, value)| {
             all.insert(Header {
                 key: name,
-                value: Some(value.as_bytes()),
+                value: Some(value),
             })
         },
     )

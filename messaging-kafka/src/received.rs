@@ -134,12 +134,12 @@ mod tests {
         // Still held: the next record gets a message of its own.
         let second = received.make(&record(1, None, b"two"), &names);
         assert_ne!(Arc::as_ptr(&second), first_at);
-        assert_eq!(first.key.as_deref(), Some("a"));
+        assert_eq!(first.key_str(), Some("a"));
         assert_eq!(&first.payload[..], b"one");
         drop(first);
         let third = received.make(&record(2, Some("c"), b"three"), &names);
         assert_eq!(Arc::as_ptr(&third), first_at, "the first, reused");
-        assert_eq!(third.key.as_deref(), Some("c"));
+        assert_eq!(third.key_str(), Some("c"));
         assert_eq!(&third.payload[..], b"three");
         assert_eq!(third.position.to_string(), "partition 0 offset 2");
         assert_eq!(second.key, None);

@@ -73,7 +73,7 @@ async fn a_retried_message_holds_back_its_key_only() {
                 let Position::Partition { partition, offset } = inv.message.position else {
                     panic!("not a Kafka position");
                 };
-                let key = inv.message.key.clone().unwrap_or_default();
+                let key = inv.message.key_str().unwrap_or_default().to_owned();
                 // Message 0 fails twice, then succeeds on its third attempt.
                 let ok = n != 0 || inv.attempt >= 3;
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{connect, unique};
@@ -50,11 +49,10 @@ fn contents(messages: &[Message]) -> Vec<String> {
     let mut all: Vec<String> = messages
         .iter()
         .map(|m| {
-            let headers: BTreeMap<&str, &str> = m.headers.iter().collect();
             format!(
                 "{:?} {:?} {}",
                 m.key,
-                headers,
+                m.headers,
                 String::from_utf8_lossy(&m.payload)
             )
         })

@@ -1,6 +1,7 @@
-//! Headers on the wire: every header of an outgoing message travels as an AMQP long string,
-//! the key as the `x-message-key` header (AMQP has no message key). Incoming headers of any
-//! AMQP type are turned into strings, lossily, never rejected.
+//! Headers on the wire: every header of an outgoing message travels as an AMQP long string
+//! (bytes, kept exactly), the key as the `x-message-key` header (AMQP has no message key).
+//! Incoming long strings and byte arrays keep their bytes; headers of the other AMQP types
+//! are turned into text, never rejected.
 
 use std::fmt::Write as _;
 
@@ -10,7 +11,7 @@ use lapin::types::{AMQPValue, DecimalValue, FieldTable, LongString, ShortString}
 use lapin::{Acker, BasicProperties};
 use messaging_core::headers::text;
 use messaging_core::message::header;
-use messaging_core::{Headers, Message, OutgoingMessage, Position, TopicNames};
+use messaging_core::{Headers, Key, Message, OutgoingMessage, Position, TopicNames};
 
 use crate::error::RabbitError;
 
@@ -24,7 +25,7 @@ pub(crate) fn properties(message: &OutgoingMessage) -> Result<BasicProperties, R
     for (name, value) in &message.headers {
         table.insert(
             header_name(name)?,
-            AMQPValue::LongString(LongString::from(value.as_bytes())),
+            AMQPValue::LongString(LongString::from(value)),
         );
     }
     if let Some(key) = &message.key {
@@ -69,7 +70,7 @@ pub(crate) fn to_message(delivery: Delivery, names: &TopicNames) -> (Message, Ac
         .as_ref()
         .map(to_headers)
         .unwrap_or_default();
-    let key = headers.remove(header::KEY);
+    let key = headers.remove(header::KEY).map(Key::from);
     let message = Message {
         topic: names.get(routing_key.as_str()),
         key,
@@ -80,13 +81,22 @@ pub(crate) fn to_message(delivery: Delivery, names: &TopicNames) -> (Message, Ac
     (message, acker)
 }
 
-/// Every entry of an AMQP table as a string.
+/// Every entry of an AMQP table as a header: long strings and byte arrays as their bytes,
+/// other values as text.
 pub(crate) fn to_headers(table: &FieldTable) -> Headers {
     table
         .inner()
         .iter()
-        .map(|(name, value)| (name.to_string(), value_to_string(value)))
+        .map(|(name, value)| (name.to_string(), value_to_bytes(value)))
         .collect()
+}
+
+fn value_to_bytes(value: &AMQPValue) -> Vec<u8> {
+    match value {
+        AMQPValue::LongString(v) => v.as_bytes().to_vec(),
+        AMQPValue::ByteArray(v) => v.as_slice().to_vec(),
+        other => value_to_string(other).into_bytes(),
+    }
 }
 
 /// A header value of any AMQP type as text: strings and byte arrays as UTF-8 (invalid bytes
@@ -173,9 +183,21 @@ mod tests {
             Some("0190c0e2")
         );
         let headers = to_headers(properties.headers().as_ref().unwrap());
-        assert_eq!(headers[header::EVENT_NAME], "order.created");
-        assert_eq!(headers[header::ATTEMPT], "2");
-        assert_eq!(headers[header::KEY], "42");
+        assert_eq!(&headers[header::EVENT_NAME], "order.created");
+        assert_eq!(&headers[header::ATTEMPT], "2");
+        assert_eq!(&headers[header::KEY], "42");
+        let binary = OutgoingMessage::new("t", "x")
+            .with_key(&[0xff, 0x00])
+            .with_header("id", &[0xfe][..]);
+        let headers = to_headers(
+            super::properties(&binary)
+                .unwrap()
+                .headers()
+                .as_ref()
+                .unwrap(),
+        );
+        assert_eq!(headers.get_bytes(header::KEY), Some(&[0xff, 0x00][..]));
+        assert_eq!(headers.get_bytes("id"), Some(&[0xfe][..]));
         assert!(matches!(
             properties.headers().as_ref().unwrap().inner()[header::EVENT_NAME],
             AMQPValue::LongString(_)
@@ -234,5 +256,11 @@ mod tests {
         for (value, expected) in cases {
             assert_eq!(value_to_string(&value), expected, "{value:?}");
         }
+        let binary = AMQPValue::LongString(LongString::from(&b"ok \xff"[..]));
+        assert_eq!(
+            value_to_bytes(&binary),
+            b"ok \xff",
+            "long strings keep their bytes"
+        );
     }
 }

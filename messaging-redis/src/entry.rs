@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use bytes::Bytes;
 use messaging_core::message::header;
-use messaging_core::{Headers, Message, OutgoingMessage, Position, TopicName};
+use messaging_core::{Headers, Key, Message, OutgoingMessage, Position, TopicName};
 use redis::{Cmd, Value};
 
 use crate::error::RedisBrokerError;
@@ -63,7 +63,7 @@ pub(crate) fn xadd(
     }
     cmd.arg("*").arg(PAYLOAD_FIELD).arg(&message.payload[..]);
     if let Some(key) = &message.key {
-        cmd.arg(header::KEY).arg(key);
+        cmd.arg(header::KEY).arg(key.as_bytes());
     }
     for (name, value) in &message.headers {
         if name == PAYLOAD_FIELD {
@@ -105,9 +105,9 @@ fn decode(topic: TopicName, id: String, fields: Vec<Value>) -> Message {
         if name == PAYLOAD_FIELD {
             payload = Some(Bytes::from(bytes_of(value)));
         } else if name == header::KEY {
-            key = Some(text(bytes_of(value)));
+            key = Some(Key::from(bytes_of(value)));
         } else {
-            headers.insert(name, text(bytes_of(value)));
+            headers.insert(name, bytes_of(value));
         }
     }
     let payload = match payload {
@@ -116,10 +116,10 @@ fn decode(topic: TopicName, id: String, fields: Vec<Value>) -> Message {
             let mut object: serde_json::Map<String, serde_json::Value> =
                 std::mem::take(&mut headers)
                     .into_iter()
-                    .map(|(k, v)| (k, v.into()))
+                    .map(|(k, v)| (k, text(v).into()))
                     .collect();
             if let Some(key) = key.take() {
-                object.insert(header::KEY.to_owned(), key.into());
+                object.insert(header::KEY.to_owned(), key.to_text_lossy().into());
             }
             Bytes::from(serde_json::Value::Object(object).to_string())
         }
@@ -146,7 +146,8 @@ fn bytes_of(value: Value) -> Vec<u8> {
     }
 }
 
-/// Header values that are not UTF-8 are converted lossily, never rejected.
+/// Field names (and, in a foreign entry's JSON body, values) that are not UTF-8 are
+/// converted lossily, never rejected.
 fn text(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
@@ -328,7 +329,7 @@ mod tests {
         let mut entries = entries.into_iter();
         let message = entries.next().unwrap().into_message("orders").unwrap();
         assert_eq!(&message.payload[..], b"body");
-        assert_eq!(message.key.as_deref(), Some("k"));
+        assert_eq!(message.key_str(), Some("k"));
         assert_eq!(message.header(header::TRACE_ID), Some("t"));
         assert!(!message.headers.contains_key(header::KEY));
         assert_eq!(message.position, Position::StreamId("1-0".into()));

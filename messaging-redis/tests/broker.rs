@@ -41,7 +41,7 @@ async fn entries_carry_payload_key_and_every_header() {
     assert_eq!(got.len(), 1);
     let m = &got[0];
     assert_eq!(m.topic, topic);
-    assert_eq!(m.key.as_deref(), Some("order-42"));
+    assert_eq!(m.key_str(), Some("order-42"));
     assert_eq!(
         m.payload, out.payload,
         "binary payloads arrive byte for byte"

@@ -36,9 +36,9 @@ const CASE: &str = "x-hostile-case";
 pub struct RawMessage {
     /// Topic (Kafka topic, AMQP routing key, Redis stream).
     pub topic: String,
-    /// The key; on RabbitMQ and Redis it travels where the framework looks for it
-    /// (`x-message-key`).
-    pub key: Option<String>,
+    /// The key, any bytes; on RabbitMQ and Redis it travels where the framework looks for
+    /// it (`x-message-key`).
+    pub key: Option<Vec<u8>>,
     /// The body.
     pub payload: Vec<u8>,
     /// Headers with raw byte values.
@@ -85,6 +85,7 @@ macro_rules! hostile_suite {
             typed_handler_dead_letters_hostile_bodies,
             event_consumer_skips_or_dead_letters_hostile_events,
             garbage_headers_never_stop_good_messages,
+            binary_keys_and_headers_survive_the_dlq_and_replay,
         );
     };
     (@each $connect:path, $raw:path, $limits:expr; $($name:ident),* $(,)?) => {
@@ -214,7 +215,7 @@ async fn send_all(raw: &dyn RawSend, topic: &str, steps: &[Step]) {
         headers.extend(step.headers.iter().cloned());
         raw.send(RawMessage {
             topic: topic.to_owned(),
-            key: Some("one-lane".to_owned()),
+            key: Some(b"one-lane".to_vec()),
             payload: step.payload.clone(),
             headers,
         })
@@ -641,10 +642,11 @@ pub async fn garbage_headers_never_stop_good_messages(
     let seen: BTreeMap<u64, Seen> = seen.all().into_iter().map(|s| (s.order_id, s)).collect();
     let m = &seen[&binary];
     assert_eq!(
-        m.message.header("x-binary"),
-        Some("f\u{fffd}\u{0}\u{fffd}o"),
-        "bytes that are not UTF-8 arrive converted lossily"
+        m.message.headers.get_bytes("x-binary"),
+        Some(&[0x66, 0xff, 0x00, 0xfe, 0x6f][..]),
+        "bytes that are not UTF-8 arrive exactly"
     );
+    assert_eq!(m.message.header("x-binary"), None, "and are not text");
     assert_eq!(m.attempt, 1, "an attempt count of `banana` counts as none");
     assert_eq!(seen[&huge_id].message.header("x-huge"), Some(huge.as_str()));
     assert_eq!(seen[&negative].attempt, 1);
@@ -659,9 +661,162 @@ pub async fn garbage_headers_never_stop_good_messages(
         records["bad-body-binary-header"]
             .original
             .headers
-            .get("x-binary"),
-        Some("\u{fffd}\u{fffd}"),
+            .get_bytes("x-binary"),
+        Some(&[0xff, 0xfe][..]),
         "the DLQ record keeps the header as delivered"
     );
+    runtime.shutdown().await.unwrap();
+}
+
+/// Keys and header values that are not UTF-8, written by another program, reach the handler
+/// byte for byte, are kept exactly in the DLQ record (base64 there), and `dlq replay` puts
+/// them back as they were: on Kafka, on the partition the original was on.
+pub async fn binary_keys_and_headers_survive_the_dlq_and_replay(
+    connect: Connect,
+    raw: ConnectRaw,
+    limits: Limits,
+) {
+    use messaging_core::Position;
+    use messaging_core::replay::{ReplayOptions, replay};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let s = Scenario::new(connect);
+    let topic = s.topic("binary");
+    let dlq_topic = format!("{topic}.dlq");
+    let failing = Arc::new(AtomicBool::new(true));
+    let seen: Log<Arc<Message>> = Log::default();
+    let handler = HandlerSpec::new("binary", [topic.as_str()], {
+        let (failing, seen) = (failing.clone(), seen.clone());
+        move |inv: Invocation| {
+            seen.push(inv.message.clone());
+            let fail = failing.load(Ordering::SeqCst);
+            async move {
+                match fail {
+                    true => Err(messaging_core::HandlerError::permanent(
+                        "refused until replay",
+                    )),
+                    false => Ok(()),
+                }
+            }
+        }
+    })
+    .group(s.group("binary"))
+    .retry(RetryPolicy::new(0, Duration::from_millis(10)));
+    let runtime = start(&s, limits, handler).await;
+    let sender = raw().await;
+
+    // Keys of several lengths (a UUID's 16 bytes among them), none of them UTF-8.
+    let keys: Vec<Vec<u8>> = (0u8..6)
+        .map(|i| {
+            let mut key = vec![0xff, 0x00, i];
+            key.extend(std::iter::repeat_n(0x80 | i, usize::from(i) * 3));
+            key
+        })
+        .collect();
+    for (i, key) in keys.iter().enumerate() {
+        sender
+            .send(RawMessage {
+                topic: topic.clone(),
+                key: Some(key.clone()),
+                payload: format!("{{\"n\":{i}}}").into_bytes(),
+                headers: vec![
+                    (CASE.to_owned(), format!("binary-{i}").into_bytes()),
+                    ("x-bin".to_owned(), vec![0xfe, i as u8]),
+                ],
+            })
+            .await;
+    }
+    let case_of = |m: &Message| m.header(CASE).map(str::to_owned).unwrap_or_default();
+
+    let mut records = BTreeMap::new();
+    wait_for("a DLQ record for each binary-key message", async || {
+        records = dlq_records(&runtime, &topic).await;
+        records.len() >= keys.len()
+    })
+    .await;
+    let first_seen: BTreeMap<String, Arc<Message>> =
+        seen.all().into_iter().map(|m| (case_of(&m), m)).collect();
+    let mut original_partitions = BTreeMap::new();
+    for (i, key) in keys.iter().enumerate() {
+        let case = format!("binary-{i}");
+        let handled = &first_seen[&case];
+        assert_eq!(
+            handled.key.as_ref().map(|k| k.as_bytes()),
+            Some(&key[..]),
+            "{case}: key"
+        );
+        assert_eq!(handled.key_str(), None, "{case}: the key is not text");
+        assert_eq!(
+            handled.headers.get_bytes("x-bin"),
+            Some(&[0xfe, i as u8][..])
+        );
+        let record = &records[&case][0];
+        assert_eq!(
+            record.original.key_encoding.as_deref(),
+            Some("base64"),
+            "{case}"
+        );
+        assert_eq!(
+            record
+                .original
+                .key_bytes()
+                .unwrap()
+                .as_ref()
+                .map(|k| k.as_bytes()),
+            Some(&key[..]),
+            "{case}: the record keeps the key exactly"
+        );
+        assert_eq!(
+            record.original.headers.get_bytes("x-bin"),
+            Some(&[0xfe, i as u8][..]),
+            "{case}: the record keeps the header exactly"
+        );
+        if let Position::Partition { partition, .. } = handled.position {
+            original_partitions.insert(case, partition);
+        }
+    }
+    if !original_partitions.is_empty() {
+        let distinct: HashSet<i32> = original_partitions.values().copied().collect();
+        assert!(
+            distinct.len() > 1,
+            "the keys spread over partitions: {original_partitions:?}"
+        );
+    }
+
+    failing.store(false, Ordering::SeqCst);
+    let broker = s.broker().await;
+    let report = replay(&*broker, &ReplayOptions::new(&topic, &dlq_topic))
+        .await
+        .expect("replay works");
+    assert_eq!(report.replayed, keys.len(), "{report}");
+    wait_for("every replayed message handled", async || {
+        seen.all()
+            .iter()
+            .filter(|m| m.header("x-messaging-replayed").is_some())
+            .count()
+            >= keys.len()
+    })
+    .await;
+    for m in seen
+        .all()
+        .iter()
+        .filter(|m| m.header("x-messaging-replayed").is_some())
+    {
+        let case = case_of(m);
+        let i: usize = case.trim_start_matches("binary-").parse().unwrap();
+        assert_eq!(
+            m.key.as_ref().map(|k| k.as_bytes()),
+            Some(&keys[i][..]),
+            "{case}: replayed key"
+        );
+        assert_eq!(m.headers.get_bytes("x-bin"), Some(&[0xfe, i as u8][..]));
+        if let Position::Partition { partition, .. } = m.position {
+            assert_eq!(
+                Some(&partition),
+                original_partitions.get(&case),
+                "{case}: replayed onto the original's partition"
+            );
+        }
+    }
     runtime.shutdown().await.unwrap();
 }

@@ -209,7 +209,7 @@ pub async fn delivers_to_a_message_handler(connect: Connect) {
         .map(|m| {
             (
                 decode_json(m).unwrap(),
-                m.key.clone(),
+                m.key_str().map(str::to_owned),
                 m.header("x-custom").map(str::to_owned),
             )
         })
@@ -970,7 +970,7 @@ pub async fn a_failing_key_holds_back_only_itself(connect: Connect) {
             let body: serde_json::Value = serde_json::from_slice(&inv.message.payload).unwrap();
             let seq = body["seq"].as_u64().unwrap();
             let sent = Duration::from_micros(body["at"].as_u64().unwrap());
-            let key = inv.message.key.clone().unwrap_or_default();
+            let key = inv.message.key_str().unwrap_or_default().to_owned();
             let result = if key == "k0" {
                 failing_attempts.push(seq);
                 Err(HandlerError::retryable("k0 always fails"))

@@ -56,7 +56,7 @@ impl RawSend for Produce {
                 .payload(&message.payload)
                 .headers(headers);
             if let Some(key) = &message.key {
-                record = record.key(key.as_str());
+                record = record.key(key.as_slice());
             }
             if let Err((error, _)) = self.0.send(record, Duration::from_secs(30)).await {
                 panic!("producing to {} failed: {error}", message.topic);

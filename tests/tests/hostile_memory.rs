@@ -18,11 +18,8 @@ struct Append(MemoryBroker);
 impl RawSend for Append {
     fn send(&self, message: RawMessage) -> BoxFuture<'_, ()> {
         let mut out = OutgoingMessage::new(message.topic, message.payload);
-        out.key = message.key;
-        for (name, value) in message.headers {
-            out.headers
-                .insert(name, String::from_utf8_lossy(&value).into_owned());
-        }
+        out.key = message.key.map(messaging_core::Key::from);
+        out.headers.extend(message.headers);
         self.0.append(out);
         Box::pin(async {})
     }

@@ -40,7 +40,7 @@ impl RawSend for Publish {
             if let Some(key) = &message.key {
                 headers.insert(
                     "x-message-key".into(),
-                    AMQPValue::LongString(LongString::from(key.as_bytes())),
+                    AMQPValue::LongString(LongString::from(key.as_slice())),
                 );
             }
             for (name, value) in &message.headers {
