@@ -9,15 +9,20 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BeatCreated {
+    /// The beat.
     pub beat_id: String,
+    /// Who uploaded it.
     pub user_id: String,
+    /// Where its audio is.
     pub audio_url: String,
 }
 
 /// The payload of `METRIC_CALCULATED`.
 #[derive(Debug, Deserialize)]
 pub struct MetricCalculated {
+    /// The metric's name.
     pub metric: String,
+    /// Its value.
     pub value: f64,
 }
 

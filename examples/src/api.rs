@@ -40,6 +40,7 @@ impl IntoResponse for ApiError {
 /// The body of `POST /users`.
 #[derive(Debug, Deserialize)]
 pub struct NewUser {
+    /// The new user's e-mail address.
     pub email: String,
 }
 
@@ -62,7 +63,9 @@ pub async fn register(Json(body): Json<NewUser>) -> Result<(StatusCode, Json<Use
 /// The body of `POST /orders`.
 #[derive(Debug, Deserialize)]
 pub struct NewOrder {
+    /// Who places it.
     pub user_id: u64,
+    /// What it costs.
     pub total: f64,
 }
 

@@ -9,23 +9,31 @@ use serde::{Deserialize, Serialize};
 /// A user as the API returns it; also the data of `user.created`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct User {
+    /// Its id.
     pub id: u64,
+    /// Its e-mail address.
     pub email: String,
 }
 
 /// The body of `orders.created`, published as is (no envelope).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OrderCreated {
+    /// The order.
     pub order_id: u64,
+    /// Who placed it.
     pub user_id: u64,
+    /// What it costs.
     pub total: f64,
 }
 
 /// Published once an order is paid.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PaymentCompleted {
+    /// The order paid.
     pub order_id: u64,
+    /// Who paid.
     pub user_id: u64,
+    /// What was charged.
     pub amount: f64,
 }
 

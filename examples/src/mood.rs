@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 /// `user.mood.created`, fired by `POST /mood-entries`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MoodCreated {
+    /// Whose entry it is.
     pub user_id: String,
+    /// The mood, 1 (low) to 10.
     pub mood_score: u8,
+    /// Free tags the user chose.
     pub tags: Vec<String>,
 }
 
@@ -25,8 +28,11 @@ impl TypedEvent for MoodCreated {
 /// The user's context after a new entry.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContextAggregated {
+    /// Whose context it is.
     pub user_id: String,
+    /// Mood entries seen so far.
     pub entries: u32,
+    /// Their average score.
     pub average_mood: f32,
 }
 
@@ -38,8 +44,11 @@ impl TypedEvent for ContextAggregated {
 /// The context as vectors.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContextVectorized {
+    /// Whose context it is.
     pub user_id: String,
+    /// The embedding.
     pub vector: Vec<f32>,
+    /// The model that made it.
     pub embedding_model: String,
 }
 

@@ -14,12 +14,19 @@ pub enum Error {
     /// `MESSAGING_BACKEND` (or `Config::backend`) names a broker that is not linked in.
     #[error("unknown messaging backend `{name}`; linked backends: {}", linked.join(", "))]
     UnknownBackend {
+        /// The name asked for.
         name: String,
+        /// The backends this binary has.
         linked: Vec<&'static str>,
     },
     /// A configuration value that does not parse.
     #[error("invalid configuration `{key}`: {message}")]
-    Config { key: String, message: String },
+    Config {
+        /// The setting (variable or `Config` field).
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The handler registry is inconsistent (duplicates, conflicting routes, missing state).
     #[error("handler registry: {0}")]
     Registry(String),
@@ -38,34 +45,46 @@ pub enum BrokerError {
     /// Could not reach the broker, or the connection was lost.
     #[error("{broker}: connection failed: {source}")]
     Connection {
+        /// The broker (`kafka`, `redis` …).
         broker: &'static str,
+        /// Why.
         #[source]
         source: BoxError,
     },
     /// The broker refused or failed an operation (publish not confirmed, ack refused …).
     #[error("{broker}: {operation} failed: {source}")]
     Operation {
+        /// The broker.
         broker: &'static str,
+        /// What it was doing (`publish`, `ack` …).
         operation: &'static str,
+        /// Why it failed.
         #[source]
         source: BoxError,
     },
     /// The backend cannot do this (e.g. browsing a topic on a broker that has no such notion).
     #[error("{broker}: {operation} is not supported")]
     Unsupported {
+        /// The broker.
         broker: &'static str,
+        /// What it cannot do.
         operation: &'static str,
     },
     /// The consumer or broker was closed.
     #[error("{broker}: closed")]
-    Closed { broker: &'static str },
+    Closed {
+        /// The broker.
+        broker: &'static str,
+    },
     /// A setting that can never work (a malformed URL, an unknown client property): no
     /// retry can fix it, so the connection loop gives up at once.
     #[error("{broker}: invalid `{variable}`: {message}")]
     Config {
+        /// The broker.
         broker: &'static str,
         /// The variable (or `Config` field) to fix, e.g. `REDIS_URL`.
         variable: String,
+        /// What is wrong with it.
         message: String,
     },
 }

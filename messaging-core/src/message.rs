@@ -46,7 +46,12 @@ pub enum Position {
     /// An offset in a single log (the memory broker).
     Offset(u64),
     /// A Kafka partition and offset.
-    Partition { partition: i32, offset: i64 },
+    Partition {
+        /// The partition.
+        partition: i32,
+        /// The record's offset in it.
+        offset: i64,
+    },
     /// A Redis stream entry id.
     StreamId(String),
     /// An AMQP delivery tag (valid on the channel that delivered it).

@@ -16,30 +16,45 @@ pub(crate) const NAME: &str = "kafka";
 pub enum KafkaSetupError {
     /// Only one of the two Confluent Cloud credentials is set.
     #[error("KAFKA_API_KEY and KAFKA_API_SECRET go together; {missing} is not set")]
-    HalfCredentials { missing: &'static str },
+    HalfCredentials {
+        /// The variable that is not set.
+        missing: &'static str,
+    },
     /// A `messaging.*` option with a value it cannot take (the value is not secret).
     #[error("`{name}` cannot be `{value}`")]
-    InvalidOption { name: String, value: String },
+    InvalidOption {
+        /// The option.
+        name: String,
+        /// The value given.
+        value: String,
+    },
     /// A `messaging.*` option this crate does not know.
     #[error(
         "unknown option `{name}`; this crate reads messaging.topic.partitions, \
          messaging.topic.replication.factor, messaging.join.timeout.ms and \
          messaging.connect.timeout.ms"
     )]
-    UnknownOption { name: String },
+    UnknownOption {
+        /// The option given.
+        name: String,
+    },
     /// The broker refused to create a topic.
     #[error(
         "could not create topic `{topic}`: {code}; create it beforehand, or allow this client to \
          create topics"
     )]
     CreateTopic {
+        /// The topic.
         topic: String,
+        /// The broker's answer.
         code: RDKafkaErrorCode,
     },
     /// The broker did not answer in time.
     #[error("no answer from {servers} within {timeout:?}")]
     Unreachable {
+        /// The bootstrap servers asked.
         servers: String,
+        /// How long it waited.
         timeout: std::time::Duration,
     },
 }

@@ -12,12 +12,20 @@ use crate::NAME;
 pub enum RabbitError {
     /// A topic that cannot be bound literally on a topic exchange.
     #[error("invalid topic `{topic}`: {reason}")]
-    InvalidTopic { topic: String, reason: &'static str },
+    InvalidTopic {
+        /// The topic.
+        topic: String,
+        /// Why it cannot be bound.
+        reason: &'static str,
+    },
     /// An exchange, queue or header name AMQP cannot carry.
     #[error("invalid {what} `{name}`: {reason}")]
     InvalidName {
+        /// `exchange`, `queue` or `header`.
         what: &'static str,
+        /// The name.
         name: String,
+        /// Why AMQP cannot carry it.
         reason: &'static str,
     },
     /// The broker negatively acknowledged a publish: it may not be stored.
@@ -29,8 +37,11 @@ pub enum RabbitError {
         "nothing consumes topic `{topic}`: no queue is bound to it on exchange `{exchange}` (the broker returned the message: {reason}); the message was not stored. A group's queue exists from its first subscribe on"
     )]
     Unroutable {
+        /// The topic published to.
         topic: String,
+        /// The exchange.
         exchange: String,
+        /// The broker's reply text (`NO_ROUTE`).
         reason: String,
     },
     /// An acknowledgement for a delivery the consumer no longer holds: its channel closed
@@ -38,10 +49,16 @@ pub enum RabbitError {
     #[error(
         "delivery tag {tag} is no longer held by this consumer (channel closed or already acknowledged); the broker redelivers it"
     )]
-    StaleDelivery { tag: u64 },
+    StaleDelivery {
+        /// The delivery tag.
+        tag: u64,
+    },
     /// An acknowledgement for a message that did not come from this backend.
     #[error("cannot acknowledge a message at position `{position}`: not an AMQP delivery")]
-    NotADelivery { position: String },
+    NotADelivery {
+        /// The message's position.
+        position: String,
+    },
     /// The channel closed before the acknowledgement went out.
     #[error("the channel closed before the acknowledgement; the broker redelivers the message")]
     ChannelClosed,
@@ -57,10 +74,18 @@ pub enum RabbitError {
     #[error(
         "{unremoved} re-published records could not be removed from the DLQ (its channel closed); they stay listed and a later replay publishes them again"
     )]
-    NotSettled { unremoved: usize },
+    NotSettled {
+        /// How many stay in the DLQ.
+        unremoved: usize,
+    },
     /// Connecting failed recently; the next attempt waits for the retry delay or cooldown.
     #[error("not connected; next connection attempt in {wait:?} (last error: {last})")]
-    Waiting { wait: Duration, last: String },
+    Waiting {
+        /// Until the next attempt.
+        wait: Duration,
+        /// The last connection error.
+        last: String,
+    },
     /// The AMQP client failed.
     #[error(transparent)]
     Amqp(#[from] lapin::Error),

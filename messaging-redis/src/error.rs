@@ -17,9 +17,13 @@ pub enum RedisBrokerError {
         "invalid Redis URL parameter `{key}={value}`: expected {expected} (parameters read by messaging-redis: {known})"
     )]
     UrlOption {
+        /// The parameter.
         key: &'static str,
+        /// Its value.
         value: String,
+        /// What it takes.
         expected: &'static str,
+        /// Every parameter this crate reads.
         known: String,
     },
     /// `rediss://` needs the `tls` feature of messaging-redis.
@@ -28,18 +32,27 @@ pub enum RedisBrokerError {
     /// A TLS certificate or key file named in the options cannot be read.
     #[error("cannot read TLS file {}: {error}", path.display())]
     TlsFile {
+        /// The file.
         path: std::path::PathBuf,
+        /// Why it cannot be read.
         error: String,
     },
     /// Redis answered with something this crate does not expect.
     #[error("unexpected reply to {command}: {detail}")]
     Reply {
+        /// The command sent.
         command: &'static str,
+        /// What came back.
         detail: String,
     },
     /// A key this crate reads or writes as a stream holds another type (`SET orders x`).
     #[error("key `{key}` holds a {found}, not a stream: delete or rename it")]
-    NotAStream { key: String, found: String },
+    NotAStream {
+        /// The key.
+        key: String,
+        /// The type it holds.
+        found: String,
+    },
     /// A header name that the entry layout reserves.
     #[error("header `{0}` is reserved by the Redis stream entry layout")]
     ReservedHeader(String),
