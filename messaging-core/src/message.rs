@@ -206,8 +206,10 @@ impl TopicNames {
     }
 }
 
-/// A message as delivered by a broker.
+/// A message as delivered by a broker. Built with [`Message::new`] and the `with_*` methods
+/// (a broker crate, or a test).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Message {
     /// The topic (Kafka topic, AMQP routing key, Redis stream) it was published to. Shared:
     /// a broker hands every message of a topic the same string, so none copies it, and the
@@ -231,6 +233,30 @@ impl Message {
             payload: payload.into(),
             ..Self::default()
         }
+    }
+
+    /// Sets the key (text or bytes).
+    pub fn with_key(mut self, key: impl Into<Key>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header (its value text or bytes).
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Replaces the headers.
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// Sets where the broker holds it.
+    pub fn with_position(mut self, position: Position) -> Self {
+        self.position = position;
+        self
     }
 
     /// A header value as text (`None` when absent or not UTF-8; see [`Headers::get_bytes`]).
@@ -319,8 +345,9 @@ fn parse_attempts(header: Option<&str>) -> u32 {
     header.and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
-/// A message to publish.
+/// A message to publish, built with [`OutgoingMessage::new`] and the `with_*` methods.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct OutgoingMessage {
     /// Destination topic.
     pub topic: String,
@@ -351,6 +378,12 @@ impl OutgoingMessage {
     /// Adds a header (its value text or bytes).
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.headers.insert(name, value);
+        self
+    }
+
+    /// Replaces the headers.
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
         self
     }
 }

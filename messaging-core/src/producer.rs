@@ -82,8 +82,9 @@ impl std::fmt::Debug for Producer {
     }
 }
 
-/// Key and headers for [`Producer::send_with`].
+/// Key and headers for [`Producer::send_with`]: `SendOptions::key("42").header("x", "1")`.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct SendOptions {
     /// The message key (Kafka partitioning; a header elsewhere): text or bytes.
     pub key: Option<Key>,

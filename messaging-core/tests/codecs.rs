@@ -6,7 +6,6 @@
 //! Run with: cargo test -p messaging-core --test codecs
 //! (`PROPTEST_CASES=10000` for a longer run.)
 
-use bytes::Bytes;
 use chrono::{DateTime, TimeZone as _, Utc};
 use messaging_core::dlq::{DLQ_HEADER, OriginalMessage, RECORD_VERSION, RecordedError};
 use messaging_core::message::header;
@@ -156,12 +155,12 @@ fn message() -> impl Strategy<Value = Message> {
         headers(),
         position(),
     )
-        .prop_map(|(topic, key, payload, headers, position)| Message {
-            topic: topic.into(),
-            key,
-            payload: Bytes::from(payload),
-            headers,
-            position,
+        .prop_map(|(topic, key, payload, headers, position)| {
+            let mut message = Message::new(topic, payload)
+                .with_headers(headers)
+                .with_position(position);
+            message.key = key;
+            message
         })
 }
 
@@ -257,12 +256,7 @@ fn record(original: Message) -> impl Strategy<Value = DeadLetterRecord> {
 }
 
 fn with_payload(payload: Vec<u8>, headers: Headers) -> Message {
-    Message {
-        topic: "t".into(),
-        payload: Bytes::from(payload),
-        headers,
-        ..Message::default()
-    }
+    Message::new("t", payload).with_headers(headers)
 }
 
 // ---- arbitrary input never panics ----------------------------------------------------------

@@ -212,12 +212,9 @@ impl DlqSnapshot for KafkaSnapshot {
             // Copies first, each confirmed: were the commit to come first and a copy then be
             // lost, the record would be gone.
             for message in kept {
-                let copy = OutgoingMessage {
-                    topic: self.topic.clone(),
-                    key: message.key.clone(),
-                    payload: message.payload.clone(),
-                    headers: message.headers.clone(),
-                };
+                let mut copy = OutgoingMessage::new(self.topic.clone(), message.payload.clone())
+                    .with_headers(message.headers.clone());
+                copy.key = message.key.clone();
                 self.broker.publish(copy).await?;
             }
             let settings = self.broker.settings().clone();
@@ -251,11 +248,7 @@ mod tests {
     use super::*;
 
     fn at(partition: i32, offset: i64) -> Message {
-        Message {
-            topic: "t.dlq".into(),
-            position: Position::Partition { partition, offset },
-            ..Message::default()
-        }
+        Message::new("t.dlq", "").with_position(Position::Partition { partition, offset })
     }
 
     #[tokio::test]

@@ -878,11 +878,7 @@ mod tests {
     use super::*;
 
     fn at(partition: i32, offset: i64) -> Arc<Message> {
-        Arc::new(Message {
-            topic: "t".into(),
-            position: Position::Partition { partition, offset },
-            ..Message::default()
-        })
+        Arc::new(Message::new("t", "").with_position(Position::Partition { partition, offset }))
     }
 
     #[test]

@@ -451,11 +451,7 @@ mod tests {
     use super::*;
 
     fn at(topic: &str, partition: i32, offset: i64) -> Message {
-        Message {
-            topic: topic.into(),
-            position: Position::Partition { partition, offset },
-            ..Message::default()
-        }
+        Message::new(topic, "").with_position(Position::Partition { partition, offset })
     }
 
     fn deliver(t: &OffsetTracker, messages: &[(&str, i32, i64)]) -> usize {

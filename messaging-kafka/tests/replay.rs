@@ -206,11 +206,8 @@ async fn a_snapshot_of_68_records_with_no_consumer_running_is_quick() {
 }
 
 fn outgoing_as_message(message: &OutgoingMessage) -> Message {
-    Message {
-        topic: message.topic.as_str().into(),
-        key: message.key.clone(),
-        payload: message.payload.clone(),
-        headers: message.headers.clone(),
-        ..Message::default()
-    }
+    let mut out = Message::new(message.topic.as_str(), message.payload.clone())
+        .with_headers(message.headers.clone());
+    out.key = message.key.clone();
+    out
 }

@@ -71,13 +71,10 @@ pub(crate) fn to_message(delivery: Delivery, names: &TopicNames) -> (Message, Ac
         .map(to_headers)
         .unwrap_or_default();
     let key = headers.remove(header::KEY).map(Key::from);
-    let message = Message {
-        topic: names.get(routing_key.as_str()),
-        key,
-        payload: Bytes::from(data),
-        headers,
-        position: Position::DeliveryTag(delivery_tag),
-    };
+    let mut message = Message::new(names.get(routing_key.as_str()), Bytes::from(data))
+        .with_headers(headers)
+        .with_position(Position::DeliveryTag(delivery_tag));
+    message.key = key;
     (message, acker)
 }
 

@@ -124,13 +124,11 @@ fn decode(topic: TopicName, id: String, fields: Vec<Value>) -> Message {
             Bytes::from(serde_json::Value::Object(object).to_string())
         }
     };
-    Message {
-        topic,
-        key,
-        payload,
-        headers,
-        position: Position::StreamId(id),
-    }
+    let mut message = Message::new(topic, payload)
+        .with_headers(headers)
+        .with_position(Position::StreamId(id));
+    message.key = key;
+    message
 }
 
 fn bytes_of(value: Value) -> Vec<u8> {
