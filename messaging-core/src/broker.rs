@@ -266,42 +266,50 @@ pub trait Consumer: Send {
     }
 }
 
-/// Acknowledges delivered messages.
+/// Acknowledges delivered messages: the one acknowledgement contract of every broker.
+///
+/// The runtime acknowledges a message only after its handler succeeded or its DLQ record was
+/// confirmed. It gathers the messages a lane settles in a row and acknowledges them with one
+/// [`Acker::ack_batch`], at the latest about a millisecond after the first (see `dispatch`):
+/// batching is done there, once, and a broker only makes a batch cheap (one lock, one
+/// command). A message is identified by what its broker put in it (its
+/// [`Message::position`] and [`Message::receipt`]), never by where it lives in memory.
 pub trait Acker: Send + Sync {
-    /// Marks `message` done: it will not be delivered to this group again. The runtime calls it
-    /// only after the handler succeeded or the message's DLQ record was acknowledged.
+    /// Marks `message` done: it will not be delivered to this group again.
     fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>>;
 
-    /// Acknowledges without a future when that can be done at once (an in-process broker, a
-    /// client that only queues the ack): `Some(result)`, else `None` and the runtime awaits
-    /// [`Acker::ack`]. Saves an allocation per message on the hot path.
-    fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
-        let _ = message;
-        None
-    }
-
-    /// Acknowledges several messages in one step (one lock, one call into the client), each
-    /// as [`Acker::ack_now`] would: `Some(result)`, or `None` having acknowledged none of
-    /// them. The runtime asks once with no messages whether the broker can; if it can, the
-    /// runtime gathers the messages a lane handled in a row and acknowledges them together,
-    /// at the latest about a millisecond after the first (see `dispatch`).
-    fn ack_all_now(&self, messages: &[Arc<Message>]) -> Option<Result<(), BrokerError>> {
-        let _ = messages;
-        None
+    /// Acknowledges `messages`, in the order given. Every message that can be is
+    /// acknowledged; the first failure is returned. By default one [`Acker::ack`] after
+    /// another; a broker that can acknowledge many at once overrides it.
+    fn ack_batch<'a>(
+        &'a self,
+        messages: &'a [Arc<Message>],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let mut outcome = Ok(());
+            for message in messages {
+                let result = self.ack(message).await;
+                if outcome.is_ok() {
+                    outcome = result;
+                }
+            }
+            outcome
+        })
     }
 }
 
-/// [`Acker::ack_all_now`] for a broker that acknowledges one message at a time without
-/// waiting (it queues the acknowledgement): `ack` for each message. Every message that can
-/// be is acknowledged; the first failure is reported.
+/// [`Acker::ack_batch`] for a broker whose acknowledgement of one message is done at once,
+/// with nothing to wait for (it records it, or queues it for a task of its own): `ack` for
+/// each message. Every message that can be is acknowledged; the first failure is reported.
 pub fn ack_each(
     messages: &[Arc<Message>],
     ack: impl Fn(&Message) -> Result<(), BrokerError>,
-) -> Result<(), BrokerError> {
-    messages
+) -> BoxFuture<'static, Result<(), BrokerError>> {
+    let outcome = messages
         .iter()
         .map(|message| ack(message))
-        .fold(Ok(()), Result::and)
+        .fold(Ok(()), Result::and);
+    Box::pin(std::future::ready(outcome))
 }
 
 /// What a [`BrokerFactory`] runs: one connection attempt with this configuration.

@@ -91,30 +91,14 @@ pub(crate) struct Dispatcher {
     pub clock: quanta::Clock,
 }
 
-/// What became of a handled message given to [`PendingAcks::gather`].
-enum Gathered {
-    /// Kept for the batch.
-    Held,
-    /// Kept, and the batch is due.
-    Due,
-    /// The broker does not batch: acknowledge it alone.
-    Alone(Arc<Message>),
-}
-
 impl PendingAcks {
-    fn gather(&mut self, message: Arc<Message>, now: u64, clock: &quanta::Clock) -> Gathered {
-        if !self.batched {
-            return Gathered::Alone(message);
-        }
+    /// Keeps a handled message for the batch; `true` when the batch is due.
+    fn gather(&mut self, message: Arc<Message>, now: u64, clock: &quanta::Clock) -> bool {
         if self.messages.is_empty() {
             self.since = now;
         }
         self.messages.push(message);
-        if self.messages.len() >= ACK_BATCH || clock.delta(self.since, now) >= ACK_DELAY {
-            Gathered::Due
-        } else {
-            Gathered::Held
-        }
+        self.messages.len() >= ACK_BATCH || clock.delta(self.since, now) >= ACK_DELAY
     }
 }
 
@@ -124,16 +108,14 @@ const ACK_BATCH: usize = 64;
 /// How long a handled message may wait for the acknowledgement of its batch.
 const ACK_DELAY: Duration = Duration::from_millis(1);
 
-/// Messages a lane handled and has not acknowledged yet, when the broker acknowledges many
-/// at once ([`Acker::ack_all_now`]): one lock or client call per batch instead of one per
-/// message. Acknowledged at the end of the lane's run of messages, before a handler has to
+/// Messages a lane handled and has not acknowledged yet, acknowledged together with one
+/// [`Acker::ack_batch`]: one lock or client call per batch instead of one per message.
+/// Acknowledged at the end of the lane's run of messages, before a handler has to
 /// wait (its future was not ready when first polled), before a failure is retried or
 /// dead-lettered, and once [`ACK_BATCH`] are gathered or the first has waited [`ACK_DELAY`].
 /// So batches form only while handlers finish at once; a crash meanwhile only means these
 /// are delivered again (at least once).
 pub(crate) struct PendingAcks {
-    /// Whether the broker acknowledges in batches; else every message is acknowledged alone.
-    batched: bool,
     messages: Vec<Arc<Message>>,
     /// When the first of `messages` was handled, on the dispatcher's clock.
     since: u64,
@@ -403,7 +385,6 @@ impl Dispatcher {
 
     fn pending_acks(&self) -> PendingAcks {
         PendingAcks {
-            batched: self.acker.ack_all_now(&[]).is_some(),
             messages: Vec::new(),
             since: 0,
             mark: 0,
@@ -607,23 +588,17 @@ impl Dispatcher {
     }
 
     async fn ack(&self, message: &Message) {
-        let result = match self.acker.ack_now(message) {
-            Some(result) => result,
-            None => self.acker.ack(message).await,
-        };
-        if let Err(error) = result {
+        if let Err(error) = self.acker.ack(message).await {
             // Not acknowledged means delivered again later: at least once still holds.
             tracing::warn!(topic = %message.topic, position = %message.position, %error, "acknowledgement failed; the message may be redelivered");
         }
     }
 
-    /// Acknowledges `message` now, or with the lane's batch when the broker batches. `now`
-    /// is the dispatcher's clock, read when the message was settled.
+    /// Acknowledges `message` with the lane's batch. `now` is the dispatcher's clock, read
+    /// when the message was settled.
     async fn ack_soon(&self, message: Arc<Message>, now: u64, acks: &mut PendingAcks) {
-        match acks.gather(message, now, &self.clock) {
-            Gathered::Held => {}
-            Gathered::Due => self.flush_acks(acks).await,
-            Gathered::Alone(message) => self.ack(&message).await,
+        if acks.gather(message, now, &self.clock) {
+            self.flush_acks(acks).await;
         }
     }
 
@@ -632,18 +607,9 @@ impl Dispatcher {
         if acks.messages.is_empty() {
             return;
         }
-        match self.acker.ack_all_now(&acks.messages) {
-            Some(Ok(())) => {}
-            Some(Err(error)) => {
-                // Not acknowledged means delivered again later: at least once still holds.
-                tracing::warn!(group = %self.group, messages = acks.messages.len(), %error, "acknowledgement failed; the messages may be redelivered");
-            }
-            None => {
-                // The broker stopped batching: one by one, then.
-                for message in &acks.messages {
-                    self.ack(message).await;
-                }
-            }
+        if let Err(error) = self.acker.ack_batch(&acks.messages).await {
+            // Not acknowledged means delivered again later: at least once still holds.
+            tracing::warn!(group = %self.group, messages = acks.messages.len(), %error, "acknowledgement failed; the messages may be redelivered");
         }
         acks.messages.clear();
     }
@@ -720,10 +686,8 @@ impl Dispatcher {
                 // Not `ack_soon`: its future would be part of every message's. The clock
                 // was read when the attempt ended.
                 let now = acks.mark;
-                match acks.gather(message, now, &self.clock) {
-                    Gathered::Held => {}
-                    Gathered::Due => self.flush_acks(acks).await,
-                    Gathered::Alone(message) => self.ack(&message).await,
+                if acks.gather(message, now, &self.clock) {
+                    self.flush_acks(acks).await;
                 }
                 None
             }

@@ -221,6 +221,7 @@ impl MemoryBroker {
                 payload: message.payload,
                 headers: message.headers,
                 position: Position::Offset(offset as u64),
+                receipt: 0,
             }));
             last = offset as u64;
             if touched.last() != Some(&topic.log[offset].topic)
@@ -588,14 +589,12 @@ impl Acker for MemoryAcker {
         Box::pin(async { Ok(()) })
     }
 
-    fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
-        self.settle(message);
-        Some(Ok(()))
-    }
-
-    fn ack_all_now(&self, messages: &[Arc<Message>]) -> Option<Result<(), BrokerError>> {
+    fn ack_batch<'a>(
+        &'a self,
+        messages: &'a [Arc<Message>],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
         self.settle_all(messages);
-        Some(Ok(()))
+        Box::pin(std::future::ready(Ok(())))
     }
 }
 

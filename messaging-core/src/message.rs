@@ -223,6 +223,10 @@ pub struct Message {
     pub headers: Headers,
     /// Where the broker holds it.
     pub position: Position,
+    /// A token of the broker that delivered it, telling this delivery apart from any other
+    /// for its acknowledgement (on RabbitMQ, where delivery tags start again with each
+    /// channel); 0 where the position is enough.
+    pub receipt: u64,
 }
 
 impl Message {
@@ -256,6 +260,12 @@ impl Message {
     /// Sets where the broker holds it.
     pub fn with_position(mut self, position: Position) -> Self {
         self.position = position;
+        self
+    }
+
+    /// Sets the broker's token for its acknowledgement ([`Message::receipt`]).
+    pub fn with_receipt(mut self, receipt: u64) -> Self {
+        self.receipt = receipt;
         self
     }
 

@@ -1,7 +1,8 @@
-//! A broker that acknowledges many messages in one step (`Acker::ack_all_now`) gets the
-//! messages a lane handled in a row together: far fewer calls than messages, every message
-//! acknowledged once the run is done, and nothing held back while a failed message waits
-//! for its retry or a slow handler runs.
+//! The runtime acknowledges the messages a lane handled in a row together, with one
+//! `Acker::ack_batch`: far fewer calls than messages, every message acknowledged once the run
+//! is done, and nothing held back while a failed message waits for its retry or a slow
+//! handler runs. A broker that implements only `Acker::ack` gets each message acknowledged
+//! once all the same, through the default `ack_batch`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,11 +33,23 @@ impl AckCounts {
 struct Counting {
     inner: MemoryBroker,
     counts: Arc<AckCounts>,
+    /// Whether its acker acknowledges a batch in one step; else only `ack` is implemented.
+    batching: bool,
 }
 
 struct CountingConsumer {
     inner: Box<dyn Consumer>,
     counts: Arc<AckCounts>,
+    batching: bool,
+}
+
+/// An acker with only the required method.
+struct OneByOne(CountingAcker);
+
+impl Acker for OneByOne {
+    fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.0.ack(message)
+    }
 }
 
 struct CountingAcker {
@@ -62,6 +75,7 @@ impl Broker for Counting {
             Ok(Box::new(CountingConsumer {
                 inner,
                 counts: Arc::clone(&self.counts),
+                batching: self.batching,
             }) as Box<dyn Consumer>)
         })
     }
@@ -73,10 +87,14 @@ impl Consumer for CountingConsumer {
     }
 
     fn acker(&self) -> Arc<dyn Acker> {
-        Arc::new(CountingAcker {
+        let counting = CountingAcker {
             inner: self.inner.acker(),
             counts: Arc::clone(&self.counts),
-        })
+        };
+        match self.batching {
+            true => Arc::new(counting),
+            false => Arc::new(OneByOne(counting)),
+        }
     }
 }
 
@@ -86,19 +104,15 @@ impl Acker for CountingAcker {
         self.inner.ack(message)
     }
 
-    fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
-        self.counts.single.fetch_add(1, Ordering::SeqCst);
-        self.inner.ack_now(message)
-    }
-
-    fn ack_all_now(&self, messages: &[Arc<Message>]) -> Option<Result<(), BrokerError>> {
-        if !messages.is_empty() {
-            self.counts.batch_calls.fetch_add(1, Ordering::SeqCst);
-            self.counts
-                .batched_messages
-                .fetch_add(messages.len(), Ordering::SeqCst);
-        }
-        self.inner.ack_all_now(messages)
+    fn ack_batch<'a>(
+        &'a self,
+        messages: &'a [Arc<Message>],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.counts.batch_calls.fetch_add(1, Ordering::SeqCst);
+        self.counts
+            .batched_messages
+            .fetch_add(messages.len(), Ordering::SeqCst);
+        self.inner.ack_batch(messages)
     }
 }
 
@@ -108,6 +122,7 @@ async fn runtime(broker: &Counting, handler: HandlerSpec, concurrency: usize) ->
         .broker(Arc::new(Counting {
             inner: broker.inner.clone(),
             counts: Arc::clone(&broker.counts),
+            batching: broker.batching,
         }))
         .without_registered()
         .install_global_producer(false)
@@ -131,6 +146,7 @@ fn counting() -> Counting {
     Counting {
         inner: MemoryBroker::new(),
         counts: Arc::default(),
+        batching: true,
     }
 }
 
@@ -165,6 +181,25 @@ async fn handled_messages_are_acknowledged_in_batches() {
             "{calls} calls for 2 000 messages on {concurrency} lanes"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acker_with_only_ack_gets_each_message_acknowledged_once() {
+    let broker = Counting {
+        batching: false,
+        ..counting()
+    };
+    let handler = HandlerSpec::new("count", [TOPIC], |_| async { Ok(()) });
+    let runtime = runtime(&broker, handler, 4).await;
+    broker.inner.append_all((0..500).map(|n| {
+        OutgoingMessage::new(TOPIC, n.to_string().into_bytes()).with_key(format!("k{n}"))
+    }));
+    tokio::time::timeout(Duration::from_secs(30), broker.inner.wait_idle())
+        .await
+        .expect("every message acknowledged");
+    runtime.shutdown().await.unwrap();
+    assert_eq!(broker.counts.single.load(Ordering::SeqCst), 500);
+    assert_eq!(broker.counts.batch_calls.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

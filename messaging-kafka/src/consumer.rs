@@ -839,19 +839,23 @@ fn kafka_position(message: &Message) -> Result<(i32, i64), BrokerError> {
 
 impl Acker for KafkaAcker {
     fn ack<'a>(&'a self, message: &'a Message) -> BoxFuture<'a, Result<(), BrokerError>> {
-        let result = self.record(message);
-        Box::pin(async move { result })
+        Box::pin(std::future::ready(self.record(message)))
     }
 
-    fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
-        Some(self.record(message))
+    // Offsets are recorded in memory and committed by the polling thread: nothing to wait for.
+    fn ack_batch<'a>(
+        &'a self,
+        messages: &'a [Arc<Message>],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(std::future::ready(self.record_all(messages)))
     }
+}
 
-    fn ack_all_now(&self, messages: &[Arc<Message>]) -> Option<Result<(), BrokerError>> {
-        if let Err(closed) = self.open() {
-            return Some(Err(closed));
-        }
-        // Under one lock; a message that is not Kafka's is reported, as `ack` would.
+impl KafkaAcker {
+    /// Records `messages` as handled under one lock; a message that is not Kafka's is
+    /// reported, as `ack` would.
+    fn record_all(&self, messages: &[Arc<Message>]) -> Result<(), BrokerError> {
+        self.open()?;
         let mut outcome = Ok(());
         let positions = messages.iter().filter_map(|m| match kafka_position(m) {
             Ok((partition, offset)) => Some((&*m.topic, partition, offset)),
@@ -869,7 +873,7 @@ impl Acker for KafkaAcker {
                 "acknowledged after their partition was revoked; the new owner reads them again"
             );
         }
-        Some(outcome)
+        outcome
     }
 }
 
@@ -891,10 +895,8 @@ mod tests {
         let mut delivered = vec![at(0, 10), at(0, 11)];
         tracker.deliver(&mut delivered);
         let foreign = Arc::new(Message::new("t", Vec::<u8>::new()));
-        let outcome = acker.ack_all_now(&[at(0, 10), foreign, at(0, 11)]);
-        let error = outcome
-            .expect("answers at once")
-            .expect_err("not a Kafka position");
+        let outcome = acker.record_all(&[at(0, 10), foreign, at(0, 11)]);
+        let error = outcome.expect_err("not a Kafka position");
         assert!(
             error.to_string().contains("not a Kafka position"),
             "{error}"
@@ -906,8 +908,8 @@ mod tests {
         );
         acker.acks.closed.store(true, Ordering::SeqCst);
         assert!(matches!(
-            acker.ack_all_now(&[at(0, 12)]),
-            Some(Err(BrokerError::Closed { .. }))
+            acker.record_all(&[at(0, 12)]),
+            Err(BrokerError::Closed { .. })
         ));
     }
 }

@@ -4,6 +4,7 @@
 //! acknowledged is redelivered by RabbitMQ.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::stream::FuturesUnordered;
@@ -92,19 +93,32 @@ struct Session {
     stream: lapin::Consumer,
 }
 
-/// Deliveries handed out and not yet acknowledged, by delivery tag, with the message as
-/// handed out: tags restart on every channel, so an acknowledgement must come with the very
-/// message of the current channel (pointer-equal) to be sent.
+/// Deliveries handed out and not yet acknowledged, by the receipt each message was handed
+/// out with ([`Message::receipt`]), never used twice by one consumer: delivery tags start
+/// again on every channel, so a message of a dead channel must not acknowledge the new
+/// channel's delivery of the same tag.
 /// Also the acknowledgements sent and not yet written out, so `close` can wait for them.
 #[derive(Default)]
 struct Pending {
-    by_tag: Mutex<HashMap<u64, (Arc<Message>, lapin::Acker)>>,
+    by_receipt: Mutex<HashMap<u64, Held>>,
+    last_receipt: AtomicU64,
     sending: Mutex<FuturesUnordered<BoxFuture<'static, lapin::Result<bool>>>>,
 }
 
+/// A delivery handed out: its tag on the current channel, and what acknowledges it.
+struct Held {
+    tag: u64,
+    acker: lapin::Acker,
+}
+
 impl Pending {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, (Arc<Message>, lapin::Acker)>> {
-        self.by_tag.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Held>> {
+        self.by_receipt.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A receipt no message of this consumer had before.
+    fn next_receipt(&self) -> u64 {
+        self.last_receipt.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn sending(&self) -> MutexGuard<'_, FuturesUnordered<BoxFuture<'static, lapin::Result<bool>>>> {
@@ -192,11 +206,9 @@ impl RabbitConsumer {
     fn hand_out(&self, delivery: lapin::message::Delivery) -> Arc<Message> {
         let tag = delivery.delivery_tag;
         let (message, acker) = headers::to_message(delivery, &self.names);
-        let message = Arc::new(message);
-        self.pending
-            .lock()
-            .insert(tag, (Arc::clone(&message), acker));
-        message
+        let receipt = self.pending.next_receipt();
+        self.pending.lock().insert(receipt, Held { tag, acker });
+        Arc::new(message.with_receipt(receipt))
     }
 
     async fn batch(&mut self, max: usize) -> Result<Vec<Arc<Message>>, RabbitError> {
@@ -283,9 +295,9 @@ impl RabbitAcker {
         };
         let acker = {
             let mut pending = self.pending.lock();
-            match pending.get(&tag) {
-                Some((held, _)) if std::ptr::eq(Arc::as_ptr(held), message) => {
-                    pending.remove(&tag).map(|(_, acker)| acker)
+            match pending.get(&message.receipt) {
+                Some(held) if held.tag == tag => {
+                    pending.remove(&message.receipt).map(|held| held.acker)
                 }
                 _ => None,
             }
@@ -307,13 +319,12 @@ impl Acker for RabbitAcker {
     }
 
     // `basic.ack` is queued for the channel's task: nothing to wait for here.
-    fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
-        Some(self.ack_delivery(message).map_err(|e| e.into_broker("ack")))
-    }
-
-    fn ack_all_now(&self, messages: &[Arc<Message>]) -> Option<Result<(), BrokerError>> {
-        Some(messaging_core::broker::ack_each(messages, |m| {
+    fn ack_batch<'a>(
+        &'a self,
+        messages: &'a [Arc<Message>],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        messaging_core::broker::ack_each(messages, |m| {
             self.ack_delivery(m).map_err(|e| e.into_broker("ack"))
-        }))
+        })
     }
 }

@@ -76,14 +76,11 @@ impl Acker for RedisAcker {
     }
 
     // Queued for the acknowledging task: nothing to wait for here.
-    fn ack_now(&self, message: &Message) -> Option<Result<(), BrokerError>> {
-        Some(self.queue(message))
-    }
-
-    fn ack_all_now(&self, messages: &[Arc<Message>]) -> Option<Result<(), BrokerError>> {
-        Some(messaging_core::broker::ack_each(messages, |m| {
-            self.queue(m)
-        }))
+    fn ack_batch<'a>(
+        &'a self,
+        messages: &'a [Arc<Message>],
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        messaging_core::broker::ack_each(messages, |m| self.queue(m))
     }
 }
 
