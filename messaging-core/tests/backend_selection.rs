@@ -59,7 +59,15 @@ async fn disabled_drops_and_counts_and_unknown_names_list_the_linked_ones() {
         "backend-test.orders",
         br#"{"id":4}"#.to_vec(),
     ));
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // A group that had subscribed would have taken and acknowledged it by the time the
+    // broker is idle (the runtime subscribes before `start` returns); with no group, it is
+    // idle at once.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        MemoryBroker::shared().wait_idle(),
+    )
+    .await
+    .expect("the memory broker idle: a group took the message and never acknowledged it");
     runtime.shutdown().await.unwrap();
     assert_eq!(
         CALLS.load(Ordering::SeqCst),

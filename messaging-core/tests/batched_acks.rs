@@ -4,7 +4,7 @@
 //! handler runs. A broker that implements only `Acker::ack` gets each message acknowledged
 //! once all the same, through the default `ack_batch`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -133,11 +133,28 @@ async fn runtime(broker: &Counting, handler: HandlerSpec, concurrency: usize) ->
         .unwrap()
 }
 
-/// Waits (up to 2 s) until the handler was called `n` times.
+/// Waits (up to 30 s) until the handler was called `n` times.
 async fn handler_calls(calls: &Mutex<Vec<String>>, n: usize, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while calls.lock().unwrap().len() < n {
-        assert!(tokio::time::Instant::now() < deadline, "not yet: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: calls {:?}",
+            calls.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits (up to 30 s) until `n` messages were acknowledged.
+async fn acknowledged(counts: &AckCounts, n: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while counts.acked() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {} acknowledged",
+            counts.acked()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -229,8 +246,9 @@ async fn a_retry_does_not_hold_back_what_was_handled_before_it() {
             .map(|m| OutgoingMessage::new(TOPIC, m.as_bytes().to_vec()).with_key("k")),
     );
     handler_calls(&calls, 3, "m2 attempted").await;
-    // m2 now waits 3 s for its retry: m0 and m1 are acknowledged meanwhile.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // m2 now waits 3 s for its retry: m0 and m1 are acknowledged meanwhile, which the calls
+    // show by m2's retry not having come yet.
+    acknowledged(&broker.counts, 2, "m0 and m1 acknowledged").await;
     assert_eq!(*calls.lock().unwrap(), ["m0", "m1", "m2"]);
     assert_eq!(
         broker.counts.acked(),
@@ -249,14 +267,18 @@ async fn a_retry_does_not_hold_back_what_was_handled_before_it() {
 async fn a_slow_handler_does_not_hold_back_what_was_handled_before_it() {
     let broker = counting();
     let calls = Arc::new(Mutex::new(Vec::new()));
+    let m1_done = Arc::new(AtomicBool::new(false));
     let handler = HandlerSpec::new("second_is_slow", [TOPIC], {
-        let calls = Arc::clone(&calls);
+        let (calls, m1_done) = (Arc::clone(&calls), Arc::clone(&m1_done));
         move |inv| {
             let body = String::from_utf8_lossy(&inv.message.payload).into_owned();
             calls.lock().unwrap().push(body.clone());
+            let m1_done = Arc::clone(&m1_done);
             async move {
                 if body == "m1" {
+                    // The slow work of the scenario, not a wait.
                     tokio::time::sleep(Duration::from_secs(3)).await;
+                    m1_done.store(true, Ordering::SeqCst);
                 }
                 Ok::<_, HandlerError>(())
             }
@@ -267,8 +289,12 @@ async fn a_slow_handler_does_not_hold_back_what_was_handled_before_it() {
         ["m0", "m1"].map(|m| OutgoingMessage::new(TOPIC, m.as_bytes().to_vec()).with_key("k")),
     );
     handler_calls(&calls, 2, "m1 started").await;
-    // m1 sleeps for 3 s: m0 is acknowledged meanwhile, not with m1.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // m1 takes 3 s: m0 is acknowledged meanwhile, not with m1.
+    acknowledged(&broker.counts, 1, "m0 acknowledged").await;
+    assert!(
+        !m1_done.load(Ordering::SeqCst),
+        "m0 was acknowledged only once m1 was done"
+    );
     assert_eq!(broker.counts.acked(), 1, "m0 acknowledged while m1 runs");
     tokio::time::timeout(Duration::from_secs(10), broker.inner.wait_idle())
         .await

@@ -243,6 +243,7 @@ async fn a_failing_publish_is_retried_then_dropped_after_the_retry_window() {
     assert_eq!(metrics().dropped() - dropped_before, 1);
 
     producer.fire(OutgoingMessage::new("outage.window", "{}"));
+    // Virtual time (`start_paused`): the 30 s of outage the retry window is measured against.
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert_eq!(producer.pending(), 1, "still retrying after 30 s");
     outage.come_back();
@@ -335,6 +336,7 @@ async fn a_lazy_producer_connects_once_at_a_time_and_delivers_when_the_broker_an
     for _ in 0..100 {
         producer.fire(OutgoingMessage::new("outage.lazy", "{}"));
     }
+    // Virtual time (`start_paused`): the 30 s of back-off whose connection attempts are counted.
     tokio::time::sleep(Duration::from_secs(30)).await;
     let attempts = CONNECTS.load(Ordering::SeqCst);
     assert!(

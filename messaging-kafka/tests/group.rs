@@ -175,6 +175,9 @@ async fn members_share_and_the_survivor_takes_over_without_losing_unfinished_mes
         },
     )
     .await;
+    // A negative check: the commits must stay there. 1 s is five auto-commit rounds
+    // (`auto.commit.interval.ms` = 200 in `common::connect`), so a commit past the
+    // unfinished offsets would have happened by then.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let later = committed(&group, &topic, PARTITIONS).await;
     for (p, (_, offset)) in &first_stuck {

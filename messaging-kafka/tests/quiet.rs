@@ -95,7 +95,8 @@ async fn a_down_cluster_logs_few_lines_and_fails_readiness_until_it_is_back() {
         || !readiness.problems_older_than(Duration::ZERO).is_empty(),
     )
     .await;
-    // A little over one summary period.
+    // The measured window, not a wait: how many lines a little over one summary period
+    // (30 s) of outage produces.
     tokio::time::sleep(Duration::from_secs(35)).await;
     let logged = lines.since(start);
     let from_client = logged.iter().filter(|l| l.contains("librdkafka")).count();

@@ -167,7 +167,7 @@ fn a_rebalance_never_delays_the_services_runtime() {
             }
         });
 
-        // 2 → 3 members after 5 s, back to 2 after 12 s.
+        // 2 → 3 members after 5 s, back to 2 after 12 s: the scenario's timeline, not waits.
         tokio::time::sleep(Duration::from_secs(5)).await;
         let c = member_on_its_own_thread(
             topic.clone(),

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Names, close_connections, connection_pids};
+use common::{Names, close_connections, connection_pids, queue_counts};
 use lapin::options::{BasicGetOptions, BasicPublishOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -153,7 +153,20 @@ async fn batches_hold_what_is_buffered_within_the_prefetch() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The broker has handed the consumer its prefetch of 5 (and holds the other 15).
+    let queue = broker.group_queue(&group).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = queue_counts(&queue);
+        if counts == Some((15, 5)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for 15 ready and 5 unacknowledged on {queue}: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let first = consumer.next_batch(100).await.unwrap();
     assert_eq!(first.len(), 5, "five unacknowledged at most");
     let more = tokio::time::timeout(Duration::from_millis(500), consumer.next_batch(100)).await;

@@ -67,6 +67,7 @@ async fn every_message_is_handled_when_all_connections_are_closed_mid_flow() {
                 {
                     failures.fetch_add(1, Ordering::Relaxed);
                     eprintln!("publish {i} failed, sending again: {error}");
+                    // The application's pause before sending again, not a wait.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

@@ -285,7 +285,6 @@ async fn entries_deleted_while_pending_do_not_wedge_the_group() {
         [2, 3].into(),
         "the surviving entry and the new one"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
     for m in &got {
         second.acker().ack(m).await.unwrap();
     }
@@ -312,7 +311,16 @@ async fn a_group_lost_by_the_server_is_created_again() {
         let got = collect(&mut *consumer, 2, WAIT).await;
         (consumer, got)
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The consumer finds its group gone and creates it again (with the stream): only then
+    // is what follows published.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while redis_cmd::<usize>(&broker, redis::cmd("EXISTS").arg(&topic)).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for the consumer to create the group (and stream) {topic} again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     publish_n(&broker, &topic, 2).await;
     let (_consumer, got) = fetch.await.unwrap();
     assert_eq!(numbers(&got), [0, 1].into());

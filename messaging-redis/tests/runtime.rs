@@ -290,6 +290,7 @@ async fn the_consumer_resumes_after_a_redis_restart() {
     .await;
 
     server.stop();
+    // The server stays away a moment (the scenario, not a wait): `stop` waited for its exit.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let server = Server::start(port).await;
 

@@ -280,8 +280,14 @@ async fn check_fates(
             && dlq_records(runtime, topic).await.len() >= dlq_cases.len()
     })
     .await;
-    // Anything redelivered or handled twice would show up now.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Anything redelivered or handled twice would show up within the redelivery window.
+    crate::watch_for_redelivery(|| {
+        seen.len() == goods.len()
+            && skips
+                .iter()
+                .all(|(reason, n)| metrics().skipped(topic, reason) == *n)
+    })
+    .await;
 
     let handled: Vec<u64> = seen.all().iter().map(|s| s.order_id).collect();
     assert_eq!(

@@ -100,7 +100,28 @@ fn conformance_config() -> messaging_core::Config {
 pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + PATIENCE;
     while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {PATIENCE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How long a negative check ("not again", "exactly once") watches after its positive marker
+/// arrived: past the time each broker under test takes to hand a message that was not
+/// acknowledged to a running member of its group. Kafka reads from the committed offset as
+/// soon as the member has its partitions, RabbitMQ requeues at once what a closed channel
+/// held, the memory broker at once, and Redis at its next `XAUTOCLAIM` round, at most 1 s
+/// apart with the default `reclaim_idle` of 30 s (a closing consumer releases what it held,
+/// so it can be claimed at once). Also past every retry delay the suite declares (≤ 500 ms).
+pub const REDELIVERY: Duration = Duration::from_secs(3);
+
+/// Watches `holds` for [`REDELIVERY`], returning early the moment it fails, so that the
+/// caller's assertion which follows reports what was seen.
+pub async fn watch_for_redelivery(mut holds: impl FnMut() -> bool) {
+    let until = Instant::now() + REDELIVERY;
+    while holds() && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -360,7 +381,7 @@ pub async fn acknowledges_unknown_events_without_retrying(connect: Connect) {
         .await
         .unwrap();
     eventually("the second known event", || log.len() == 2).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    watch_for_redelivery(|| metrics().skipped(&topic, "unknown_event") == 1).await;
     assert_eq!(
         metrics().skipped(&topic, "unknown_event"),
         1,
@@ -442,7 +463,7 @@ pub async fn instances_of_a_group_share_without_duplicates(connect: Connect) {
         one.len() + two.len() >= N as usize
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch_for_redelivery(|| one.len() + two.len() == N as usize).await;
     let mut seen = HashMap::new();
     for m in one.all().iter().chain(two.all().iter()) {
         let n = decode_json::<serde_json::Value>(m).unwrap()["n"]
@@ -551,7 +572,7 @@ pub async fn retries_then_succeeds_with_declared_delays(connect: Connect) {
         .await
         .unwrap();
     eventually("3 calls", || calls.len() >= 3).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch_for_redelivery(|| calls.len() == 3).await;
     let calls = calls.all();
     assert_eq!(calls.len(), 3, "called exactly 3 times");
     assert_eq!(
@@ -580,7 +601,7 @@ pub async fn retries_then_succeeds_with_declared_delays(connect: Connect) {
         .await
         .unwrap();
     eventually("the marker message", || !again.is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    watch_for_redelivery(|| again.len() == 1).await;
     assert_eq!(
         again.len(),
         1,
@@ -620,7 +641,7 @@ pub async fn dead_letters_after_retries_with_full_record(connect: Connect) {
     let payload = message.payload.clone();
     producer.send_raw(message).await.unwrap();
     eventually("the DLQ record", || !dlq.is_empty()).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    watch_for_redelivery(|| dlq.len() == 1 && calls.len() == 3).await;
     let records = dlq.all();
     assert_eq!(records.len(), 1, "exactly one DLQ record");
     let r = &records[0];
@@ -701,7 +722,7 @@ pub async fn dead_letters_bad_payloads_at_once(connect: Connect) {
         .await
         .unwrap();
     eventually("5 DLQ records", || dlq.len() >= 5).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    watch_for_redelivery(|| dlq.len() == 5).await;
     let by_key: HashMap<String, DeadLetterRecord> = dlq
         .all()
         .into_iter()
@@ -785,6 +806,7 @@ pub async fn graceful_shutdown_finishes_in_flight_work(connect: Connect) {
             let (started, finished) = (started.clone(), finished.clone());
             async move {
                 started.push(());
+                // The in-flight work shutdown must wait for, not a wait.
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 finished.push(inv.message);
                 Ok(())
@@ -808,7 +830,8 @@ pub async fn graceful_shutdown_finishes_in_flight_work(connect: Connect) {
         .await
         .unwrap();
     eventually("the marker", || finished.len() >= 2).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // A redelivered message would also take the handler's 500 ms.
+    watch_for_redelivery(|| finished.len() == 2).await;
     assert_eq!(
         finished.len(),
         2,

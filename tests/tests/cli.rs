@@ -168,6 +168,25 @@ fn pending(stream: &str, group: &str) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// The names of the consumer groups of `stream` (`XINFO GROUPS`; none when it has none).
+fn groups(stream: &str) -> Vec<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379", "XINFO", "GROUPS", stream])
+        .output()
+        .expect("redis-cli runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !text.starts_with("ERR"),
+        "XINFO GROUPS {stream}: {text}"
+    );
+    let fields: Vec<&str> = text.lines().map(str::trim).collect();
+    fields
+        .windows(2)
+        .filter(|pair| pair[0] == "name")
+        .map(|pair| pair[1].to_owned())
+        .collect()
+}
+
 #[tokio::test]
 async fn topic_flag_runs_only_the_named_handlers_and_list_shows_them_all() {
     let f = Fixture::new();
@@ -221,7 +240,13 @@ async fn topic_flag_runs_only_the_named_handlers_and_list_shows_them_all() {
         f.lines("record r1") == 1
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every group is subscribed before any message is handled: had `--topic` let the other
+    // handler in, its group would be on the other stream by now.
+    assert_eq!(
+        groups(&f.topic("other")),
+        Vec::<String>::new(),
+        "a group outside --topic subscribed"
+    );
     assert_eq!(
         f.lines("other"),
         0,
@@ -310,7 +335,11 @@ async fn sigterm_lets_the_slow_handler_finish_and_acknowledges_it() {
         f.lines("record marker") == 1
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Nothing of the slow stream is pending in any of its groups (s1's, checked before the
+    // restart too), so nothing there can be delivered again.
+    let slow = f.topic("slow");
+    assert_eq!(groups(&slow), ["slow"], "one group on {slow}");
+    assert_eq!(pending(&slow, "slow"), 0, "entries of {slow} held");
     assert_eq!(
         f.lines("start s1"),
         1,

@@ -69,6 +69,27 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `queue`'s messages ready and delivered-but-unacknowledged, as the broker counts them now;
+/// `None` when it has no such queue.
+pub fn queue_counts(queue: &str) -> Option<(u64, u64)> {
+    rabbitmqctl(&[
+        "-q",
+        "list_queues",
+        "--no-table-headers",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ])
+    .lines()
+    .find_map(|line| {
+        let mut fields = line.split('\t').map(str::trim);
+        if fields.next()? != queue {
+            return None;
+        }
+        Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+    })
+}
+
 /// The pids of the open connections whose client properties contain `fragment`.
 pub fn connection_pids(fragment: &str) -> Vec<String> {
     rabbitmqctl(&[

@@ -109,10 +109,10 @@ async fn pending_summary(broker: &RedisBroker, topic: &str, group: &str) -> Pend
     redis_cmd(broker, redis::cmd("XPENDING").arg(topic).arg(group)).await
 }
 
-/// Waits (up to 5 s) until `topic` has `want` entries pending in `group`; acknowledgements
-/// are sent in the background.
+/// Waits (up to 30 s) until `topic` has `want` entries pending in `group`, and returns the
+/// count then (the caller asserts on it); acknowledgements are sent in the background.
 pub async fn settle_pending(broker: &RedisBroker, topic: &str, group: &str, want: usize) -> usize {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let now = pending(broker, topic, group).await;
         if now == want || tokio::time::Instant::now() >= deadline {
