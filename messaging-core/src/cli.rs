@@ -356,7 +356,16 @@ fn log_summary(state: &str) {
 fn list(handlers: &[HandlerSpec], config: &Config) -> String {
     let mut rows = vec![
         [
-            "KIND", "HANDLER", "TOPICS", "GROUP", "EVENT", "RETRIES", "DELAY", "BACKOFF", "SCHEMA",
+            "KIND",
+            "HANDLER",
+            "TOPICS",
+            "GROUP",
+            "EVENT",
+            "RETRIES",
+            "DELAY",
+            "BACKOFF",
+            "SCHEMA",
+            "PUBLISHES",
             "DLQ",
         ]
         .map(str::to_owned),
@@ -385,6 +394,8 @@ fn list(handlers: &[HandlerSpec], config: &Config) -> String {
             }
             .to_owned(),
             h.schema().unwrap_or("-").to_owned(),
+            h.publishes_to()
+                .map_or_else(|| "-".to_owned(), |t| config.resolve_topic(t).to_owned()),
             h.topics()
                 .iter()
                 .map(|t| h.dlq_topic_in(t, config))

@@ -260,6 +260,82 @@ pub mod __private {
         }
     }
 
+    /// The return type of a handler with `publish_to`: its `Ok` value is published.
+    #[diagnostic::on_unimplemented(
+        message = "a handler with `publish_to` must return `Result<T, E>` where `T: Serialize` (the event published) and `E: Into<HandlerError>`, not `{Self}`",
+        label = "its `Ok` value cannot be published",
+        note = "return e.g. `anyhow::Result<ContextAggregated>` with `#[derive(Serialize)]` on the event type"
+    )]
+    pub trait PublishedReturn {
+        /// What is published.
+        type Value: serde::Serialize + Send;
+        /// The value to publish, or the attempt's failure.
+        fn into_value(self) -> Result<Self::Value, HandlerError>;
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<T: serde::Serialize + Send, E: Into<HandlerError>> PublishedReturn for Result<T, E> {
+        type Value = T;
+
+        fn into_value(self) -> Result<T, HandlerError> {
+            self.map_err(Into::into)
+        }
+    }
+
+    /// The event name a `publish_to` result goes out under: its [`TypedEvent::NAME`] when
+    /// its type has one, else the topic (resolved by autoref on a [`NameOf`]).
+    pub mod event_name {
+        use crate::TypedEvent;
+
+        /// A handler's `Ok` value, for [`NameFromType`] / [`NameFromTopic`] resolution.
+        pub struct NameOf<'a, T>(pub &'a T);
+
+        /// The value is a typed event: its own name.
+        pub trait NameFromType {
+            /// The name.
+            fn __messaging_event_name(&self, topic: &'static str) -> &'static str;
+        }
+
+        impl<T: TypedEvent> NameFromType for &NameOf<'_, T> {
+            fn __messaging_event_name(&self, _topic: &'static str) -> &'static str {
+                T::NAME
+            }
+        }
+
+        /// Any other value: named after the topic.
+        pub trait NameFromTopic {
+            /// The name.
+            fn __messaging_event_name(&self, topic: &'static str) -> &'static str;
+        }
+
+        impl<T> NameFromTopic for NameOf<'_, T> {
+            fn __messaging_event_name(&self, topic: &'static str) -> &'static str {
+                topic
+            }
+        }
+    }
+
+    /// Publishes a `publish_to` handler's result as event `name` on `topic`, with the key of
+    /// the message handled (so the next step keeps its order), and waits for the broker's
+    /// acknowledgement: the message handled is acknowledged only after it. A publish that
+    /// fails fails the attempt, which is retried as any failure.
+    pub async fn publish_output<T: serde::Serialize + ?Sized>(
+        producer: &crate::Producer,
+        name: &str,
+        value: &T,
+        topic: &str,
+        key: Option<crate::Key>,
+    ) -> Result<(), HandlerError> {
+        let (_, mut message) = producer
+            .envelope(name, value, topic, None)
+            .map_err(HandlerError::permanent)?;
+        message.key = key;
+        producer
+            .send_raw(message)
+            .await
+            .map_err(HandlerError::retryable)
+    }
+
     /// Compile-time check of an extractor.
     pub fn assert_extractor<T: FromContext>() {}
     /// Compile-time check of a return type.

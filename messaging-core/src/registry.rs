@@ -53,6 +53,8 @@ pub struct HandlerRegistration {
     pub retry_topics: bool,
     /// The schema type's name, for listings.
     pub schema: Option<&'static str>,
+    /// Where the handler's `Ok` value is published (`publish_to`), for listings.
+    pub publish_to: Option<&'static str>,
     /// Values the extractors need, checked at start-up.
     pub requires: &'static [fn() -> Option<Requirement>],
     /// For `#[on_event]`: the consumer type and how to make its default instance.
@@ -83,6 +85,7 @@ pub struct HandlerSpec {
     pub(crate) dlq: Option<String>,
     pub(crate) retry_topics: bool,
     pub(crate) schema: Option<String>,
+    pub(crate) publish_to: Option<String>,
     pub(crate) requires: Vec<Requirement>,
     pub(crate) instance: Option<InstanceFn>,
     pub(crate) call: HandlerFn,
@@ -172,6 +175,7 @@ impl HandlerSpec {
             dlq: None,
             retry_topics: false,
             schema: None,
+            publish_to: None,
             requires: Vec::new(),
             instance: None,
             call,
@@ -209,6 +213,18 @@ impl HandlerSpec {
     pub fn retry_topics(mut self, yes: bool) -> Self {
         self.retry_topics = yes;
         self
+    }
+
+    /// Names the topic its results are published to, for `consumer list` (a handler built
+    /// in code publishes them itself; `publish_to` of the macros does it for the function).
+    pub fn publish_to(mut self, topic: impl Into<String>) -> Self {
+        self.publish_to = Some(topic.into());
+        self
+    }
+
+    /// The topic its results are published to, if any.
+    pub fn publishes_to(&self) -> Option<&str> {
+        self.publish_to.as_deref()
     }
 
     /// Whether it retries through delay topics.
@@ -300,6 +316,7 @@ impl HandlerSpec {
             dlq: r.dlq.map(str::to_owned),
             retry_topics: r.retry_topics,
             schema: r.schema.map(str::to_owned),
+            publish_to: r.publish_to.map(str::to_owned),
             requires: r.requires.iter().filter_map(|f| f()).collect(),
             instance: r.instance,
             call: Arc::new(call),

@@ -28,6 +28,7 @@ mod kw {
     syn::custom_keyword!(key_field);
     syn::custom_keyword!(include_result);
     syn::custom_keyword!(retry);
+    syn::custom_keyword!(publish_to);
 }
 
 /// Every key any of the macros knows. Each macro accepts a subset (see the `*_KEYS` lists).
@@ -52,6 +53,8 @@ pub(crate) enum Param {
     Retry,
     /// `crate = "path"`: where the generated code finds `messaging_core`.
     Crate,
+    /// `publish_to = "topic"`: the handler's `Ok` value is published there as an event.
+    PublishTo,
 }
 
 impl Param {
@@ -74,6 +77,7 @@ impl Param {
             Param::IncludeResult => "include_result",
             Param::Retry => "retry",
             Param::Crate => "crate",
+            Param::PublishTo => "publish_to",
         }
     }
 
@@ -97,6 +101,7 @@ impl Param {
             Param::IncludeResult => lookahead.peek(kw::include_result),
             Param::Retry => lookahead.peek(kw::retry),
             Param::Crate => lookahead.peek(Token![crate]),
+            Param::PublishTo => lookahead.peek(kw::publish_to),
         }
     }
 
@@ -120,6 +125,7 @@ impl Param {
             Param::IncludeResult => "include_result = false",
             Param::Retry => r#"retry(max = 3, delay = "5s", backoff = "linear")"#,
             Param::Crate => r#"crate = "my_facade""#,
+            Param::PublishTo => r#"publish_to = "context.aggregated""#,
         }
     }
 }
@@ -136,6 +142,7 @@ pub(crate) const MESSAGE_HANDLER_KEYS: &[Param] = &[
     Param::Dlq,
     Param::RetryTopics,
     Param::Schema,
+    Param::PublishTo,
     Param::Crate,
 ];
 
@@ -156,6 +163,7 @@ pub(crate) const CONSUMER_KEYS: &[Param] = &[
 ];
 
 pub(crate) const ON_EVENT_KEYS: &[Param] = &[
+    Param::PublishTo,
     Param::MaxRetries,
     Param::RetryDelay,
     Param::Backoff,
@@ -208,7 +216,7 @@ impl Topic {
         }
     }
 
-    fn span(&self) -> Span {
+    pub(crate) fn span(&self) -> Span {
         match self {
             Topic::Lit(lit) => lit.span(),
             Topic::Const(path) => syn::spanned::Spanned::span(path),
@@ -304,6 +312,8 @@ pub(crate) struct Args {
     pub include_result: Option<LitBool>,
     /// `crate = "…"`: the path of `messaging_core` in generated code.
     pub krate: Option<syn::Path>,
+    /// `publish_to = "…"`: one topic (a literal or a `const`).
+    pub publish_to: Option<Topic>,
 }
 
 impl Args {
@@ -778,6 +788,17 @@ fn store(key: Param, value: TokenStream, args: &mut Args) -> syn::Result<()> {
             set(&mut args.retry.retry_topics, lit)
         }
         Param::Schema => set(&mut args.schema, parse_schema(value)?),
+        Param::PublishTo => {
+            let topics = parse_topics(key, value)?;
+            let mut list = topics.value;
+            match (list.pop(), list.is_empty()) {
+                (Some(topic), true) => set(&mut args.publish_to, topic),
+                _ => Err(syn::Error::new(
+                    topics.span,
+                    "`publish_to` names one topic: `publish_to = \"context.aggregated\"`",
+                )),
+            }
+        }
         Param::NameField => set(&mut args.name_field, non_empty_str(key, value)?),
         Param::DataField => set(&mut args.data_field, non_empty_str(key, value)?),
         Param::KeyField => set(&mut args.key_field, non_empty_str(key, value)?),

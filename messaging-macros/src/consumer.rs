@@ -213,6 +213,10 @@ fn registrations(
             continue;
         }
         seen.push((shown, method_name.clone()));
+        if let Some(error) = crate::registration::publish_needs_output(method_args, &sig) {
+            errors.push(error);
+            continue;
+        }
         let registration = Registration {
             name: format!("{type_name}::{method_name}"),
             sig: &sig,
@@ -226,6 +230,7 @@ fn registrations(
             retry: method_args.retry.or(&args.retry),
             schema: None,
             krate: krate.clone(),
+            publish_to: method_args.publish_to.as_ref(),
         };
         out.push(registration.expand());
     }

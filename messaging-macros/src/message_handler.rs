@@ -52,6 +52,9 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             "invalid #[message_handler]",
         ));
     };
+    if let Some(error) = crate::registration::publish_needs_output(&args, &sig) {
+        return Err(error);
+    }
     let krate = args.krate();
     let Some(topics) = args.topics.map(|t| t.value) else {
         return Err(syn::Error::new(Span::call_site(), "missing topic"));
@@ -66,6 +69,7 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         retry: args.retry,
         schema: args.schema.as_ref(),
         krate,
+        publish_to: args.publish_to.as_ref(),
     };
     let generated = registration.expand();
     Ok(quote::quote! {

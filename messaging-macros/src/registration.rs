@@ -33,6 +33,8 @@ pub(crate) struct Registration<'a> {
     pub schema: Option<&'a Type>,
     /// The path of `messaging_core`: `::messaging_core`, or what `crate = "…"` says.
     pub krate: TokenStream,
+    /// `publish_to`: where the `Ok` value is published.
+    pub publish_to: Option<&'a Topic>,
 }
 
 impl Registration<'_> {
@@ -40,6 +42,13 @@ impl Registration<'_> {
         let krate = &self.krate;
         let call = self.call();
         let (topic_items, topics) = topic_values(krate, self.topics);
+        let publish_item = self.publish_to.map(|topic| {
+            let span = topic.span();
+            quote_spanned! {span=>
+                const __MESSAGING_PUBLISH_TO: &str = #topic;
+                const _: () = #krate::__private::check_topic(__MESSAGING_PUBLISH_TO);
+            }
+        });
         let registration = self.registration(&topics);
         let envelope = match &self.envelope {
             Some((name, data)) => quote! {
@@ -51,6 +60,7 @@ impl Registration<'_> {
             const _: () = {
                 const __MESSAGING_ENVELOPE: #krate::__private::EnvelopeFields = #envelope;
                 #topic_items
+                #publish_item
                 #call
                 #registration
             };
@@ -98,14 +108,46 @@ impl Registration<'_> {
             ),
         };
         // Through the declared type, so that an unsupported one is reported where it is written.
-        let into_result = match &sig.output {
-            Some(output) => quote_spanned! {output.span()=>
+        let into_result = match (&sig.output, self.publish_to) {
+            (Some(output), None) => quote_spanned! {output.span()=>
                 <#output as #krate::__private::HandlerReturn>::into_handler_result(__result)
             },
-            None => quote!(
+            (None, None) => quote!(
                 #krate::__private::IntoHandlerResult::into_handler_result(__result)
             ),
+            // `publish_to` without a return type is refused by the macro before this.
+            (output, Some(_)) => {
+                let value = match output {
+                    Some(output) => quote_spanned! {output.span()=>
+                        <#output as #krate::__private::PublishedReturn>::into_value(__result)?
+                    },
+                    None => quote!(__result),
+                };
+                quote! {
+                    async {
+                        #[allow(unused_imports)]
+                        use #krate::__private::event_name::{NameFromTopic as _, NameFromType as _};
+                        let __value = #value;
+                        let __name = (&&#krate::__private::event_name::NameOf(&__value))
+                            .__messaging_event_name(__MESSAGING_PUBLISH_TO);
+                        #krate::__private::publish_output(
+                            &__producer, __name, &__value, __MESSAGING_PUBLISH_TO, __key,
+                        )
+                        .await
+                    }
+                    .await
+                }
+            }
         };
+        // What publishing the result needs, taken before the handler's future borrows nothing.
+        let publish_inputs = self.publish_to.map(|_| {
+            quote! {
+                let __producer =
+                    <#krate::Producer as #krate::__private::FromContext>::from_context(&__inv)?;
+                let __key = __inv.message.key.clone();
+            }
+        });
+        let publish_names = self.publish_to.map(|_| quote!(__producer, __key,));
         // Spanned at the function's name: a future that is not `Send` is reported there.
         let body = quote_spanned! {ident.span()=>
             let __taken = (|| -> ::core::result::Result<_, #krate::HandlerError> {
@@ -120,10 +162,11 @@ impl Registration<'_> {
                 let __payload = #decode;
                 #(#extract)*
                 #this
-                ::core::result::Result::Ok((#this_value __payload #(, #args)*))
+                #publish_inputs
+                ::core::result::Result::Ok((#publish_names #this_value __payload #(, #args)*))
             })();
             match __taken {
-                ::core::result::Result::Ok((#this_value __payload #(, #args)*)) => {
+                ::core::result::Result::Ok((#publish_names #this_value __payload #(, #args)*)) => {
                     ::std::boxed::Box::pin(async move {
                         let __result = #callee(__payload #(, #args)*).await;
                         #into_result
@@ -173,6 +216,7 @@ impl Registration<'_> {
         let dlq = option(self.retry.dlq.as_ref().map(|d| quote!(#d)));
         let retry_topics = self.retry.retry_topics.as_ref().is_some_and(|b| b.value);
         let schema = option(self.schema.map(|s| quote!(::core::stringify!(#s))));
+        let publish_to = option(self.publish_to.map(|_| quote!(__MESSAGING_PUBLISH_TO)));
         let requires = sig.extractors.iter().map(|ty| {
             quote_spanned! {ty.span()=>
                 <#ty as #krate::__private::FromContext>::requirement as fn() -> _
@@ -194,6 +238,7 @@ impl Registration<'_> {
                     dlq: #dlq,
                     retry_topics: #retry_topics,
                     schema: #schema,
+                    publish_to: #publish_to,
                     requires: &[#(#requires),*],
                     instance: #instance,
                     call: __messaging_call,
@@ -201,6 +246,22 @@ impl Registration<'_> {
             }
         }
     }
+}
+
+/// `publish_to` on a handler that returns `()`: there is nothing to publish.
+pub(crate) fn publish_needs_output(
+    args: &crate::attr::Args,
+    sig: &HandlerSig,
+) -> Option<syn::Error> {
+    let topic = args.publish_to.as_ref()?;
+    sig.output.is_none().then(|| {
+        syn::Error::new(
+            topic.span(),
+            "`publish_to` publishes the handler's `Ok` value, but this handler returns `()`: \
+             return `Result<T, E>` with the event to publish as `T` (e.g. \
+             `anyhow::Result<ContextAggregated>`)",
+        )
+    })
 }
 
 fn option(value: Option<TokenStream>) -> TokenStream {
