@@ -208,8 +208,8 @@ mod tests {
         let reasons = patient.not_ready();
         assert_eq!(reasons.len(), 1, "{reasons:?}");
         assert!(
-            reasons[0].contains("g: not consuming: consumer failing for")
-                && reasons[0].contains("fenced"),
+            reasons[0].starts_with("group g: not consuming: ")
+                && reasons[0].contains("consumer failing for 0s: client unusable: fenced"),
             "{reasons:?}"
         );
     }
