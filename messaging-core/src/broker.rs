@@ -253,7 +253,9 @@ pub trait Consumer: Send {
 
     /// Waits for at least one message and returns up to `max`. Must be cancel-safe: a future
     /// dropped before it resolves loses no message (it may be redelivered). An error is
-    /// transient: the caller waits and calls again, and the consumer reconnects by itself.
+    /// transient: the caller waits and calls again, and the consumer reconnects by itself;
+    /// except [`BrokerError::ClientDead`]: the caller then closes this consumer and
+    /// subscribes again (with back-off), as for a client that cannot recover.
     fn next_batch(&mut self, max: usize) -> BoxFuture<'_, Result<Vec<Arc<Message>>, BrokerError>>;
 
     /// A handle that acknowledges what this consumer delivered, usable from other tasks

@@ -91,6 +91,19 @@ pub(crate) struct Dispatcher {
     pub clock: quanta::Clock,
 }
 
+/// Why a dispatcher stopped.
+pub(crate) enum Stopped {
+    /// Shutdown began.
+    Shutdown,
+    /// The consumer's client reported itself unusable ([`crate::error::BrokerError::ClientDead`], logged
+    /// and reported on the readiness): the caller subscribes again.
+    Dead,
+}
+
+/// How long a dispatcher whose consumer died waits at most for its handlers in flight
+/// before it is replaced (their messages are redelivered to the new consumer).
+const DEAD_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl PendingAcks {
     /// Keeps a handled message for the batch; `true` when the batch is due.
     fn gather(&mut self, message: Arc<Message>, now: u64, clock: &quanta::Clock) -> bool {
@@ -309,8 +322,10 @@ impl Skip {
 }
 
 impl Dispatcher {
-    /// Fetches and dispatches until shutdown, then closes the consumer.
-    pub async fn run(self: Arc<Self>, mut consumer: Box<dyn Consumer>) {
+    /// Fetches and dispatches until shutdown or until the consumer's client dies, then
+    /// closes the consumer. `shutdown` may be a child of the runtime's token: a dead
+    /// consumer cancels it, so that its workers and retries stop as they would on shutdown.
+    pub async fn run(self: Arc<Self>, mut consumer: Box<dyn Consumer>) -> Stopped {
         // Aborted with this future, also when the runtime is dropped without a shutdown.
         let _watcher = AbortOnDrop(tokio::spawn({
             let (token, this) = (self.shutdown.clone(), Arc::downgrade(&self));
@@ -321,21 +336,34 @@ impl Dispatcher {
                 }
             }
         }));
-        self.run_workers(&mut *consumer).await;
-        if let Err(error) = consumer.close().await {
-            tracing::warn!(group = %self.group, %error, "closing the consumer failed");
+        let stopped = self.run_workers(&mut *consumer).await;
+        let closing = consumer.close();
+        let closed = match stopped {
+            Stopped::Shutdown => Some(closing.await),
+            // A dead client may not answer: its replacement does not wait on it for long.
+            Stopped::Dead => tokio::time::timeout(DEAD_DRAIN_TIMEOUT, closing).await.ok(),
+        };
+        match closed {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                tracing::warn!(group = %self.group, %error, "closing the consumer failed")
+            }
+            None => {
+                tracing::warn!(group = %self.group, timeout = ?DEAD_DRAIN_TIMEOUT, "the dead consumer did not close in time; replacing it all the same")
+            }
         }
+        stopped
     }
 
     async fn next_batch(
         &self,
         consumer: &mut dyn Consumer,
         failures: &mut u32,
-    ) -> Option<Vec<Arc<Message>>> {
+    ) -> Result<Vec<Arc<Message>>, Stopped> {
         loop {
             let batch = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => return None,
+                _ = self.shutdown.cancelled() => return Err(Stopped::Shutdown),
                 batch = consumer.next_batch(self.batch_size) => batch,
             };
             match batch {
@@ -346,7 +374,16 @@ impl Dispatcher {
                         self.readiness.clear("fetch");
                     }
                     *failures = 0;
-                    return Some(batch);
+                    return Ok(batch);
+                }
+                Err(error) if error.is_dead() => {
+                    // Retrying on this client cannot help: stop this consumer's work (its
+                    // unacknowledged messages are redelivered) and let the caller replace it.
+                    tracing::error!(group = %self.group, %error, "the consumer's client is unusable; replacing it");
+                    self.readiness.set_ready(false);
+                    self.readiness.report("consumer", &error);
+                    self.shutdown.cancel();
+                    return Err(Stopped::Dead);
                 }
                 Err(error) => {
                     *failures += 1;
@@ -357,7 +394,7 @@ impl Dispatcher {
                         .min(Duration::from_secs(30));
                     tracing::warn!(group = %self.group, %error, ?wait, "fetching failed; retrying");
                     tokio::select! {
-                        _ = self.shutdown.cancelled() => return None,
+                        _ = self.shutdown.cancelled() => return Err(Stopped::Shutdown),
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }
@@ -488,8 +525,8 @@ impl Dispatcher {
     }
 
     /// Fetches and hands each batch's messages to `concurrency` workers by key, until
-    /// shutdown; then waits for the workers and the retries.
-    async fn run_workers(self: &Arc<Self>, consumer: &mut dyn Consumer) {
+    /// shutdown (or the consumer's death); then waits for the workers and the retries.
+    async fn run_workers(self: &Arc<Self>, consumer: &mut dyn Consumer) -> Stopped {
         let window = (4 * self.batch_size).max(64 * self.concurrency);
         let (retries, mut retry_rx) = mpsc::unbounded_channel::<BoxFuture<'static, ()>>();
         let scheduler = Arc::new(Scheduler {
@@ -530,6 +567,7 @@ impl Dispatcher {
             });
         }
         let mut failures = 0;
+        let mut stopped = Stopped::Shutdown;
         'fetch: loop {
             let wanted = self.batch_size.min(window) as u32;
             let room = tokio::select! {
@@ -555,7 +593,13 @@ impl Dispatcher {
                     batch = self.next_batch(consumer, &mut failures) => break batch,
                 }
             };
-            let Some(batch) = batch else { break 'fetch };
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(why) => {
+                    stopped = why;
+                    break 'fetch;
+                }
+            };
             // Held until each message is settled; what the batch did not use goes back.
             room.forget();
             scheduler
@@ -568,8 +612,24 @@ impl Dispatcher {
         while let Some(retry) = retry_rx.recv().await {
             tasks.spawn(retry);
         }
+        // With the scheduler go the keys' queues: nothing is held for a consumer that
+        // is gone.
         drop(scheduler);
-        while tasks.join_next().await.is_some() {}
+        let drained = async { while tasks.join_next().await.is_some() {} };
+        match stopped {
+            Stopped::Shutdown => drained.await,
+            Stopped::Dead => {
+                if tokio::time::timeout(DEAD_DRAIN_TIMEOUT, drained)
+                    .await
+                    .is_err()
+                {
+                    // Their messages are redelivered to the next consumer.
+                    tracing::warn!(group = %self.group, timeout = ?DEAD_DRAIN_TIMEOUT, "handlers still running on a dead consumer; abandoning them");
+                    tasks.abort_all();
+                }
+            }
+        }
+        stopped
     }
 
     fn route(&self, message: &Message) -> Result<&Arc<Target>, Skip> {

@@ -76,6 +76,18 @@ pub enum BrokerError {
         /// The broker.
         broker: &'static str,
     },
+    /// The client reports itself unusable for good (a Kafka fatal error, such as a static
+    /// member fenced by another with the same `group.instance.id`): retrying on it cannot
+    /// help. A consumer returning it from `next_batch` is closed and replaced by a new
+    /// subscription.
+    #[error("{broker}: client unusable: {source}")]
+    ClientDead {
+        /// The broker.
+        broker: &'static str,
+        /// What the client said.
+        #[source]
+        source: BoxError,
+    },
     /// A setting that can never work (a malformed URL, an unknown client property): no
     /// retry can fix it, so the connection loop gives up at once.
     #[error("{broker}: invalid `{variable}`: {message}")]
@@ -119,6 +131,19 @@ impl BrokerError {
     /// Whether this is a configuration error that no retry can fix.
     pub fn is_config(&self) -> bool {
         matches!(self, Self::Config { .. })
+    }
+
+    /// Shorthand for [`BrokerError::ClientDead`].
+    pub fn client_dead(broker: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::ClientDead {
+            broker,
+            source: source.into(),
+        }
+    }
+
+    /// Whether the client that reported this is unusable for good and must be replaced.
+    pub fn is_dead(&self) -> bool {
+        matches!(self, Self::ClientDead { .. })
     }
 
     /// Shorthand for [`BrokerError::Connection`].

@@ -49,7 +49,14 @@ impl Health {
         }
         for (group, readiness) in &groups {
             if !readiness.is_ready() {
-                reasons.push(format!("group {group}: not consuming yet (joining)"));
+                // Said at once: a member that stopped consuming (a dead client being
+                // replaced) is not ready whatever `stall_after` is.
+                let why = readiness.problems_older_than(Duration::ZERO);
+                reasons.push(if why.is_empty() {
+                    format!("group {group}: not consuming yet (joining)")
+                } else {
+                    format!("group {group}: not consuming: {}", why.join("; "))
+                });
             }
         }
         reasons.extend(self.stalled());
@@ -193,7 +200,17 @@ mod tests {
         let patient = health(Duration::from_secs(3600));
         let readiness = Readiness::ready();
         readiness.report("fetch", "timed out");
-        patient.connection.set_group("g", readiness);
+        patient.connection.set_group("g", readiness.clone());
         assert!(patient.not_ready().is_empty());
+        // A member that stopped consuming says why at once.
+        readiness.set_ready(false);
+        readiness.report("consumer", "client unusable: fenced");
+        let reasons = patient.not_ready();
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("group g: not consuming: ")
+                && reasons[0].contains("consumer failing for 0s: client unusable: fenced"),
+            "{reasons:?}"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use std::any::{Any, TypeId};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +13,7 @@ use crate::broker::{
     Broker, ConnectionState, Consumer, Readiness, StartFrom, Subscription, connect_with_retry,
 };
 use crate::config::{Config, try_current_config};
-use crate::dispatch::{Dispatcher, Route, Target};
+use crate::dispatch::{Dispatcher, Route, Stopped, Target};
 use crate::error::Error;
 use crate::extract::Context;
 use crate::metrics::{HandlerMetrics, metrics};
@@ -373,7 +373,7 @@ impl RuntimeBuilder {
                     // Known to `/health/ready` before the task first runs.
                     self.connection
                         .set_group(&dispatcher.group, consumer.readiness());
-                    tasks.spawn(dispatcher.run(consumer));
+                    tasks.spawn(dispatcher.run(consumer, subscription));
                 }
                 // One group that cannot subscribe (a key of the wrong type, a queue that
                 // cannot be declared) does not stop the others: it is reported and retried.
@@ -520,10 +520,43 @@ struct DispatcherParts {
     connection: Arc<ConnectionState>,
 }
 
+/// The first wait before subscribing again (after a failed subscription, or a consumer whose
+/// client died); it doubles up to [`MAX_RESUBSCRIBE_WAIT`] while the attempts keep failing.
+const FIRST_RESUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
+const MAX_RESUBSCRIBE_WAIT: Duration = Duration::from_secs(30);
+
+/// A consumer that lived this long before its client died starts the back-off afresh; one
+/// that died sooner (two members fencing each other in turn) makes the next wait longer.
+const LIVED_LONG: Duration = Duration::from_secs(60);
+
 impl DispatcherParts {
-    /// Dispatches what `consumer` fetches until shutdown.
-    async fn run(self, consumer: Box<dyn Consumer>) {
-        let readiness = consumer.readiness();
+    /// Dispatches what `consumer` fetches until shutdown. A consumer whose client reports
+    /// itself unusable is closed and replaced by a new one with the same subscription,
+    /// after a back-off; `/health/ready` says why meanwhile.
+    async fn run(self, consumer: Box<dyn Consumer>, subscription: Subscription) {
+        let mut consumer = consumer;
+        let mut wait = FIRST_RESUBSCRIBE_WAIT;
+        loop {
+            // Asked once: the default makes a new one per call.
+            let (started, readiness) = (Instant::now(), consumer.readiness());
+            if let Stopped::Shutdown = self.run_consumer(consumer, readiness.clone()).await {
+                return;
+            }
+            if started.elapsed() >= LIVED_LONG {
+                wait = FIRST_RESUBSCRIBE_WAIT;
+            }
+            let Some(next) = self
+                .subscribe_again(&subscription, &readiness, &mut wait)
+                .await
+            else {
+                return;
+            };
+            consumer = next;
+        }
+    }
+
+    /// Dispatches what `consumer` fetches until shutdown or until its client dies.
+    async fn run_consumer(&self, consumer: Box<dyn Consumer>, readiness: Readiness) -> Stopped {
         self.connection.set_group(&self.group, readiness.clone());
         if !readiness.announced_by_broker() {
             tracing::info!(group = %self.group, backend = self.broker.name(), "consuming");
@@ -531,44 +564,63 @@ impl DispatcherParts {
             tracing::info!(group = %self.group, backend = self.broker.name(), "joining the group");
         }
         let dispatcher = Arc::new(Dispatcher {
-            group: self.group,
-            routes: self.routes,
-            context: self.context,
-            broker: self.broker,
+            group: self.group.clone(),
+            routes: self.routes.clone(),
+            context: Arc::clone(&self.context),
+            broker: Arc::clone(&self.broker),
             acker: consumer.acker(),
-            source: self.source,
+            source: self.source.clone(),
             concurrency: self.concurrency,
             batch_size: self.batch_size,
             max_message_size: self.max_message_size,
-            shutdown: self.shutdown,
+            // Its own: a dead consumer stops its dispatcher, not the runtime.
+            shutdown: self.shutdown.child_token(),
             stopping: Default::default(),
-            connection: self.connection,
+            connection: Arc::clone(&self.connection),
             readiness,
             clock: crate::dispatch::handler_clock(),
         });
-        dispatcher.run(consumer).await;
+        dispatcher.run(consumer).await
+    }
+
+    /// Subscribes again and again, waiting `wait` before each attempt (doubled each time,
+    /// up to [`MAX_RESUBSCRIBE_WAIT`]), until it works; `None` on shutdown. Failures are
+    /// reported on `readiness`, the group's until a new consumer replaces it.
+    async fn subscribe_again(
+        &self,
+        subscription: &Subscription,
+        readiness: &Readiness,
+        wait: &mut Duration,
+    ) -> Option<Box<dyn Consumer>> {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(*wait) => {}
+            }
+            let waited = *wait;
+            *wait = (*wait * 2).min(MAX_RESUBSCRIBE_WAIT);
+            match self.broker.subscribe(subscription.clone()).await {
+                Ok(consumer) => {
+                    tracing::info!(group = %self.group, ?waited, "subscribed again");
+                    return Some(consumer);
+                }
+                Err(error) => {
+                    readiness.report("subscribe", &error);
+                    tracing::warn!(group = %self.group, %error, wait = ?*wait, "cannot subscribe; retrying");
+                }
+            }
+        }
     }
 
     /// Subscribes again and again, with back-off, until it works or shutdown; then runs.
     async fn subscribe_and_run(self, subscription: Subscription, readiness: Readiness) {
-        let mut wait = Duration::from_secs(1);
-        loop {
-            tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
-            }
-            match self.broker.subscribe(subscription.clone()).await {
-                Ok(consumer) => {
-                    tracing::info!(group = %self.group, "subscribed after failing");
-                    return self.run(consumer).await;
-                }
-                Err(error) => {
-                    readiness.report("subscribe", &error);
-                    tracing::warn!(group = %self.group, %error, ?wait, "cannot subscribe; retrying");
-                    wait = (wait * 2).min(Duration::from_secs(30));
-                }
-            }
+        let mut wait = FIRST_RESUBSCRIBE_WAIT;
+        if let Some(consumer) = self
+            .subscribe_again(&subscription, &readiness, &mut wait)
+            .await
+        {
+            self.run(consumer, subscription).await;
         }
     }
 }

@@ -24,11 +24,16 @@
 //! Acknowledgements that come later are dropped, messages of those partitions fetched but
 //! not yet handed out are not handed out, and the new owner reads them again (at least once,
 //! duplicates bounded by what was still in flight).
+//!
+//! A client that librdkafka declares dead (a fatal error, seen by the error callback or
+//! returned by a poll: a static member fenced by another with the same `group.instance.id`)
+//! fetches nothing any more: `next_batch` returns [`BrokerError::ClientDead`] once, and the
+//! runtime closes this consumer and subscribes again with a new one.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use messaging_core::{
@@ -129,6 +134,8 @@ pub(crate) struct GroupContext {
     drain_timeout: Duration,
     /// Set by a rebalance: the polling thread gives the partitions their queues again.
     rebalanced: AtomicBool,
+    /// Why librdkafka declared the client dead (a fatal error), once it did.
+    dead: OnceLock<String>,
 }
 
 impl GroupContext {
@@ -149,7 +156,13 @@ impl GroupContext {
             probed: Mutex::new(None),
             drain_timeout,
             rebalanced: AtomicBool::new(false),
+            dead: OnceLock::new(),
         }
+    }
+
+    /// Records that the client is dead; the polling thread tells the async side.
+    fn mark_dead(&self, why: impl std::fmt::Display) {
+        let _ = self.dead.set(why.to_string());
     }
 
     /// The client reported an error: `/health/ready` learns of it (and fails once it has
@@ -316,6 +329,9 @@ impl ClientContext for GroupContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         crate::quiet::error(&error, reason);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.mark_dead(format_args!("{error}: {reason}"));
+        }
         self.trouble(format_args!("{error}: {reason}"));
     }
 }
@@ -467,7 +483,9 @@ fn is_fatal(error: &KafkaError) -> bool {
 /// The polling thread: polls until told to stop (or the async side is gone), handing each
 /// round's records over, storing acknowledged offsets and pausing or resuming partitions in
 /// between. Then it stores and commits what was acknowledged and leaves the group (the
-/// revocation's callback runs here too); returns the commit's outcome.
+/// revocation's callback runs here too); `left` gets the commit's outcome once it has left,
+/// or at once for a dead client, whose destruction librdkafka may hold up for long (seen:
+/// until the cluster went away) and which leaves no group that its replacement waits on.
 fn poll_until_stopped(
     consumer: Arc<GroupConsumer>,
     wake: Arc<Wake>,
@@ -475,7 +493,8 @@ fn poll_until_stopped(
     limits: Limits,
     out: &mpsc::UnboundedSender<Fetched>,
     stop: &AtomicBool,
-) -> KafkaResult<()> {
+    left: oneshot::Sender<KafkaResult<()>>,
+) {
     let mut round = Round {
         consumer: &consumer,
         wake,
@@ -498,8 +517,13 @@ fn poll_until_stopped(
     drop(round);
     store_acknowledged(&consumer);
     let committed = commit_stored(&*consumer);
-    drop(consumer);
-    committed
+    if consumer.context().dead.get().is_some() {
+        let _ = left.send(committed);
+        drop(consumer);
+    } else {
+        drop(consumer);
+        let _ = left.send(committed);
+    }
 }
 
 /// A partition's own queue (`split_partition_queue`): its records are read only while it
@@ -575,6 +599,7 @@ impl Round<'_> {
         if !self.hand_over(&mut batch) {
             return false;
         }
+        self.report_death();
         if !progressed {
             self.wake.wait(if full {
                 FULL_POLL_WAIT
@@ -617,10 +642,27 @@ impl Round<'_> {
     /// An error librdkafka returned in place of a record: logged (rate-limited) and reported
     /// by the error callback already, and retried by librdkafka, unless it is fatal.
     fn failed(&mut self, error: KafkaError) {
-        if is_fatal(&error) && !self.fatal_reported {
-            self.fatal_reported = true;
-            let _ = self.out.send(Err(from_kafka("receive", error)));
+        if is_fatal(&error) {
+            self.consumer.context().mark_dead(error);
         }
+    }
+
+    /// Tells the async side, once, that the client is dead (after what was fetched before).
+    fn report_death(&mut self) {
+        let context = self.consumer.context();
+        let Some(why) = context.dead.get() else {
+            return;
+        };
+        if self.fatal_reported {
+            return;
+        }
+        self.fatal_reported = true;
+        // librdkafka's own account names the cause (the callback may only say "fatal").
+        let why = match self.consumer.client().fatal_error() {
+            Some((code, reason)) => format!("{code}: {reason}"),
+            None => why.clone(),
+        };
+        let _ = self.out.send(Err(BrokerError::client_dead(NAME, why)));
     }
 
     /// Gives each assigned partition a queue of its own (an assignment undoes the last).
@@ -715,8 +757,7 @@ impl KafkaConsumer {
             .spawn({
                 let stop = Arc::clone(&stop);
                 move || {
-                    let committed = poll_until_stopped(consumer, wake, &names, limits, &out, &stop);
-                    let _ = left_tx.send(committed);
+                    poll_until_stopped(consumer, wake, &names, limits, &out, &stop, left_tx);
                 }
             })
             .map_err(|e| operation("start the polling thread", e))?;
