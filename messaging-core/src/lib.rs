@@ -282,8 +282,9 @@ pub mod __private {
         }
     }
 
-    /// The event name a `publish_to` result goes out under: its [`TypedEvent::NAME`] when
-    /// its type has one, else the topic (resolved by autoref on a [`NameOf`]).
+    /// The event name a `publish_to` result goes out under: its
+    /// [`TypedEvent::NAME`](crate::TypedEvent::NAME) when its type has one, else the topic
+    /// (resolved by autoref on a [`NameOf`](event_name::NameOf)).
     pub mod event_name {
         use crate::TypedEvent;
 
