@@ -207,7 +207,7 @@ async fn run_cli(
             let config = try_current_config()?;
             if !linked_backends().contains(&config.backend.as_str()) {
                 problems.push(format!(
-                    "MESSAGING_BACKEND=`{}` is not linked into this binary; linked: {} (depend on the broker crate and refer to it once, e.g. `use messaging_redis as _;`)",
+                    "MESSAGING_BACKEND=`{}` is not linked into this binary; linked: {} (depend on the broker crate and refer to it once: `use <its crate> as _;`)",
                     config.backend,
                     linked_backends().join(", ")
                 ));
@@ -444,10 +444,12 @@ fn dlq_config(broker: Option<&str>) -> Result<Config, Error> {
     if config.backend == "memory" && !named {
         return Err(Error::Config {
             key: "MESSAGING_BACKEND".to_owned(),
-            message: "is not set, so this would read the in-memory broker, whose DLQ ends with \
-                      the process that wrote it; set MESSAGING_BACKEND (e.g. redis) or pass \
-                      --broker memory"
-                .to_owned(),
+            message: format!(
+                "is not set, so this would read the in-memory broker, whose DLQ ends with the \
+                 process that wrote it; set MESSAGING_BACKEND to the broker the service uses \
+                 (linked: {}) or pass --broker memory",
+                linked_backends().join(", ")
+            ),
         });
     }
     Ok(config)

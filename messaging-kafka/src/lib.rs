@@ -85,12 +85,14 @@ use messaging_core::{BoxFuture, Broker, BrokerError, BrokerFactory, Config};
 pub use broker::KafkaBroker;
 pub use browse::REPLAY_GROUP;
 pub use error::KafkaSetupError;
-pub use settings::KafkaSettings;
+pub use settings::{Client, KafkaSettings};
 
 fn connect(config: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError>> {
     Box::pin(async move { Ok(KafkaBroker::from_config(config).await?.into_dyn()) })
 }
 
 inventory::submit! {
-    BrokerFactory { name: error::NAME, connect }
+    BrokerFactory::new(error::NAME, connect)
+        .variables(&["KAFKA_"])
+        .target(settings::target)
 }

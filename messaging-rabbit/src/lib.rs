@@ -128,7 +128,7 @@ use messaging_core::{BoxFuture, Broker, BrokerError, BrokerFactory, Config};
 
 pub use broker::RabbitBroker;
 pub use error::RabbitError;
-pub use options::{DEFAULT_CONSUMER_TIMEOUT, DEFAULT_EXCHANGE, RabbitOptions};
+pub use options::{DEFAULT_CONSUMER_TIMEOUT, DEFAULT_EXCHANGE, DEFAULT_URL, RabbitOptions};
 
 /// The name the backend is registered under.
 pub const NAME: &str = "rabbitmq";
@@ -138,5 +138,7 @@ fn connect_configured(config: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, 
 }
 
 inventory::submit! {
-    BrokerFactory { name: NAME, connect: connect_configured }
+    BrokerFactory::new(NAME, connect_configured)
+        .variables(&["RABBITMQ_"])
+        .target(options::target)
 }

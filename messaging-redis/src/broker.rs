@@ -115,7 +115,7 @@ impl RedisBroker {
 }
 
 /// The variable a bad URL is reported under (also when the URL was given in code).
-const URL_VARIABLE: &str = "REDIS_URL";
+pub(crate) const URL_VARIABLE: &str = "REDIS_URL";
 
 /// The URL forms this crate accepts, for error messages.
 const URL_FORMS: &str =

@@ -133,25 +133,68 @@ mod publisher;
 
 use std::sync::Arc;
 
-use messaging_core::{Broker, BrokerFactory};
+use messaging_core::config::mask_url;
+use messaging_core::{BoxFuture, Broker, BrokerError, BrokerFactory, Config};
 
 pub use broker::{KEEP_GROUP, RedisBroker};
 pub use entry::PAYLOAD_FIELD;
 pub use error::RedisBrokerError;
 pub use options::RedisOptions;
 
+/// The URL when `REDIS_URL` is not set (DESIGN §5).
+pub const DEFAULT_URL: &str = "redis://localhost:6379/0";
+
+/// The URL `config` gives: `REDIS_URL` of its [`Config::settings`], else [`DEFAULT_URL`]; set
+/// but empty is a [`BrokerError::Config`] naming it.
+fn configured_url(config: &Config) -> Result<&str, BrokerError> {
+    Ok(config
+        .settings
+        .get_required(error::BROKER, broker::URL_VARIABLE)?
+        .unwrap_or(DEFAULT_URL))
+}
+
+fn connect(config: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError>> {
+    let options = RedisOptions {
+        consumer_prefix: config.source.clone(),
+        ..RedisOptions::default()
+    };
+    Box::pin(async move {
+        let broker = RedisBroker::connect(configured_url(config)?, options).await?;
+        Ok(Arc::new(broker) as Arc<dyn Broker>)
+    })
+}
+
+/// What the connection loop names as the server: the URL, its password masked.
+fn target(config: &Config) -> String {
+    mask_url(configured_url(config).unwrap_or_default())
+}
+
 inventory::submit! {
-    BrokerFactory {
-        name: "redis",
-        connect: |config| {
-            let options = RedisOptions {
-                consumer_prefix: config.source.clone(),
-                ..RedisOptions::default()
-            };
-            Box::pin(async move {
-                let broker = RedisBroker::connect(&config.redis_url, options).await?;
-                Ok(Arc::new(broker) as Arc<dyn Broker>)
-            })
-        },
+    BrokerFactory::new(error::BROKER, connect)
+        .variables(&["REDIS_"])
+        .target(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_comes_from_its_variable_with_the_design_default() {
+        assert_eq!(configured_url(&Config::default()).unwrap(), DEFAULT_URL);
+        let config = Config::default().setting("REDIS_URL", "rediss://:s3cret@h:6380/2");
+        assert_eq!(
+            configured_url(&config).unwrap(),
+            "rediss://:s3cret@h:6380/2"
+        );
+        assert_eq!(target(&config), "rediss://:***@h:6380/2");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let empty = Config::default().setting("REDIS_URL", "");
+        match configured_url(&empty) {
+            Err(BrokerError::Config {
+                broker, variable, ..
+            }) => assert_eq!((broker, variable.as_str()), ("redis", "REDIS_URL")),
+            other => panic!("{other:?}"),
+        }
     }
 }
