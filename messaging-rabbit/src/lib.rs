@@ -97,6 +97,13 @@
 //!
 //! # Configuration errors, heartbeats
 //!
+//! The registered backend reads `RABBITMQ_URL` (default
+//! `amqp://guest:guest@localhost:5672/%2f`) and `RABBITMQ_EXCHANGE` from the framework's
+//! `Config::settings` (filled from the environment by `Config::from_env`, or set in code with
+//! `Config::setting`); core never reads them. The publisher and the consumers connect with
+//! this one URL: there are no per-client settings. A `RABBITMQ_URL` set but empty is an
+//! error naming it; the connection loop names the URL with its password masked.
+//!
 //! The URL is checked before connecting: one that does not parse, another scheme than
 //! `amqp://` (`amqps://` included: TLS is not built in), or no host is a configuration error
 //! naming `RABBITMQ_URL` (`BrokerError::Config`, password masked), and so is the broker's

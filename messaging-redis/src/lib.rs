@@ -88,6 +88,12 @@
 //! `consumer_prefix=orders`. They are taken off the URL before the `redis` client sees it. A
 //! password never reaches a log.
 //!
+//! The registered backend reads `REDIS_URL` (default `redis://localhost:6379/0`) from the
+//! framework's `Config::settings` (filled from the environment by `Config::from_env`, or set
+//! in code with `Config::setting`); core never reads it. The publisher and the consumers
+//! share this one URL: there are no per-client settings. Set but empty, it is an error
+//! naming it. The connection loop names the URL with its password masked.
+//!
 //! A URL that can never work (it does not parse, another scheme, a port above 65535, a
 //! database that is not a number, a parameter that does not parse, an unreadable TLS file)
 //! fails `connect` at once, before any connection attempt, with `BrokerError::Config`
