@@ -1,4 +1,4 @@
-//! The operator's first day on Kafka and RabbitMQ (issue 21), with the built `consumer`: a
+//! The operator's first day on Kafka, RabbitMQ and Redis (issue 21), with the built `consumer`: a
 //! setting that can never work ends the process at once naming its variable, `/health/ready`
 //! turns 200 on Kafka only once partitions are assigned (and a message published then is
 //! handled), and the log stays quiet while the Kafka broker is down.
@@ -40,6 +40,10 @@ fn malformed_kafka_settings_fail_at_once_naming_the_variable() {
     for (variable, value) in [
         ("KAFKA_CONFIG_NO_SUCH_PROPERTY", "1"),
         ("KAFKA_CONFIG_SESSION_TIMEOUT_MS", "banana"),
+        // A client's own property names its own variable.
+        ("KAFKA_PRODUCER_CONFIG_LINGER_MS", "banana"),
+        ("KAFKA_ADMIN_CONFIG_NO_SUCH_PROPERTY", "1"),
+        ("KAFKA_CONSUMER_CONFIG_SESSION_TIMEOUT_MS", "banana"),
     ] {
         let mut env = kafka.to_vec();
         env.push((variable, value));
@@ -52,6 +56,16 @@ fn malformed_kafka_settings_fail_at_once_naming_the_variable() {
         ],
         "KAFKA_BOOTSTRAP_SERVERS",
     );
+}
+
+#[test]
+fn malformed_redis_settings_fail_at_once_naming_the_variable() {
+    for url in ["", "not a url", "http://127.0.0.1:6379/0"] {
+        assert_fails_at_once(
+            &[("MESSAGING_BACKEND", "redis"), ("REDIS_URL", url)],
+            "REDIS_URL",
+        );
+    }
 }
 
 #[test]
