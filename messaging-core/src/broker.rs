@@ -315,6 +315,10 @@ pub type ConnectFn = fn(&Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, Broker
 /// does not parse is shown as given (masked), and reported by the connection attempt.
 pub type TargetFn = fn(&Config) -> String;
 
+/// What a [`BrokerFactory`] runs to check its settings without connecting (`consumer check`):
+/// the [`BrokerError::Config`] a connection attempt would end with at once, if any.
+pub type CheckFn = fn(&Config) -> Result<(), BrokerError>;
+
 /// A broker that can be selected by name. Broker crates submit one with `inventory`, which
 /// is all it takes for `MESSAGING_BACKEND=<name>` to select it: core knows no broker by name.
 ///
@@ -330,8 +334,15 @@ pub type TargetFn = fn(&Config) -> String;
 ///     config.settings.get("QUEUE_URL").map_or("localhost".to_owned(), messaging_core::config::mask_url)
 /// }
 ///
+/// fn check(config: &Config) -> Result<(), messaging_core::BrokerError> {
+///     config.settings.get_required("queue", "QUEUE_URL").map(drop)
+/// }
+///
 /// inventory::submit! {
-///     BrokerFactory::new("queue", connect).variables(&["QUEUE_"]).target(target)
+///     BrokerFactory::new("queue", connect)
+///         .variables(&["QUEUE_"])
+///         .target(target)
+///         .check(check)
 /// }
 /// ```
 pub struct BrokerFactory {
@@ -339,6 +350,7 @@ pub struct BrokerFactory {
     connect: ConnectFn,
     variables: &'static [&'static str],
     target: TargetFn,
+    check: CheckFn,
 }
 
 impl BrokerFactory {
@@ -350,6 +362,7 @@ impl BrokerFactory {
             connect,
             variables: &[],
             target: name_only,
+            check: nothing_to_check,
         }
     }
 
@@ -363,6 +376,13 @@ impl BrokerFactory {
     /// What the connection loop names as this broker's address (see [`TargetFn`]).
     pub const fn target(mut self, target: TargetFn) -> Self {
         self.target = target;
+        self
+    }
+
+    /// How `consumer check` finds a setting that can never work, without connecting (see
+    /// [`CheckFn`]). Default: nothing to check.
+    pub const fn check(mut self, check: CheckFn) -> Self {
+        self.check = check;
         self
     }
 
@@ -383,10 +403,20 @@ impl BrokerFactory {
     pub fn describe(&self, config: &Config) -> String {
         (self.target)(config)
     }
+
+    /// The setting of `config` that can never work for this broker, found without
+    /// connecting.
+    pub fn check_settings(&self, config: &Config) -> Result<(), BrokerError> {
+        (self.check)(config)
+    }
 }
 
 fn name_only(config: &Config) -> String {
     config.backend.clone()
+}
+
+fn nothing_to_check(_config: &Config) -> Result<(), BrokerError> {
+    Ok(())
 }
 
 impl std::fmt::Debug for BrokerFactory {

@@ -101,8 +101,17 @@ fn connect(config: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError
     Box::pin(async move { Ok(KafkaBroker::from_config(config).await?.into_dyn()) })
 }
 
+/// The settings a connection would refuse before asking the cluster (librdkafka's own
+/// checks of property values happen when a client is made, so only by connecting).
+fn check(config: &Config) -> Result<(), BrokerError> {
+    KafkaSettings::from_config(config)
+        .map(drop)
+        .map_err(KafkaSetupError::into_broker_error)
+}
+
 inventory::submit! {
     BrokerFactory::new(error::NAME, connect)
         .variables(&["KAFKA_"])
         .target(settings::target)
+        .check(check)
 }

@@ -144,8 +144,21 @@ fn connect_configured(config: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, 
     Box::pin(async move { Ok(RabbitBroker::from_config(config).await?.into_dyn()) })
 }
 
+/// The settings a connection would refuse at once: an empty or malformed `RABBITMQ_URL`, a
+/// bad `consumer_timeout` in it. Whether the broker accepts the virtual host and the
+/// credentials is found out only by connecting.
+fn check(config: &Config) -> Result<(), BrokerError> {
+    let options = RabbitOptions::from_config(config)?;
+    connection::amqp_uri(&options.url).map_err(|e| e.into_broker("check"))?;
+    options
+        .resolved_consumer_timeout()
+        .map_err(|e| RabbitError::Config(e).into_broker("check"))?;
+    Ok(())
+}
+
 inventory::submit! {
     BrokerFactory::new(NAME, connect_configured)
         .variables(&["RABBITMQ_"])
         .target(options::target)
+        .check(check)
 }

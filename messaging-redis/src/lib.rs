@@ -175,10 +175,17 @@ fn target(config: &Config) -> String {
     mask_url(configured_url(config).unwrap_or_default())
 }
 
+/// The settings a connection would refuse before any attempt: the URL, read as `connect`
+/// reads it, without connecting.
+fn check(config: &Config) -> Result<(), BrokerError> {
+    broker::open_client(configured_url(config)?, &mut RedisOptions::default()).map(drop)
+}
+
 inventory::submit! {
     BrokerFactory::new(error::BROKER, connect)
         .variables(&["REDIS_"])
         .target(target)
+        .check(check)
 }
 
 #[cfg(test)]
@@ -195,7 +202,10 @@ mod tests {
         );
         assert_eq!(target(&config), "rediss://:***@h:6380/2");
         assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(check(&config).is_ok());
+        assert!(check(&Config::default().setting("REDIS_URL", "http://h/0")).is_err());
         let empty = Config::default().setting("REDIS_URL", "");
+        assert!(check(&empty).is_err());
         match configured_url(&empty) {
             Err(BrokerError::Config {
                 broker, variable, ..

@@ -68,6 +68,61 @@ fn malformed_redis_settings_fail_at_once_naming_the_variable() {
     }
 }
 
+/// `consumer check` asks the selected broker crate about its own settings, without
+/// connecting: each one that can never work is a problem naming its variable.
+#[test]
+fn check_reports_a_broker_setting_that_can_never_work() {
+    for (env, variable) in [
+        (
+            &[("MESSAGING_BACKEND", "kafka"), ("KAFKA_API_KEY", "k")][..],
+            "KAFKA_API_SECRET",
+        ),
+        (
+            &[
+                ("MESSAGING_BACKEND", "kafka"),
+                ("KAFKA_CONSUMER_CONFIG_MESSAGING_JOIN_TIMEOUT_MS", "5"),
+            ][..],
+            "KAFKA_CONSUMER_CONFIG_MESSAGING_JOIN_TIMEOUT_MS",
+        ),
+        (
+            &[
+                ("MESSAGING_BACKEND", "kafka"),
+                ("KAFKA_BOOTSTRAP_SERVERS", ""),
+            ][..],
+            "KAFKA_BOOTSTRAP_SERVERS",
+        ),
+        (
+            &[
+                ("MESSAGING_BACKEND", "rabbitmq"),
+                ("RABBITMQ_URL", "http://h/"),
+            ][..],
+            "RABBITMQ_URL",
+        ),
+        (
+            &[("MESSAGING_BACKEND", "redis"), ("REDIS_URL", "")][..],
+            "REDIS_URL",
+        ),
+    ] {
+        let (status, out, err, _) = run_plain(FIXTURE, &["check"], env);
+        assert_eq!(status.code(), Some(1), "{env:?}: {out}{err}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("problem:") && l.contains(variable)),
+            "{env:?}: no problem naming {variable}:\n{out}{err}"
+        );
+    }
+    let (status, out, err, _) = run_plain(
+        FIXTURE,
+        &["check"],
+        &[
+            ("MESSAGING_BACKEND", "kafka"),
+            ("KAFKA_BOOTSTRAP_SERVERS", KAFKA),
+            ("KAFKA_PRODUCER_CONFIG_LINGER_MS", "5"),
+        ],
+    );
+    assert!(status.success(), "{out}{err}");
+}
+
 #[test]
 fn malformed_rabbitmq_settings_fail_at_once_naming_the_variable() {
     for url in [
