@@ -89,7 +89,9 @@ impl Config {
         Self::from_lookup(|key| std::env::var(key).ok(), std::env::vars())
     }
 
-    /// Reads from any key-value source (the environment, a test's map).
+    /// Reads from any key-value source (the environment, a test's map): `get` looks one
+    /// variable up, `all` lists every one, where the variables known by a prefix are found
+    /// (`MESSAGING_TOPIC_<NAME>`, and each linked broker's, kept in [`Config::settings`]).
     pub fn from_lookup(
         get: impl Fn(&str) -> Option<String>,
         all: impl IntoIterator<Item = (String, String)>,
