@@ -9,14 +9,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::config::{Config, mask_url};
+use crate::config::Config;
 use crate::error::{BrokerError, Error};
 use crate::handler::BoxFuture;
 use crate::message::{Message, OutgoingMessage};
 
 /// A message broker: publishes with acknowledgement and hands out consumers.
 pub trait Broker: Send + Sync + 'static {
-    /// The name it is registered under (`kafka`, `rabbitmq`, `redis`, `memory`, `disabled`).
+    /// The name it is registered under (`memory`, `disabled`, or a broker crate's: `kafka`,
+    /// `rabbitmq`, `redis`).
     fn name(&self) -> &'static str;
 
     /// Publishes one message and resolves once the broker has acknowledged it (publisher
@@ -314,15 +315,127 @@ pub fn ack_each(
     Box::pin(std::future::ready(outcome))
 }
 
-/// What a [`BrokerFactory`] runs: one connection attempt with this configuration.
+/// What a [`BrokerFactory`] runs: one connection attempt with this configuration. The broker
+/// reads its own variables from [`Config::settings`], and the framework's (retry settings,
+/// service name) from the rest of `config`.
 pub type ConnectFn = fn(&Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError>>;
 
-/// A broker that can be selected by name. Broker crates submit one with `inventory`.
+/// What a [`BrokerFactory`] names as what it connects to in the connection loop's log lines
+/// and errors: an address, a URL with its password masked. It must not fail: a setting that
+/// does not parse is shown as given (masked), and reported by the connection attempt.
+pub type TargetFn = fn(&Config) -> String;
+
+/// What a [`BrokerFactory`] runs to check its settings without connecting (`consumer check`):
+/// the [`BrokerError::Config`] a connection attempt would end with at once, if any.
+pub type CheckFn = fn(&Config) -> Result<(), BrokerError>;
+
+/// A broker that can be selected by name. Broker crates submit one with `inventory`, which
+/// is all it takes for `MESSAGING_BACKEND=<name>` to select it: core knows no broker by name.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use messaging_core::{Broker, BrokerFactory, Config, MemoryBroker};
+/// fn connect(config: &Config) -> messaging_core::BoxFuture<'_, Result<Arc<dyn Broker>, messaging_core::BrokerError>> {
+///     // A real broker reads `config.settings.get_required("queue", "QUEUE_URL")` here.
+///     Box::pin(async { Ok(Arc::new(MemoryBroker::new()) as Arc<dyn Broker>) })
+/// }
+///
+/// fn target(config: &Config) -> String {
+///     config.settings.get("QUEUE_URL").map_or("localhost".to_owned(), messaging_core::config::mask_url)
+/// }
+///
+/// fn check(config: &Config) -> Result<(), messaging_core::BrokerError> {
+///     config.settings.get_required("queue", "QUEUE_URL").map(drop)
+/// }
+///
+/// inventory::submit! {
+///     BrokerFactory::new("queue", connect)
+///         .variables(&["QUEUE_"])
+///         .target(target)
+///         .check(check)
+/// }
+/// ```
 pub struct BrokerFactory {
+    name: &'static str,
+    connect: ConnectFn,
+    variables: &'static [&'static str],
+    target: TargetFn,
+    check: CheckFn,
+}
+
+impl BrokerFactory {
+    /// A broker selected as `name`, connected by `connect`; it reads no variables and names
+    /// itself (`name`) in the connection loop's logs.
+    pub const fn new(name: &'static str, connect: ConnectFn) -> Self {
+        Self {
+            name,
+            connect,
+            variables: &[],
+            target: name_only,
+            check: nothing_to_check,
+        }
+    }
+
+    /// The prefixes of the environment variables this broker reads (`&["KAFKA_"]`): those
+    /// are captured into [`Config::settings`] by [`Config::from_env`].
+    pub const fn variables(mut self, prefixes: &'static [&'static str]) -> Self {
+        self.variables = prefixes;
+        self
+    }
+
+    /// What the connection loop names as this broker's address (see [`TargetFn`]).
+    pub const fn target(mut self, target: TargetFn) -> Self {
+        self.target = target;
+        self
+    }
+
+    /// How `consumer check` finds a setting that can never work, without connecting (see
+    /// [`CheckFn`]). Default: nothing to check.
+    pub const fn check(mut self, check: CheckFn) -> Self {
+        self.check = check;
+        self
+    }
+
     /// The name `MESSAGING_BACKEND` selects it by.
-    pub name: &'static str,
-    /// Connects with this configuration (one attempt).
-    pub connect: ConnectFn,
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// One connection attempt with `config`.
+    pub fn connect<'a>(
+        &self,
+        config: &'a Config,
+    ) -> BoxFuture<'a, Result<Arc<dyn Broker>, BrokerError>> {
+        (self.connect)(config)
+    }
+
+    /// What this broker connects to as `config` says, masked for logs.
+    pub fn describe(&self, config: &Config) -> String {
+        (self.target)(config)
+    }
+
+    /// The setting of `config` that can never work for this broker, found without
+    /// connecting.
+    pub fn check_settings(&self, config: &Config) -> Result<(), BrokerError> {
+        (self.check)(config)
+    }
+}
+
+fn name_only(config: &Config) -> String {
+    config.backend.clone()
+}
+
+fn nothing_to_check(_config: &Config) -> Result<(), BrokerError> {
+    Ok(())
+}
+
+impl std::fmt::Debug for BrokerFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerFactory")
+            .field("name", &self.name)
+            .field("variables", &self.variables)
+            .finish_non_exhaustive()
+    }
 }
 
 inventory::collect!(BrokerFactory);
@@ -338,7 +451,17 @@ pub fn linked_backends() -> Vec<&'static str> {
     names
 }
 
-fn factory(name: &str) -> Result<&'static BrokerFactory, Error> {
+/// The variable prefixes the linked brokers read, for [`Config::from_env`].
+pub(crate) fn setting_prefixes() -> Vec<&'static str> {
+    inventory::iter::<BrokerFactory>
+        .into_iter()
+        .flat_map(|f| f.variables.iter().copied())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The factory `MESSAGING_BACKEND=name` selects.
+pub fn factory(name: &str) -> Result<&'static BrokerFactory, Error> {
     inventory::iter::<BrokerFactory>
         .into_iter()
         .find(|f| f.name == name)
@@ -351,7 +474,7 @@ fn factory(name: &str) -> Result<&'static BrokerFactory, Error> {
 /// One attempt to connect to the configured broker.
 pub async fn connect_once(config: &Config) -> Result<Arc<dyn Broker>, Error> {
     let factory = factory(&config.backend)?;
-    match (factory.connect)(config).await {
+    match factory.connect(config).await {
         Ok(broker) => Ok(broker),
         Err(BrokerError::Config {
             variable, message, ..
@@ -421,18 +544,13 @@ pub async fn connect_with_retry(
     forever: bool,
 ) -> Result<Arc<dyn Broker>, Error> {
     let factory = factory(&config.backend)?;
-    let target = match config.backend.as_str() {
-        "kafka" => config.kafka_bootstrap_servers.clone(),
-        "rabbitmq" => mask_url(&config.rabbitmq_url),
-        "redis" => mask_url(&config.redis_url),
-        other => other.to_owned(),
-    };
+    let target = factory.describe(config);
     let per_round = config.connect_max_retries.max(1);
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         tracing::info!(backend = factory.name, %target, "Connecting… (attempt {attempt}/{per_round})");
-        match (factory.connect)(config).await {
+        match factory.connect(config).await {
             Ok(broker) => {
                 state.set_connected(true);
                 state.in_cooldown.store(false, Ordering::Relaxed);

@@ -16,7 +16,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{ConnectionState, connect_once, linked_backends};
+use crate::broker::{ConnectionState, connect_once, factory, linked_backends};
 use crate::config::{Config, configured_in_code, parse_duration, try_current_config};
 use crate::dlq::{DeadLetterRecord, OriginalMessage, resolve_dlq_topic};
 use crate::error::Error;
@@ -205,12 +205,17 @@ async fn run_cli(
                 format!("{m}: register it with `cli::main_with(|runtime| runtime.state(value))`")
             }));
             let config = try_current_config()?;
-            if !linked_backends().contains(&config.backend.as_str()) {
-                problems.push(format!(
-                    "MESSAGING_BACKEND=`{}` is not linked into this binary; linked: {} (depend on the broker crate and refer to it once, e.g. `use messaging_redis as _;`)",
+            match factory(&config.backend) {
+                Ok(factory) => {
+                    if let Err(error) = factory.check_settings(&config) {
+                        problems.push(error.to_string());
+                    }
+                }
+                Err(_) => problems.push(format!(
+                    "MESSAGING_BACKEND=`{}` is not linked into this binary; linked: {} (depend on the broker crate and refer to it once: `use <its crate> as _;`)",
                     config.backend,
                     linked_backends().join(", ")
-                ));
+                )),
             }
             if problems.is_empty() {
                 println!("ok: {} handlers, no problems", handlers.len());
@@ -455,10 +460,12 @@ fn dlq_config(broker: Option<&str>) -> Result<Config, Error> {
     if config.backend == "memory" && !named {
         return Err(Error::Config {
             key: "MESSAGING_BACKEND".to_owned(),
-            message: "is not set, so this would read the in-memory broker, whose DLQ ends with \
-                      the process that wrote it; set MESSAGING_BACKEND (e.g. redis) or pass \
-                      --broker memory"
-                .to_owned(),
+            message: format!(
+                "is not set, so this would read the in-memory broker, whose DLQ ends with the \
+                 process that wrote it; set MESSAGING_BACKEND to the broker the service uses \
+                 (linked: {}) or pass --broker memory",
+                linked_backends().join(", ")
+            ),
         });
     }
     Ok(config)

@@ -1,33 +1,33 @@
 //! Configuration: in code with [`configure_messaging`] (takes precedence) or from the
 //! environment variables of DESIGN §5. Secrets never reach a log: `Debug` masks them.
+//!
+//! Core reads only the framework's own settings (`MESSAGING_*`). A broker's settings are
+//! passed on unread as [`Settings`]: the variables whose names start with a prefix that a
+//! linked broker crate registered (see [`BrokerFactory::variables`]), which that crate parses
+//! when it connects.
+//!
+//! [`BrokerFactory::variables`]: crate::BrokerFactory::variables
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::RwLock;
 use std::time::Duration;
 
-use crate::error::Error;
+use crate::error::{BrokerError, Error};
 
 /// Everything the framework reads from configuration.
 #[derive(Clone)]
 pub struct Config {
-    /// `kafka`, `rabbitmq`, `redis`, `memory` or `disabled` (`MESSAGING_BACKEND`).
+    /// The name of a linked broker: `memory`, `disabled`, or one a broker crate registers
+    /// (`kafka`, `rabbitmq`, `redis`) (`MESSAGING_BACKEND`).
     pub backend: String,
     /// Service name written into envelopes and DLQ records (`MESSAGING_SOURCE`).
     pub source: String,
-    /// Kafka brokers (`KAFKA_BOOTSTRAP_SERVERS`).
-    pub kafka_bootstrap_servers: String,
-    /// SASL PLAIN user for Confluent Cloud (`KAFKA_API_KEY`).
-    pub kafka_api_key: Option<String>,
-    /// SASL PLAIN password (`KAFKA_API_SECRET`).
-    pub kafka_api_secret: Option<String>,
-    /// Any other librdkafka property, from `KAFKA_CONFIG_<NAME>` (`SESSION_TIMEOUT_MS` →
-    /// `session.timeout.ms`).
-    pub kafka_properties: BTreeMap<String, String>,
-    /// AMQP URL (`RABBITMQ_URL`).
-    pub rabbitmq_url: String,
-    /// Redis URL (`REDIS_URL`).
-    pub redis_url: String,
+    /// The brokers' own settings, by variable name (`REDIS_URL`, `KAFKA_CONFIG_ACKS` …),
+    /// read by the broker crates, never by core. From the environment: every variable with a
+    /// prefix a linked broker registered. In code: [`Config::setting`]; a variable not set
+    /// here takes the broker's default.
+    pub settings: Settings,
     /// Connection attempts before a cooldown (`MESSAGING_CONNECT_MAX_RETRIES`).
     pub connect_max_retries: u32,
     /// Wait between connection attempts (`MESSAGING_CONNECT_RETRY_DELAY`).
@@ -61,12 +61,7 @@ impl Default for Config {
         Self {
             backend: "memory".to_owned(),
             source: default_source(),
-            kafka_bootstrap_servers: "localhost:9092".to_owned(),
-            kafka_api_key: None,
-            kafka_api_secret: None,
-            kafka_properties: BTreeMap::new(),
-            rabbitmq_url: "amqp://guest:guest@localhost:5672/%2f".to_owned(),
-            redis_url: "redis://localhost:6379/0".to_owned(),
+            settings: Settings::default(),
             connect_max_retries: 10,
             connect_retry_delay: Duration::from_secs(3),
             connect_cooldown: Duration::from_secs(30),
@@ -94,7 +89,9 @@ impl Config {
         Self::from_lookup(|key| std::env::var(key).ok(), std::env::vars())
     }
 
-    /// Reads from any key-value source (the environment, a test's map).
+    /// Reads from any key-value source (the environment, a test's map): `get` looks one
+    /// variable up, `all` lists every one, where the variables known by a prefix are found
+    /// (`MESSAGING_TOPIC_<NAME>`, and each linked broker's, kept in [`Config::settings`]).
     pub fn from_lookup(
         get: impl Fn(&str) -> Option<String>,
         all: impl IntoIterator<Item = (String, String)>,
@@ -106,26 +103,6 @@ impl Config {
         }
         if let Some(v) = set("MESSAGING_SOURCE") {
             c.source = v;
-        }
-        if let Some(v) = set("KAFKA_BOOTSTRAP_SERVERS") {
-            c.kafka_bootstrap_servers = v;
-        }
-        c.kafka_api_key = set("KAFKA_API_KEY");
-        c.kafka_api_secret = set("KAFKA_API_SECRET");
-        // A broker address that is set but empty is a mistake, not a request for the default.
-        for key in ["KAFKA_BOOTSTRAP_SERVERS", "RABBITMQ_URL", "REDIS_URL"] {
-            if get(key).is_some_and(|v| v.trim().is_empty()) {
-                return Err(invalid(
-                    key,
-                    "is set but empty; unset it for the default or give an address",
-                ));
-            }
-        }
-        if let Some(v) = set("RABBITMQ_URL") {
-            c.rabbitmq_url = v;
-        }
-        if let Some(v) = set("REDIS_URL") {
-            c.redis_url = v;
         }
         if let Some(v) = set("MESSAGING_HEALTH_STALL_AFTER") {
             c.health_stall_after = parse_duration("MESSAGING_HEALTH_STALL_AFTER", &v)?;
@@ -169,7 +146,13 @@ impl Config {
             }
             c.dlq_topic = Some(v);
         }
+        let prefixes = crate::broker::setting_prefixes();
         for (key, value) in all {
+            // Passed on unread: the broker crate that registered the prefix parses it.
+            if prefixes.iter().any(|p| key.starts_with(p)) {
+                c.settings.set(key, value);
+                continue;
+            }
             if let Some(name) = key.strip_prefix("MESSAGING_TOPIC_")
                 && !name.is_empty()
             {
@@ -181,16 +164,16 @@ impl Config {
                     ));
                 }
                 c.topic_overrides.insert(name.to_owned(), topic.to_owned());
-                continue;
-            }
-            if let Some(name) = key.strip_prefix("KAFKA_CONFIG_")
-                && !name.is_empty()
-            {
-                let property = name.to_ascii_lowercase().replace('_', ".");
-                c.kafka_properties.insert(property, value);
             }
         }
         Ok(c)
+    }
+
+    /// With the broker setting `name` (a variable name, e.g. `REDIS_URL`) set to `value`, as
+    /// if it were in the environment.
+    pub fn setting(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.set(name, value);
+        self
     }
 }
 
@@ -220,26 +203,10 @@ impl Config {
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let masked_properties: BTreeMap<_, _> = self
-            .kafka_properties
-            .iter()
-            .map(|(k, v)| {
-                let secret = ["password", "secret", "key"].iter().any(|s| k.contains(s));
-                (k, if secret { "***".to_owned() } else { v.clone() })
-            })
-            .collect();
         f.debug_struct("Config")
             .field("backend", &self.backend)
             .field("source", &self.source)
-            .field("kafka_bootstrap_servers", &self.kafka_bootstrap_servers)
-            .field("kafka_api_key", &self.kafka_api_key.as_ref().map(|_| "***"))
-            .field(
-                "kafka_api_secret",
-                &self.kafka_api_secret.as_ref().map(|_| "***"),
-            )
-            .field("kafka_properties", &masked_properties)
-            .field("rabbitmq_url", &mask_url(&self.rabbitmq_url))
-            .field("redis_url", &mask_url(&self.redis_url))
+            .field("settings", &self.settings)
             .field("connect_max_retries", &self.connect_max_retries)
             .field("connect_retry_delay", &self.connect_retry_delay)
             .field("connect_cooldown", &self.connect_cooldown)
@@ -250,6 +217,106 @@ impl fmt::Debug for Config {
             .field("dlq_max_replays", &self.dlq_max_replays)
             .field("topic_overrides", &self.topic_overrides)
             .field("event_queue", &self.event_queue)
+            .finish()
+    }
+}
+
+/// The settings of the broker crates, by variable name (`REDIS_URL`,
+/// `KAFKA_CONFIG_SESSION_TIMEOUT_MS` …). Core stores them and never reads them: each broker
+/// crate parses its own, and reports a bad one as [`BrokerError::Config`] naming the
+/// variable. `Debug` masks secrets (names with `PASSWORD`, `SECRET`, `KEY` or `TOKEN`, and the
+/// password of any URL).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Settings(BTreeMap<String, String>);
+
+impl Settings {
+    /// Sets `name` to `value` (replacing an earlier value).
+    pub fn set(&mut self, name: impl Into<String>, value: impl Into<String>) -> &mut Self {
+        self.0.insert(name.into(), value.into());
+        self
+    }
+
+    /// The value of `name` as given (possibly empty); `None` when unset.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// The value of `name`, `None` when unset or blank: for a variable whose empty value
+    /// means "not set" (an optional credential).
+    pub fn get_non_blank(&self, name: &str) -> Option<&str> {
+        self.get(name).filter(|v| !v.trim().is_empty())
+    }
+
+    /// The value of `name`, `None` when unset (the broker's default then applies). Set but
+    /// blank is a mistake rather than a request for the default: a [`BrokerError::Config`]
+    /// of `broker` naming the variable. For addresses and URLs.
+    pub fn get_required(
+        &self,
+        broker: &'static str,
+        name: &str,
+    ) -> Result<Option<&str>, BrokerError> {
+        match self.get(name) {
+            Some(v) if v.trim().is_empty() => Err(BrokerError::config(
+                broker,
+                name,
+                "is set but empty; unset it for the default or give an address",
+            )),
+            other => Ok(other),
+        }
+    }
+
+    /// Every setting whose name starts with `prefix`, as (the rest of its name, value), in
+    /// name order. An empty rest (the prefix itself as a name) is left out.
+    pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> {
+        self.0
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .map_while(move |(k, v)| Some((k.strip_prefix(prefix)?, v.as_str())))
+            .filter(|(rest, _)| !rest.is_empty())
+    }
+
+    /// Every setting, in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Settings {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Self(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+}
+
+/// Whether a setting of this name holds a secret, for `Debug` output.
+fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    ["PASSWORD", "SECRET", "KEY", "TOKEN"]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if is_secret_name(k) {
+                    "***".to_owned()
+                } else {
+                    mask_url(v)
+                };
+                (k, shown)
+            }))
             .finish()
     }
 }
@@ -380,25 +447,69 @@ mod tests {
     fn defaults_follow_design() {
         let c = from(&[]).unwrap();
         assert_eq!(c.backend, "memory");
-        assert_eq!(c.kafka_bootstrap_servers, "localhost:9092");
-        assert_eq!(c.rabbitmq_url, "amqp://guest:guest@localhost:5672/%2f");
-        assert_eq!(c.redis_url, "redis://localhost:6379/0");
+        assert!(c.settings.is_empty());
         assert_eq!(c.connect_max_retries, 10);
         assert_eq!(c.connect_retry_delay, Duration::from_secs(3));
         assert_eq!(c.connect_cooldown, Duration::from_secs(30));
     }
 
+    // A broker crate's registration, as the real ones make: its prefix is captured.
+    inventory::submit! {
+        crate::BrokerFactory::new("config-test", |_config| {
+            Box::pin(async { Err(BrokerError::config("config-test", "CONFIGTEST_URL", "unused")) })
+        })
+        .variables(&["CONFIGTEST_"])
+    }
+
     #[test]
-    fn environment_overrides_and_kafka_properties() {
+    fn environment_overrides_and_broker_settings() {
         let c = from(&[
-            ("MESSAGING_BACKEND", "Redis"),
+            ("MESSAGING_BACKEND", "Config-Test"),
             ("MESSAGING_CONNECT_RETRY_DELAY", "250ms"),
-            ("KAFKA_CONFIG_SESSION_TIMEOUT_MS", "6000"),
+            ("CONFIGTEST_URL", ""),
+            ("CONFIGTEST_OPTION_A", "1"),
+            ("CONFIGTESTS", "not the prefix"),
+            ("UNRELATED_SECRET", "never captured"),
         ])
         .unwrap();
-        assert_eq!(c.backend, "redis");
+        assert_eq!(c.backend, "config-test");
         assert_eq!(c.connect_retry_delay, Duration::from_millis(250));
-        assert_eq!(c.kafka_properties["session.timeout.ms"], "6000");
+        // Passed on as given, empty included: the broker decides what empty means.
+        assert_eq!(c.settings.get("CONFIGTEST_URL"), Some(""));
+        let e = c.settings.get_required("config-test", "CONFIGTEST_URL");
+        assert!(
+            matches!(&e, Err(BrokerError::Config { variable, .. }) if variable == "CONFIGTEST_URL"),
+            "{e:?}"
+        );
+        assert_eq!(c.settings.get_non_blank("CONFIGTEST_URL"), None);
+        assert_eq!(
+            c.settings
+                .with_prefix("CONFIGTEST_OPTION_")
+                .collect::<Vec<_>>(),
+            [("A", "1")]
+        );
+        assert_eq!(c.settings.get("CONFIGTESTS"), None);
+        assert_eq!(c.settings.get("UNRELATED_SECRET"), None);
+    }
+
+    #[test]
+    fn settings_by_prefix_stop_at_the_prefix() {
+        let s: Settings = [
+            ("A_X", "1"),
+            ("A_Y", "2"),
+            ("A_", "3"),
+            ("AB_Z", "4"),
+            ("B", "5"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            s.with_prefix("A_").collect::<Vec<_>>(),
+            [("X", "1"), ("Y", "2")]
+        );
+        assert_eq!(s.with_prefix("C").count(), 0);
+        let in_code = Config::default().setting("A_X", "9");
+        assert_eq!(in_code.settings.get("A_X"), Some("9"));
     }
 
     #[test]
@@ -431,19 +542,19 @@ mod tests {
             "amqp://guest:***@host:5672/%2f"
         );
         assert_eq!(
-            mask_url("redis://:pw@localhost:6379/0"),
-            "redis://:***@localhost:6379/0"
+            mask_url("db://:pw@localhost:6379/0"),
+            "db://:***@localhost:6379/0"
         );
-        assert_eq!(mask_url("rediss://pw@h/0"), "rediss://***@h/0");
-        assert_eq!(mask_url("redis://localhost:6379"), "redis://localhost:6379");
-        let c = from(&[
-            ("KAFKA_API_SECRET", "s3cret"),
-            ("RABBITMQ_URL", "amqp://u:p4ss@h/"),
-            ("KAFKA_CONFIG_SASL_PASSWORD", "x9"),
-        ])
-        .unwrap();
+        // A bare password, as some URL schemes carry.
+        assert_eq!(mask_url("dbs://pw@h/0"), "dbs://***@h/0");
+        assert_eq!(mask_url("db://localhost:6379"), "db://localhost:6379");
+        let c = Config::default()
+            .setting("CONFIGTEST_API_SECRET", "s3cret")
+            .setting("CONFIGTEST_URL", "amqp://u:p4ss@h/")
+            .setting("CONFIGTEST_CONFIG_SASL_PASSWORD", "x9")
+            .setting("CONFIGTEST_API_KEY", "k3y");
         let shown = format!("{c:?}");
-        for secret in ["s3cret", "p4ss", "x9"] {
+        for secret in ["s3cret", "p4ss", "x9", "k3y"] {
             assert!(!shown.contains(secret), "{secret} leaked: {shown}");
         }
     }

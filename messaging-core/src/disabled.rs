@@ -54,8 +54,7 @@ impl Acker for Idle {
 }
 
 inventory::submit! {
-    BrokerFactory {
-        name: NAME,
-        connect: |_config| Box::pin(async { Ok(Arc::new(DisabledBroker) as Arc<dyn Broker>) }),
-    }
+    BrokerFactory::new(NAME, |_config| {
+        Box::pin(async { Ok(Arc::new(DisabledBroker) as Arc<dyn Broker>) })
+    })
 }

@@ -599,10 +599,9 @@ impl Acker for MemoryAcker {
 }
 
 inventory::submit! {
-    BrokerFactory {
-        name: NAME,
-        connect: |_config| Box::pin(async { Ok(Arc::new(MemoryBroker::shared()) as Arc<dyn Broker>) }),
-    }
+    BrokerFactory::new(NAME, |_config| {
+        Box::pin(async { Ok(Arc::new(MemoryBroker::shared()) as Arc<dyn Broker>) })
+    })
 }
 
 #[cfg(test)]

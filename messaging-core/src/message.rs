@@ -462,7 +462,7 @@ mod tests {
     }
 
     #[test]
-    fn on_kafka_a_key_is_ordered_within_its_partition() {
+    fn a_key_is_ordered_within_its_partition() {
         let at = |partition, key: Option<&str>| {
             let mut m = Message::new("orders", Vec::<u8>::new());
             m.position = Position::Partition {

@@ -316,7 +316,7 @@ fn connect_refusing(_: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerE
 }
 
 inventory::submit! {
-    BrokerFactory { name: "refusing", connect: connect_refusing }
+    BrokerFactory::new("refusing", connect_refusing)
 }
 
 /// A producer that connects on first use (an HTTP service's `get_producer()`): an unreachable

@@ -22,7 +22,7 @@ fn connect_unreachable(_: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, Brok
 }
 
 inventory::submit! {
-    BrokerFactory { name: "unreachable", connect: connect_unreachable }
+    BrokerFactory::new("unreachable", connect_unreachable)
 }
 
 static LATE_ATTEMPTS: AtomicU32 = AtomicU32::new(0);
@@ -41,7 +41,7 @@ fn connect_late(_: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError
 }
 
 inventory::submit! {
-    BrokerFactory { name: "late", connect: connect_late }
+    BrokerFactory::new("late", connect_late)
 }
 
 fn config(backend: &str) -> Config {

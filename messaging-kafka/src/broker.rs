@@ -13,10 +13,11 @@ use crate::browse::KafkaSnapshot;
 use crate::consumer::{GroupConsumer, GroupContext, KafkaConsumer, Limits, REVOKE_DRAIN_TIMEOUT};
 use crate::error::{KafkaSetupError, NAME, connection, creation_error, from_kafka, operation};
 use crate::publish::{Publisher, Refused};
-use crate::settings::KafkaSettings;
+use crate::settings::{Client, KafkaSettings};
 use crate::topics::Topics;
 
-/// The producer's defaults, which `KAFKA_CONFIG_*` properties may override.
+/// The producer's defaults, which `KAFKA_CONFIG_*` and `KAFKA_PRODUCER_CONFIG_*` properties
+/// may override.
 const PRODUCER_DEFAULTS: &[(&str, &str)] = &[("enable.idempotence", "true"), ("acks", "all")];
 
 /// How long a publish waits when librdkafka's queue is full before trying again.
@@ -77,8 +78,11 @@ impl KafkaBroker {
         // Creating clients starts their threads and waits for them, and the probe blocks:
         // none of it on a Tokio worker.
         let (settings, publisher, topics) = tokio::task::spawn_blocking(move || {
-            let publisher = Publisher::new(settings.client_config(PRODUCER_DEFAULTS, &[]))
-                .map_err(|e| creation_error("create producer", e, &settings))?;
+            let publisher =
+                Publisher::new(settings.client_config(Client::Producer, PRODUCER_DEFAULTS, &[]))
+                    .map_err(|e| {
+                        creation_error("create producer", e, &settings, Client::Producer)
+                    })?;
             let servers = settings.bootstrap_servers().to_owned();
             let timeout = settings.connect_timeout;
             if let Err(error) = publisher.producer().client().fetch_metadata(None, timeout) {
@@ -157,6 +161,7 @@ impl KafkaBroker {
             StartFrom::Earliest => "earliest",
         };
         let config = inner.settings.client_config(
+            Client::Consumer,
             // Every second rather than librdkafka's 5 s: fewer messages handled again after
             // a crash, for one small request a second.
             &[("auto.commit.interval.ms", "1000")],
@@ -172,7 +177,7 @@ impl KafkaBroker {
         // the time the group gives a member between polls.
         let drain_timeout = inner
             .settings
-            .get("max.poll.interval.ms")
+            .get_for(Client::Consumer, "max.poll.interval.ms")
             .and_then(|ms| ms.trim().parse().ok())
             .map_or(REVOKE_DRAIN_TIMEOUT, |ms: u64| {
                 REVOKE_DRAIN_TIMEOUT.min(Duration::from_millis(ms / 2))
@@ -191,7 +196,7 @@ impl KafkaBroker {
         tokio::task::spawn_blocking(move || {
             let consumer: GroupConsumer = config
                 .create_with_context(context)
-                .map_err(|e| creation_error("create consumer", e, &settings))?;
+                .map_err(|e| creation_error("create consumer", e, &settings, Client::Consumer))?;
             let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
             rdkafka::consumer::Consumer::subscribe(&consumer, &topics)
                 .map_err(|e| from_kafka("subscribe", e))?;

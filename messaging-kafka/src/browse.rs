@@ -23,7 +23,7 @@ use crate::KafkaBroker;
 use crate::convert::to_message;
 use crate::error::{KafkaSetupError, connection, creation_error, from_kafka, operation};
 use crate::quiet::Quiet;
-use crate::settings::KafkaSettings;
+use crate::settings::{Client, KafkaSettings};
 
 /// The group whose committed offsets mark where the waiting records of a topic begin.
 pub const REPLAY_GROUP: &str = "messaging-dlq-replay";
@@ -35,6 +35,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 fn replay_consumer(settings: &KafkaSettings) -> Result<BaseConsumer<Quiet>, BrokerError> {
     settings
         .client_config(
+            Client::Consumer,
             &[],
             &[
                 ("group.id", REPLAY_GROUP),
@@ -45,7 +46,7 @@ fn replay_consumer(settings: &KafkaSettings) -> Result<BaseConsumer<Quiet>, Brok
             ],
         )
         .create_with_context(Quiet)
-        .map_err(|e| creation_error("create consumer", e, settings))
+        .map_err(|e| creation_error("create consumer", e, settings, Client::Consumer))
 }
 
 /// Up to `limit` of the messages waiting in `topic` (from the replay group's committed

@@ -5,7 +5,7 @@ use messaging_core::BrokerError;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::settings::{KafkaSettings, is_secret};
+use crate::settings::{Client, KafkaSettings, is_secret, variable_name, variable_of};
 
 /// The name this backend is registered under.
 pub(crate) const NAME: &str = "kafka";
@@ -14,6 +14,15 @@ pub(crate) const NAME: &str = "kafka";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KafkaSetupError {
+    /// A variable is set but empty: a mistake rather than a request for the default.
+    #[error("is set but empty; unset it for the default or give an address")]
+    Empty { variable: &'static str },
+    /// A `messaging.*` option in a variable of one client: it applies to the whole broker.
+    #[error(
+        "`{name}` applies to every client of the broker, not to the {client:?} alone; set it \
+         with KAFKA_CONFIG_*"
+    )]
+    NotPerClient { name: String, client: Client },
     /// Only one of the two Confluent Cloud credentials is set.
     #[error("KAFKA_API_KEY and KAFKA_API_SECRET go together; {missing} is not set")]
     HalfCredentials {
@@ -68,49 +77,43 @@ impl KafkaSetupError {
                 BrokerError::config(NAME, variable_of(name), &self)
             }
             Self::HalfCredentials { missing } => BrokerError::config(NAME, *missing, &self),
+            Self::Empty { variable } => BrokerError::config(NAME, *variable, &self),
+            Self::NotPerClient { name, client } => {
+                BrokerError::config(NAME, variable_name(client.variable_prefix(), name), &self)
+            }
             Self::CreateTopic { .. } | Self::Unreachable { .. } => operation("configure", self),
         }
     }
 }
 
-/// The environment variable a librdkafka property (or `messaging.*` option) is read from
-/// (`session.timeout.ms` → `KAFKA_CONFIG_SESSION_TIMEOUT_MS`).
-pub(crate) fn variable_of(property: &str) -> String {
-    match property {
-        "bootstrap.servers" => "KAFKA_BOOTSTRAP_SERVERS".to_owned(),
-        _ => format!(
-            "KAFKA_CONFIG_{}",
-            property.to_ascii_uppercase().replace('.', "_")
-        ),
-    }
-}
-
 /// A client librdkafka would not create. A property it refuses (unknown, or a value of the
 /// wrong type) or names in its complaint can never work: a configuration error naming the
-/// variable it came from. Anything else is an ordinary failure of `operation_name`.
+/// variable it came from (`client`'s own, if it has one). Anything else is an ordinary
+/// failure of `operation_name`.
 pub(crate) fn creation_error(
     operation_name: &'static str,
     error: KafkaError,
     settings: &KafkaSettings,
+    client: Client,
 ) -> BrokerError {
     match &error {
         KafkaError::ClientConfig(_, description, key, value) => {
             let value = if is_secret(key) { "***" } else { value };
             BrokerError::config(
                 NAME,
-                variable_of(key),
+                settings.variable_of(client, key),
                 format!("librdkafka refuses `{key}` = `{value}`: {description}"),
             )
         }
         KafkaError::ClientCreation(message) => {
             // librdkafka names the properties in conflict, as in "`a` must be >= `b`".
             match settings
-                .property_names()
+                .property_names(client)
                 .find(|name| message.contains(*name))
             {
                 Some(name) => BrokerError::config(
                     NAME,
-                    variable_of(name),
+                    settings.variable_of(client, name),
                     format!("librdkafka refuses the configuration: {message}"),
                 ),
                 None => operation(operation_name, error),

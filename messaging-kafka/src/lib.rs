@@ -41,15 +41,25 @@
 //!   a copy of each record it passes over without replaying it, so that those stay listed.
 //! - **Logs**: librdkafka's log lines and errors are rate-limited: each distinct message once
 //!   when it starts, then one summary of the repeats every 30 s at most.
-//! - **Configuration**: `KAFKA_API_KEY`/`KAFKA_API_SECRET` switch to `SASL_SSL` + `PLAIN`
-//!   (Confluent Cloud); any librdkafka property is passed with `KAFKA_CONFIG_<NAME>`
-//!   (`KAFKA_CONFIG_SESSION_TIMEOUT_MS=6000` → `session.timeout.ms`), and so are this crate's
-//!   options (see [`settings`]): `messaging.topic.partitions` (default 3),
-//!   `messaging.topic.replication.factor` (default -1, the broker's default),
+//! - **Configuration**: this crate reads its variables (every `KAFKA_*` one) from the
+//!   framework's `Config::settings`, which `Config::from_env` fills from the environment;
+//!   core reads none of them. `KAFKA_BOOTSTRAP_SERVERS` (default `localhost:9092`; set but
+//!   empty is an error naming it); `KAFKA_API_KEY`/`KAFKA_API_SECRET` switch to `SASL_SSL` +
+//!   `PLAIN` (Confluent Cloud); any librdkafka property is passed to every client with
+//!   `KAFKA_CONFIG_<NAME>` (`KAFKA_CONFIG_SESSION_TIMEOUT_MS=6000` → `session.timeout.ms`),
+//!   and so are this crate's options (see [`settings`]): `messaging.topic.partitions`
+//!   (default 3), `messaging.topic.replication.factor` (default -1, the broker's default),
 //!   `messaging.join.timeout.ms` (60 000) and `messaging.connect.timeout.ms` (10 000).
-//!   Secrets never appear in `Debug` output or logs. A property librdkafka refuses (unknown,
-//!   or of the wrong type) fails `connect` at once with `BrokerError::Config` naming its
-//!   variable (`KAFKA_CONFIG_SESSION_TIMEOUT_MS`); an unreachable cluster stays retryable.
+//!   A property meant for one kind of client goes to it alone with
+//!   `KAFKA_PRODUCER_CONFIG_<NAME>`, `KAFKA_CONSUMER_CONFIG_<NAME>` (group members and the
+//!   `dlq` reader) or `KAFKA_ADMIN_CONFIG_<NAME>` ([`Client`]), named the same way; it wins
+//!   over `KAFKA_CONFIG_<NAME>` for that client. librdkafka warns about a property its client
+//!   kind does not use (`linger.ms` on a consumer, `session.timeout.ms` on a producer): give
+//!   those to their client. Secrets never appear in `Debug` output or logs. A property
+//!   librdkafka refuses (unknown, or of the wrong type) fails `connect` (a consumer's: the
+//!   `subscribe`) at once with `BrokerError::Config` naming the variable it came from
+//!   (`KAFKA_CONFIG_SESSION_TIMEOUT_MS`, `KAFKA_CONSUMER_CONFIG_SESSION_TIMEOUT_MS`); an
+//!   unreachable cluster stays retryable. The connection loop names the bootstrap servers.
 //!
 //! The tests run against Tansu, a Kafka-compatible broker started by `scripts/start-kafka.sh`
 //! on 127.0.0.1:9092, with `session.timeout.ms=6000` (its first group join takes about half
@@ -85,12 +95,23 @@ use messaging_core::{BoxFuture, Broker, BrokerError, BrokerFactory, Config};
 pub use broker::KafkaBroker;
 pub use browse::REPLAY_GROUP;
 pub use error::KafkaSetupError;
-pub use settings::KafkaSettings;
+pub use settings::{Client, KafkaSettings};
 
 fn connect(config: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError>> {
     Box::pin(async move { Ok(KafkaBroker::from_config(config).await?.into_dyn()) })
 }
 
+/// The settings a connection would refuse before asking the cluster (librdkafka's own
+/// checks of property values happen when a client is made, so only by connecting).
+fn check(config: &Config) -> Result<(), BrokerError> {
+    KafkaSettings::from_config(config)
+        .map(drop)
+        .map_err(KafkaSetupError::into_broker_error)
+}
+
 inventory::submit! {
-    BrokerFactory { name: error::NAME, connect }
+    BrokerFactory::new(error::NAME, connect)
+        .variables(&["KAFKA_"])
+        .target(settings::target)
+        .check(check)
 }

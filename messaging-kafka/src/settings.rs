@@ -1,6 +1,19 @@
 //! From the framework's [`Config`] to librdkafka properties: bootstrap servers, Confluent
-//! Cloud credentials, pass-through properties, and this crate's own `messaging.*` options.
+//! Cloud credentials, pass-through properties (for every client, or for the producer, the
+//! consumers or the admin client alone), and this crate's own `messaging.*` options.
 //! `Debug` masks every secret, so settings can be logged.
+//!
+//! | variable | what |
+//! |---|---|
+//! | `KAFKA_BOOTSTRAP_SERVERS` | `bootstrap.servers` (default `localhost:9092`) |
+//! | `KAFKA_API_KEY` / `KAFKA_API_SECRET` | `SASL_SSL` + `PLAIN` with these credentials |
+//! | `KAFKA_CONFIG_<NAME>` | a property of every client (`…_SESSION_TIMEOUT_MS` → `session.timeout.ms`), or a `messaging.*` option |
+//! | `KAFKA_PRODUCER_CONFIG_<NAME>` | a property of the producer only; wins over `KAFKA_CONFIG_<NAME>` there |
+//! | `KAFKA_CONSUMER_CONFIG_<NAME>` | a property of the consumers only (group members, and the reader of `dlq list`/`replay`) |
+//! | `KAFKA_ADMIN_CONFIG_<NAME>` | a property of the admin client only (creates topics) |
+//!
+//! librdkafka warns about a property a client kind does not use (`linger.ms` on a consumer,
+//! `session.timeout.ms` on a producer); the scoped variables give each client only its own.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,16 +33,64 @@ pub const JOIN_TIMEOUT_MS: &str = "messaging.join.timeout.ms";
 /// How long connecting waits for the cluster's metadata (`messaging.connect.timeout.ms`).
 pub const CONNECT_TIMEOUT_MS: &str = "messaging.connect.timeout.ms";
 
+/// The bootstrap servers when `KAFKA_BOOTSTRAP_SERVERS` is not set (DESIGN §5).
+pub const DEFAULT_BOOTSTRAP_SERVERS: &str = "localhost:9092";
+
+const BOOTSTRAP_SERVERS_VARIABLE: &str = "KAFKA_BOOTSTRAP_SERVERS";
+const API_KEY_VARIABLE: &str = "KAFKA_API_KEY";
+const API_SECRET_VARIABLE: &str = "KAFKA_API_SECRET";
+/// The prefix of the properties of every client.
+const CONFIG_PREFIX: &str = "KAFKA_CONFIG_";
+
 const DEFAULT_PARTITIONS: i32 = 3;
 const DEFAULT_REPLICATION_FACTOR: i32 = -1;
 const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The kinds of librdkafka client this crate makes, each of which can be given properties of
+/// its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Client {
+    /// The producer (publishing, and the metadata requests made on its connection).
+    Producer,
+    /// A consumer: a group member, or the reader of `dlq list` and `dlq replay`.
+    Consumer,
+    /// The admin client, which creates topics.
+    Admin,
+}
+
+impl Client {
+    /// Every kind.
+    pub const ALL: [Client; 3] = [Client::Producer, Client::Consumer, Client::Admin];
+
+    /// The prefix of the variables that set this client's properties alone
+    /// (`KAFKA_PRODUCER_CONFIG_`).
+    pub fn variable_prefix(self) -> &'static str {
+        match self {
+            Client::Producer => "KAFKA_PRODUCER_CONFIG_",
+            Client::Consumer => "KAFKA_CONSUMER_CONFIG_",
+            Client::Admin => "KAFKA_ADMIN_CONFIG_",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Client::Producer => 0,
+            Client::Consumer => 1,
+            Client::Admin => 2,
+        }
+    }
+}
 
 /// Everything a Kafka client of this crate is built from.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KafkaSettings {
     /// librdkafka properties common to the producer, the consumers and the admin client.
     properties: BTreeMap<String, String>,
+    /// Properties of one kind of client alone, by [`Client::index`]; they win over
+    /// `properties` there.
+    scoped: [BTreeMap<String, String>; 3],
     /// Partitions of topics this crate creates.
     pub partitions: i32,
     /// Replication factor of topics this crate creates (`-1`: the broker's default).
@@ -47,6 +108,7 @@ impl KafkaSettings {
         properties.insert("bootstrap.servers".to_owned(), bootstrap_servers.to_owned());
         Self {
             properties,
+            scoped: Default::default(),
             partitions: DEFAULT_PARTITIONS,
             replication_factor: DEFAULT_REPLICATION_FACTOR,
             join_timeout: DEFAULT_JOIN_TIMEOUT,
@@ -54,12 +116,28 @@ impl KafkaSettings {
         }
     }
 
-    /// The mapping of DESIGN §5: `KAFKA_BOOTSTRAP_SERVERS`; `KAFKA_API_KEY`/`KAFKA_API_SECRET`
-    /// switch to `SASL_SSL` with `PLAIN` (Confluent Cloud); then every `KAFKA_CONFIG_<NAME>`
-    /// property, which may override the former.
+    /// The mapping of DESIGN §5, from [`Config::settings`]: `KAFKA_BOOTSTRAP_SERVERS`;
+    /// `KAFKA_API_KEY`/`KAFKA_API_SECRET` switch to `SASL_SSL` with `PLAIN` (Confluent
+    /// Cloud); then every `KAFKA_CONFIG_<NAME>` property, which may override the former; then
+    /// the properties of one client, `KAFKA_PRODUCER_CONFIG_<NAME>`,
+    /// `KAFKA_CONSUMER_CONFIG_<NAME>` and `KAFKA_ADMIN_CONFIG_<NAME>`, which win over
+    /// `KAFKA_CONFIG_<NAME>` for that client. An error names the variable to fix.
     pub fn from_config(config: &Config) -> Result<Self, KafkaSetupError> {
-        let mut settings = Self::new(&config.kafka_bootstrap_servers);
-        match (&config.kafka_api_key, &config.kafka_api_secret) {
+        let variables = &config.settings;
+        let servers = match variables.get(BOOTSTRAP_SERVERS_VARIABLE) {
+            Some(v) if v.trim().is_empty() => {
+                return Err(KafkaSetupError::Empty {
+                    variable: BOOTSTRAP_SERVERS_VARIABLE,
+                });
+            }
+            Some(v) => v,
+            None => DEFAULT_BOOTSTRAP_SERVERS,
+        };
+        let mut settings = Self::new(servers);
+        match (
+            variables.get_non_blank(API_KEY_VARIABLE),
+            variables.get_non_blank(API_SECRET_VARIABLE),
+        ) {
             (Some(key), Some(secret)) => {
                 settings.set("security.protocol", "SASL_SSL")?;
                 settings.set("sasl.mechanisms", "PLAIN")?;
@@ -69,22 +147,28 @@ impl KafkaSettings {
             (None, None) => {}
             (Some(_), None) => {
                 return Err(KafkaSetupError::HalfCredentials {
-                    missing: "KAFKA_API_SECRET",
+                    missing: API_SECRET_VARIABLE,
                 });
             }
             (None, Some(_)) => {
                 return Err(KafkaSetupError::HalfCredentials {
-                    missing: "KAFKA_API_KEY",
+                    missing: API_KEY_VARIABLE,
                 });
             }
         }
-        for (name, value) in &config.kafka_properties {
-            settings.set(name, value)?;
+        for (name, value) in variables.with_prefix(CONFIG_PREFIX) {
+            settings.set(&property_of(name), value)?;
+        }
+        for client in Client::ALL {
+            for (name, value) in variables.with_prefix(client.variable_prefix()) {
+                settings.set_for(client, &property_of(name), value)?;
+            }
         }
         Ok(settings)
     }
 
-    /// Sets a librdkafka property, or one of this crate's `messaging.*` options.
+    /// Sets a librdkafka property of every client, or one of this crate's `messaging.*`
+    /// options.
     pub fn set(&mut self, name: &str, value: &str) -> Result<&mut Self, KafkaSetupError> {
         let invalid = || KafkaSetupError::InvalidOption {
             name: name.to_owned(),
@@ -127,17 +211,61 @@ impl KafkaSettings {
         Ok(self)
     }
 
-    /// A librdkafka property, if set.
+    /// Sets a librdkafka property of `client` alone; it wins over a property of every client
+    /// of that name. This crate's `messaging.*` options apply to the whole broker: they are
+    /// set with [`KafkaSettings::set`].
+    pub fn set_for(
+        &mut self,
+        client: Client,
+        name: &str,
+        value: &str,
+    ) -> Result<&mut Self, KafkaSetupError> {
+        if name.starts_with("messaging.") {
+            return Err(KafkaSetupError::NotPerClient {
+                name: name.to_owned(),
+                client,
+            });
+        }
+        self.scoped[client.index()].insert(name.to_owned(), value.to_owned());
+        Ok(self)
+    }
+
+    /// A librdkafka property of every client, if set.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.properties.get(name).map(String::as_str)
     }
 
-    /// The names of the librdkafka properties set, longest first (so that a name found in a
-    /// message is not the tail of a longer one that is there too).
-    pub(crate) fn property_names(&self) -> impl Iterator<Item = &str> {
-        let mut names: Vec<&str> = self.properties.keys().map(String::as_str).collect();
+    /// The librdkafka property `client` gets: its own, else the one of every client.
+    pub fn get_for(&self, client: Client, name: &str) -> Option<&str> {
+        self.scoped[client.index()]
+            .get(name)
+            .or_else(|| self.properties.get(name))
+            .map(String::as_str)
+    }
+
+    /// The names of the librdkafka properties `client` gets, longest first (so that a name
+    /// found in a message is not the tail of a longer one that is there too).
+    pub(crate) fn property_names(&self, client: Client) -> impl Iterator<Item = &str> {
+        let mut names: Vec<&str> = self
+            .properties
+            .keys()
+            .chain(self.scoped[client.index()].keys())
+            .map(String::as_str)
+            .collect();
         names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+        names.dedup();
         names.into_iter()
+    }
+
+    /// The variable `client`'s property `property` was read from: the client's own
+    /// (`KAFKA_CONSUMER_CONFIG_SESSION_TIMEOUT_MS`) when it has one, else the one of every
+    /// client (`KAFKA_CONFIG_SESSION_TIMEOUT_MS`, `KAFKA_BOOTSTRAP_SERVERS`).
+    pub(crate) fn variable_of(&self, client: Client, property: &str) -> String {
+        if self.scoped[client.index()].contains_key(property) {
+            variable_name(client.variable_prefix(), property)
+        } else {
+            variable_of(property)
+        }
     }
 
     /// The bootstrap servers, for messages.
@@ -145,10 +273,12 @@ impl KafkaSettings {
         self.get("bootstrap.servers").unwrap_or_default()
     }
 
-    /// A client configuration: `defaults`, then these properties, then `forced` (what a
-    /// client kind cannot work without, such as `enable.auto.offset.store=false`).
+    /// The configuration of a `client`: `defaults`, then the properties of every client,
+    /// then `client`'s own, then `forced` (what a client kind cannot work without, such as
+    /// `enable.auto.offset.store=false`).
     pub(crate) fn client_config(
         &self,
+        client: Client,
         defaults: &[(&str, &str)],
         forced: &[(&str, &str)],
     ) -> ClientConfig {
@@ -156,13 +286,47 @@ impl KafkaSettings {
         for (name, value) in defaults {
             config.set(*name, *value);
         }
-        for (name, value) in &self.properties {
+        for (name, value) in self.properties.iter().chain(&self.scoped[client.index()]) {
             config.set(name, value);
         }
         for (name, value) in forced {
             config.set(*name, *value);
         }
         config
+    }
+}
+
+/// The property a variable's name stands for (`SESSION_TIMEOUT_MS` → `session.timeout.ms`).
+fn property_of(variable_suffix: &str) -> String {
+    variable_suffix.to_ascii_lowercase().replace('_', ".")
+}
+
+pub(crate) fn variable_name(prefix: &str, property: &str) -> String {
+    format!(
+        "{prefix}{}",
+        property.to_ascii_uppercase().replace('.', "_")
+    )
+}
+
+/// The environment variable a property of every client (or `messaging.*` option) is read
+/// from (`session.timeout.ms` → `KAFKA_CONFIG_SESSION_TIMEOUT_MS`).
+pub(crate) fn variable_of(property: &str) -> String {
+    match property {
+        "bootstrap.servers" => BOOTSTRAP_SERVERS_VARIABLE.to_owned(),
+        _ => variable_name(CONFIG_PREFIX, property),
+    }
+}
+
+/// What the connection loop names as the cluster: the bootstrap servers (they hold no
+/// secret), as configured even when another setting is wrong.
+pub(crate) fn target(config: &Config) -> String {
+    match KafkaSettings::from_config(config) {
+        Ok(settings) => settings.bootstrap_servers().to_owned(),
+        Err(_) => config
+            .settings
+            .get_non_blank(BOOTSTRAP_SERVERS_VARIABLE)
+            .unwrap_or(DEFAULT_BOOTSTRAP_SERVERS)
+            .to_owned(),
     }
 }
 
@@ -174,15 +338,29 @@ pub(crate) fn is_secret(name: &str) -> bool {
             .any(|s| name.contains(s))
 }
 
+fn masked(properties: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    properties
+        .iter()
+        .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
+        .collect()
+}
+
 impl fmt::Debug for KafkaSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown: BTreeMap<&str, &str> = self
-            .properties
-            .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret(k) { "***" } else { v.as_str() }))
-            .collect();
-        f.debug_struct("KafkaSettings")
-            .field("properties", &shown)
+        let mut debug = f.debug_struct("KafkaSettings");
+        debug.field("properties", &masked(&self.properties));
+        for client in Client::ALL {
+            let own = &self.scoped[client.index()];
+            if !own.is_empty() {
+                let field = match client {
+                    Client::Producer => "producer",
+                    Client::Consumer => "consumer",
+                    Client::Admin => "admin",
+                };
+                debug.field(field, &masked(own));
+            }
+        }
+        debug
             .field("partitions", &self.partitions)
             .field("replication_factor", &self.replication_factor)
             .field("join_timeout", &self.join_timeout)
@@ -196,16 +374,38 @@ mod tests {
     use super::*;
 
     fn config(api: Option<(&str, &str)>, properties: &[(&str, &str)]) -> Config {
-        Config {
-            kafka_bootstrap_servers: "pkc-1.example.invalid:9092".to_owned(),
-            kafka_api_key: api.map(|(k, _)| k.to_owned()),
-            kafka_api_secret: api.map(|(_, s)| s.to_owned()),
-            kafka_properties: properties
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Config::default()
+        let mut config =
+            Config::default().setting(BOOTSTRAP_SERVERS_VARIABLE, "pkc-1.example.invalid:9092");
+        if let Some((key, secret)) = api {
+            config = config
+                .setting(API_KEY_VARIABLE, key)
+                .setting(API_SECRET_VARIABLE, secret);
         }
+        for (property, value) in properties {
+            config = config.setting(variable_of(property), *value);
+        }
+        config
+    }
+
+    fn from(variables: &[(&str, &str)]) -> Result<KafkaSettings, KafkaSetupError> {
+        let config = variables
+            .iter()
+            .fold(Config::default(), |c, (k, v)| c.setting(*k, *v));
+        KafkaSettings::from_config(&config)
+    }
+
+    fn variable(error: KafkaSetupError) -> String {
+        match error.into_broker_error() {
+            messaging_core::BrokerError::Config { variable, .. } => variable,
+            other => panic!("not a configuration error: {other}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_design() {
+        let s = from(&[]).unwrap();
+        assert_eq!(s.bootstrap_servers(), "localhost:9092");
+        assert_eq!(target(&Config::default()), "localhost:9092");
     }
 
     #[test]
@@ -214,6 +414,19 @@ mod tests {
         assert_eq!(s.bootstrap_servers(), "pkc-1.example.invalid:9092");
         assert_eq!(s.get("security.protocol"), None);
         assert_eq!((s.partitions, s.replication_factor), (3, -1));
+        assert_eq!(target(&config(None, &[])), "pkc-1.example.invalid:9092");
+    }
+
+    #[test]
+    fn empty_bootstrap_servers_are_an_error_naming_the_variable() {
+        for empty in ["", "  "] {
+            let e = from(&[(BOOTSTRAP_SERVERS_VARIABLE, empty)]).unwrap_err();
+            assert!(e.to_string().contains("empty"), "{e}");
+            assert_eq!(variable(e), BOOTSTRAP_SERVERS_VARIABLE);
+        }
+        // An empty credential is an unset one, as before.
+        let s = from(&[(API_KEY_VARIABLE, ""), (API_SECRET_VARIABLE, "")]).unwrap();
+        assert_eq!(s.get("security.protocol"), None);
     }
 
     #[test]
@@ -243,6 +456,7 @@ mod tests {
         // This crate's own options never reach librdkafka, which would reject them.
         assert_eq!(s.get(PARTITIONS), None);
         let client = s.client_config(
+            Client::Consumer,
             &[("session.timeout.ms", "45000"), ("acks", "all")],
             &[("enable.auto.offset.store", "false")],
         );
@@ -257,16 +471,87 @@ mod tests {
     }
 
     #[test]
+    fn each_client_gets_its_own_properties_and_those_of_every_client() {
+        let s = from(&[
+            ("KAFKA_CONFIG_CLIENT_ID", "orders"),
+            ("KAFKA_CONFIG_STATISTICS_INTERVAL_MS", "1000"),
+            ("KAFKA_PRODUCER_CONFIG_LINGER_MS", "5"),
+            ("KAFKA_CONSUMER_CONFIG_SESSION_TIMEOUT_MS", "6000"),
+            ("KAFKA_CONSUMER_CONFIG_STATISTICS_INTERVAL_MS", "500"),
+            ("KAFKA_ADMIN_CONFIG_SOCKET_TIMEOUT_MS", "9000"),
+        ])
+        .unwrap();
+        let config = |client| s.client_config(client, &[("linger.ms", "1")], &[]);
+        let (producer, consumer, admin) = (
+            config(Client::Producer),
+            config(Client::Consumer),
+            config(Client::Admin),
+        );
+        for c in [&producer, &consumer, &admin] {
+            assert_eq!(c.get("client.id"), Some("orders"), "KAFKA_CONFIG_ sets all");
+            assert_eq!(c.get("bootstrap.servers"), Some("localhost:9092"));
+        }
+        assert_eq!(producer.get("linger.ms"), Some("5"));
+        assert_eq!(consumer.get("linger.ms"), Some("1"), "only the default");
+        assert_eq!(admin.get("linger.ms"), Some("1"), "only the default");
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(admin.get("session.timeout.ms"), None);
+        assert_eq!(admin.get("socket.timeout.ms"), Some("9000"));
+        assert_eq!(producer.get("socket.timeout.ms"), None);
+        // The client's own wins over the one of every client, for that client only.
+        assert_eq!(consumer.get("statistics.interval.ms"), Some("500"));
+        assert_eq!(producer.get("statistics.interval.ms"), Some("1000"));
+        assert_eq!(
+            s.get_for(Client::Consumer, "statistics.interval.ms"),
+            Some("500")
+        );
+        assert_eq!(
+            s.get_for(Client::Admin, "statistics.interval.ms"),
+            Some("1000")
+        );
+        assert_eq!(s.get("session.timeout.ms"), None);
+        // Errors name the variable the property came from.
+        assert_eq!(
+            s.variable_of(Client::Consumer, "statistics.interval.ms"),
+            "KAFKA_CONSUMER_CONFIG_STATISTICS_INTERVAL_MS"
+        );
+        assert_eq!(
+            s.variable_of(Client::Producer, "statistics.interval.ms"),
+            "KAFKA_CONFIG_STATISTICS_INTERVAL_MS"
+        );
+        assert_eq!(
+            s.variable_of(Client::Producer, "linger.ms"),
+            "KAFKA_PRODUCER_CONFIG_LINGER_MS"
+        );
+        assert_eq!(
+            s.variable_of(Client::Admin, "bootstrap.servers"),
+            "KAFKA_BOOTSTRAP_SERVERS"
+        );
+    }
+
+    #[test]
+    fn a_scoped_variable_may_not_hold_an_option_of_the_whole_broker() {
+        let e = from(&[("KAFKA_CONSUMER_CONFIG_MESSAGING_JOIN_TIMEOUT_MS", "1000")]).unwrap_err();
+        assert!(e.to_string().contains("KAFKA_CONFIG_"), "{e}");
+        assert_eq!(
+            variable(e),
+            "KAFKA_CONSUMER_CONFIG_MESSAGING_JOIN_TIMEOUT_MS"
+        );
+    }
+
+    #[test]
     fn bad_options_are_named() {
         let e = KafkaSettings::from_config(&config(None, &[(PARTITIONS, "0")])).unwrap_err();
         assert!(e.to_string().contains(PARTITIONS), "{e}");
+        assert_eq!(variable(e), "KAFKA_CONFIG_MESSAGING_TOPIC_PARTITIONS");
         let e = KafkaSettings::from_config(&config(None, &[("messaging.topic.partition", "3")]))
             .unwrap_err();
         assert!(e.to_string().contains("messaging.topic.partition"), "{e}");
-        let mut half = config(Some(("k", "s")), &[]);
-        half.kafka_api_secret = None;
+        let half = config(None, &[]).setting(API_KEY_VARIABLE, "k");
         let e = KafkaSettings::from_config(&half).unwrap_err();
         assert!(e.to_string().contains("KAFKA_API_SECRET"), "{e}");
+        assert_eq!(variable(e), "KAFKA_API_SECRET");
     }
 
     #[test]
@@ -274,10 +559,11 @@ mod tests {
         let c = config(
             Some(("KEY123", "SECRET456")),
             &[("ssl.key.password", "PW789")],
-        );
+        )
+        .setting("KAFKA_PRODUCER_CONFIG_SASL_PASSWORD", "PW000");
         let s = KafkaSettings::from_config(&c).unwrap();
         for shown in [format!("{s:?}"), format!("{s:#?}"), format!("{c:?}")] {
-            for secret in ["KEY123", "SECRET456", "PW789"] {
+            for secret in ["KEY123", "SECRET456", "PW789", "PW000"] {
                 assert!(!shown.contains(secret), "{secret} leaked: {shown}");
             }
             assert!(shown.contains("pkc-1.example.invalid:9092"), "{shown}");

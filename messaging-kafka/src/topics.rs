@@ -17,7 +17,7 @@ use rdkafka::producer::Producer as _;
 use crate::error::{KafkaSetupError, creation_error, from_kafka, operation};
 use crate::publish::Publisher;
 use crate::quiet::Quiet;
-use crate::settings::KafkaSettings;
+use crate::settings::{Client, KafkaSettings};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -47,9 +47,9 @@ impl Topics {
         metadata: Arc<Publisher>,
     ) -> Result<Self, BrokerError> {
         let admin = settings
-            .client_config(&[], &[])
+            .client_config(Client::Admin, &[], &[])
             .create_with_context(Quiet)
-            .map_err(|e| creation_error("create admin client", e, settings))?;
+            .map_err(|e| creation_error("create admin client", e, settings, Client::Admin))?;
         Ok(Self {
             admin: Some(admin),
             metadata,
@@ -249,7 +249,8 @@ mod tests {
         let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
         cluster.create_topic("orders", 1, 1).unwrap();
         let settings = KafkaSettings::new(&cluster.bootstrap_servers());
-        let metadata = Arc::new(Publisher::new(settings.client_config(&[], &[])).unwrap());
+        let metadata =
+            Arc::new(Publisher::new(settings.client_config(Client::Producer, &[], &[])).unwrap());
         let topics = Topics::new(&settings, metadata).unwrap();
         futures::future::join_all((0..20).map(|_| topics.ensure_for_publish("orders"))).await;
         assert!(topics.known.lock().unwrap().contains("orders"));

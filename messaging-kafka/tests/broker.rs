@@ -196,9 +196,9 @@ async fn the_factory_is_registered_as_kafka() {
     assert!(messaging_core::linked_backends().contains(&"kafka"));
     let config = messaging_core::Config {
         backend: "kafka".to_owned(),
-        kafka_bootstrap_servers: common::BOOTSTRAP.to_owned(),
         ..messaging_core::Config::default()
-    };
+    }
+    .setting("KAFKA_BOOTSTRAP_SERVERS", common::BOOTSTRAP);
     let broker = messaging_core::broker::connect_once(&config)
         .await
         .expect("connects through the registry");

@@ -72,16 +72,20 @@ async fn a_member_is_pending_until_assigned_then_receives_what_is_published_next
     fetching.abort();
 }
 
+/// The configuration `KAFKA_CONFIG_<NAME>` variables for these properties would give.
 fn config(properties: &[(&str, &str)]) -> Config {
-    Config {
+    let config = Config {
         backend: "kafka".to_owned(),
-        kafka_bootstrap_servers: BOOTSTRAP.to_owned(),
-        kafka_properties: properties
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
         ..Config::default()
     }
+    .setting("KAFKA_BOOTSTRAP_SERVERS", BOOTSTRAP);
+    properties.iter().fold(config, |config, (property, value)| {
+        let variable = format!(
+            "KAFKA_CONFIG_{}",
+            property.to_ascii_uppercase().replace('.', "_")
+        );
+        config.setting(variable, *value)
+    })
 }
 
 #[tokio::test]
@@ -146,10 +150,50 @@ async fn settings_that_can_never_work_fail_at_once_naming_the_variable() {
 
 #[tokio::test]
 async fn an_unreachable_cluster_is_not_a_configuration_error() {
-    let mut unreachable = config(&[("messaging.connect.timeout.ms", "500")]);
-    unreachable.kafka_bootstrap_servers = "127.0.0.1:1".to_owned();
+    let unreachable = config(&[("messaging.connect.timeout.ms", "500")])
+        .setting("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1");
     let error = KafkaBroker::from_config(&unreachable)
         .await
         .expect_err("nobody listens there");
     assert!(!error.is_config(), "retryable: {error:?}");
+}
+
+/// The name of a configuration error's variable.
+fn variable_of(error: &BrokerError) -> &str {
+    match error {
+        BrokerError::Config { variable, .. } => variable,
+        other => panic!("not a configuration error: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_property_librdkafka_refuses_names_the_clients_own_variable() {
+    // The producer and the admin client are made by `connect`.
+    for variable in [
+        "KAFKA_PRODUCER_CONFIG_LINGER_MS",
+        "KAFKA_ADMIN_CONFIG_SOCKET_TIMEOUT_MS",
+    ] {
+        let refused = config(&[]).setting(variable, "banana");
+        let error = KafkaBroker::from_config(&refused)
+            .await
+            .expect_err("refused");
+        assert_eq!(variable_of(&error), variable, "{error}");
+    }
+    // A consumer's is found when a consumer is made: on `subscribe`.
+    let variable = "KAFKA_CONSUMER_CONFIG_SESSION_TIMEOUT_MS";
+    let refused = config(&[("session.timeout.ms", "6000")]).setting(variable, "banana");
+    let broker = KafkaBroker::from_config(&refused)
+        .await
+        .expect("the producer does not get the consumer's property");
+    let error = broker
+        .subscribe(Subscription {
+            group: unique("scoped-refused"),
+            topics: vec![unique("scoped-refused")],
+            start: StartFrom::Earliest,
+            prefetch: 16,
+        })
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(variable_of(&error), variable, "{error}");
 }

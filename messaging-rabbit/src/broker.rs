@@ -60,16 +60,10 @@ impl RabbitBroker {
         Self::connect(RabbitOptions::new(url)).await
     }
 
-    /// Connects as configured: `Config::rabbitmq_url`, the retry settings, and the exchange
-    /// from the `RABBITMQ_EXCHANGE` environment variable when set.
+    /// Connects as configured: `RABBITMQ_URL` and `RABBITMQ_EXCHANGE` from
+    /// [`Config::settings`], and the retry settings (see [`RabbitOptions::from_config`]).
     pub async fn from_config(config: &Config) -> Result<Self, BrokerError> {
-        let mut options = RabbitOptions::from_config(config);
-        if let Ok(exchange) = std::env::var("RABBITMQ_EXCHANGE")
-            && !exchange.trim().is_empty()
-        {
-            options = options.exchange(exchange.trim());
-        }
-        Self::connect(options).await
+        Self::connect(RabbitOptions::from_config(config)?).await
     }
 
     /// As the trait object the runtime takes.

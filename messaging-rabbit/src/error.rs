@@ -5,6 +5,7 @@ use std::time::Duration;
 use messaging_core::BrokerError;
 
 use crate::NAME;
+use crate::options::URL_VARIABLE;
 
 /// A failure of the RabbitMQ backend.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +105,7 @@ impl RabbitError {
     /// The core's error for this failure during `operation`.
     pub(crate) fn into_broker(self, operation: &'static str) -> BrokerError {
         if let Self::Config(message) = self {
-            BrokerError::config(NAME, "RABBITMQ_URL", message)
+            BrokerError::config(NAME, URL_VARIABLE, message)
         } else if self.is_connection() {
             BrokerError::connection(NAME, self)
         } else {

@@ -97,6 +97,13 @@
 //!
 //! # Configuration errors, heartbeats
 //!
+//! The registered backend reads `RABBITMQ_URL` (default
+//! `amqp://guest:guest@localhost:5672/%2f`) and `RABBITMQ_EXCHANGE` from the framework's
+//! `Config::settings` (filled from the environment by `Config::from_env`, or set in code with
+//! `Config::setting`); core never reads them. The publisher and the consumers connect with
+//! this one URL: there are no per-client settings. A `RABBITMQ_URL` set but empty is an
+//! error naming it; the connection loop names the URL with its password masked.
+//!
 //! The URL is checked before connecting: one that does not parse, another scheme than
 //! `amqp://` (`amqps://` included: TLS is not built in), or no host is a configuration error
 //! naming `RABBITMQ_URL` (`BrokerError::Config`, password masked), and so is the broker's
@@ -128,7 +135,7 @@ use messaging_core::{BoxFuture, Broker, BrokerError, BrokerFactory, Config};
 
 pub use broker::RabbitBroker;
 pub use error::RabbitError;
-pub use options::{DEFAULT_CONSUMER_TIMEOUT, DEFAULT_EXCHANGE, RabbitOptions};
+pub use options::{DEFAULT_CONSUMER_TIMEOUT, DEFAULT_EXCHANGE, DEFAULT_URL, RabbitOptions};
 
 /// The name the backend is registered under.
 pub const NAME: &str = "rabbitmq";
@@ -137,6 +144,21 @@ fn connect_configured(config: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, 
     Box::pin(async move { Ok(RabbitBroker::from_config(config).await?.into_dyn()) })
 }
 
+/// The settings a connection would refuse at once: an empty or malformed `RABBITMQ_URL`, a
+/// bad `consumer_timeout` in it. Whether the broker accepts the virtual host and the
+/// credentials is found out only by connecting.
+fn check(config: &Config) -> Result<(), BrokerError> {
+    let options = RabbitOptions::from_config(config)?;
+    connection::amqp_uri(&options.url).map_err(|e| e.into_broker("check"))?;
+    options
+        .resolved_consumer_timeout()
+        .map_err(|e| RabbitError::Config(e).into_broker("check"))?;
+    Ok(())
+}
+
 inventory::submit! {
-    BrokerFactory { name: NAME, connect: connect_configured }
+    BrokerFactory::new(NAME, connect_configured)
+        .variables(&["RABBITMQ_"])
+        .target(options::target)
+        .check(check)
 }

@@ -3,11 +3,20 @@
 use std::fmt;
 use std::time::Duration;
 
-use messaging_core::Config;
 use messaging_core::config::mask_url;
+use messaging_core::{BrokerError, Config};
+
+use crate::NAME;
 
 /// The exchange used when none is configured.
 pub const DEFAULT_EXCHANGE: &str = "messaging";
+
+/// The URL when `RABBITMQ_URL` is not set (DESIGN §5).
+pub const DEFAULT_URL: &str = "amqp://guest:guest@localhost:5672/%2f";
+
+/// The variable the URL is read from, and which a bad URL is reported under.
+pub(crate) const URL_VARIABLE: &str = "RABBITMQ_URL";
+const EXCHANGE_VARIABLE: &str = "RABBITMQ_EXCHANGE";
 
 /// RabbitMQ's default `consumer_timeout` (current versions): 30 minutes.
 pub const DEFAULT_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -42,16 +51,27 @@ impl RabbitOptions {
         }
     }
 
-    /// The URL and retry settings of `config`, its service name as connection name.
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            url: config.rabbitmq_url.clone(),
+    /// The options `config` gives: the URL (`RABBITMQ_URL`, default
+    /// `amqp://guest:guest@localhost:5672/%2f`) and exchange (`RABBITMQ_EXCHANGE`, default
+    /// `messaging`) of its [`Config::settings`], its retry settings, and its service name as
+    /// connection name. A `RABBITMQ_URL` set but empty is a [`BrokerError::Config`] naming it.
+    pub fn from_config(config: &Config) -> Result<Self, BrokerError> {
+        let settings = &config.settings;
+        let url = settings
+            .get_required(NAME, URL_VARIABLE)?
+            .unwrap_or(DEFAULT_URL);
+        let exchange = settings
+            .get_non_blank(EXCHANGE_VARIABLE)
+            .map_or(DEFAULT_EXCHANGE, str::trim);
+        Ok(Self {
+            url: url.to_owned(),
+            exchange: exchange.to_owned(),
             connection_name: config.source.clone(),
             connect_max_retries: config.connect_max_retries,
             connect_retry_delay: config.connect_retry_delay,
             connect_cooldown: config.connect_cooldown,
             ..Self::new("")
-        }
+        })
     }
 
     /// The topic exchange everything is published to (default `messaging`).
@@ -98,6 +118,11 @@ impl RabbitOptions {
     pub fn consumer_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.consumer_timeout = timeout;
         self
+    }
+
+    /// The URL, its password masked.
+    pub fn masked_url(&self) -> String {
+        mask_url(&self.url)
     }
 
     /// The exchange name.
@@ -154,7 +179,7 @@ fn parse_consumer_timeout(value: &str) -> Result<Option<Duration>, String> {
 impl fmt::Debug for RabbitOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RabbitOptions")
-            .field("url", &mask_url(&self.url))
+            .field("url", &self.masked_url())
             .field("exchange", &self.exchange)
             .field("connection_name", &self.connection_name)
             .field("connect_max_retries", &self.connect_max_retries)
@@ -166,9 +191,51 @@ impl fmt::Debug for RabbitOptions {
     }
 }
 
+/// What the connection loop names as the broker: the URL, its password masked.
+pub(crate) fn target(config: &Config) -> String {
+    mask_url(
+        config
+            .settings
+            .get_non_blank(URL_VARIABLE)
+            .unwrap_or(DEFAULT_URL),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_come_from_the_variables_with_design_defaults() {
+        let defaults = RabbitOptions::from_config(&Config::default()).unwrap();
+        assert_eq!(defaults.url, "amqp://guest:guest@localhost:5672/%2f");
+        assert_eq!(defaults.exchange_name(), "messaging");
+        let config = Config::default()
+            .setting("RABBITMQ_URL", "amqp://u:s3cret@h:5673/v")
+            .setting("RABBITMQ_EXCHANGE", " orders ");
+        let options = RabbitOptions::from_config(&config).unwrap();
+        assert_eq!(options.url, "amqp://u:s3cret@h:5673/v");
+        assert_eq!(options.exchange_name(), "orders");
+        assert_eq!(target(&config), "amqp://u:***@h:5673/v");
+        assert!(!format!("{options:?}{config:?}").contains("s3cret"));
+        // An empty exchange is an unset one, as before.
+        let blank = Config::default().setting("RABBITMQ_EXCHANGE", "");
+        assert_eq!(
+            RabbitOptions::from_config(&blank).unwrap().exchange_name(),
+            "messaging"
+        );
+    }
+
+    #[test]
+    fn an_empty_url_is_an_error_naming_the_variable() {
+        let config = Config::default().setting("RABBITMQ_URL", " ");
+        match RabbitOptions::from_config(&config) {
+            Err(BrokerError::Config {
+                broker, variable, ..
+            }) => assert_eq!((broker, variable.as_str()), ("rabbitmq", "RABBITMQ_URL")),
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn timeout(url: &str) -> Result<Option<Duration>, String> {
         RabbitOptions::new(url).resolved_consumer_timeout()

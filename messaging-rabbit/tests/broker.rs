@@ -46,9 +46,9 @@ async fn the_registered_factory_connects_by_name() {
     assert!(messaging_core::linked_backends().contains(&"rabbitmq"));
     let config = Config {
         backend: "rabbitmq".to_owned(),
-        rabbitmq_url: common::URL.to_owned(),
         ..Config::default()
-    };
+    }
+    .setting("RABBITMQ_URL", common::URL);
     let broker = messaging_core::broker::connect_once(&config)
         .await
         .expect("connects as configured");

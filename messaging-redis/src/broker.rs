@@ -115,7 +115,7 @@ impl RedisBroker {
 }
 
 /// The variable a bad URL is reported under (also when the URL was given in code).
-const URL_VARIABLE: &str = "REDIS_URL";
+pub(crate) const URL_VARIABLE: &str = "REDIS_URL";
 
 /// The URL forms this crate accepts, for error messages.
 const URL_FORMS: &str =
@@ -124,7 +124,7 @@ const URL_FORMS: &str =
 /// Reads `url` (applying its parameters to `options`) and builds the client, without
 /// connecting: whatever fails here fails the same way on every retry, so it is a
 /// configuration error, whose message never shows the password.
-fn open_client(url: &str, options: &mut RedisOptions) -> Result<Client, BrokerError> {
+pub(crate) fn open_client(url: &str, options: &mut RedisOptions) -> Result<Client, BrokerError> {
     let invalid = |why: &dyn std::fmt::Display| {
         let message = format!("`{}`: {why}", mask_url(url));
         BrokerError::config(BROKER, URL_VARIABLE, hide_password(message, url))

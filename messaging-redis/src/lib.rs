@@ -88,6 +88,12 @@
 //! `consumer_prefix=orders`. They are taken off the URL before the `redis` client sees it. A
 //! password never reaches a log.
 //!
+//! The registered backend reads `REDIS_URL` (default `redis://localhost:6379/0`) from the
+//! framework's `Config::settings` (filled from the environment by `Config::from_env`, or set
+//! in code with `Config::setting`); core never reads it. The publisher and the consumers
+//! share this one URL: there are no per-client settings. Set but empty, it is an error
+//! naming it. The connection loop names the URL with its password masked.
+//!
 //! A URL that can never work (it does not parse, another scheme, a port above 65535, a
 //! database that is not a number, a parameter that does not parse, an unreadable TLS file)
 //! fails `connect` at once, before any connection attempt, with `BrokerError::Config`
@@ -133,25 +139,78 @@ mod publisher;
 
 use std::sync::Arc;
 
-use messaging_core::{Broker, BrokerFactory};
+use messaging_core::config::mask_url;
+use messaging_core::{BoxFuture, Broker, BrokerError, BrokerFactory, Config};
 
 pub use broker::{KEEP_GROUP, RedisBroker};
 pub use entry::PAYLOAD_FIELD;
 pub use error::RedisBrokerError;
 pub use options::RedisOptions;
 
+/// The URL when `REDIS_URL` is not set (DESIGN §5).
+pub const DEFAULT_URL: &str = "redis://localhost:6379/0";
+
+/// The URL `config` gives: `REDIS_URL` of its [`Config::settings`], else [`DEFAULT_URL`]; set
+/// but empty is a [`BrokerError::Config`] naming it.
+fn configured_url(config: &Config) -> Result<&str, BrokerError> {
+    Ok(config
+        .settings
+        .get_required(error::BROKER, broker::URL_VARIABLE)?
+        .unwrap_or(DEFAULT_URL))
+}
+
+fn connect(config: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError>> {
+    let options = RedisOptions {
+        consumer_prefix: config.source.clone(),
+        ..RedisOptions::default()
+    };
+    Box::pin(async move {
+        let broker = RedisBroker::connect(configured_url(config)?, options).await?;
+        Ok(Arc::new(broker) as Arc<dyn Broker>)
+    })
+}
+
+/// What the connection loop names as the server: the URL, its password masked.
+fn target(config: &Config) -> String {
+    mask_url(configured_url(config).unwrap_or_default())
+}
+
+/// The settings a connection would refuse before any attempt: the URL, read as `connect`
+/// reads it, without connecting.
+fn check(config: &Config) -> Result<(), BrokerError> {
+    broker::open_client(configured_url(config)?, &mut RedisOptions::default()).map(drop)
+}
+
 inventory::submit! {
-    BrokerFactory {
-        name: "redis",
-        connect: |config| {
-            let options = RedisOptions {
-                consumer_prefix: config.source.clone(),
-                ..RedisOptions::default()
-            };
-            Box::pin(async move {
-                let broker = RedisBroker::connect(&config.redis_url, options).await?;
-                Ok(Arc::new(broker) as Arc<dyn Broker>)
-            })
-        },
+    BrokerFactory::new(error::BROKER, connect)
+        .variables(&["REDIS_"])
+        .target(target)
+        .check(check)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_comes_from_its_variable_with_the_design_default() {
+        assert_eq!(configured_url(&Config::default()).unwrap(), DEFAULT_URL);
+        let config = Config::default().setting("REDIS_URL", "rediss://:s3cret@h:6380/2");
+        assert_eq!(
+            configured_url(&config).unwrap(),
+            "rediss://:s3cret@h:6380/2"
+        );
+        assert_eq!(target(&config), "rediss://:***@h:6380/2");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(check(&config).is_ok());
+        assert!(check(&Config::default().setting("REDIS_URL", "http://h/0")).is_err());
+        let empty = Config::default().setting("REDIS_URL", "");
+        assert!(check(&empty).is_err());
+        match configured_url(&empty) {
+            Err(BrokerError::Config {
+                broker, variable, ..
+            }) => assert_eq!((broker, variable.as_str()), ("redis", "REDIS_URL")),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -394,18 +394,15 @@ async fn the_factory_is_registered_and_reads_the_url() {
     assert!(messaging_core::linked_backends().contains(&"redis"));
     let config = messaging_core::Config {
         backend: "redis".into(),
-        redis_url: format!("{URL}?reclaim_idle=3s"),
         ..messaging_core::Config::default()
-    };
+    }
+    .setting("REDIS_URL", format!("{URL}?reclaim_idle=3s"));
     let broker = messaging_core::broker::connect_once(&config)
         .await
         .expect("connect through the factory");
     assert_eq!(broker.name(), "redis");
 
-    let bad = messaging_core::Config {
-        redis_url: "redis://127.0.0.1:1/0".into(),
-        ..config
-    };
+    let bad = config.setting("REDIS_URL", "redis://127.0.0.1:1/0");
     assert!(
         messaging_core::broker::connect_once(&bad).await.is_err(),
         "nothing listens on port 1"

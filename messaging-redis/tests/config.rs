@@ -112,9 +112,9 @@ async fn the_factory_reports_the_variable_to_fix() {
     for url in malformed(silent.port()) {
         let config = Config {
             backend: "redis".into(),
-            redis_url: url.clone(),
             ..Config::default()
-        };
+        }
+        .setting("REDIS_URL", url.clone());
         let started = Instant::now();
         match connect_once(&config).await {
             Err(Error::Config { key, message }) => {
@@ -141,9 +141,9 @@ async fn an_unreachable_server_stays_retryable() {
 
     let config = Config {
         backend: "redis".into(),
-        redis_url: "redis://127.0.0.1:1/0".into(),
         ..Config::default()
-    };
+    }
+    .setting("REDIS_URL", "redis://127.0.0.1:1/0");
     match connect_once(&config).await {
         Err(Error::Config { key, message }) => panic!("a config error: {key}: {message}"),
         Err(_) => {}

@@ -153,11 +153,13 @@ async fn the_consumer_handles_what_the_library_publishes_on_redis() {
         get(port, "/health/ready").is_some_and(|(code, _)| code == 200)
     });
 
-    configure_messaging(Config {
-        backend: "redis".to_owned(),
-        redis_url: REDIS_URL.to_owned(),
-        ..Config::default()
-    });
+    configure_messaging(
+        Config {
+            backend: "redis".to_owned(),
+            ..Config::default()
+        }
+        .setting("REDIS_URL", REDIS_URL),
+    );
     let user = UserCreated {
         id: 7,
         email: "ada@example.com".to_owned(),

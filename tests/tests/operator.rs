@@ -1,4 +1,4 @@
-//! The operator's first day on Kafka and RabbitMQ (issue 21), with the built `consumer`: a
+//! The operator's first day on Kafka, RabbitMQ and Redis (issue 21), with the built `consumer`: a
 //! setting that can never work ends the process at once naming its variable, `/health/ready`
 //! turns 200 on Kafka only once partitions are assigned (and a message published then is
 //! handled), and the log stays quiet while the Kafka broker is down.
@@ -40,6 +40,10 @@ fn malformed_kafka_settings_fail_at_once_naming_the_variable() {
     for (variable, value) in [
         ("KAFKA_CONFIG_NO_SUCH_PROPERTY", "1"),
         ("KAFKA_CONFIG_SESSION_TIMEOUT_MS", "banana"),
+        // A client's own property names its own variable.
+        ("KAFKA_PRODUCER_CONFIG_LINGER_MS", "banana"),
+        ("KAFKA_ADMIN_CONFIG_NO_SUCH_PROPERTY", "1"),
+        ("KAFKA_CONSUMER_CONFIG_SESSION_TIMEOUT_MS", "banana"),
     ] {
         let mut env = kafka.to_vec();
         env.push((variable, value));
@@ -52,6 +56,71 @@ fn malformed_kafka_settings_fail_at_once_naming_the_variable() {
         ],
         "KAFKA_BOOTSTRAP_SERVERS",
     );
+}
+
+#[test]
+fn malformed_redis_settings_fail_at_once_naming_the_variable() {
+    for url in ["", "not a url", "http://127.0.0.1:6379/0"] {
+        assert_fails_at_once(
+            &[("MESSAGING_BACKEND", "redis"), ("REDIS_URL", url)],
+            "REDIS_URL",
+        );
+    }
+}
+
+/// `consumer check` asks the selected broker crate about its own settings, without
+/// connecting: each one that can never work is a problem naming its variable.
+#[test]
+fn check_reports_a_broker_setting_that_can_never_work() {
+    for (env, variable) in [
+        (
+            &[("MESSAGING_BACKEND", "kafka"), ("KAFKA_API_KEY", "k")][..],
+            "KAFKA_API_SECRET",
+        ),
+        (
+            &[
+                ("MESSAGING_BACKEND", "kafka"),
+                ("KAFKA_CONSUMER_CONFIG_MESSAGING_JOIN_TIMEOUT_MS", "5"),
+            ][..],
+            "KAFKA_CONSUMER_CONFIG_MESSAGING_JOIN_TIMEOUT_MS",
+        ),
+        (
+            &[
+                ("MESSAGING_BACKEND", "kafka"),
+                ("KAFKA_BOOTSTRAP_SERVERS", ""),
+            ][..],
+            "KAFKA_BOOTSTRAP_SERVERS",
+        ),
+        (
+            &[
+                ("MESSAGING_BACKEND", "rabbitmq"),
+                ("RABBITMQ_URL", "http://h/"),
+            ][..],
+            "RABBITMQ_URL",
+        ),
+        (
+            &[("MESSAGING_BACKEND", "redis"), ("REDIS_URL", "")][..],
+            "REDIS_URL",
+        ),
+    ] {
+        let (status, out, err, _) = run_plain(FIXTURE, &["check"], env);
+        assert_eq!(status.code(), Some(1), "{env:?}: {out}{err}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("problem:") && l.contains(variable)),
+            "{env:?}: no problem naming {variable}:\n{out}{err}"
+        );
+    }
+    let (status, out, err, _) = run_plain(
+        FIXTURE,
+        &["check"],
+        &[
+            ("MESSAGING_BACKEND", "kafka"),
+            ("KAFKA_BOOTSTRAP_SERVERS", KAFKA),
+            ("KAFKA_PRODUCER_CONFIG_LINGER_MS", "5"),
+        ],
+    );
+    assert!(status.success(), "{out}{err}");
 }
 
 #[test]
