@@ -16,13 +16,21 @@ pub(crate) const NAME: &str = "kafka";
 pub enum KafkaSetupError {
     /// A variable is set but empty: a mistake rather than a request for the default.
     #[error("is set but empty; unset it for the default or give an address")]
-    Empty { variable: &'static str },
+    Empty {
+        /// The variable.
+        variable: &'static str,
+    },
     /// A `messaging.*` option in a variable of one client: it applies to the whole broker.
     #[error(
         "`{name}` applies to every client of the broker, not to the {client:?} alone; set it \
          with KAFKA_CONFIG_*"
     )]
-    NotPerClient { name: String, client: Client },
+    NotPerClient {
+        /// The option.
+        name: String,
+        /// The client whose variable named it.
+        client: Client,
+    },
     /// Only one of the two Confluent Cloud credentials is set.
     #[error("KAFKA_API_KEY and KAFKA_API_SECRET go together; {missing} is not set")]
     HalfCredentials {
