@@ -15,8 +15,10 @@ use std::time::Duration;
 
 use crate::error::{BrokerError, Error};
 
-/// Everything the framework reads from configuration.
+/// Everything the framework reads from configuration: [`Config::from_env`], or in code
+/// `Config::default().with_backend("redis").with_source("order-service")`.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// The name of a linked broker: `memory`, `disabled`, or one a broker crate registers
     /// (`kafka`, `rabbitmq`, `redis`) (`MESSAGING_BACKEND`).
@@ -175,6 +177,71 @@ impl Config {
         self.settings.set(name, value);
         self
     }
+
+    /// With this broker ([`Config::backend`]).
+    pub fn with_backend(mut self, backend: impl Into<String>) -> Self {
+        self.backend = backend.into();
+        self
+    }
+
+    /// With this service name ([`Config::source`]).
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
+    }
+
+    /// With these connection retries ([`Config::connect_max_retries`],
+    /// [`Config::connect_retry_delay`], [`Config::connect_cooldown`]).
+    pub fn with_connect_retries(mut self, max: u32, delay: Duration, cooldown: Duration) -> Self {
+        self.connect_max_retries = max;
+        self.connect_retry_delay = delay;
+        self.connect_cooldown = cooldown;
+        self
+    }
+
+    /// With this concurrency per group ([`Config::concurrency`]).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// With this message size limit ([`Config::max_message_size`]).
+    pub fn with_max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// With this dead-letter topic for every handler that names none ([`Config::dlq_topic`]).
+    pub fn with_dlq_topic(mut self, topic: impl Into<String>) -> Self {
+        self.dlq_topic = Some(topic.into());
+        self
+    }
+
+    /// With this readiness stall limit ([`Config::health_stall_after`]).
+    pub fn with_health_stall_after(mut self, after: Duration) -> Self {
+        self.health_stall_after = after;
+        self
+    }
+
+    /// With this replay limit ([`Config::dlq_max_replays`]).
+    pub fn with_dlq_max_replays(mut self, replays: u32) -> Self {
+        self.dlq_max_replays = replays;
+        self
+    }
+
+    /// With `topic` published and consumed as `actual` in this environment (as
+    /// `MESSAGING_TOPIC_<NAME>=actual` does; see [`Config::resolve_topic`]).
+    pub fn with_topic_override(mut self, topic: &str, actual: impl Into<String>) -> Self {
+        self.topic_overrides
+            .insert(topic_variable_name(topic), actual.into());
+        self
+    }
+
+    /// With this `#[event]` queue capacity ([`Config::event_queue`]).
+    pub fn with_event_queue(mut self, capacity: usize) -> Self {
+        self.event_queue = capacity;
+        self
+    }
 }
 
 impl Config {
@@ -185,20 +252,25 @@ impl Config {
         if self.topic_overrides.is_empty() {
             return topic;
         }
-        let name: String = topic
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
         self.topic_overrides
-            .get(&name)
+            .get(&topic_variable_name(topic))
             .map_or(topic, String::as_str)
     }
+}
+
+/// `topic` as the NAME of `MESSAGING_TOPIC_<NAME>`: capitals, every character but letters
+/// and digits made `_`.
+fn topic_variable_name(topic: &str) -> String {
+    topic
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 impl fmt::Debug for Config {

@@ -75,10 +75,7 @@ async fn disabled_drops_and_counts_and_unknown_names_list_the_linked_ones() {
         "the disabled backend consumed"
     );
 
-    configure_messaging(Config {
-        backend: "kafka".into(),
-        ..Config::default()
-    });
+    configure_messaging(Config::default().with_backend("kafka"));
     let error = get_producer()
         .send("backend-test.orders", &1)
         .await

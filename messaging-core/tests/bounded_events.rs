@@ -122,10 +122,7 @@ async fn wait_for(what: &str, within: Duration, done: impl Fn() -> bool) {
 
 async fn fires_while_down_then_delivered(hang: bool) {
     let outage = Outage::new(hang);
-    let config = Config {
-        event_queue: QUEUE,
-        ..Config::default()
-    };
+    let config = Config::default().with_event_queue(QUEUE);
     let producer = Producer::new(Arc::new(OutageBroker(Arc::clone(&outage))), config);
     let payload = vec![b'x'; 512];
     let dropped_before = metrics().dropped();
@@ -326,10 +323,7 @@ inventory::submit! {
 #[tokio::test(start_paused = true)]
 async fn a_lazy_producer_connects_once_at_a_time_and_delivers_when_the_broker_answers() {
     let _turn = TURN.lock().await;
-    let producer = Producer::lazy(Config {
-        backend: "refusing".to_owned(),
-        ..Config::default()
-    });
+    let producer = Producer::lazy(Config::default().with_backend("refusing"));
     let dropped_before = metrics().dropped();
 
     // Answers after 30 s.
@@ -352,10 +346,7 @@ async fn a_lazy_producer_connects_once_at_a_time_and_delivers_when_the_broker_an
     assert_eq!(metrics().dropped(), dropped_before);
 
     // Never answers: the first event retries for the window, the rest expire with it.
-    let producer = Producer::lazy(Config {
-        backend: "refusing".to_owned(),
-        ..Config::default()
-    });
+    let producer = Producer::lazy(Config::default().with_backend("refusing"));
     REACHABLE.store(false, Ordering::SeqCst);
     let before = CONNECTS.load(Ordering::SeqCst);
     for _ in 0..100 {

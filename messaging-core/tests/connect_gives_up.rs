@@ -45,13 +45,9 @@ inventory::submit! {
 }
 
 fn config(backend: &str) -> Config {
-    Config {
-        backend: backend.to_owned(),
-        connect_max_retries: 2,
-        connect_retry_delay: Duration::from_secs(1),
-        connect_cooldown: Duration::from_secs(30),
-        ..Config::default()
-    }
+    Config::default()
+        .with_backend(backend)
+        .with_connect_retries(2, Duration::from_secs(1), Duration::from_secs(30))
 }
 
 #[tokio::test(start_paused = true)]

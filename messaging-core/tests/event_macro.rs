@@ -32,10 +32,7 @@ fn broker() -> &'static MemoryBroker {
 }
 
 fn use_broker(broker: Arc<dyn Broker>) {
-    let config = Config {
-        source: "users-api".into(),
-        ..Config::default()
-    };
+    let config = Config::default().with_source("users-api");
     install_producer(Producer::new(broker, config));
 }
 

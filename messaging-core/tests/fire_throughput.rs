@@ -61,10 +61,7 @@ fn message(i: usize) -> OutgoingMessage {
 
 /// Events per second through `fire`, then through a task per event.
 async fn measure(events: usize, latency: Duration) -> (f64, f64) {
-    let config = Config {
-        event_queue: events,
-        ..Config::default()
-    };
+    let config = Config::default().with_event_queue(events);
     let published = Arc::new(AtomicUsize::new(0));
     let broker = || {
         Arc::new(Answering {

@@ -22,10 +22,7 @@ async fn dead_letter_under(dlq_topic: &str, handlers: Vec<HandlerSpec>) -> Memor
     let broker = MemoryBroker::new();
     let topics: Vec<String> = handlers.iter().flat_map(|h| h.topics().to_vec()).collect();
     let mut builder = Runtime::builder()
-        .config(Config {
-            dlq_topic: Some(dlq_topic.to_owned()),
-            ..Config::default()
-        })
+        .config(Config::default().with_dlq_topic(dlq_topic.to_owned()))
         .broker(Arc::new(broker.clone()))
         .without_registered()
         .install_global_producer(false)

@@ -192,10 +192,7 @@ impl Acker for RecordingAcker {
 
 async fn run_payments(broker: &Recording) {
     let runtime = Runtime::builder()
-        .config(Config {
-            source: "billing".into(),
-            ..Config::default()
-        })
+        .config(Config::default().with_source("billing"))
         .broker(Arc::new(broker.clone()))
         .install_global_producer(false)
         .topics(["retry-test.payments"])

@@ -26,14 +26,14 @@ async fn handlers_and_publishers_use_the_environments_topic() {
         }
     })
     .retry(RetryPolicy::NONE);
-    let config = Config {
-        backend: "memory".to_owned(),
-        topic_overrides: BTreeMap::from([(
-            "ORDERS_CREATED".to_owned(),
-            "staging.orders".to_owned(),
-        )]),
-        ..Config::default()
-    };
+    let config = Config::default()
+        .with_backend("memory")
+        .with_topic_override("orders.created", "staging.orders");
+    assert_eq!(
+        config.topic_overrides,
+        BTreeMap::from([("ORDERS_CREATED".to_owned(), "staging.orders".to_owned())]),
+        "as MESSAGING_TOPIC_ORDERS_CREATED=staging.orders would set it"
+    );
     let builder = messaging_core::Runtime::builder()
         .config(config.clone())
         .without_registered()

@@ -386,10 +386,10 @@ impl Bench {
     async fn runtime(&self, handler: HandlerSpec) -> Result<Runtime> {
         Ok(Runtime::builder()
             .broker(self.broker.clone().into_dyn())
-            .config(Config {
-                concurrency: env_number("BENCH_CONCURRENCY", Config::default().concurrency),
-                ..Config::default()
-            })
+            .config(Config::default().with_concurrency(env_number(
+                "BENCH_CONCURRENCY",
+                Config::default().concurrency,
+            )))
             .without_registered()
             .install_global_producer(false)
             .from_beginning(true)

@@ -194,11 +194,9 @@ async fn bad_options_are_refused_before_connecting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_factory_is_registered_as_kafka() {
     assert!(messaging_core::linked_backends().contains(&"kafka"));
-    let config = messaging_core::Config {
-        backend: "kafka".to_owned(),
-        ..messaging_core::Config::default()
-    }
-    .setting("KAFKA_BOOTSTRAP_SERVERS", common::BOOTSTRAP);
+    let config = messaging_core::Config::default()
+        .with_backend("kafka")
+        .setting("KAFKA_BOOTSTRAP_SERVERS", common::BOOTSTRAP);
     let broker = messaging_core::broker::connect_once(&config)
         .await
         .expect("connects through the registry");

@@ -22,10 +22,7 @@ async fn dead_letter_on(broker: Arc<dyn Broker>, topic: &str, group: &str) -> Me
     })
     .group(group)
     .retry(RetryPolicy::new(1, Duration::from_millis(10)));
-    let config = Config {
-        source: "billing".to_owned(),
-        ..Config::default()
-    };
+    let config = Config::default().with_source("billing");
     let runtime = Runtime::builder()
         .broker(Arc::clone(&broker))
         .config(config.clone())

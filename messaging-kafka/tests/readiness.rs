@@ -74,11 +74,9 @@ async fn a_member_is_pending_until_assigned_then_receives_what_is_published_next
 
 /// The configuration `KAFKA_CONFIG_<NAME>` variables for these properties would give.
 fn config(properties: &[(&str, &str)]) -> Config {
-    let config = Config {
-        backend: "kafka".to_owned(),
-        ..Config::default()
-    }
-    .setting("KAFKA_BOOTSTRAP_SERVERS", BOOTSTRAP);
+    let config = Config::default()
+        .with_backend("kafka")
+        .setting("KAFKA_BOOTSTRAP_SERVERS", BOOTSTRAP);
     properties.iter().fold(config, |config, (property, value)| {
         let variable = format!(
             "KAFKA_CONFIG_{}",

@@ -44,11 +44,9 @@ async fn cleanup(broker: &RabbitBroker, groups: &[String], kept: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registered_factory_connects_by_name() {
     assert!(messaging_core::linked_backends().contains(&"rabbitmq"));
-    let config = Config {
-        backend: "rabbitmq".to_owned(),
-        ..Config::default()
-    }
-    .setting("RABBITMQ_URL", common::URL);
+    let config = Config::default()
+        .with_backend("rabbitmq")
+        .setting("RABBITMQ_URL", common::URL);
     let broker = messaging_core::broker::connect_once(&config)
         .await
         .expect("connects as configured");

@@ -93,11 +93,9 @@ async fn an_unreachable_broker_stays_retryable() {
 /// names the variable.
 #[tokio::test]
 async fn the_factory_reports_the_variable() {
-    let config = Config {
-        backend: "rabbitmq".to_owned(),
-        ..Config::default()
-    }
-    .setting("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/nope");
+    let config = Config::default()
+        .with_backend("rabbitmq")
+        .setting("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/nope");
     let connecting = messaging_core::broker::connect_once(&config);
     let error = match tokio::time::timeout(Duration::from_secs(2), connecting).await {
         Ok(Ok(_)) => panic!("connected to a missing virtual host"),

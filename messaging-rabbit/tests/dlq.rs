@@ -36,10 +36,7 @@ async fn dead_letter_on(
     .group(group);
     let runtime = Runtime::builder()
         .broker(Arc::clone(&broker))
-        .config(Config {
-            source: "dlq-schema-test".to_owned(),
-            ..Config::default()
-        })
+        .config(Config::default().with_source("dlq-schema-test"))
         .without_registered()
         .install_global_producer(false)
         .handler(failing)

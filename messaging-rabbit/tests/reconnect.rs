@@ -40,10 +40,7 @@ async fn every_message_is_handled_when_all_connections_are_closed_mid_flow() {
     .group(&group);
     let runtime = Runtime::builder()
         .broker(broker.clone().into_dyn())
-        .config(Config {
-            source: "reconnect-test".to_owned(),
-            ..Config::default()
-        })
+        .config(Config::default().with_source("reconnect-test"))
         .without_registered()
         .install_global_producer(false)
         .concurrency(4)

@@ -392,11 +392,9 @@ async fn dead_letter_streams_exist_before_their_first_record_and_are_never_trimm
 #[tokio::test]
 async fn the_factory_is_registered_and_reads_the_url() {
     assert!(messaging_core::linked_backends().contains(&"redis"));
-    let config = messaging_core::Config {
-        backend: "redis".into(),
-        ..messaging_core::Config::default()
-    }
-    .setting("REDIS_URL", format!("{URL}?reclaim_idle=3s"));
+    let config = messaging_core::Config::default()
+        .with_backend("redis")
+        .setting("REDIS_URL", format!("{URL}?reclaim_idle=3s"));
     let broker = messaging_core::broker::connect_once(&config)
         .await
         .expect("connect through the factory");

@@ -110,11 +110,9 @@ async fn the_messages_say_what_is_wrong() {
 async fn the_factory_reports_the_variable_to_fix() {
     let silent = Silent::new();
     for url in malformed(silent.port()) {
-        let config = Config {
-            backend: "redis".into(),
-            ..Config::default()
-        }
-        .setting("REDIS_URL", url.clone());
+        let config = Config::default()
+            .with_backend("redis")
+            .setting("REDIS_URL", url.clone());
         let started = Instant::now();
         match connect_once(&config).await {
             Err(Error::Config { key, message }) => {
@@ -139,11 +137,9 @@ async fn an_unreachable_server_stays_retryable() {
     assert!(!error.to_string().contains("s3cret"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(15));
 
-    let config = Config {
-        backend: "redis".into(),
-        ..Config::default()
-    }
-    .setting("REDIS_URL", "redis://127.0.0.1:1/0");
+    let config = Config::default()
+        .with_backend("redis")
+        .setting("REDIS_URL", "redis://127.0.0.1:1/0");
     match connect_once(&config).await {
         Err(Error::Config { key, message }) => panic!("a config error: {key}: {message}"),
         Err(_) => {}

@@ -367,10 +367,7 @@ fn shape(value: &serde_json::Value) -> serde_json::Value {
 async fn dead_letter_records_match_the_memory_brokers() {
     let topic = unique("dlq-schema");
     let memory_broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
-    let config = messaging_core::Config {
-        source: "dlq-schema".into(),
-        ..messaging_core::Config::default()
-    };
+    let config = messaging_core::Config::default().with_source("dlq-schema");
     // One message, published to both.
     let (_, mut message) = Producer::new(Arc::clone(&memory_broker), config)
         .envelope(

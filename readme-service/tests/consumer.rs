@@ -154,11 +154,9 @@ async fn the_consumer_handles_what_the_library_publishes_on_redis() {
     });
 
     configure_messaging(
-        Config {
-            backend: "redis".to_owned(),
-            ..Config::default()
-        }
-        .setting("REDIS_URL", REDIS_URL),
+        Config::default()
+            .with_backend("redis")
+            .setting("REDIS_URL", REDIS_URL),
     );
     let user = UserCreated {
         id: 7,

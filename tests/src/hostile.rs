@@ -355,10 +355,7 @@ async fn check_fates(
 }
 
 fn config(limits: Limits) -> Config {
-    let mut config = Config {
-        source: "hostile".to_owned(),
-        ..Config::default()
-    };
+    let mut config = Config::default().with_source("hostile");
     if let Some(max) = limits.max_message_size {
         config.max_message_size = max;
     }

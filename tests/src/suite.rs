@@ -90,10 +90,7 @@ impl Scenario {
 }
 
 fn conformance_config() -> messaging_core::Config {
-    messaging_core::Config {
-        source: "conformance".to_owned(),
-        ..messaging_core::Config::default()
-    }
+    messaging_core::Config::default().with_source("conformance")
 }
 
 /// Waits until `done` holds, panicking with `what` after a minute.

@@ -16,11 +16,11 @@ use tower::ServiceExt as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    configure_messaging(Config {
-        backend: "memory".into(),
-        source: "quickstart".into(),
-        ..Config::default()
-    });
+    configure_messaging(
+        Config::default()
+            .with_backend("memory")
+            .with_source("quickstart"),
+    );
     let runtime = messaging_examples::with_state(Runtime::builder())
         .start()
         .await?;

@@ -57,10 +57,7 @@ pub async fn start_with(
 ) -> Runtime {
     let mut builder = Runtime::builder()
         .broker(broker.clone().into_dyn())
-        .config(Config {
-            source: "kafka-tests".to_owned(),
-            ..Config::default()
-        })
+        .config(Config::default().with_source("kafka-tests"))
         .without_registered()
         .install_global_producer(false)
         .from_beginning(true)
@@ -88,10 +85,7 @@ pub async fn eventually(what: &str, patience: Duration, mut done: impl FnMut() -
 pub fn producer(broker: &KafkaBroker) -> messaging_core::Producer {
     messaging_core::Producer::new(
         broker.clone().into_dyn(),
-        Config {
-            source: "kafka-tests".to_owned(),
-            ..Config::default()
-        },
+        Config::default().with_source("kafka-tests"),
     )
 }
 
