@@ -46,7 +46,7 @@ pub struct Cli {
 enum Command {
     /// Runs the handlers (the default when no command is given).
     Run(RunArgs),
-    /// Lists the registered handlers: kind, topics, group, retries, schema, DLQ.
+    /// Lists the registered handlers: kind, topics, group, retries, schema, idempotent, DLQ.
     List,
     /// Lints the handler topology; exits non-zero on problems.
     Check,
@@ -356,7 +356,16 @@ fn log_summary(state: &str) {
 fn list(handlers: &[HandlerSpec], config: &Config) -> String {
     let mut rows = vec![
         [
-            "KIND", "HANDLER", "TOPICS", "GROUP", "EVENT", "RETRIES", "DELAY", "BACKOFF", "SCHEMA",
+            "KIND",
+            "HANDLER",
+            "TOPICS",
+            "GROUP",
+            "EVENT",
+            "RETRIES",
+            "DELAY",
+            "BACKOFF",
+            "SCHEMA",
+            "IDEMPOTENT",
             "DLQ",
         ]
         .map(str::to_owned),
@@ -385,6 +394,7 @@ fn list(handlers: &[HandlerSpec], config: &Config) -> String {
             }
             .to_owned(),
             h.schema().unwrap_or("-").to_owned(),
+            if h.is_idempotent() { "yes" } else { "-" }.to_owned(),
             h.topics()
                 .iter()
                 .map(|t| h.dlq_topic_in(t, config))

@@ -54,6 +54,8 @@ pub struct Config {
     /// How many `#[event]` publishes may wait for the broker (queued, in flight or waiting to
     /// retry); more are dropped and counted (`MESSAGING_EVENT_QUEUE`).
     pub event_queue: usize,
+    /// Where idempotent handlers keep their keys (`MESSAGING_IDEMPOTENCY_*`).
+    pub idempotency: crate::idempotency::IdempotencyConfig,
 }
 
 impl Default for Config {
@@ -77,6 +79,7 @@ impl Default for Config {
             dlq_max_replays: 3,
             topic_overrides: BTreeMap::new(),
             event_queue: 10_000,
+            idempotency: Default::default(),
         }
     }
 }
@@ -169,6 +172,7 @@ impl Config {
             }
             c.dlq_topic = Some(v);
         }
+        c.idempotency = crate::idempotency::IdempotencyConfig::from_lookup(&set)?;
         for (key, value) in all {
             if let Some(name) = key.strip_prefix("MESSAGING_TOPIC_")
                 && !name.is_empty()
@@ -250,6 +254,7 @@ impl fmt::Debug for Config {
             .field("dlq_max_replays", &self.dlq_max_replays)
             .field("topic_overrides", &self.topic_overrides)
             .field("event_queue", &self.event_queue)
+            .field("idempotency", &self.idempotency)
             .finish()
     }
 }
