@@ -69,7 +69,8 @@ tokio::task_local! {
 /// Runs `future` with an HTTP request's `Idempotency-Key` in scope: events fired by
 /// `#[event]` handlers inside carry it as `x-idempotency-key` (unless the attribute names an
 /// `idempotency_key` field).
-pub async fn with_request_idempotency_key<F: std::future::Future>(
+#[cfg(feature = "axum")]
+pub(crate) async fn with_request_idempotency_key<F: std::future::Future>(
     key: Option<String>,
     future: F,
 ) -> F::Output {

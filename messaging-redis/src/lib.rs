@@ -128,6 +128,7 @@ mod broker;
 mod consumer;
 mod entry;
 mod error;
+mod idempotency;
 mod options;
 mod publisher;
 
@@ -138,6 +139,7 @@ use messaging_core::{Broker, BrokerFactory};
 pub use broker::{KEEP_GROUP, RedisBroker};
 pub use entry::PAYLOAD_FIELD;
 pub use error::RedisBrokerError;
+pub use idempotency::RedisIdempotencyStore;
 pub use options::RedisOptions;
 
 inventory::submit! {
