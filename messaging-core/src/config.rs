@@ -172,7 +172,7 @@ impl Config {
             }
             c.dlq_topic = Some(v);
         }
-        c.idempotency = crate::idempotency::IdempotencyConfig::from_lookup(&set)?;
+        c.idempotency = crate::idempotency::IdempotencyConfig::from_lookup(set)?;
         for (key, value) in all {
             if let Some(name) = key.strip_prefix("MESSAGING_TOPIC_")
                 && !name.is_empty()

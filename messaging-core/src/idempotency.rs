@@ -164,14 +164,18 @@ impl IdempotencyConfig {
     }
 }
 
+/// What an [`IdempotencyStoreFactory`] runs: connects the store with this configuration.
+pub type ConnectStore =
+    fn(
+        &IdempotencyConfig,
+    ) -> BoxFuture<'static, Result<Arc<dyn IdempotencyStore>, IdempotencyError>>;
+
 /// Makes a store selectable by name. Store crates submit one with `inventory`.
 pub struct IdempotencyStoreFactory {
     /// The name `MESSAGING_IDEMPOTENCY_STORE` selects it by.
     pub name: &'static str,
     /// Connects it.
-    pub connect: fn(
-        &IdempotencyConfig,
-    ) -> BoxFuture<'static, Result<Arc<dyn IdempotencyStore>, IdempotencyError>>,
+    pub connect: ConnectStore,
 }
 
 inventory::collect!(IdempotencyStoreFactory);

@@ -807,7 +807,14 @@ fn store(key: Param, value: TokenStream, args: &mut Args) -> syn::Result<()> {
             set(&mut args.retry.retry_topics, lit)
         }
         Param::Idempotent => {
-            let lit = parse_or(value, key, "a boolean", syn::parse2::<LitBool>)?;
+            let lit = syn::parse2::<LitBool>(value.clone()).map_err(|_| {
+                syn::Error::new_spanned(
+                    &value,
+                    "`idempotent` is a flag: write `idempotent` (or `idempotent = true`); the \
+                     idempotency key comes from the message (`x-idempotency-key`, else the \
+                     envelope id)",
+                )
+            })?;
             set(&mut args.retry.idempotent, lit)
         }
         Param::IdempotencyKey => set(&mut args.idempotency_key, non_empty_str(key, value)?),
