@@ -228,7 +228,7 @@ pub(crate) struct Guard {
 }
 
 /// The store's key of idempotency key `key` in group `group`: groups never share keys.
-pub(crate) fn scoped(group: &str, key: &str) -> String {
+pub fn scoped(group: &str, key: &str) -> String {
     format!("{}:{group}:{key}", group.len())
 }
 
