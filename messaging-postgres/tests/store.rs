@@ -113,3 +113,58 @@ async fn the_store_is_selected_by_name() {
     let store = connect_store(&config).await.expect("the postgres store");
     assert_eq!(store.name(), "postgres");
 }
+
+/// An idempotent handler with its keys in PostgreSQL (on the memory broker): one key
+/// delivered twice at once on two lanes runs once, never twice at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_handler_with_the_keys_in_postgres_runs_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use messaging_core::message::header;
+    use messaging_core::metrics::metrics;
+    use messaging_core::testing::TestHarness;
+    use messaging_core::{HandlerSpec, Invocation, OutgoingMessage};
+
+    const TOPIC: &str = "pg-idem.orders";
+    let runs = Arc::new(AtomicUsize::new(0));
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let (runs, running, most) = (runs.clone(), running.clone(), most.clone());
+        HandlerSpec::new("charge", [TOPIC], move |_inv: Invocation| {
+            let (runs, running, most) = (runs.clone(), running.clone(), most.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .idempotent(true)
+    };
+    let store: Arc<dyn IdempotencyStore> = Arc::new(store().await);
+    let harness = TestHarness::builder()
+        .runtime(|r| {
+            r.without_registered()
+                .handler(handler)
+                .concurrency(4)
+                .idempotency_store(store)
+        })
+        .start()
+        .await
+        .unwrap();
+    for key in ["a", "b"] {
+        let mut message = OutgoingMessage::new(TOPIC, b"{}".to_vec())
+            .with_header(header::IDEMPOTENCY_KEY, "order-7");
+        message.key = Some(key.to_owned().into());
+        harness.send_raw(message).await.unwrap();
+    }
+    harness.wait_idle().await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(most.load(Ordering::SeqCst), 1);
+    assert_eq!(metrics().duplicates(TOPIC, "charge"), 1);
+    harness.shutdown().await;
+}
