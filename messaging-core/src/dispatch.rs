@@ -849,7 +849,7 @@ impl Dispatcher {
         on: &Attempting<'_>,
         invocation: &mut Invocation,
         attempt: u32,
-        acks: Option<&mut PendingAcks>,
+        mut acks: Option<&mut PendingAcks>,
     ) -> Result<(), HandlerError> {
         use crate::idempotency::{Begin, key_of, scoped};
         let Some(key) = key_of(&invocation.message).map(|k| scoped(&self.group, k)) else {
@@ -876,15 +876,14 @@ impl Dispatcher {
                     return Ok(());
                 }
                 Begin::InProgress => {
-                    tokio::select! {
-                        biased;
-                        // Left unacknowledged, for redelivery once the other one is done.
-                        _ = self.shutdown.cancelled() => return Err(HandlerError::new(
-                            FailureKind::Handler,
-                            "shutting down while another delivery of the same idempotency key runs",
-                        )),
-                        _ = tokio::time::sleep(wait) => {}
+                    // Also through a shutdown: the other delivery ends within its lease, and
+                    // the shutdown timeout aborts this one unacknowledged (for redelivery)
+                    // otherwise. Failing here instead could dead-letter it. What the lane
+                    // handled before is acknowledged first, as before a slow handler.
+                    if let Some(acks) = acks.as_deref_mut() {
+                        self.flush_acks(acks).await;
                     }
+                    tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(1));
                 }
             }
