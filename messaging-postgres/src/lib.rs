@@ -108,38 +108,44 @@ impl IdempotencyStore for PostgresIdempotencyStore {
         Box::pin(async move {
             let t = &self.table;
             // Taken when absent, or when its TTL (done) or lease (in progress) ran out.
-            let taken = self
-                .client
-                .query_opt(
-                    &format!(
-                        "INSERT INTO {t} AS row (key, owner, lease_until, done_until)
-                         VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond', NULL)
-                         ON CONFLICT (key) DO UPDATE
-                           SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until,
-                               done_until = NULL
-                           WHERE (row.done_until IS NOT NULL AND row.done_until <= now())
-                              OR (row.done_until IS NULL AND row.lease_until <= now())
-                         RETURNING key"
-                    ),
-                    &[&key, &owner, &millis(lease)],
-                )
-                .await
-                .map_err(failed)?;
-            if taken.is_some() {
-                return Ok(Begin::Begun);
+            let take = format!(
+                "INSERT INTO {t} AS row (key, owner, lease_until, done_until)
+                 VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond', NULL)
+                 ON CONFLICT (key) DO UPDATE
+                   SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until,
+                       done_until = NULL
+                   WHERE (row.done_until IS NOT NULL AND row.done_until <= now())
+                      OR (row.done_until IS NULL AND row.lease_until <= now())
+                 RETURNING key"
+            );
+            let look = format!(
+                "SELECT coalesce(done_until > now(), false), coalesce(lease_until > now(), false)
+                 FROM {t} WHERE key = $1"
+            );
+            // The row may expire (or go) between the two statements: then take it again.
+            for _ in 0..3 {
+                let taken = self
+                    .client
+                    .query_opt(&take, &[&key, &owner, &millis(lease)])
+                    .await
+                    .map_err(failed)?;
+                if taken.is_some() {
+                    return Ok(Begin::Begun);
+                }
+                let state = self
+                    .client
+                    .query_opt(&look, &[&key])
+                    .await
+                    .map_err(failed)?
+                    .map(|row| (row.get::<_, bool>(0), row.get::<_, bool>(1)));
+                match state {
+                    Some((true, _)) => return Ok(Begin::Done),
+                    Some((false, true)) => return Ok(Begin::InProgress),
+                    _ => {}
+                }
             }
-            let done = self
-                .client
-                .query_opt(
-                    &format!("SELECT done_until > now() FROM {t} WHERE key = $1"),
-                    &[&key],
-                )
-                .await
-                .map_err(failed)?
-                .and_then(|row| row.get::<_, Option<bool>>(0))
-                .unwrap_or(false);
-            // Gone meanwhile counts as in progress: the caller checks again.
-            Ok(if done { Begin::Done } else { Begin::InProgress })
+            // Expiring as fast as it is taken: let the caller wait and check again.
+            Ok(Begin::InProgress)
         })
     }
 
