@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
 
 step "brokers and test tools"
-for broker in redis rabbitmq kafka; do
+for broker in redis rabbitmq kafka postgres; do
     script=scripts/start-$broker.sh
     if [[ -f $script ]]; then
         bash "$script"

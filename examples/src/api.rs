@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use messaging_core::prelude::*;
@@ -71,6 +71,7 @@ pub struct NewOrder {
 
 /// Places an order: published synchronously, so a broker failure is a 503.
 pub async fn create_order(
+    headers: HeaderMap,
     Json(body): Json<NewOrder>,
 ) -> Result<(StatusCode, Json<OrderCreated>), ApiError> {
     let order = OrderCreated {
@@ -78,7 +79,13 @@ pub async fn create_order(
         user_id: body.user_id,
         total: body.total,
     };
-    let options = SendOptions::key(order.order_id.to_string());
+    // The payments handler is idempotent: a client retrying with the same `Idempotency-Key`
+    // is charged once. Without the header, the order id is the key.
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| format!("order-{}", order.order_id), str::to_owned);
+    let options = SendOptions::key(order.order_id.to_string()).idempotency_key(idempotency_key);
     get_producer()
         .send_with("orders.created", &order, options)
         .await

@@ -6,8 +6,9 @@ use messaging_core::prelude::*;
 use crate::domain::{ChargeError, OrderCreated, PaymentCompleted, PaymentGateway, User};
 
 /// Charges each new order; a timeout is retried (3 times, 200 ms apart), an amount over the
-/// limit goes straight to `orders.created.dlq`.
-#[message_handler(topic = "orders.created", group = "payments", max_retries = 3, retry_delay = "200ms", schema = OrderCreated)]
+/// limit goes straight to `orders.created.dlq`. Idempotent: an order published twice with
+/// one idempotency key (a client's retry of `POST /orders`) is charged once.
+#[message_handler(topic = "orders.created", group = "payments", max_retries = 3, retry_delay = "200ms", schema = OrderCreated, idempotent)]
 pub async fn process_payment(
     order: OrderCreated,
     gateway: State<PaymentGateway>,

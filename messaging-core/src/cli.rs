@@ -46,7 +46,7 @@ pub struct Cli {
 enum Command {
     /// Runs the handlers (the default when no command is given).
     Run(RunArgs),
-    /// Lists the registered handlers: kind, topics, group, retries, schema, DLQ.
+    /// Lists the registered handlers: kind, topics, group, retries, schema, idempotent, DLQ.
     List,
     /// Lints the handler topology; exits non-zero on problems.
     Check,
@@ -371,6 +371,7 @@ fn list(handlers: &[HandlerSpec], config: &Config) -> String {
             "BACKOFF",
             "SCHEMA",
             "PUBLISHES",
+            "IDEMPOTENT",
             "DLQ",
         ]
         .map(str::to_owned),
@@ -401,6 +402,7 @@ fn list(handlers: &[HandlerSpec], config: &Config) -> String {
             h.schema().unwrap_or("-").to_owned(),
             h.publishes_to()
                 .map_or_else(|| "-".to_owned(), |t| config.resolve_topic(t).to_owned()),
+            if h.is_idempotent() { "yes" } else { "-" }.to_owned(),
             h.topics()
                 .iter()
                 .map(|t| h.dlq_topic_in(t, config))

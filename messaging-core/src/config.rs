@@ -56,6 +56,8 @@ pub struct Config {
     /// How many `#[event]` publishes may wait for the broker (queued, in flight or waiting to
     /// retry); more are dropped and counted (`MESSAGING_EVENT_QUEUE`).
     pub event_queue: usize,
+    /// Where idempotent handlers keep their keys (`MESSAGING_IDEMPOTENCY_*`).
+    pub idempotency: crate::idempotency::IdempotencyConfig,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             dlq_max_replays: 3,
             topic_overrides: BTreeMap::new(),
             event_queue: 10_000,
+            idempotency: Default::default(),
         }
     }
 }
@@ -149,6 +152,7 @@ impl Config {
             c.dlq_topic = Some(v);
         }
         let prefixes = crate::broker::setting_prefixes();
+        c.idempotency = crate::idempotency::IdempotencyConfig::from_lookup(set)?;
         for (key, value) in all {
             // Passed on unread: the broker crate that registered the prefix parses it.
             if prefixes.iter().any(|p| key.starts_with(p)) {
@@ -289,6 +293,7 @@ impl fmt::Debug for Config {
             .field("dlq_max_replays", &self.dlq_max_replays)
             .field("topic_overrides", &self.topic_overrides)
             .field("event_queue", &self.event_queue)
+            .field("idempotency", &self.idempotency)
             .finish()
     }
 }

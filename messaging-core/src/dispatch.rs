@@ -42,6 +42,8 @@ pub(crate) struct Target {
     pub spec: Arc<HandlerSpec>,
     pub dlq_topic: String,
     pub metrics: Arc<HandlerMetrics>,
+    /// For an idempotent handler: where its keys are kept.
+    pub idempotency: Option<Arc<crate::idempotency::Guard>>,
 }
 
 #[derive(Clone)]
@@ -881,10 +883,87 @@ impl Dispatcher {
         self.broker.publish(out).await
     }
 
+    /// One attempt; for an idempotent handler, guarded by its key ([`Dispatcher::attempt_once`]).
+    async fn attempt(
+        &self,
+        on: &Attempting<'_>,
+        invocation: &mut Invocation,
+        attempt: u32,
+        acks: Option<&mut PendingAcks>,
+    ) -> Result<(), HandlerError> {
+        match &on.target.idempotency {
+            None => self.run_attempt(on, invocation, attempt, acks).await,
+            // Boxed: its state stays out of every other handler's future.
+            Some(guard) => Box::pin(self.attempt_once(guard, on, invocation, attempt, acks)).await,
+        }
+    }
+
+    /// An idempotent handler's attempt: runs only when its key can be taken. A key already
+    /// done makes the message a duplicate, acknowledged without running and counted; a key
+    /// that another delivery holds is waited for (checked again with back-off), so that the
+    /// two never run at once. Success marks the key done for the TTL, failure frees it so
+    /// that the retry runs. A message with no key runs as usual.
+    async fn attempt_once(
+        &self,
+        guard: &crate::idempotency::Guard,
+        on: &Attempting<'_>,
+        invocation: &mut Invocation,
+        attempt: u32,
+        mut acks: Option<&mut PendingAcks>,
+    ) -> Result<(), HandlerError> {
+        use crate::idempotency::{Begin, key_of, scoped};
+        let Some(key) = key_of(&invocation.message).map(|k| scoped(&self.group, k)) else {
+            return self.run_attempt(on, invocation, attempt, acks).await;
+        };
+        let store = &guard.store;
+        let store_error = |e: crate::idempotency::IdempotencyError| {
+            HandlerError::new(FailureKind::Handler, e.to_string())
+        };
+        // Unique to this attempt, so that only this attempt's release frees the key.
+        let owner = uuid::Uuid::now_v7().to_string();
+        let mut wait = Duration::from_millis(20);
+        loop {
+            match store
+                .try_begin(&key, &owner, guard.lease)
+                .await
+                .map_err(store_error)?
+            {
+                Begin::Begun => break,
+                Begin::Done => {
+                    let message = &invocation.message;
+                    metrics().record_duplicate(&message.topic, &self.group);
+                    tracing::debug!(topic = %message.topic, handler = on.target.spec.name, group = %self.group, "duplicate acknowledged without running");
+                    return Ok(());
+                }
+                Begin::InProgress => {
+                    // Also through a shutdown: the other delivery ends within its lease, and
+                    // the shutdown timeout aborts this one unacknowledged (for redelivery)
+                    // otherwise. Failing here instead could dead-letter it. What the lane
+                    // handled before is acknowledged first, as before a slow handler.
+                    if let Some(acks) = acks.as_deref_mut() {
+                        self.flush_acks(acks).await;
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+        let outcome = self.run_attempt(on, invocation, attempt, acks).await;
+        let settled = match &outcome {
+            Ok(()) => store.complete(&key, &owner, guard.ttl).await,
+            Err(_) => store.release(&key, &owner).await,
+        };
+        if let Err(error) = settled {
+            // The lease runs out on its own; until then a redelivery waits.
+            tracing::warn!(topic = %invocation.message.topic, handler = on.target.spec.name, %error, "settling the idempotency key failed");
+        }
+        outcome
+    }
+
     /// One attempt. When the handler has to wait (its future is not ready at once), the
     /// lane's gathered acknowledgements, if any, go out first: a slow handler never holds
     /// back those of the messages handled before it.
-    async fn attempt(
+    async fn run_attempt(
         &self,
         on: &Attempting<'_>,
         invocation: &mut Invocation,

@@ -18,6 +18,7 @@ pub mod handler;
 pub mod headers;
 #[cfg(feature = "cli")]
 pub mod health;
+pub mod idempotency;
 pub mod key;
 pub mod memory;
 pub mod message;
@@ -99,7 +100,7 @@ pub mod __private {
     pub use crate::envelope::{EnvelopeFields, decode_event, decode_json};
     #[cfg(feature = "axum")]
     pub use crate::event::ViaJson;
-    pub use crate::event::{EventData, EventSpec, ViaSerialize, emit_event};
+    pub use crate::event::{EventData, EventSpec, ViaSerialize, emit_event, emit_event_with};
 
     /// The traits that pick a first argument's decoder and check its schema (see
     /// [`Decoder`] and [`Schema`]); the generated code glob-imports this module.

@@ -32,6 +32,9 @@ pub mod header {
     /// Set on a replayed message: the failure that first dead-lettered it (JSON:
     /// `{"at":…,"kind":…,"message":…}`), kept by the record written if it fails again.
     pub const FIRST_FAILURE: &str = "x-messaging-first-failure";
+    /// The key an idempotent handler runs at most once for, when the publisher gave one
+    /// (otherwise the envelope id, [`EVENT_ID`], is used).
+    pub const IDEMPOTENCY_KEY: &str = "x-idempotency-key";
 }
 
 pub use crate::headers::Headers;

@@ -174,6 +174,8 @@ pub struct Metrics {
     published: RwLock<BTreeMap<String, BTreeMap<String, &'static AtomicU64>>>,
     dropped: AtomicU64,
     skipped: Mutex<BTreeMap<(String, String), u64>>,
+    /// Duplicates an idempotent handler did not run, by topic and group.
+    duplicates: Mutex<BTreeMap<(String, String), u64>>,
     handlers: Mutex<Vec<(String, String, Arc<HandlerMetrics>)>>,
     backend: Mutex<Option<String>>,
 }
@@ -270,6 +272,21 @@ impl Metrics {
             .map_or(0, |n| n.load(Relaxed))
     }
 
+    /// Duplicates of `topic` that the idempotent handlers of `group` acknowledged without
+    /// running (`messaging_duplicates_total`).
+    pub fn duplicates(&self, topic: &str, group: &str) -> u64 {
+        lock(&self.duplicates)
+            .get(&(topic.to_owned(), group.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn record_duplicate(&self, topic: &str, group: &str) {
+        *lock(&self.duplicates)
+            .entry((topic.to_owned(), group.to_owned()))
+            .or_default() += 1;
+    }
+
     /// Acknowledged messages that no handler took, by topic and reason.
     pub fn skipped(&self, topic: &str, reason: &str) -> u64 {
         lock(&self.skipped)
@@ -303,6 +320,15 @@ impl Metrics {
                 "messaging_skipped_total{{topic=\"{}\",reason=\"{}\"}} {n}",
                 esc(topic),
                 esc(reason)
+            );
+        }
+        let _ = writeln!(out, "# TYPE messaging_duplicates_total counter");
+        for ((topic, group), n) in lock(&self.duplicates).iter() {
+            let _ = writeln!(
+                out,
+                "messaging_duplicates_total{{topic=\"{}\",group=\"{}\"}} {n}",
+                esc(topic),
+                esc(group)
             );
         }
         let handlers = lock(&self.handlers);

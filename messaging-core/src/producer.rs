@@ -106,6 +106,13 @@ impl SendOptions {
         self.headers.insert(name, value);
         self
     }
+
+    /// Sets the idempotency key (the `x-idempotency-key` header): an idempotent handler
+    /// runs at most once per key and group, so that a publisher's retry is not handled
+    /// twice.
+    pub fn idempotency_key(self, key: impl Into<String>) -> Self {
+        self.header(header::IDEMPOTENCY_KEY, key.into())
+    }
 }
 
 impl Producer {

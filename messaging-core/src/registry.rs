@@ -51,6 +51,8 @@ pub struct HandlerRegistration {
     pub dlq: Option<&'static str>,
     /// Retries through delay topics instead of in-process (`retry_topics`).
     pub retry_topics: bool,
+    /// Runs at most once per idempotency key and group (`idempotent`).
+    pub idempotent: bool,
     /// The schema type's name, for listings.
     pub schema: Option<&'static str>,
     /// Where the handler's `Ok` value is published (`publish_to`), for listings.
@@ -84,6 +86,7 @@ pub struct HandlerSpec {
     pub(crate) retry: RetryPolicy,
     pub(crate) dlq: Option<String>,
     pub(crate) retry_topics: bool,
+    pub(crate) idempotent: bool,
     pub(crate) schema: Option<String>,
     pub(crate) publish_to: Option<String>,
     pub(crate) requires: Vec<Requirement>,
@@ -99,6 +102,7 @@ impl std::fmt::Debug for HandlerSpec {
             .field("group", &self.group)
             .field("event_name", &self.event_name)
             .field("retry", &self.retry)
+            .field("idempotent", &self.idempotent)
             .finish_non_exhaustive()
     }
 }
@@ -174,6 +178,7 @@ impl HandlerSpec {
             retry: RetryPolicy::DEFAULT,
             dlq: None,
             retry_topics: false,
+            idempotent: false,
             schema: None,
             publish_to: None,
             requires: Vec::new(),
@@ -225,6 +230,20 @@ impl HandlerSpec {
     /// The topic its results are published to, if any.
     pub fn publishes_to(&self) -> Option<&str> {
         self.publish_to.as_deref()
+    }
+
+    /// Runs the handler at most once per idempotency key (the `x-idempotency-key` header,
+    /// else the envelope id) and group while the key is remembered (`idempotent`); a
+    /// duplicate is acknowledged without running and counted in
+    /// `messaging_duplicates_total`. A message with neither header runs as usual.
+    pub fn idempotent(mut self, yes: bool) -> Self {
+        self.idempotent = yes;
+        self
+    }
+
+    /// Whether it is idempotent.
+    pub fn is_idempotent(&self) -> bool {
+        self.idempotent
     }
 
     /// Whether it retries through delay topics.
@@ -315,6 +334,7 @@ impl HandlerSpec {
             retry: r.retry,
             dlq: r.dlq.map(str::to_owned),
             retry_topics: r.retry_topics,
+            idempotent: r.idempotent,
             schema: r.schema.map(str::to_owned),
             publish_to: r.publish_to.map(str::to_owned),
             requires: r.requires.iter().filter_map(|f| f()).collect(),

@@ -38,6 +38,7 @@ pub struct RuntimeBuilder {
     shutdown_timeout: Duration,
     install_global_producer: Option<bool>,
     retry_forever: bool,
+    idempotency_store: Option<Arc<dyn crate::idempotency::IdempotencyStore>>,
 }
 
 impl Default for RuntimeBuilder {
@@ -57,6 +58,7 @@ impl Default for RuntimeBuilder {
             shutdown_timeout: Duration::from_secs(30),
             install_global_producer: None,
             retry_forever: false,
+            idempotency_store: None,
         }
     }
 }
@@ -156,6 +158,16 @@ impl RuntimeBuilder {
     /// service that links the library is told instead of waiting in silence.
     pub fn retry_forever(mut self, yes: bool) -> Self {
         self.retry_forever = yes;
+        self
+    }
+
+    /// Keeps idempotent handlers' keys in `store` instead of the configured one
+    /// (`MESSAGING_IDEMPOTENCY_STORE`).
+    pub fn idempotency_store(
+        mut self,
+        store: Arc<dyn crate::idempotency::IdempotencyStore>,
+    ) -> Self {
+        self.idempotency_store = Some(store);
         self
     }
 
@@ -297,6 +309,12 @@ impl RuntimeBuilder {
             .collect();
         broker.declare_topics(&dlq_topics).await?;
 
+        // Connected only when a handler needs it.
+        let idempotency_store = match self.idempotency_store {
+            _ if !handlers.iter().any(|h| h.idempotent) => None,
+            Some(store) => Some(store),
+            None => Some(crate::idempotency::connect_store(&config.idempotency).await?),
+        };
         let shutdown = CancellationToken::new();
         let specs: Vec<Arc<HandlerSpec>> = handlers.into_iter().map(Arc::new).collect();
         let mut tasks = JoinSet::new();
@@ -307,10 +325,25 @@ impl RuntimeBuilder {
                 let spec = Arc::clone(&specs[index]);
                 let m = metrics().register_handler(topic, &spec.qualified_name, concurrency);
                 handler_metrics.push((spec.name.to_owned(), Arc::clone(&m)));
+                let idempotency =
+                    idempotency_store
+                        .as_ref()
+                        .filter(|_| spec.idempotent)
+                        .map(|store| {
+                            Arc::new(crate::idempotency::Guard {
+                                store: Arc::clone(store),
+                                ttl: config.idempotency.ttl,
+                                // The key is held while the handler may still run.
+                                lease: spec.retry.timeout.map_or(config.idempotency.lease, |t| {
+                                    config.idempotency.lease.max(t * 2)
+                                }),
+                            })
+                        });
                 Arc::new(Target {
                     dlq_topic: spec.dlq_topic_in(topic, &config),
                     spec,
                     metrics: m,
+                    idempotency,
                 })
             };
             let routes = group

@@ -63,15 +63,27 @@ pub fn from_http_headers(headers: &axum::http::HeaderMap) -> Option<String> {
     (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then(|| trace.to_owned())
 }
 
-/// An axum middleware that puts the request's trace id in scope, so events fired by
-/// `#[event]` handlers carry it: `router.layer(axum::middleware::from_fn(trace::http_middleware))`.
+/// An axum middleware that puts the request's trace id and `Idempotency-Key` header in
+/// scope, so events fired by `#[event]` handlers carry them:
+/// `router.layer(axum::middleware::from_fn(trace::http_middleware))`.
 #[cfg(feature = "axum")]
 pub async fn http_middleware(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     let trace_id = from_http_headers(request.headers());
-    with_trace_id(trace_id, next.run(request)).await
+    let idempotency_key = request
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .map(str::to_owned);
+    crate::event::with_request_idempotency_key(
+        idempotency_key,
+        with_trace_id(trace_id, next.run(request)),
+    )
+    .await
 }
 
 #[cfg(all(test, feature = "axum"))]

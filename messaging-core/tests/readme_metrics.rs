@@ -14,6 +14,12 @@ async fn readme_metrics_order(order: serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Idempotent: a second delivery of one idempotency key is counted as a duplicate.
+#[message_handler(topic = "readme-metrics.payments", idempotent)]
+async fn readme_metrics_payment(_payment: serde_json::Value) -> anyhow::Result<()> {
+    Ok(())
+}
+
 #[derive(Default)]
 struct ReadmeMetricsEvents;
 
@@ -92,8 +98,21 @@ async fn the_readme_lists_exactly_the_rendered_metric_families() {
         .publish_event("unknown", &data, events)
         .await
         .unwrap();
+    let payments = "readme-metrics.payments";
+    for _ in 0..2 {
+        harness
+            .producer()
+            .send_with(
+                payments,
+                &serde_json::json!({}),
+                messaging_core::SendOptions::default().idempotency_key("p-1"),
+            )
+            .await
+            .unwrap();
+    }
     harness.wait_idle().await;
     assert_eq!(harness.dead_lettered("readme_metrics_order"), 1);
+    assert_eq!(metrics().duplicates(payments, "readme_metrics_payment"), 1);
     assert_eq!(metrics().skipped(events, "unknown_event"), 1);
 
     let rendered = rendered_families(&metrics().render());

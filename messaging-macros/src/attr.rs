@@ -29,6 +29,8 @@ mod kw {
     syn::custom_keyword!(include_result);
     syn::custom_keyword!(retry);
     syn::custom_keyword!(publish_to);
+    syn::custom_keyword!(idempotent);
+    syn::custom_keyword!(idempotency_key);
 }
 
 /// Every key any of the macros knows. Each macro accepts a subset (see the `*_KEYS` lists).
@@ -49,6 +51,10 @@ pub(crate) enum Param {
     DataField,
     KeyField,
     IncludeResult,
+    /// `idempotent` (or `idempotent = true`): at most once per idempotency key and group.
+    Idempotent,
+    /// `idempotency_key = "field"` on `#[event]`: the data's field that is the key.
+    IdempotencyKey,
     /// `retry(max = 3, delay = "5s", …)`: the grouped form of the retry keys.
     Retry,
     /// `crate = "path"`: where the generated code finds `messaging_core`.
@@ -75,6 +81,8 @@ impl Param {
             Param::DataField => "data_field",
             Param::KeyField => "key_field",
             Param::IncludeResult => "include_result",
+            Param::Idempotent => "idempotent",
+            Param::IdempotencyKey => "idempotency_key",
             Param::Retry => "retry",
             Param::Crate => "crate",
             Param::PublishTo => "publish_to",
@@ -99,6 +107,8 @@ impl Param {
             Param::DataField => lookahead.peek(kw::data_field),
             Param::KeyField => lookahead.peek(kw::key_field),
             Param::IncludeResult => lookahead.peek(kw::include_result),
+            Param::Idempotent => lookahead.peek(kw::idempotent),
+            Param::IdempotencyKey => lookahead.peek(kw::idempotency_key),
             Param::Retry => lookahead.peek(kw::retry),
             Param::Crate => lookahead.peek(Token![crate]),
             Param::PublishTo => lookahead.peek(kw::publish_to),
@@ -123,6 +133,8 @@ impl Param {
             Param::DataField => r#"data_field = "payload""#,
             Param::KeyField => r#"key_field = "id""#,
             Param::IncludeResult => "include_result = false",
+            Param::Idempotent => "idempotent",
+            Param::IdempotencyKey => r#"idempotency_key = "order_id""#,
             Param::Retry => r#"retry(max = 3, delay = "5s", backoff = "linear")"#,
             Param::Crate => r#"crate = "my_facade""#,
             Param::PublishTo => r#"publish_to = "context.aggregated""#,
@@ -141,6 +153,7 @@ pub(crate) const MESSAGE_HANDLER_KEYS: &[Param] = &[
     Param::Retry,
     Param::Dlq,
     Param::RetryTopics,
+    Param::Idempotent,
     Param::Schema,
     Param::PublishTo,
     Param::Crate,
@@ -159,6 +172,7 @@ pub(crate) const CONSUMER_KEYS: &[Param] = &[
     Param::Retry,
     Param::Dlq,
     Param::RetryTopics,
+    Param::Idempotent,
     Param::Crate,
 ];
 
@@ -172,11 +186,13 @@ pub(crate) const ON_EVENT_KEYS: &[Param] = &[
     Param::Retry,
     Param::Dlq,
     Param::RetryTopics,
+    Param::Idempotent,
 ];
 
 pub(crate) const EVENT_KEYS: &[Param] = &[
     Param::Topic,
     Param::KeyField,
+    Param::IdempotencyKey,
     Param::IncludeResult,
     Param::Crate,
 ];
@@ -241,6 +257,9 @@ pub(crate) struct RetryArgs {
     pub timeout: Option<Spanned<Duration>>,
     pub dlq: Option<LitStr>,
     pub retry_topics: Option<LitBool>,
+    /// `idempotent`: kept with the retry keys, so that a `#[consumer]`'s applies to every
+    /// method that says nothing.
+    pub idempotent: Option<LitBool>,
 }
 
 impl RetryArgs {
@@ -266,6 +285,10 @@ impl RetryArgs {
                 .retry_topics
                 .clone()
                 .or_else(|| defaults.retry_topics.clone()),
+            idempotent: self
+                .idempotent
+                .clone()
+                .or_else(|| defaults.idempotent.clone()),
         }
     }
 
@@ -309,6 +332,7 @@ pub(crate) struct Args {
     pub name_field: Option<LitStr>,
     pub data_field: Option<LitStr>,
     pub key_field: Option<LitStr>,
+    pub idempotency_key: Option<LitStr>,
     pub include_result: Option<LitBool>,
     /// `crate = "…"`: the path of `messaging_core` in generated code.
     pub krate: Option<syn::Path>,
@@ -471,6 +495,11 @@ fn parse_pair(
     }
     if key == Param::Retry {
         parse_retry(input, key_span, seen, args, errors);
+        return;
+    }
+    // A flag: `idempotent` alone means `idempotent = true`.
+    if key == Param::Idempotent && (input.is_empty() || input.peek(Token![,])) {
+        args.retry.idempotent = Some(LitBool::new(true, key_span));
         return;
     }
     if input.parse::<Token![=]>().is_err() {
@@ -787,6 +816,18 @@ fn store(key: Param, value: TokenStream, args: &mut Args) -> syn::Result<()> {
             let lit = parse_or(value, key, "a boolean", syn::parse2::<LitBool>)?;
             set(&mut args.retry.retry_topics, lit)
         }
+        Param::Idempotent => {
+            let lit = syn::parse2::<LitBool>(value.clone()).map_err(|_| {
+                syn::Error::new_spanned(
+                    &value,
+                    "`idempotent` is a flag: write `idempotent` (or `idempotent = true`); the \
+                     idempotency key comes from the message (`x-idempotency-key`, else the \
+                     envelope id)",
+                )
+            })?;
+            set(&mut args.retry.idempotent, lit)
+        }
+        Param::IdempotencyKey => set(&mut args.idempotency_key, non_empty_str(key, value)?),
         Param::Schema => set(&mut args.schema, parse_schema(value)?),
         Param::PublishTo => {
             let topics = parse_topics(key, value)?;

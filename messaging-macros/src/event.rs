@@ -101,6 +101,21 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
         }
         None => quote!(::core::option::Option::None),
     };
+    // The idempotency key likewise, from its own field.
+    let idempotency_key = match &args.idempotency_key {
+        Some(field) => {
+            let member = field_member_of(field, "idempotency_key", "order_id")?;
+            quote_spanned! {field.span()=>
+                {
+                    use #krate::__private::event_key::*;
+                    #krate::__private::event_key(
+                        &(&&KeyOf(__messaging_ok)).__messaging_data().#member,
+                    )
+                }
+            }
+        }
+        None => quote!(::core::option::Option::None),
+    };
     // The data is needed for the envelope only; without it, the `Ok` value does not even have
     // to be serializable.
     let data = if include_result {
@@ -139,11 +154,13 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             // ... and only its `Ok` value is published.
             if let ::core::result::Result::Ok(__messaging_ok) = &__messaging_result {
                 let __messaging_key = #key;
+                let __messaging_idempotency_key = #idempotency_key;
                 let __messaging_data = #data;
-                #krate::__private::emit_event(
+                #krate::__private::emit_event_with(
                     &__MESSAGING_EVENT,
                     __messaging_data,
                     __messaging_key,
+                    __messaging_idempotency_key,
                 );
             }
             __messaging_result
@@ -154,6 +171,12 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
 /// The field named by `key_field = "…"`, as a member expression at the string's span: an
 /// identifier (a keyword as a raw one, `r#type`) or a tuple index (`"0"`).
 fn field_member(field: &LitStr) -> syn::Result<Member> {
+    field_member_of(field, "key_field", "id")
+}
+
+/// The field named by `key = "…"` (`key_field`, `idempotency_key`); `example` is a field
+/// name for the error message.
+fn field_member_of(field: &LitStr, key: &str, example: &str) -> syn::Result<Member> {
     let name = field.value();
     let member = syn::parse_str::<Member>(&name)
         .or_else(|_| syn::parse_str::<Member>(&format!("r#{name}")))
@@ -161,8 +184,8 @@ fn field_member(field: &LitStr) -> syn::Result<Member> {
             syn::Error::new(
                 field.span(),
                 format!(
-                    "`key_field` names a field of the data type as written in Rust, e.g. \
-                     `key_field = \"id\"`; `{name}` is not a field name"
+                    "`{key}` names a field of the data type as written in Rust, e.g. \
+                     `{key} = \"{example}\"`; `{name}` is not a field name"
                 ),
             )
         })?;

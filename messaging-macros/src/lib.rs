@@ -68,6 +68,7 @@ use proc_macro::TokenStream;
 /// | `timeout` | duration string: time allowed to one attempt | no limit |
 /// | `dlq` | `"topic"`: where failed messages go | `"<topic>.dlq"` |
 /// | `retry_topics` | `true`: retry through delay topics (`<topic>.retry.<n>`) instead of in process, so that the key goes on at once; order is given up for this handler | `false` |
+/// | `idempotent` | a flag (or `idempotent = true`): run at most once per idempotency key (`x-idempotency-key`, else the envelope id) and group while the key is remembered (`MESSAGING_IDEMPOTENCY_TTL`); duplicates are acknowledged and counted, a second delivery of a key being handled waits for it, a failure frees the key for the retry | not idempotent |
 /// | `retry(…)` | the retry keys grouped, as the design card writes them: `retry(max = 3, delay = "5s", backoff = "linear", max_delay = "1m", timeout = "30s")`; a setting given both here and as its own key is an error | — |
 /// | `schema` | a type path implementing `Deserialize`: the body must decode as it | none |
 /// | `crate` | `"path"` of a crate re-exporting `messaging_core` (a facade), used by the generated code instead of `::messaging_core` | `"::messaging_core"` |
@@ -156,7 +157,7 @@ pub fn message_handler(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// | `group` | `"name"` | the type's name |
 /// | `name_field` | field of the body holding the event name | `"name"` |
 /// | `data_field` | field of the body holding the data | `"data"` |
-/// | `max_retries`, `retry_delay`, `backoff`, `max_delay`, `timeout`, `retry(…)`, `dlq`, `retry_topics` | as in [`macro@message_handler`]; defaults for every method | the core's |
+/// | `max_retries`, `retry_delay`, `backoff`, `max_delay`, `timeout`, `retry(…)`, `dlq`, `retry_topics`, `idempotent` | as in [`macro@message_handler`]; defaults for every method | the core's |
 /// | `crate` | as in [`macro@message_handler`]; also used for every `#[on_event]` method | `"::messaging_core"` |
 ///
 /// The type must be `Default + Send + Sync + 'static`: the runtime makes its one instance with
@@ -256,6 +257,7 @@ pub fn on_event(_attr: TokenStream, item: TokenStream) -> TokenStream {
 /// | first, positional | the event name, `"user.created"`; required | — |
 /// | `topic` | the topic to publish on, a literal or a `const` path of type `&str`; required | — |
 /// | `key_field` | a field of the data type, by its Rust name (checked at compile time), whose value becomes the message key (a string as is, `None` as no key, else its JSON text); the data must be a struct, so a `serde_json::Value` cannot have one | no key |
+/// | `idempotency_key` | a field of the data type, as `key_field` (checked at compile time), whose value is sent as the `x-idempotency-key` header; without it, the request's `Idempotency-Key` header when the router has the `messaging_core::trace::http_middleware` layer | no key |
 /// | `include_result` | `false` publishes `{}` as the data | `true` |
 /// | `crate` | as in [`macro@message_handler`] | `"::messaging_core"` |
 ///

@@ -215,6 +215,7 @@ impl Registration<'_> {
         let retry = retry_policy(krate, &self.retry);
         let dlq = option(self.retry.dlq.as_ref().map(|d| quote!(#d)));
         let retry_topics = self.retry.retry_topics.as_ref().is_some_and(|b| b.value);
+        let idempotent = self.retry.idempotent.as_ref().is_some_and(|b| b.value);
         let schema = option(self.schema.map(|s| quote!(::core::stringify!(#s))));
         let publish_to = option(self.publish_to.map(|_| quote!(__MESSAGING_PUBLISH_TO)));
         let requires = sig.extractors.iter().map(|ty| {
@@ -237,6 +238,7 @@ impl Registration<'_> {
                     retry: #retry,
                     dlq: #dlq,
                     retry_topics: #retry_topics,
+                    idempotent: #idempotent,
                     schema: #schema,
                     publish_to: #publish_to,
                     requires: &[#(#requires),*],

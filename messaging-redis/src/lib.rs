@@ -134,6 +134,7 @@ mod broker;
 mod consumer;
 mod entry;
 mod error;
+mod idempotency;
 mod options;
 mod publisher;
 
@@ -145,6 +146,7 @@ use messaging_core::{BoxFuture, Broker, BrokerError, BrokerFactory, Config};
 pub use broker::{KEEP_GROUP, RedisBroker};
 pub use entry::PAYLOAD_FIELD;
 pub use error::RedisBrokerError;
+pub use idempotency::RedisIdempotencyStore;
 pub use options::RedisOptions;
 
 /// The URL when `REDIS_URL` is not set (DESIGN §5).

@@ -200,12 +200,21 @@ async fn topic_flag_runs_only_the_named_handlers_and_list_shows_them_all() {
         );
     }
     // Every column, on the handler with a retry policy: kind, name, topic, group, event,
-    // retries, delay, back-off, schema, DLQ.
+    // retries, delay, back-off, schema, idempotent, DLQ.
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
         [
-            "KIND", "HANDLER", "TOPICS", "GROUP", "EVENT", "RETRIES", "DELAY", "BACKOFF", "SCHEMA",
+            "KIND",
+            "HANDLER",
+            "TOPICS",
+            "GROUP",
+            "EVENT",
+            "RETRIES",
+            "DELAY",
+            "BACKOFF",
+            "SCHEMA",
+            "IDEMPOTENT",
             "DLQ"
         ]
     );
@@ -227,6 +236,7 @@ async fn topic_flag_runs_only_the_named_handlers_and_list_shows_them_all() {
             "1",
             "100ms",
             "constant",
+            "-",
             "-",
             &dlq
         ],

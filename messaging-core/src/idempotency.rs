@@ -1,0 +1,517 @@
+//! Idempotent handlers: a handler flagged `idempotent` runs at most once per idempotency key
+//! (the `x-idempotency-key` header, else the envelope id `x-event-id`) and group while the key
+//! is remembered. The keys live in an [`IdempotencyStore`] chosen by configuration
+//! (`MESSAGING_IDEMPOTENCY_STORE`): `memory` is built in; store crates register others by
+//! name through `inventory`, as broker crates do, so that core names none of them.
+//!
+//! A key goes through three states: absent, in progress (held by one delivery for a lease)
+//! and done (for a TTL). A delivery that finds it done is a duplicate: acknowledged without
+//! running, and counted. One that finds it in progress waits and checks again, so that two
+//! deliveries of one key never run at once. A failed attempt releases the key, so that its
+//! retry (or a redelivery) runs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::handler::BoxFuture;
+
+/// What [`IdempotencyStore::try_begin`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Begin {
+    /// The key was free: the caller holds it for the lease and runs the handler.
+    Begun,
+    /// The key is done: the message is a duplicate.
+    Done,
+    /// Another delivery holds the key and its lease has not run out.
+    InProgress,
+}
+
+/// A store failure: the attempt fails (and is retried) rather than risk running twice.
+#[derive(Debug, thiserror::Error)]
+#[error("idempotency store `{store}`: {message}")]
+pub struct IdempotencyError {
+    /// The store's name (`memory`, `redis`, `postgres`).
+    pub store: &'static str,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl IdempotencyError {
+    /// An error of store `store`.
+    pub fn new(store: &'static str, message: impl fmt::Display) -> Self {
+        Self {
+            store,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Where idempotency keys are remembered. Boxed futures, as in [`crate::Broker`]: the store
+/// is chosen at run time and used as `dyn IdempotencyStore`.
+///
+/// `owner` is a token unique to one attempt: [`IdempotencyStore::release`] frees the key only
+/// while that attempt still holds it, so a delivery whose lease ran out cannot free the key
+/// of the one that took it over.
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// The store's name, for logs.
+    fn name(&self) -> &'static str;
+
+    /// Takes `key` for `lease` when it is absent (or its lease or TTL ran out).
+    fn try_begin<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Begin, IdempotencyError>>;
+
+    /// Marks `key` done for `ttl`: later deliveries are duplicates until it runs out.
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), IdempotencyError>>;
+
+    /// Frees `key` if `owner` still holds it in progress, so that a retry runs.
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), IdempotencyError>>;
+}
+
+/// Where idempotency keys are kept, read from `MESSAGING_IDEMPOTENCY_*`.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IdempotencyConfig {
+    /// The store's name: `memory` or a linked store crate's (`MESSAGING_IDEMPOTENCY_STORE`).
+    pub store: String,
+    /// The store's address, for stores that need one (`MESSAGING_IDEMPOTENCY_URL`).
+    pub url: Option<String>,
+    /// How long a handled key is remembered (`MESSAGING_IDEMPOTENCY_TTL`, default 24 h).
+    pub ttl: Duration,
+    /// How long a delivery holds its key while its handler runs, at least
+    /// (`MESSAGING_IDEMPOTENCY_LEASE`, default 60 s; a handler's `timeout` lengthens it): past
+    /// it, a crashed delivery's key is free again.
+    pub lease: Duration,
+    /// How many keys the memory store keeps at most (`MESSAGING_IDEMPOTENCY_CAPACITY`,
+    /// default 100 000); past it, the keys closest to expiry are forgotten first.
+    pub capacity: usize,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            store: "memory".to_owned(),
+            url: None,
+            ttl: Duration::from_secs(24 * 60 * 60),
+            lease: Duration::from_secs(60),
+            capacity: 100_000,
+        }
+    }
+}
+
+impl fmt::Debug for IdempotencyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyConfig")
+            .field("store", &self.store)
+            // A database URL may carry a password.
+            .field("url", &self.url.as_deref().map(crate::config::mask_url))
+            .field("ttl", &self.ttl)
+            .field("lease", &self.lease)
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl IdempotencyConfig {
+    /// Reads `MESSAGING_IDEMPOTENCY_*` through `set` (which yields only non-blank values).
+    pub(crate) fn from_lookup(set: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let mut c = Self::default();
+        if let Some(v) = set("MESSAGING_IDEMPOTENCY_STORE") {
+            c.store = v.trim().to_ascii_lowercase();
+        }
+        c.url = set("MESSAGING_IDEMPOTENCY_URL").map(|v| v.trim().to_owned());
+        let duration = |key: &str, v: &str| {
+            humantime::parse_duration(v.trim()).map_err(|e| Error::Config {
+                key: key.to_owned(),
+                message: format!("`{v}` is not a duration ({e}); write e.g. `24h` or `90s`"),
+            })
+        };
+        if let Some(v) = set("MESSAGING_IDEMPOTENCY_TTL") {
+            c.ttl = duration("MESSAGING_IDEMPOTENCY_TTL", &v)?;
+        }
+        if let Some(v) = set("MESSAGING_IDEMPOTENCY_LEASE") {
+            c.lease = duration("MESSAGING_IDEMPOTENCY_LEASE", &v)?;
+        }
+        if let Some(v) = set("MESSAGING_IDEMPOTENCY_CAPACITY") {
+            c.capacity = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&n: &usize| n > 0)
+                .ok_or_else(|| Error::Config {
+                    key: "MESSAGING_IDEMPOTENCY_CAPACITY".to_owned(),
+                    message: format!("`{v}` is not a positive number of keys"),
+                })?;
+        }
+        Ok(c)
+    }
+}
+
+/// What an [`IdempotencyStoreFactory`] runs: connects the store with this configuration.
+pub type ConnectStore =
+    fn(
+        &IdempotencyConfig,
+    ) -> BoxFuture<'static, Result<Arc<dyn IdempotencyStore>, IdempotencyError>>;
+
+/// Makes a store selectable by name. Store crates submit one with `inventory`.
+pub struct IdempotencyStoreFactory {
+    /// The name `MESSAGING_IDEMPOTENCY_STORE` selects it by.
+    pub name: &'static str,
+    /// Connects it.
+    pub connect: ConnectStore,
+}
+
+inventory::collect!(IdempotencyStoreFactory);
+
+/// Connects the store that `config` names: `memory`, or one registered by a linked crate.
+pub async fn connect_store(config: &IdempotencyConfig) -> Result<Arc<dyn IdempotencyStore>, Error> {
+    if config.store == "memory" {
+        return Ok(Arc::new(MemoryIdempotencyStore::new(config.capacity)));
+    }
+    let Some(factory) = inventory::iter::<IdempotencyStoreFactory>
+        .into_iter()
+        .find(|f| f.name == config.store)
+    else {
+        let mut linked: Vec<&str> = inventory::iter::<IdempotencyStoreFactory>
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
+        linked.insert(0, "memory");
+        return Err(Error::Config {
+            key: "MESSAGING_IDEMPOTENCY_STORE".to_owned(),
+            message: format!(
+                "unknown store `{}`; linked stores: {} (link the store's crate, e.g. \
+                 messaging-redis or messaging-postgres)",
+                config.store,
+                linked.join(", ")
+            ),
+        });
+    };
+    (factory.connect)(config).await.map_err(|e| Error::Config {
+        key: "MESSAGING_IDEMPOTENCY_URL".to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// The idempotency key of `message` for an idempotent handler: the publisher's
+/// `x-idempotency-key`, else the envelope id; `None` when it has neither.
+pub fn key_of(message: &crate::Message) -> Option<&str> {
+    use crate::message::header;
+    message
+        .header(header::IDEMPOTENCY_KEY)
+        .or_else(|| message.header(header::EVENT_ID))
+        .filter(|k| !k.is_empty())
+}
+
+/// An idempotent handler's store and timings, held by its dispatch target.
+pub(crate) struct Guard {
+    pub store: Arc<dyn IdempotencyStore>,
+    pub ttl: Duration,
+    pub lease: Duration,
+}
+
+/// The store's key of idempotency key `key` in group `group`: groups never share keys.
+pub fn scoped(group: &str, key: &str) -> String {
+    format!("{}:{group}:{key}", group.len())
+}
+
+enum Slot {
+    InProgress { owner: String, until: Instant },
+    Done { until: Instant },
+}
+
+impl Slot {
+    fn until(&self) -> Instant {
+        match self {
+            Slot::InProgress { until, .. } | Slot::Done { until } => *until,
+        }
+    }
+}
+
+/// Keys in this process's memory: bounded, each with its lease or TTL. Only for one
+/// instance (tests, the quick start): instances do not see each other's keys.
+pub struct MemoryIdempotencyStore {
+    slots: Mutex<HashMap<String, Slot>>,
+    capacity: usize,
+}
+
+impl fmt::Debug for MemoryIdempotencyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryIdempotencyStore")
+            .field("keys", &self.len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl MemoryIdempotencyStore {
+    /// A store that keeps at most `capacity` keys.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            slots: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// How many keys it holds (some possibly expired, until the next purge).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether it holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Room for one more key: the expired go first, then (a tenth at a time, so that a full
+    /// store does not scan on every insert) the done keys closest to expiry. Keys in
+    /// progress are never dropped.
+    fn make_room(slots: &mut HashMap<String, Slot>, capacity: usize, now: Instant) {
+        if slots.len() < capacity {
+            return;
+        }
+        slots.retain(|_, slot| slot.until() > now);
+        if slots.len() < capacity {
+            return;
+        }
+        let mut done: Vec<(Instant, String)> = slots
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Done { .. }))
+            .map(|(k, s)| (s.until(), k.clone()))
+            .collect();
+        done.sort_unstable();
+        for (_, key) in done.into_iter().take((capacity / 10).max(1)) {
+            slots.remove(&key);
+        }
+    }
+
+    fn begin(&self, key: &str, owner: &str, lease: Duration) -> Begin {
+        let now = Instant::now();
+        let mut slots = self.lock();
+        match slots.get(key) {
+            Some(Slot::Done { until }) if *until > now => return Begin::Done,
+            Some(Slot::InProgress { until, .. }) if *until > now => return Begin::InProgress,
+            Some(_) => {}
+            None => Self::make_room(&mut slots, self.capacity, now),
+        }
+        slots.insert(
+            key.to_owned(),
+            Slot::InProgress {
+                owner: owner.to_owned(),
+                until: now + lease,
+            },
+        );
+        Begin::Begun
+    }
+
+    fn done(&self, key: &str, ttl: Duration) {
+        let now = Instant::now();
+        let mut slots = self.lock();
+        if !slots.contains_key(key) {
+            Self::make_room(&mut slots, self.capacity, now);
+        }
+        slots.insert(key.to_owned(), Slot::Done { until: now + ttl });
+    }
+
+    fn free(&self, key: &str, owner: &str) {
+        let mut slots = self.lock();
+        if matches!(slots.get(key), Some(Slot::InProgress { owner: o, .. }) if o == owner) {
+            slots.remove(key);
+        }
+    }
+}
+
+impl IdempotencyStore for MemoryIdempotencyStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn try_begin<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<Begin, IdempotencyError>> {
+        let begun = self.begin(key, owner, lease);
+        Box::pin(async move { Ok(begun) })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        _owner: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), IdempotencyError>> {
+        self.done(key, ttl);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn release<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), IdempotencyError>> {
+        self.free(key, owner);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(30);
+    const TTL: Duration = Duration::from_secs(3600);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_done_key_is_a_duplicate_until_its_ttl_runs_out() {
+        let store = MemoryIdempotencyStore::new(10);
+        assert_eq!(
+            store.try_begin("k", "a", LEASE).await.unwrap(),
+            Begin::Begun
+        );
+        store.complete("k", "a", TTL).await.unwrap();
+        assert_eq!(store.try_begin("k", "b", LEASE).await.unwrap(), Begin::Done);
+        tokio::time::advance(TTL - Duration::from_secs(1)).await;
+        assert_eq!(store.try_begin("k", "b", LEASE).await.unwrap(), Begin::Done);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(
+            store.try_begin("k", "b", LEASE).await.unwrap(),
+            Begin::Begun
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_in_progress_is_held_until_its_lease_runs_out() {
+        let store = MemoryIdempotencyStore::new(10);
+        assert_eq!(
+            store.try_begin("k", "a", LEASE).await.unwrap(),
+            Begin::Begun
+        );
+        assert_eq!(
+            store.try_begin("k", "b", LEASE).await.unwrap(),
+            Begin::InProgress
+        );
+        tokio::time::advance(LEASE + Duration::from_secs(1)).await;
+        // A crashed holder's key is free again.
+        assert_eq!(
+            store.try_begin("k", "b", LEASE).await.unwrap(),
+            Begin::Begun
+        );
+        // The first holder's release no longer frees what `b` holds.
+        store.release("k", "a").await.unwrap();
+        assert_eq!(
+            store.try_begin("k", "c", LEASE).await.unwrap(),
+            Begin::InProgress
+        );
+    }
+
+    #[tokio::test]
+    async fn a_released_key_begins_again() {
+        let store = MemoryIdempotencyStore::new(10);
+        assert_eq!(
+            store.try_begin("k", "a", LEASE).await.unwrap(),
+            Begin::Begun
+        );
+        store.release("k", "a").await.unwrap();
+        assert_eq!(
+            store.try_begin("k", "b", LEASE).await.unwrap(),
+            Begin::Begun
+        );
+        // A release after completion leaves the key done.
+        store.complete("k", "b", TTL).await.unwrap();
+        store.release("k", "b").await.unwrap();
+        assert_eq!(store.try_begin("k", "c", LEASE).await.unwrap(), Begin::Done);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_store_forgets_expired_then_oldest_done_keys_never_those_in_progress() {
+        let store = MemoryIdempotencyStore::new(10);
+        for i in 0..10 {
+            let key = format!("k{i}");
+            assert_eq!(
+                store.try_begin(&key, "a", LEASE).await.unwrap(),
+                Begin::Begun
+            );
+            if i > 0 {
+                // Done keys expire in the order they were made.
+                tokio::time::advance(Duration::from_secs(1)).await;
+                store.complete(&key, "a", TTL).await.unwrap();
+            }
+        }
+        assert_eq!(store.len(), 10);
+        assert_eq!(
+            store.try_begin("new", "a", LEASE).await.unwrap(),
+            Begin::Begun
+        );
+        assert!(store.len() <= 10, "{} keys", store.len());
+        // k0 is in progress and kept; k1, the done key closest to expiry, was forgotten.
+        assert_eq!(
+            store.try_begin("k0", "b", LEASE).await.unwrap(),
+            Begin::InProgress
+        );
+        assert_eq!(
+            store.try_begin("k9", "b", LEASE).await.unwrap(),
+            Begin::Done
+        );
+        assert_eq!(
+            store.try_begin("k1", "b", LEASE).await.unwrap(),
+            Begin::Begun
+        );
+    }
+
+    #[test]
+    fn configuration_from_the_environment() {
+        let none = IdempotencyConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(none, IdempotencyConfig::default());
+        assert_eq!(none.ttl, Duration::from_secs(86_400));
+        let vars = [
+            ("MESSAGING_IDEMPOTENCY_STORE", "Redis"),
+            (
+                "MESSAGING_IDEMPOTENCY_URL",
+                "redis://:secret@127.0.0.1:6379/0",
+            ),
+            ("MESSAGING_IDEMPOTENCY_TTL", "2h"),
+        ];
+        let c = IdempotencyConfig::from_lookup(|k| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap();
+        assert_eq!(c.store, "redis");
+        assert_eq!(c.ttl, Duration::from_secs(7200));
+        assert!(!format!("{c:?}").contains("secret"));
+        let bad = IdempotencyConfig::from_lookup(|k| {
+            (k == "MESSAGING_IDEMPOTENCY_TTL").then(|| "a day".to_owned())
+        })
+        .unwrap_err();
+        assert!(
+            bad.to_string().contains("MESSAGING_IDEMPOTENCY_TTL"),
+            "{bad}"
+        );
+    }
+}
