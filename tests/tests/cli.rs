@@ -200,7 +200,7 @@ async fn topic_flag_runs_only_the_named_handlers_and_list_shows_them_all() {
         );
     }
     // Every column, on the handler with a retry policy: kind, name, topic, group, event,
-    // retries, delay, back-off, schema, idempotent, DLQ.
+    // retries, delay, back-off, schema, published topic, idempotent, DLQ.
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(
         header,
@@ -214,6 +214,7 @@ async fn topic_flag_runs_only_the_named_handlers_and_list_shows_them_all() {
             "DELAY",
             "BACKOFF",
             "SCHEMA",
+            "PUBLISHES",
             "IDEMPOTENT",
             "DLQ"
         ]
@@ -236,6 +237,7 @@ async fn topic_flag_runs_only_the_named_handlers_and_list_shows_them_all() {
             "1",
             "100ms",
             "constant",
+            "-",
             "-",
             "-",
             &dlq
