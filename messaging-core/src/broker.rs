@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::error::{BrokerError, Error};
 use crate::handler::BoxFuture;
 use crate::message::{Message, OutgoingMessage};
+use crate::reply::ReplyInbox;
 
 /// A message broker: publishes with acknowledgement and hands out consumers.
 pub trait Broker: Send + Sync + 'static {
@@ -83,6 +84,26 @@ pub trait Broker: Send + Sync + 'static {
                 operation: "dlq replay",
             })
         })
+    }
+
+    /// Opens this instance's reply inbox for request-reply (see [`crate::reply`]). Called
+    /// once, at the first request, and again if the inbox closes. Nothing it makes may grow
+    /// while the instance is idle or after it is gone. Default: unsupported.
+    fn open_replies(&self) -> BoxFuture<'_, Result<ReplyInbox, BrokerError>> {
+        let broker = self.name();
+        Box::pin(async move {
+            Err(BrokerError::Unsupported {
+                broker,
+                operation: "request-reply",
+            })
+        })
+    }
+
+    /// Publishes a reply: `reply.topic` is the address the request carried in
+    /// `x-reply-to`, and the reply carries `x-correlation-id` and `x-reply-kind`. Resolves
+    /// once the broker has acknowledged it. Default: [`Broker::publish`] to that topic.
+    fn publish_reply(&self, reply: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.publish(reply)
     }
 
     /// Sends whatever the client buffers, waiting up to `timeout`. Default: nothing buffered.

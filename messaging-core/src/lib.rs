@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod producer;
 pub mod registry;
 pub mod replay;
+pub mod reply;
 pub mod retry;
 pub mod runtime;
 pub mod testing;

@@ -35,6 +35,16 @@ pub mod header {
     /// The key an idempotent handler runs at most once for, when the publisher gave one
     /// (otherwise the envelope id, [`EVENT_ID`], is used).
     pub const IDEMPOTENCY_KEY: &str = "x-idempotency-key";
+    /// On a request and its replies: the id that matches a reply to its request (on
+    /// RabbitMQ the AMQP property `correlation_id`).
+    pub const CORRELATION_ID: &str = "x-correlation-id";
+    /// On a request: where its replies go, an address of the requester's broker (on
+    /// RabbitMQ the AMQP property `reply_to`).
+    pub const REPLY_TO: &str = "x-reply-to";
+    /// On a request: when the requester stops waiting (RFC 3339).
+    pub const DEADLINE: &str = "x-deadline";
+    /// On a reply: `ok`, `error`, `chunk` or `end` (see [`crate::reply::ReplyKind`]).
+    pub const REPLY_KIND: &str = "x-reply-kind";
 }
 
 pub use crate::headers::Headers;
