@@ -726,6 +726,14 @@ impl Dispatcher {
             acks.mark = self.clock.raw();
             return None;
         }
+        if delivery.deadline && past_deadline(&message) {
+            // The requester has stopped waiting: nobody would read the reply.
+            metrics().record_expired_request(&message.topic, target.spec.name);
+            tracing::debug!(topic = %message.topic, handler = target.spec.name, "request past its deadline acknowledged unhandled");
+            acks.mark = self.clock.raw();
+            self.ack_soon(message, acks.mark, acks).await;
+            return None;
+        }
         if let Some(wait) = delivery.retry_due.then(|| not_yet_due(&message)).flatten() {
             invocation.message = message;
             return Some(Failed {
@@ -1097,6 +1105,14 @@ impl Dispatcher {
         }
         on.counters.dead_lettered();
         tracing::warn!(topic = %message.topic, handler = target.spec.name, attempts, kind = %error.kind(), %error, dlq = %target.dlq_topic, "message dead-lettered");
+        if let Some(address) = crate::reply::return_address(message) {
+            // Told at once rather than left to time out; a lost error reply leaves the
+            // requester to its timeout, as a lost request would.
+            let reply = address.error_reply(&error.kind().to_string(), &error.to_string());
+            if let Err(reply_error) = self.broker.publish_reply(reply).await {
+                tracing::warn!(topic = %message.topic, reply_to = %address.to, error = %reply_error, "sending the error reply failed");
+            }
+        }
         self.ack(message).await;
     }
 }
@@ -1132,6 +1148,14 @@ async fn wrapped(
                 format!("handler did not finish within {limit:?}"),
             )))
         })
+}
+
+/// Whether a request's `x-deadline` has passed (a garbled one never has: the handler runs).
+fn past_deadline(message: &Message) -> bool {
+    message
+        .header(header::DEADLINE)
+        .and_then(|due| DateTime::parse_from_rfc3339(due).ok())
+        .is_some_and(|due| due.with_timezone(&Utc) <= Utc::now())
 }
 
 /// How long a message from a retry topic still has to wait for its due time; `None` when it

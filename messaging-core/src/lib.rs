@@ -27,6 +27,7 @@ pub mod producer;
 pub mod registry;
 pub mod replay;
 pub mod reply;
+pub mod request;
 pub mod retry;
 pub mod runtime;
 pub mod testing;
@@ -49,6 +50,8 @@ pub use memory::MemoryBroker;
 pub use message::{Headers, Message, OutgoingMessage, Position, TopicName, TopicNames};
 pub use producer::{Producer, SendOptions, get_producer, install_producer, publish, publish_event};
 pub use registry::{HandlerKind, HandlerSpec, registered_handlers};
+pub use reply::ReplyStream;
+pub use request::RequestError;
 pub use retry::{Backoff, RetryPolicy};
 pub use runtime::{Runtime, RuntimeBuilder};
 
@@ -85,9 +88,9 @@ macro_rules! main {
 /// What a service needs in scope: the macros, the handler argument types, publishing.
 pub mod prelude {
     pub use crate::{
-        Config, Event, FromMessage, HandlerError, Metadata, Producer, SendOptions, State,
-        TypedEvent, configure_messaging, consumer, event, get_producer, message_handler, on_event,
-        publish, publish_event,
+        Config, Event, FromMessage, HandlerError, Metadata, Producer, ReplyStream, RequestError,
+        SendOptions, State, TypedEvent, configure_messaging, consumer, event, get_producer,
+        message_handler, on_event, publish, publish_event,
     };
 }
 
@@ -186,6 +189,12 @@ pub mod __private {
             );
             i += 1;
         }
+    }
+
+    /// What the generated code replies to a request with (see [`crate::reply`]).
+    pub mod reply {
+        pub use crate::reply::Responder;
+        pub use crate::reply::by_type::{Output, ReplyNull, ReplySerialized, ReplyStreamed};
     }
 
     pub use crate::extract::{FromContext, Requirement};

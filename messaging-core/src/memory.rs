@@ -7,12 +7,13 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 
 use crate::broker::{Acker, Broker, BrokerFactory, Consumer, DlqSnapshot, StartFrom, Subscription};
 use crate::error::BrokerError;
 use crate::handler::BoxFuture;
 use crate::message::{Message, OutgoingMessage, Position, TopicName};
+use crate::reply::ReplyInbox;
 
 const NAME: &str = "memory";
 
@@ -45,10 +46,15 @@ impl Shared {
     }
 }
 
+/// Replies a requester may have unread before a responder waits for it to read.
+const REPLY_BUFFER: usize = 1024;
+
 #[derive(Default)]
 struct State {
     topics: HashMap<String, Topic>,
     next_consumer: u64,
+    /// Reply inboxes by address: replies go straight to the requester, in process.
+    inboxes: HashMap<String, mpsc::Sender<Message>>,
 }
 
 struct Topic {
@@ -373,6 +379,37 @@ impl Broker for MemoryBroker {
     fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
         self.append(message);
         Box::pin(async { Ok(()) })
+    }
+
+    fn open_replies(&self) -> BoxFuture<'_, Result<ReplyInbox, BrokerError>> {
+        let address = format!("memory.replies.{}", uuid::Uuid::now_v7().simple());
+        let (sender, replies) = mpsc::channel(REPLY_BUFFER);
+        let mut state = self.state();
+        // Those of requesters that are gone.
+        state.inboxes.retain(|_, inbox| !inbox.is_closed());
+        state.inboxes.insert(address.clone(), sender);
+        Box::pin(async move { Ok(ReplyInbox::new(address, replies)) })
+    }
+
+    fn publish_reply(&self, reply: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
+        let Some(inbox) = self.state().inboxes.get(&reply.topic).cloned() else {
+            // Not an inbox of this broker: a topic, as on the other brokers.
+            return self.publish(reply);
+        };
+        let message = Message {
+            topic: reply.topic.as_str().into(),
+            key: reply.key,
+            payload: reply.payload,
+            headers: reply.headers,
+            position: Position::Unknown,
+            receipt: 0,
+        };
+        Box::pin(async move {
+            // A requester that is gone reads nothing: dropped, as a reply to it would be on a
+            // real broker.
+            let _ = inbox.send(message).await;
+            Ok(())
+        })
     }
 
     fn subscribe(

@@ -301,12 +301,13 @@ impl Message {
     /// Whether there is a trace id, and the earlier attempts, read in one pass over the
     /// headers: the dispatcher needs both for every message.
     pub(crate) fn delivery_headers(&self) -> DeliveryHeaders {
-        let (mut traced, mut attempts, mut retry_due) = (false, None, false);
+        let (mut traced, mut attempts, mut retry_due, mut deadline) = (false, None, false, false);
         for (name, value) in &self.headers {
             match name {
                 header::TRACE_ID => traced = true,
                 header::ATTEMPT => attempts = std::str::from_utf8(value).ok(),
                 header::RETRY_DUE => retry_due = true,
+                header::DEADLINE => deadline = true,
                 _ => {}
             }
         }
@@ -314,6 +315,7 @@ impl Message {
             traced,
             previous_attempts: parse_attempts(attempts),
             retry_due,
+            deadline,
         }
     }
 
@@ -362,6 +364,8 @@ pub(crate) struct DeliveryHeaders {
     pub previous_attempts: u32,
     /// Whether it came from a retry topic with a due time (looked up when it does).
     pub retry_due: bool,
+    /// Whether it is a request with a deadline (looked up when it is).
+    pub deadline: bool,
 }
 
 fn parse_attempts(header: Option<&str>) -> u32 {

@@ -176,6 +176,11 @@ pub struct Metrics {
     skipped: Mutex<BTreeMap<(String, String), u64>>,
     /// Duplicates an idempotent handler did not run, by topic and group.
     duplicates: Mutex<BTreeMap<(String, String), u64>>,
+    /// Requests acknowledged unhandled because their deadline had passed, by topic and
+    /// handler.
+    expired_requests: Mutex<BTreeMap<(String, String), u64>>,
+    /// Replies that arrived after their requester stopped waiting.
+    late_replies: AtomicU64,
     handlers: Mutex<Vec<(String, String, Arc<HandlerMetrics>)>>,
     backend: Mutex<Option<String>>,
 }
@@ -287,6 +292,31 @@ impl Metrics {
             .or_default() += 1;
     }
 
+    pub(crate) fn record_expired_request(&self, topic: &str, handler: &str) {
+        *lock(&self.expired_requests)
+            .entry((topic.to_owned(), handler.to_owned()))
+            .or_default() += 1;
+    }
+
+    /// Requests to `topic` that `handler` acknowledged without running because their
+    /// deadline had passed (`messaging_requests_expired_total`).
+    pub fn expired_requests(&self, topic: &str, handler: &str) -> u64 {
+        lock(&self.expired_requests)
+            .get(&(topic.to_owned(), handler.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn record_late_reply(&self) {
+        self.late_replies.fetch_add(1, Relaxed);
+    }
+
+    /// Replies that arrived after their requester had stopped waiting, and were dropped
+    /// (`messaging_late_replies_total`).
+    pub fn late_replies(&self) -> u64 {
+        self.late_replies.load(Relaxed)
+    }
+
     /// Acknowledged messages that no handler took, by topic and reason.
     pub fn skipped(&self, topic: &str, reason: &str) -> u64 {
         lock(&self.skipped)
@@ -331,6 +361,17 @@ impl Metrics {
                 esc(group)
             );
         }
+        let _ = writeln!(out, "# TYPE messaging_requests_expired_total counter");
+        for ((topic, handler), n) in lock(&self.expired_requests).iter() {
+            let _ = writeln!(
+                out,
+                "messaging_requests_expired_total{{topic=\"{}\",handler=\"{}\"}} {n}",
+                esc(topic),
+                esc(handler)
+            );
+        }
+        let _ = writeln!(out, "# TYPE messaging_late_replies_total counter");
+        let _ = writeln!(out, "messaging_late_replies_total {}", self.late_replies());
         let handlers = lock(&self.handlers);
         let _ = writeln!(out, "# TYPE messaging_handled_total counter");
         for (topic, handler, m) in handlers.iter() {

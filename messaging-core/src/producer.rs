@@ -65,6 +65,8 @@ struct Inner {
     /// Whether the last publish attempt failed: events that waited past [`RETRY_FOR`] are
     /// then dropped without another attempt.
     failing: AtomicBool,
+    /// The reply inbox of [`Producer::request`], opened at the first request.
+    requests: crate::request::Requests,
 }
 
 struct Queue {
@@ -136,6 +138,7 @@ impl Producer {
                 drops: Throttle::default(),
                 failures: Throttle::default(),
                 failing: AtomicBool::new(false),
+                requests: crate::request::Requests::default(),
             }),
             queue: Arc::new(Queue {
                 sender: RwLock::new(None),
@@ -151,6 +154,10 @@ impl Producer {
     /// The configuration it was made with.
     pub(crate) fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    pub(crate) fn requests(&self) -> &crate::request::Requests {
+        &self.inner.requests
     }
 
     /// The service name written into envelopes.
@@ -279,7 +286,7 @@ impl Producer {
     }
 
     /// The topic as this environment names it (`MESSAGING_TOPIC_<NAME>`).
-    fn resolve_topic(&self, message: &mut OutgoingMessage) {
+    pub(crate) fn resolve_topic(&self, message: &mut OutgoingMessage) {
         let config = &self.inner.config;
         if !config.topic_overrides.is_empty() {
             let resolved = config.resolve_topic(&message.topic);

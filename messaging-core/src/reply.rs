@@ -9,9 +9,12 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt as _;
+use futures::stream::{BoxStream, Stream};
+use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::error::BrokerError;
+use crate::error::{BrokerError, HandlerError};
 use crate::handler::BoxFuture;
 use crate::message::{Message, OutgoingMessage, header};
 
@@ -106,6 +109,237 @@ impl ReplyKind {
         match message.headers.get(header::REPLY_KIND) {
             Some(value) => Self::parse(value),
             None => Some(Self::Ok),
+        }
+    }
+}
+
+/// On a chunk: its place in the stream, from 0, so that the requester drops chunks sent
+/// again when the responder's attempt is retried.
+pub const CHUNK_SEQUENCE: &str = "x-reply-seq";
+
+/// Where the replies to `request` go: its [`header::REPLY_TO`] and
+/// [`header::CORRELATION_ID`]. `None` when it asks for no reply.
+pub fn return_address(request: &Message) -> Option<ReturnAddress> {
+    let to = request.header(header::REPLY_TO)?;
+    let correlation = request
+        .headers
+        .get_bytes(header::CORRELATION_ID)
+        .unwrap_or_default();
+    Some(ReturnAddress {
+        to: to.to_owned(),
+        correlation: correlation.to_vec(),
+        trace: request.header(header::TRACE_ID).map(str::to_owned),
+    })
+}
+
+/// Where one request's replies go.
+#[derive(Clone, Debug)]
+pub struct ReturnAddress {
+    /// The requester's inbox address.
+    pub to: String,
+    /// The request's correlation id, sent back with every reply.
+    pub correlation: Vec<u8>,
+    /// The request's trace id, kept on its replies.
+    pub trace: Option<String>,
+}
+
+impl ReturnAddress {
+    /// A reply of `kind` with this body, for [`crate::Broker::publish_reply`]. Keyed by the
+    /// correlation id, so that the chunks of one reply keep their order (one Kafka
+    /// partition).
+    pub fn reply(&self, kind: ReplyKind, body: Vec<u8>) -> OutgoingMessage {
+        let mut reply = OutgoingMessage::new(self.to.clone(), body);
+        reply.key = Some(crate::Key::from(self.correlation.clone()));
+        reply
+            .headers
+            .insert(header::CORRELATION_ID, self.correlation.clone());
+        reply.headers.insert(header::REPLY_KIND, kind.as_str());
+        if let Some(trace) = &self.trace {
+            reply.headers.insert(header::TRACE_ID, trace.as_str());
+        }
+        reply
+    }
+
+    /// The error reply of a request whose handler failed for good.
+    pub fn error_reply(&self, kind: &str, message: &str) -> OutgoingMessage {
+        let body = serde_json::json!({ "kind": kind, "message": message });
+        self.reply(ReplyKind::Error, body.to_string().into_bytes())
+    }
+}
+
+/// What a handler returns to reply with a stream: each item goes to the requester as a
+/// chunk as soon as it is ready, then an end marker.
+/// [`Producer::request_stream`](crate::Producer::request_stream) yields them.
+///
+/// ```
+/// use messaging_core::{HandlerError, message_handler, reply::ReplyStream};
+///
+/// #[message_handler(topic = "guardian.stream")]
+/// async fn advise(question: String) -> Result<ReplyStream<String>, HandlerError> {
+///     let words: Vec<String> = question.split(' ').map(str::to_owned).collect();
+///     Ok(ReplyStream::new(futures::stream::iter(words)))
+/// }
+/// ```
+pub struct ReplyStream<T> {
+    items: BoxStream<'static, Result<T, HandlerError>>,
+}
+
+impl<T: Send + 'static> ReplyStream<T> {
+    /// The items of `stream`, each sent as it comes.
+    pub fn new(stream: impl Stream<Item = T> + Send + 'static) -> Self {
+        Self {
+            items: stream.map(Ok).boxed(),
+        }
+    }
+
+    /// The items of a stream that may fail: a failure fails the handler's attempt, which is
+    /// retried (the requester drops the chunks it already has) and, once the attempts are
+    /// used up, answered with an error reply.
+    pub fn try_new<E: Into<HandlerError>>(
+        stream: impl Stream<Item = Result<T, E>> + Send + 'static,
+    ) -> Self {
+        Self {
+            items: stream.map(|item| item.map_err(Into::into)).boxed(),
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for ReplyStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyStream").finish_non_exhaustive()
+    }
+}
+
+/// Replies to one request from inside a handler's attempt (the generated code's side).
+#[doc(hidden)]
+pub struct Responder {
+    producer: crate::Producer,
+    address: ReturnAddress,
+}
+
+impl Responder {
+    /// The responder of `invocation`'s message, when it asks for a reply.
+    pub fn of(invocation: &crate::Invocation) -> Option<Self> {
+        let address = return_address(&invocation.message)?;
+        Some(Self {
+            producer: invocation.context.producer().clone(),
+            address,
+        })
+    }
+
+    async fn send(&self, reply: OutgoingMessage) -> Result<(), HandlerError> {
+        let broker = self
+            .producer
+            .broker()
+            .await
+            .map_err(HandlerError::retryable)?;
+        broker
+            .publish_reply(reply)
+            .await
+            .map_err(HandlerError::retryable)
+    }
+
+    /// Replies with a JSON body.
+    pub async fn ok(&self, body: Vec<u8>) -> Result<(), HandlerError> {
+        self.send(self.address.reply(ReplyKind::Ok, body)).await
+    }
+
+    /// Replies with each item of `stream` as a chunk, then the end marker.
+    pub async fn stream<T: Serialize>(&self, stream: ReplyStream<T>) -> Result<(), HandlerError> {
+        let mut items = stream.items;
+        let mut seq = 0u64;
+        while let Some(item) = items.next().await {
+            let body = serde_json::to_vec(&item?).map_err(HandlerError::permanent)?;
+            let mut chunk = self.address.reply(ReplyKind::Chunk, body);
+            chunk.headers.insert(CHUNK_SEQUENCE, seq.to_string());
+            self.send(chunk).await?;
+            seq += 1;
+        }
+        self.send(self.address.reply(ReplyKind::End, Vec::new()))
+            .await
+    }
+}
+
+/// Picks how a handler's result is sent back, by its type (autoref specialization, as in
+/// `__private::event_name`): a [`ReplyStream`] as chunks, a serializable value as JSON,
+/// anything else (`()`) as `null`. A failed attempt sends nothing: the dispatcher answers
+/// with an error reply once the attempts are used up.
+#[doc(hidden)]
+pub mod by_type {
+    use std::cell::Cell;
+
+    use super::{ReplyStream, Responder};
+    use crate::error::HandlerError;
+    use crate::handler::{BoxFuture, IntoHandlerResult};
+
+    /// A handler's result, taken by the method that sends it.
+    pub struct Output<R>(Cell<Option<R>>);
+
+    impl<R> Output<R> {
+        /// Wraps `result`.
+        pub fn new(result: R) -> Self {
+            Self(Cell::new(Some(result)))
+        }
+
+        fn take(&self) -> R {
+            self.0
+                .take()
+                .unwrap_or_else(|| unreachable!("a handler's result is sent once"))
+        }
+    }
+
+    type Replying = BoxFuture<'static, Result<(), HandlerError>>;
+
+    /// `Result<ReplyStream<T>, E>`.
+    pub trait ReplyStreamed {
+        /// Sends the reply.
+        fn __messaging_reply(&self, to: Responder) -> Replying;
+    }
+
+    impl<T, E> ReplyStreamed for &&Output<Result<ReplyStream<T>, E>>
+    where
+        T: serde::Serialize + Send + 'static,
+        E: Into<HandlerError>,
+    {
+        fn __messaging_reply(&self, to: Responder) -> Replying {
+            let result = self.take().map_err(Into::into);
+            Box::pin(async move { to.stream(result?).await })
+        }
+    }
+
+    /// `Result<T, E>` with `T: Serialize`.
+    pub trait ReplySerialized {
+        /// Sends the reply.
+        fn __messaging_reply(&self, to: Responder) -> Replying;
+    }
+
+    impl<T, E> ReplySerialized for &Output<Result<T, E>>
+    where
+        T: serde::Serialize + Send + 'static,
+        E: Into<HandlerError>,
+    {
+        fn __messaging_reply(&self, to: Responder) -> Replying {
+            let body = self
+                .take()
+                .map_err(Into::into)
+                .and_then(|value| serde_json::to_vec(&value).map_err(HandlerError::permanent));
+            Box::pin(async move { to.ok(body?).await })
+        }
+    }
+
+    /// Anything else a handler may return.
+    pub trait ReplyNull {
+        /// Sends the reply.
+        fn __messaging_reply(&self, to: Responder) -> Replying;
+    }
+
+    impl<R: IntoHandlerResult> ReplyNull for Output<R> {
+        fn __messaging_reply(&self, to: Responder) -> Replying {
+            let result = self.take().into_handler_result();
+            Box::pin(async move {
+                result?;
+                to.ok(b"null".to_vec()).await
+            })
         }
     }
 }

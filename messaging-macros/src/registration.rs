@@ -108,13 +108,37 @@ impl Registration<'_> {
             ),
         };
         // Through the declared type, so that an unsupported one is reported where it is written.
+        // A message that asks for a reply gets the `Ok` value (see `reply::by_type`).
+        let reply = quote! {
+            ::core::option::Option::Some(__responder) => {
+                let __replying = {
+                    #[allow(unused_imports)]
+                    use #krate::__private::reply::{
+                        ReplyNull as _, ReplySerialized as _, ReplyStreamed as _,
+                    };
+                    (&&&#krate::__private::reply::Output::new(__result))
+                        .__messaging_reply(__responder)
+                };
+                __replying.await
+            }
+        };
         let into_result = match (&sig.output, self.publish_to) {
             (Some(output), None) => quote_spanned! {output.span()=>
-                <#output as #krate::__private::HandlerReturn>::into_handler_result(__result)
+                match __responder {
+                    ::core::option::Option::None => {
+                        <#output as #krate::__private::HandlerReturn>::into_handler_result(__result)
+                    }
+                    #reply
+                }
             },
-            (None, None) => quote!(
-                #krate::__private::IntoHandlerResult::into_handler_result(__result)
-            ),
+            (None, None) => quote! {
+                match __responder {
+                    ::core::option::Option::None => {
+                        #krate::__private::IntoHandlerResult::into_handler_result(__result)
+                    }
+                    #reply
+                }
+            },
             // `publish_to` without a return type is refused by the macro before this.
             (output, Some(_)) => {
                 let value = match output {
@@ -147,7 +171,16 @@ impl Registration<'_> {
                 let __key = __inv.message.key.clone();
             }
         });
-        let publish_names = self.publish_to.map(|_| quote!(__producer, __key,));
+        let publish_names = match self.publish_to {
+            Some(_) => quote!(__producer, __key,),
+            None => quote!(__responder,),
+        };
+        let publish_inputs = match publish_inputs {
+            Some(inputs) => inputs,
+            None => quote! {
+                let __responder = #krate::__private::reply::Responder::of(__inv);
+            },
+        };
         // Spanned at the function's name: a future that is not `Send` is reported there.
         let body = quote_spanned! {ident.span()=>
             let __taken = (|| -> ::core::result::Result<_, #krate::HandlerError> {
