@@ -210,8 +210,9 @@ impl<T> std::fmt::Debug for ReplyStream<T> {
     }
 }
 
-/// Replies to one request from inside a handler's attempt (the generated code's side).
-#[doc(hidden)]
+/// Replies to one request from inside a handler's attempt. Handlers made by the macros
+/// reply with their `Ok` value on their own; a handler built in code
+/// ([`HandlerSpec::new`](crate::HandlerSpec::new)) replies through this.
 pub struct Responder {
     producer: crate::Producer,
     address: ReturnAddress,
@@ -237,6 +238,12 @@ impl Responder {
             .publish_reply(reply)
             .await
             .map_err(HandlerError::retryable)
+    }
+
+    /// Replies with `value` as JSON.
+    pub async fn value<T: Serialize>(&self, value: T) -> Result<(), HandlerError> {
+        let body = serde_json::to_vec(&value).map_err(HandlerError::permanent)?;
+        self.ok(body).await
     }
 
     /// Replies with a JSON body.

@@ -67,6 +67,8 @@ macro_rules! suite {
             replay_ends_while_the_handler_still_fails,
             a_failing_key_holds_back_only_itself,
             retry_topics_let_the_key_go_on,
+            request_reply_reaches_each_requesting_instance,
+            streamed_replies_arrive_in_order,
         );
     };
     (@each $connect:path; $($name:ident),* $(,)?) => {

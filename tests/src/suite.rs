@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use messaging_core::FromContext as _;
 use messaging_core::{
     Broker, DeadLetterRecord, Event, FailureKind, HandlerError, HandlerSpec, Invocation, Message,
-    Metadata, OutgoingMessage, Producer, RetryPolicy, Runtime, SendOptions, decode_event,
-    decode_json, metrics::metrics,
+    Metadata, OutgoingMessage, Producer, ReplyStream, RequestError, RetryPolicy, Runtime,
+    SendOptions, decode_event, decode_json, metrics::metrics, reply::Responder,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -1117,5 +1117,120 @@ pub async fn retry_topics_let_the_key_go_on(connect: Connect) {
     let replay = record.to_replay().unwrap();
     assert_eq!(replay.topic, topic);
     assert!(replay.headers.get("x-retry-due").is_none());
+    runtime.shutdown().await.unwrap();
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Question {
+    asker: String,
+    n: u32,
+}
+
+/// A handler that answers each [`Question`] with itself, or fails for good on `n == 0`.
+fn answerer(topic: &str) -> HandlerSpec {
+    HandlerSpec::new("answerer", [topic], |inv: Invocation| async move {
+        let question: Question = decode_json(&inv.message)?;
+        if question.n == 0 {
+            return Err(HandlerError::permanent("zero is not a question"));
+        }
+        let responder =
+            Responder::of(&inv).ok_or_else(|| HandlerError::permanent("no reply-to"))?;
+        responder.value(question).await
+    })
+}
+
+/// Request-reply: two requesting instances at once each get exactly their own replies; a
+/// request nobody answers times out; a failing responder's error arrives before the timeout.
+pub async fn request_reply_reaches_each_requesting_instance(connect: Connect) {
+    let s = Scenario::new(connect);
+    let topic = s.topic("questions");
+    let unanswered = s.topic("unanswered");
+    s.broker()
+        .await
+        .declare_topics(&[topic.clone(), unanswered.clone()])
+        .await
+        .unwrap();
+    let runtime = s.start(vec![answerer(&topic)]).await;
+    let instances = [s.producer().await, s.producer().await];
+    let asks = instances.iter().enumerate().flat_map(|(i, producer)| {
+        let topic = &topic;
+        (1..=30).map(move |n| async move {
+            let question = Question {
+                asker: format!("instance-{i}"),
+                n,
+            };
+            let answer: Question = producer
+                .request(topic, &question)
+                .timeout(PATIENCE)
+                .await
+                .unwrap_or_else(|e| panic!("request {n} of instance {i}: {e}"));
+            assert_eq!(answer, question, "each instance gets its own replies");
+        })
+    });
+    futures::future::join_all(asks).await;
+
+    let started = Instant::now();
+    let error = instances[0]
+        .request::<Question, _>(
+            &topic,
+            &Question {
+                asker: "x".into(),
+                n: 0,
+            },
+        )
+        .timeout(PATIENCE)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, RequestError::Remote { message, .. } if message.contains("zero is not a question")),
+        "the responder's error: {error:?}"
+    );
+    assert!(started.elapsed() < PATIENCE / 2, "before the timeout");
+
+    let error = instances[1]
+        .request::<Question, _>(
+            &unanswered,
+            &Question {
+                asker: "y".into(),
+                n: 1,
+            },
+        )
+        .timeout(Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "nobody answers: {error:?}");
+    runtime.shutdown().await.unwrap();
+}
+
+/// A streamed reply of 100 chunks arrives whole and in order.
+pub async fn streamed_replies_arrive_in_order(connect: Connect) {
+    let s = Scenario::new(connect);
+    let topic = s.topic("counting");
+    s.broker()
+        .await
+        .declare_topics(&[topic.clone()])
+        .await
+        .unwrap();
+    let counter = HandlerSpec::new("counter", [topic.as_str()], |inv: Invocation| async move {
+        let n: u32 = decode_json(&inv.message)?;
+        let responder =
+            Responder::of(&inv).ok_or_else(|| HandlerError::permanent("no reply-to"))?;
+        responder
+            .stream(ReplyStream::new(futures::stream::iter(0..n)))
+            .await
+    });
+    let runtime = s.start(vec![counter]).await;
+    let producer = s.producer().await;
+    let chunks = producer
+        .request_stream::<u32, _>(&topic, &100u32)
+        .timeout(PATIENCE)
+        .await
+        .unwrap();
+    let got: Vec<u32> = futures::StreamExt::collect::<Vec<_>>(chunks)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(got, (0..100).collect::<Vec<_>>());
     runtime.shutdown().await.unwrap();
 }
