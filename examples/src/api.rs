@@ -4,13 +4,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Json;
+use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
+use futures::StreamExt as _;
 use messaging_core::prelude::*;
 use serde::Deserialize;
 
 use crate::domain::{OrderCreated, User};
+use crate::guardian::{self, Advice, AdviceRequest};
 use crate::mood::MoodCreated;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -21,6 +25,8 @@ pub fn router() -> axum::Router {
         .route("/users", post(register))
         .route("/orders", post(create_order))
         .route("/mood-entries", post(create_mood_entry))
+        .route("/guardian/advice", post(ask_guardian))
+        .route("/guardian/advice/stream", get(stream_guardian))
         // Events fired by these handlers carry the request's trace id (x-trace-id / traceparent).
         .layer(axum::middleware::from_fn(
             messaging_core::trace::http_middleware,
@@ -109,4 +115,58 @@ pub async fn create_mood_entry(
         ));
     }
     Ok((StatusCode::CREATED, Json(entry)))
+}
+
+/// How long the API waits for a guardian: `GUARDIAN_TIMEOUT` (e.g. `5s`), default 30 s.
+fn guardian_timeout() -> std::time::Duration {
+    std::env::var("GUARDIAN_TIMEOUT")
+        .ok()
+        .and_then(|v| humantime::parse_duration(&v).ok())
+        .unwrap_or(std::time::Duration::from_secs(30))
+}
+
+/// The status a failed request to a guardian answers with.
+fn guardian_error(error: RequestError) -> ApiError {
+    let status = match &error {
+        RequestError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        RequestError::Remote { .. } | RequestError::Decode { .. } => StatusCode::BAD_GATEWAY,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    ApiError(status, error.to_string())
+}
+
+/// Asks a guardian and answers with its advice: 504 when none comes in time, 502 when the
+/// guardian failed.
+pub async fn ask_guardian(Json(request): Json<AdviceRequest>) -> Result<Json<Advice>, ApiError> {
+    let advice = get_producer()
+        .request(guardian::REQUESTS, &request)
+        .timeout(guardian_timeout())
+        .options(SendOptions::key(request.user_id.clone()))
+        .await
+        .map_err(guardian_error)?;
+    Ok(Json(advice))
+}
+
+/// Asks a guardian and streams its answer as Server-Sent Events: one `data:` per sentence,
+/// an `error` event if it fails midway, and an `end` event.
+pub async fn stream_guardian(Query(request): Query<AdviceRequest>) -> Result<Response, ApiError> {
+    let chunks = get_producer()
+        .request_stream::<String, _>(guardian::STREAMED_REQUESTS, &request)
+        .timeout(guardian_timeout())
+        .options(SendOptions::key(request.user_id.clone()))
+        .await
+        .map_err(guardian_error)?;
+    let events = chunks
+        .map(|chunk| {
+            Ok(match chunk {
+                Ok(sentence) => SseEvent::default().data(sentence),
+                Err(error) => SseEvent::default().event("error").data(error.to_string()),
+            })
+        })
+        .chain(futures::stream::once(async {
+            Ok::<_, std::convert::Infallible>(SseEvent::default().event("end").data(""))
+        }));
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

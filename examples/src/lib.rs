@@ -1,8 +1,9 @@
 //! An example service on `messaging`, modelled on what our first users run: users register
 //! through an HTTP API (`#[event]` publishes `user.created`), orders are paid by a handler with
 //! retries and a dead-letter queue, a consumer sends notifications by event name, mood entries
-//! flow through an aggregate → vectorize → ingest pipeline, and another team's events are read
-//! in their own envelope.
+//! flow through an aggregate → vectorize → ingest pipeline (`publish_to`), the Guardian answers
+//! advice requests from the API (request-reply, streamed as Server-Sent Events), and another
+//! team's events are read in their own envelope.
 //!
 //! Run the quick start (no server needed): `cargo run -p messaging-examples --bin quickstart`
 #![forbid(unsafe_code)]
@@ -10,6 +11,7 @@
 pub mod analytics;
 pub mod api;
 pub mod domain;
+pub mod guardian;
 pub mod handlers;
 pub mod mood;
 

@@ -1,6 +1,7 @@
 //! The mood-entry pipeline of the AURA360 plan: a mood entry is aggregated into the user's
 //! context, the context is vectorized, and the vectors are ingested into a store. Each step
-//! is a handler that publishes the next event, so a slow or failing step never blocks the API.
+//! is a handler whose result `publish_to` sends on as the next event (acknowledged only once
+//! that publish is confirmed), so a slow or failing step never blocks the API.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -70,6 +71,13 @@ impl MoodHistory {
         let average = scores.iter().map(|&s| f32::from(s)).sum::<f32>() / scores.len() as f32;
         (scores.len() as u32, average)
     }
+
+    /// A user's average score, when there are entries.
+    pub fn average(&self, user_id: &str) -> Option<f32> {
+        let all = self.0.lock().unwrap();
+        let scores = all.get(user_id).filter(|s| !s.is_empty())?;
+        Some(scores.iter().map(|&s| f32::from(s)).sum::<f32>() / scores.len() as f32)
+    }
 }
 
 /// Ingested vectors per user (stands in for Qdrant).
@@ -98,14 +106,14 @@ impl ContextAggregator {
         "user.mood.created",
         max_retries = 5,
         retry_delay = "1s",
-        backoff = "exponential"
+        backoff = "exponential",
+        publish_to = "aura360.context.aggregated"
     )]
     async fn aggregate(
         &self,
         event: Event<MoodCreated>,
         history: State<MoodHistory>,
-        producer: Producer,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<ContextAggregated> {
         let (entries, average_mood) = history.record(&event.data.user_id, event.data.mood_score);
         let context = ContextAggregated {
             user_id: event.data.user_id.clone(),
@@ -116,8 +124,7 @@ impl ContextAggregator {
             "[context] user {}: {} entries, average mood {:.1}",
             context.user_id, context.entries, context.average_mood
         );
-        producer.publish(&context).await?;
-        Ok(())
+        Ok(context)
     }
 }
 
@@ -126,9 +133,10 @@ impl ContextAggregator {
     topic = "aura360.context.aggregated",
     group = "vectordb-vectorizer",
     max_retries = 3,
-    retry_delay = "2s"
+    retry_delay = "2s",
+    publish_to = "aura360.context.vectorized"
 )]
-pub async fn vectorize(event: Event<ContextAggregated>, producer: Producer) -> anyhow::Result<()> {
+pub async fn vectorize(event: Event<ContextAggregated>) -> anyhow::Result<ContextVectorized> {
     let c = &event.data;
     let vector = vec![c.average_mood / 10.0, c.entries as f32 / 100.0];
     let vectorized = ContextVectorized {
@@ -140,8 +148,7 @@ pub async fn vectorize(event: Event<ContextAggregated>, producer: Producer) -> a
         "[vectorize] user {} -> {:?}",
         vectorized.user_id, vectorized.vector
     );
-    producer.publish(&vectorized).await?;
-    Ok(())
+    Ok(vectorized)
 }
 
 /// Stores the vectors.

@@ -4,7 +4,7 @@
 use std::process::Command;
 
 #[test]
-fn quickstart_shows_a_handled_event_a_retry_and_a_dlq_record() {
+fn quickstart_shows_each_pattern_it_promises() {
     let out = Command::new(env!("CARGO_BIN_EXE_quickstart"))
         .env_remove("MESSAGING_BACKEND")
         .output()
@@ -26,6 +26,12 @@ fn quickstart_shows_a_handled_event_a_retry_and_a_dlq_record() {
         "[dlq] orders.created.dlq:",
         "\"kind\": \"handler\"",
         "amount 250000 is over the 10000 limit",
+        "[http] POST /guardian/advice",
+        "\"guardian_type\":\"mental\",\"response\":\"You asked the mental guardian",
+        "data: Sleep at regular hours this week.",
+        "event: end",
+        "[vectorize] user u-1",
+        "[metrics] duplicates of orders.created skipped by payments: 1",
     ] {
         assert!(
             stdout.contains(expected),

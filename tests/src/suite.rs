@@ -1208,7 +1208,7 @@ pub async fn streamed_replies_arrive_in_order(connect: Connect) {
     let topic = s.topic("counting");
     s.broker()
         .await
-        .declare_topics(&[topic.clone()])
+        .declare_topics(std::slice::from_ref(&topic))
         .await
         .unwrap();
     let counter = HandlerSpec::new("counter", [topic.as_str()], |inv: Invocation| async move {
