@@ -10,6 +10,7 @@ use lapin::options::{
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
+use messaging_core::reply::ReplyInbox;
 use messaging_core::{
     BoxFuture, Broker, BrokerError, Config, Consumer, DlqSnapshot, Message, OutgoingMessage,
     Subscription,
@@ -21,7 +22,7 @@ use crate::error::RabbitError;
 use crate::headers;
 use crate::options::RabbitOptions;
 use crate::publisher::Publisher;
-use crate::topology;
+use crate::{replies, topology};
 
 /// A RabbitMQ broker. Clones share the publishing connection; every consumer has its own.
 #[derive(Clone)]
@@ -284,6 +285,27 @@ impl Broker for RabbitBroker {
                 .publish(&message)
                 .await
                 .map_err(|e| e.into_broker("publish"))
+        })
+    }
+
+    /// An inbox on RabbitMQ's direct reply-to, on a channel of the publishing connection;
+    /// requests go out on that channel (see `replies`).
+    fn open_replies(&self) -> BoxFuture<'_, Result<ReplyInbox, BrokerError>> {
+        Box::pin(async move {
+            replies::open(&self.publisher, &self.options.exchange)
+                .await
+                .map_err(|e| e.into_broker("open replies"))
+        })
+    }
+
+    /// To the default exchange, with the routing key the request's `reply_to` named; a
+    /// requester that is gone is not an error (see `Publisher::publish_reply`).
+    fn publish_reply(&self, reply: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.publisher
+                .publish_reply(&reply)
+                .await
+                .map_err(|e| e.into_broker("publish reply"))
         })
     }
 

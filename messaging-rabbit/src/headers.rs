@@ -2,6 +2,10 @@
 //! (bytes, kept exactly), the key as the `x-message-key` header (AMQP has no message key).
 //! Incoming long strings and byte arrays keep their bytes; headers of the other AMQP types
 //! are turned into text, never rejected.
+//!
+//! The request-reply headers also travel as the AMQP properties an AMQP RPC client or server
+//! in another language reads and writes (DESIGN §3): `x-correlation-id` as `correlation_id`,
+//! `x-reply-to` as `reply_to`. Incoming, those properties become the headers again.
 
 use std::fmt::Write as _;
 
@@ -18,8 +22,9 @@ use crate::error::RabbitError;
 /// AMQP delivery mode of a message written to disk.
 const PERSISTENT: u8 = 2;
 
-/// The properties of `message`: persistent, its headers and key as string headers, and the
-/// event id (when it has one) as the AMQP message id.
+/// The properties of `message`: persistent, its headers and key as string headers, the
+/// event id (when it has one) as the AMQP message id, and the correlation id and reply
+/// address (when it has them) as `correlation_id` and `reply_to` too.
 pub(crate) fn properties(message: &OutgoingMessage) -> Result<BasicProperties, RabbitError> {
     let mut table = FieldTable::default();
     for (name, value) in &message.headers {
@@ -42,7 +47,18 @@ pub(crate) fn properties(message: &OutgoingMessage) -> Result<BasicProperties, R
     {
         properties = properties.with_message_id(id);
     }
+    // A value AMQP cannot carry as a property (over 255 bytes) still travels as the header.
+    if let Some(id) = short_header(message, header::CORRELATION_ID) {
+        properties = properties.with_correlation_id(id);
+    }
+    if let Some(address) = short_header(message, header::REPLY_TO) {
+        properties = properties.with_reply_to(address);
+    }
     Ok(properties)
+}
+
+fn short_header(message: &OutgoingMessage, name: &str) -> Option<ShortString> {
+    ShortString::try_new(message.headers.get(name)?).ok()
 }
 
 fn header_name(name: &str) -> Result<ShortString, RabbitError> {
@@ -55,7 +71,7 @@ fn header_name(name: &str) -> Result<ShortString, RabbitError> {
 
 /// The core's message for a delivery, and the delivery's acker: the routing key as topic,
 /// the key header as key (and not among the headers, so records read the same as on the
-/// other brokers).
+/// other brokers), and the AMQP `correlation_id` and `reply_to` as their headers.
 pub(crate) fn to_message(delivery: Delivery, names: &TopicNames) -> (Message, Acker) {
     let Delivery {
         delivery_tag,
@@ -71,11 +87,28 @@ pub(crate) fn to_message(delivery: Delivery, names: &TopicNames) -> (Message, Ac
         .map(to_headers)
         .unwrap_or_default();
     let key = headers.remove(header::KEY).map(Key::from);
+    reply_headers(&properties, &mut headers);
     let mut message = Message::new(names.get(routing_key.as_str()), Bytes::from(data))
         .with_headers(headers)
         .with_position(Position::DeliveryTag(delivery_tag));
     message.key = key;
     (message, acker)
+}
+
+/// What a foreign AMQP RPC client or server puts in properties, as the headers our
+/// request-reply reads. The header set by one of ours wins for the correlation id (both are
+/// the same when ours published it). For the reply address the property wins: RabbitMQ
+/// rewrites a request's `reply_to` of `amq.rabbitmq.reply-to` into the requester's own
+/// direct reply-to address, which the header (written by the requester) cannot know.
+pub(crate) fn reply_headers(properties: &BasicProperties, headers: &mut Headers) {
+    if let Some(id) = properties.correlation_id()
+        && !headers.contains_key(header::CORRELATION_ID)
+    {
+        headers.insert(header::CORRELATION_ID, id.as_str());
+    }
+    if let Some(address) = properties.reply_to() {
+        headers.insert(header::REPLY_TO, address.as_str());
+    }
 }
 
 /// Every entry of an AMQP table as a header: long strings and byte arrays as their bytes,
@@ -199,6 +232,54 @@ mod tests {
             properties.headers().as_ref().unwrap().inner()[header::EVENT_NAME],
             AMQPValue::LongString(_)
         ));
+    }
+
+    #[test]
+    fn reply_headers_travel_as_amqp_properties_too() {
+        let request = OutgoingMessage::new("t", "{}")
+            .with_header(header::CORRELATION_ID, "inst:1")
+            .with_header(header::REPLY_TO, "amq.rabbitmq.reply-to");
+        let properties = properties(&request).unwrap();
+        assert_eq!(
+            properties
+                .correlation_id()
+                .as_ref()
+                .map(ShortString::as_str),
+            Some("inst:1")
+        );
+        assert_eq!(
+            properties.reply_to().as_ref().map(ShortString::as_str),
+            Some("amq.rabbitmq.reply-to")
+        );
+        let headers = to_headers(properties.headers().as_ref().unwrap());
+        assert_eq!(headers.get(header::CORRELATION_ID), Some("inst:1"));
+        // Too long for a property: the header alone carries it.
+        let long =
+            OutgoingMessage::new("t", "{}").with_header(header::CORRELATION_ID, "c".repeat(300));
+        assert_eq!(*super::properties(&long).unwrap().correlation_id(), None);
+    }
+
+    #[test]
+    fn reply_properties_become_headers() {
+        // RabbitMQ rewrote `reply_to`; the requester's header still says the pseudo-queue.
+        let properties = BasicProperties::default()
+            .with_correlation_id("foreign".into())
+            .with_reply_to("amq.rabbitmq.reply-to.abc".into());
+        let mut headers = Headers::default();
+        headers.insert(header::REPLY_TO, "amq.rabbitmq.reply-to");
+        headers.insert(header::CORRELATION_ID, "ours");
+        reply_headers(&properties, &mut headers);
+        assert_eq!(
+            headers.get(header::REPLY_TO),
+            Some("amq.rabbitmq.reply-to.abc")
+        );
+        assert_eq!(headers.get(header::CORRELATION_ID), Some("ours"));
+        let mut bare = Headers::default();
+        reply_headers(&properties, &mut bare);
+        assert_eq!(bare.get(header::CORRELATION_ID), Some("foreign"));
+        let mut none = Headers::default();
+        reply_headers(&BasicProperties::default(), &mut none);
+        assert!(none.is_empty());
     }
 
     #[test]

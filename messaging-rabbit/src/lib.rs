@@ -54,6 +54,20 @@
 //! AMQP types sent by other clients are turned into text, never rejected. A delivery's
 //! position is its delivery tag.
 //!
+//! # Request-reply
+//!
+//! Replies arrive by RabbitMQ's direct reply-to: `Broker::open_replies` consumes the
+//! pseudo-queue [`DIRECT_REPLY_TO`] without acknowledgements on a channel of the publishing
+//! connection, and requests go out on that same channel (RabbitMQ answers only there), to
+//! the topic exchange. No queue is declared per request or per instance. The correlation id
+//! and the reply address travel as the AMQP `correlation_id` and `reply_to` properties as
+//! well as the `x-correlation-id` and `x-reply-to` headers, and a delivered message's
+//! properties become those headers: an AMQP RPC client in another language can call our
+//! handlers, and ours can call its servers. `Broker::publish_reply` publishes to the default
+//! exchange with the request's `reply_to` as routing key and is not `mandatory`: a reply
+//! whose requester is gone is dropped by RabbitMQ (direct reply-to is at most once) and is
+//! not an error, the one exception to "nothing published is dropped in silence".
+//!
 //! # Consuming and acknowledging
 //!
 //! Each consumer has its own connection and channel with `basic.qos` prefetch set to
@@ -127,6 +141,7 @@ mod error;
 mod headers;
 mod options;
 mod publisher;
+mod replies;
 mod topology;
 
 use std::sync::Arc;
@@ -136,6 +151,7 @@ use messaging_core::{BoxFuture, Broker, BrokerError, BrokerFactory, Config};
 pub use broker::RabbitBroker;
 pub use error::RabbitError;
 pub use options::{DEFAULT_CONSUMER_TIMEOUT, DEFAULT_EXCHANGE, DEFAULT_URL, RabbitOptions};
+pub use replies::DIRECT_REPLY_TO;
 
 /// The name the backend is registered under.
 pub const NAME: &str = "rabbitmq";

@@ -3,11 +3,13 @@
 //! mandatory: one that no queue is bound to is returned by the broker and fails with
 //! [`RabbitError::Unroutable`] instead of being confirmed and lost. A lost
 //! connection is reopened on the next publish (paced by the retry gate), and the exchange
-//! and kept-topic queues are declared again on it.
+//! and kept-topic queues are declared again on it. Replies go out on the same channel, to
+//! the default exchange.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{Channel, Confirmation, Connection};
@@ -146,37 +148,76 @@ impl Publisher {
     /// have been stored before the loss).
     pub(crate) async fn publish(&self, message: &OutgoingMessage) -> Result<(), RabbitError> {
         let routing_key = topology::routing_key(&message.topic)?;
+        // Mandatory: a message no queue is bound to comes back (`basic.return`, then the
+        // confirm) rather than being dropped by the exchange.
+        match self
+            .send(&self.exchange, routing_key, true, message)
+            .await?
+        {
+            Some(returned) => Err(unroutable(&self.options.exchange, message, &returned)),
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes a reply to the address its request carried in `reply_to`: on the default
+    /// exchange, whose routing key names a queue, or a requester's direct reply-to address.
+    ///
+    /// A requester that is gone is not an error. Direct reply-to replies are at most once
+    /// (RabbitMQ's documentation): a reply whose requester's channel has closed is dropped
+    /// by the broker and confirmed all the same, and the requester resends after its
+    /// timeout. An error here would only make the responder retry a reply nobody can
+    /// receive, then dead-letter a request whose handler succeeded. The publish is not
+    /// mandatory: RabbitMQ before 4.2 never counts a direct reply-to address as routed, so
+    /// it returns every mandatory reply (`312 NO_ROUTE`, seen on 3.10) even one it has
+    /// delivered, which would hide a gone requester among live ones. A classic reply queue
+    /// that was deleted drops the reply the same way.
+    pub(crate) async fn publish_reply(&self, reply: &OutgoingMessage) -> Result<(), RabbitError> {
+        let address = reply_address(&reply.topic)?;
+        let returned = self
+            .send(&ShortString::default(), address, false, reply)
+            .await?;
+        // Only a mandatory publish is returned; kept for a broker that returns anyway.
+        if let Some(returned) = returned {
+            tracing::debug!(
+                address = %reply.topic,
+                code = returned.reply_code,
+                reason = %returned.reply_text,
+                "reply returned by the broker: its requester is gone; dropped"
+            );
+        }
+        Ok(())
+    }
+
+    /// Publishes `message` with `routing_key` on `exchange` and waits for the confirm; the
+    /// message the broker returned, if it did.
+    async fn send(
+        &self,
+        exchange: &ShortString,
+        routing_key: ShortString,
+        mandatory: bool,
+        message: &OutgoingMessage,
+    ) -> Result<Option<BasicReturnMessage>, RabbitError> {
         let mut retried = false;
         loop {
             // Built per attempt rather than cloned: the retry is the rare case.
             let properties = headers::properties(message)?;
             let session = self.current().await?;
             let channel = &session.channel;
+            let options = BasicPublishOptions {
+                mandatory,
+                ..BasicPublishOptions::default()
+            };
             let sent = async {
-                // Mandatory: a message no queue is bound to comes back (`basic.return`,
-                // then the confirm) rather than being dropped by the exchange.
-                let mandatory = BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                };
                 let confirm = channel
                     .basic_publish(
-                        self.exchange.clone(),
+                        exchange.clone(),
                         routing_key.clone(),
-                        mandatory,
+                        options,
                         &message.payload,
                         properties,
                     )
                     .await?;
-                match confirm.await? {
-                    Confirmation::Nack(_) => Err(RabbitError::Nacked),
-                    Confirmation::Ack(Some(returned)) => Err(RabbitError::Unroutable {
-                        topic: message.topic.clone(),
-                        exchange: self.options.exchange.clone(),
-                        reason: format!("{} {}", returned.reply_code, returned.reply_text),
-                    }),
-                    Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-                }
+                confirmed(confirm.await?)
             };
             match sent.await {
                 Err(error)
@@ -195,4 +236,44 @@ impl Publisher {
         let session = self.current().await?;
         Ok(session.connection.create_channel().await?)
     }
+}
+
+/// The outcome of a publisher confirm: the returned message if the broker returned it.
+pub(crate) fn confirmed(
+    confirmation: Confirmation,
+) -> Result<Option<BasicReturnMessage>, RabbitError> {
+    match confirmation {
+        Confirmation::Nack(_) => Err(RabbitError::Nacked),
+        Confirmation::Ack(returned) => Ok(returned),
+        Confirmation::NotRequested => Ok(None),
+    }
+}
+
+/// The error for a mandatory `message` the broker returned from `exchange`.
+pub(crate) fn unroutable(
+    exchange: &str,
+    message: &OutgoingMessage,
+    returned: &BasicReturnMessage,
+) -> RabbitError {
+    RabbitError::Unroutable {
+        topic: message.topic.clone(),
+        exchange: exchange.to_owned(),
+        reason: format!("{} {}", returned.reply_code, returned.reply_text),
+    }
+}
+
+/// A reply's address as a routing key of the default exchange: any queue name (wildcards
+/// mean nothing there), not empty.
+fn reply_address(address: &str) -> Result<ShortString, RabbitError> {
+    let invalid = |reason| RabbitError::InvalidName {
+        what: "reply address",
+        name: address.to_owned(),
+        reason,
+    };
+    if address.is_empty() {
+        return Err(invalid(
+            "a reply needs the address its request carried in `x-reply-to`",
+        ));
+    }
+    ShortString::try_new(address).map_err(|_| invalid("longer than 255 bytes"))
 }
