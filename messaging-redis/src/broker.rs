@@ -1,11 +1,13 @@
 //! [`RedisBroker`]: connecting, publishing (`XADD`), groups (`XGROUP CREATE … MKSTREAM`),
-//! declaring dead-letter streams, browsing (`XRANGE`) and DLQ replay snapshots.
+//! declaring dead-letter streams, browsing (`XRANGE`), DLQ replay snapshots, and the
+//! request-reply seam (in `replies`).
 
 use std::sync::Arc;
 
 use messaging_core::broker::{Broker, Consumer, DlqSnapshot, StartFrom, Subscription};
 use messaging_core::config::mask_url;
 use messaging_core::dlq::DLQ_HEADER;
+use messaging_core::reply::ReplyInbox;
 use messaging_core::{BoxFuture, BrokerError, Message, OutgoingMessage, Position, TopicName};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, RedisError, Value};
@@ -15,6 +17,7 @@ use crate::entry::{parse_entries, xadd};
 use crate::error::{BROKER, RedisBrokerError, broker_error, is_wrong_type, own_error};
 use crate::options::RedisOptions;
 use crate::publisher::Publisher;
+use crate::replies;
 
 /// The group that keeps dead-letter streams in existence before their first record.
 pub const KEEP_GROUP: &str = "messaging-keep";
@@ -138,6 +141,7 @@ pub(crate) fn open_client(url: &str, options: &mut RedisOptions) -> Result<Clien
         )),
         other => invalid(&other),
     })?;
+    options.check_replies()?;
     let scheme = client_url.split(':').next().unwrap_or_default();
     if matches!(scheme, "redis" | "rediss" | "valkey" | "valkeys")
         && let Ok(parsed) = url::Url::parse(&client_url)
@@ -273,6 +277,14 @@ impl Broker for RedisBroker {
             let cmd = xadd(&message, maxlen).map_err(|e| own_error("publish", e))?;
             self.shared.publisher.send(cmd).await
         })
+    }
+
+    fn open_replies(&self) -> BoxFuture<'_, Result<ReplyInbox, BrokerError>> {
+        Box::pin(replies::open(Arc::clone(&self.shared)))
+    }
+
+    fn publish_reply(&self, reply: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
+        Box::pin(replies::publish(&self.shared, reply))
     }
 
     fn subscribe(

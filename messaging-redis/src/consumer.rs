@@ -399,7 +399,7 @@ impl RedisConsumer {
         }
         cmd.arg(&ids);
         let reply = cmd.query_async::<Value>(&mut self.reader().await?).await?;
-        let read = parse_read(reply).map_err(|e| protocol_error("XREADGROUP", e))?;
+        let read = parse_read("XREADGROUP", reply).map_err(|e| protocol_error("XREADGROUP", e))?;
         for &i in &streams {
             let entries = read
                 .iter()
@@ -480,7 +480,7 @@ impl RedisConsumer {
         let mut reader = self.reader().await?;
         self.unsure = true;
         let reply = cmd.query_async::<Value>(&mut reader).await?;
-        let read = parse_read(reply).map_err(|e| protocol_error("XREADGROUP", e))?;
+        let read = parse_read("XREADGROUP", reply).map_err(|e| protocol_error("XREADGROUP", e))?;
         for (stream, entries) in read {
             self.take_in(&stream, entries).await?;
         }

@@ -25,6 +25,18 @@ pub(crate) struct EntryId {
 impl EntryId {
     /// The id before every entry (the start of `XAUTOCLAIM` and of a pending re-read).
     pub(crate) const ZERO: Self = Self { ms: 0, seq: 0 };
+
+    /// The smallest id after this one (an exclusive bound where Redis takes inclusive ones,
+    /// as `XTRIM … MINID`).
+    pub(crate) fn next(self) -> Self {
+        match self.seq.checked_add(1) {
+            Some(seq) => Self { ms: self.ms, seq },
+            None => Self {
+                ms: self.ms.saturating_add(1),
+                seq: 0,
+            },
+        }
+    }
 }
 
 impl FromStr for EntryId {
@@ -195,17 +207,19 @@ pub(crate) fn parse_entries(
         .collect()
 }
 
-/// Parses an `XREADGROUP` reply (nil on timeout; an array of `[stream, entries]` in RESP2, a
-/// map in RESP3) into entries per stream.
-pub(crate) fn parse_read(value: Value) -> Result<Vec<(String, Vec<RawEntry>)>, RedisBrokerError> {
-    const COMMAND: &str = "XREADGROUP";
+/// Parses an `XREADGROUP` or `XREAD` reply (`command`; nil on timeout; an array of
+/// `[stream, entries]` in RESP2, a map in RESP3) into entries per stream.
+pub(crate) fn parse_read(
+    command: &'static str,
+    value: Value,
+) -> Result<Vec<(String, Vec<RawEntry>)>, RedisBrokerError> {
     let pairs: Vec<(Value, Value)> = match value {
         Value::Nil => return Ok(Vec::new()),
         Value::Map(pairs) => pairs,
-        other => array(COMMAND, other)?
+        other => array(command, other)?
             .into_iter()
             .map(|pair| {
-                let mut parts = array(COMMAND, pair)?.into_iter();
+                let mut parts = array(command, pair)?.into_iter();
                 Ok((
                     parts.next().unwrap_or(Value::Nil),
                     parts.next().unwrap_or(Value::Nil),
@@ -215,7 +229,7 @@ pub(crate) fn parse_read(value: Value) -> Result<Vec<(String, Vec<RawEntry>)>, R
     };
     pairs
         .into_iter()
-        .map(|(stream, entries)| Ok((string(COMMAND, stream)?, parse_entries(COMMAND, entries)?)))
+        .map(|(stream, entries)| Ok((string(command, stream)?, parse_entries(command, entries)?)))
         .collect()
 }
 
@@ -267,6 +281,9 @@ mod tests {
         assert!(a < b && EntryId::ZERO < a);
         assert_eq!(a.to_string(), "1700000000000-3");
         assert!("12".parse::<EntryId>().is_err());
+        assert_eq!(a.next().to_string(), "1700000000000-4");
+        let last: EntryId = format!("7-{}", u64::MAX).parse().unwrap();
+        assert_eq!(last.next().to_string(), "8-0");
     }
 
     #[test]
@@ -320,7 +337,7 @@ mod tests {
                 Value::Array(vec![bulk("2-0"), Value::Nil]),
             ]),
         ])]);
-        let mut streams = parse_read(reply).unwrap();
+        let mut streams = parse_read("XREADGROUP", reply).unwrap();
         assert_eq!(streams.len(), 1);
         let (stream, entries) = streams.remove(0);
         assert_eq!(stream, "orders");
@@ -332,7 +349,7 @@ mod tests {
         assert!(!message.headers.contains_key(header::KEY));
         assert_eq!(message.position, Position::StreamId("1-0".into()));
         assert!(entries.next().unwrap().into_message("orders").is_none());
-        assert!(parse_read(Value::Nil).unwrap().is_empty());
+        assert!(parse_read("XREAD", Value::Nil).unwrap().is_empty());
     }
 
     #[test]
@@ -341,7 +358,7 @@ mod tests {
             bulk("s"),
             Value::Array(vec![entry("5-1", &["payload", "x"])]),
         )]);
-        let streams = parse_read(reply).unwrap();
+        let streams = parse_read("XREADGROUP", reply).unwrap();
         assert_eq!(streams[0].0, "s");
         assert_eq!(streams[0].1[0].id, "5-1");
     }

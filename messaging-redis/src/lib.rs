@@ -113,6 +113,26 @@
 //! broken. A dead-letter key of another type is logged at start-up and fails only the
 //! records written to it.
 //!
+//! # Request-reply
+//!
+//! Each instance that sends requests has one reply stream, opened at its first request:
+//! `messaging.replies.<uuid v7>` ([`REPLY_PREFIX`]), which requests carry in `x-reply-to`.
+//! A reply is an entry of the usual layout, written with `XADD … MAXLEN ~ <cap>` and a
+//! `PEXPIRE <ttl>` in one `MULTI`/`EXEC`: `REDIS_REPLY_MAXLEN` (default 10000) and
+//! `REDIS_REPLY_TTL` (default `10m`), or [`RedisOptions::reply_maxlen`] and
+//! [`RedisOptions::reply_ttl`] in code; unset or blank takes the default, anything but a
+//! number (or duration) above zero is a `BrokerError::Config` naming the variable. The
+//! requester reads its stream from the start with `XREAD BLOCK` on a connection of its own
+//! (client name: the stream's), hands each reply on with its headers, and trims what it
+//! handed on (`XTRIM … MINID`); when its inbox is dropped it deletes the stream. So no key is
+//! made per request, an idle instance keeps at most an empty stream that expires, and the
+//! stream of one that stopped reading or died holds at most about the cap and expires
+//! `ttl` after the last reply; a reply to such a requester is no error. A lost reading
+//! connection is reconnected, with back-off, for as long as the inbox lives, resuming after
+//! the last entry read: the address stays valid and replies sent meanwhile are kept. A
+//! stream name outside the prefix (a foreign requester's own stream) gets the cap but no
+//! expiry.
+//!
 //! # Replaying dead letters
 //!
 //! `dlq_snapshot` reads the dead-letter stream with `XRANGE` up to its last entry at that
@@ -137,6 +157,7 @@ mod error;
 mod idempotency;
 mod options;
 mod publisher;
+mod replies;
 
 use std::sync::Arc;
 
@@ -148,6 +169,7 @@ pub use entry::PAYLOAD_FIELD;
 pub use error::RedisBrokerError;
 pub use idempotency::RedisIdempotencyStore;
 pub use options::RedisOptions;
+pub use replies::REPLY_PREFIX;
 
 /// The URL when `REDIS_URL` is not set (DESIGN §5).
 pub const DEFAULT_URL: &str = "redis://localhost:6379/0";
@@ -161,12 +183,21 @@ fn configured_url(config: &Config) -> Result<&str, BrokerError> {
         .unwrap_or(DEFAULT_URL))
 }
 
-fn connect(config: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError>> {
-    let options = RedisOptions {
+/// The options `config` gives: the defaults, the service name as consumer prefix, and the
+/// settings besides the URL (`REDIS_REPLY_MAXLEN`, `REDIS_REPLY_TTL`); the URL's own
+/// parameters apply on top when connecting.
+fn configured_options(config: &Config) -> Result<RedisOptions, BrokerError> {
+    let mut options = RedisOptions {
         consumer_prefix: config.source.clone(),
         ..RedisOptions::default()
     };
+    options.apply_settings(&config.settings)?;
+    Ok(options)
+}
+
+fn connect(config: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError>> {
     Box::pin(async move {
+        let options = configured_options(config)?;
         let broker = RedisBroker::connect(configured_url(config)?, options).await?;
         Ok(Arc::new(broker) as Arc<dyn Broker>)
     })
@@ -177,10 +208,11 @@ fn target(config: &Config) -> String {
     mask_url(configured_url(config).unwrap_or_default())
 }
 
-/// The settings a connection would refuse before any attempt: the URL, read as `connect`
-/// reads it, without connecting.
+/// The settings a connection would refuse before any attempt: the URL and the other
+/// settings, read as `connect` reads them, without connecting.
 fn check(config: &Config) -> Result<(), BrokerError> {
-    broker::open_client(configured_url(config)?, &mut RedisOptions::default()).map(drop)
+    let mut options = configured_options(config)?;
+    broker::open_client(configured_url(config)?, &mut options).map(drop)
 }
 
 inventory::submit! {

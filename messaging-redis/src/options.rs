@@ -1,13 +1,21 @@
 //! Tuning of the Redis backend: set in code with [`RedisOptions`], or as query parameters of
 //! `REDIS_URL` (`?maxlen=100000&reclaim_idle=30s`), which are taken off before the URL reaches
-//! the `redis` client.
+//! the `redis` client; the request-reply caps come from settings of their own
+//! (`REDIS_REPLY_MAXLEN`, `REDIS_REPLY_TTL`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use messaging_core::BrokerError;
+use messaging_core::config::Settings;
 use url::Url;
 
-use crate::error::RedisBrokerError;
+use crate::error::{BROKER, RedisBrokerError};
+
+/// The setting of [`RedisOptions::reply_maxlen`].
+pub(crate) const REPLY_MAXLEN_VARIABLE: &str = "REDIS_REPLY_MAXLEN";
+/// The setting of [`RedisOptions::reply_ttl`].
+pub(crate) const REPLY_TTL_VARIABLE: &str = "REDIS_REPLY_TTL";
 
 /// Options of a [`RedisBroker`](crate::RedisBroker).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +52,15 @@ pub struct RedisOptions {
     pub response_timeout: Duration,
     /// Limit of one connection attempt.
     pub connection_timeout: Duration,
+    /// Request-reply: every reply trims its requester's reply stream to about this many
+    /// entries (`MAXLEN ~ n`), so a requester that stopped reading holds at most that many.
+    /// Above zero. Setting `REDIS_REPLY_MAXLEN` (default 10000).
+    pub reply_maxlen: usize,
+    /// Request-reply: every reply sets its requester's reply stream to expire after this long
+    /// (`PEXPIRE`), so the stream of a requester that is gone disappears by itself. A live
+    /// requester reads its replies as they come, so only replies it left unread that long
+    /// are lost. Above zero. Setting `REDIS_REPLY_TTL` (default 10m).
+    pub reply_ttl: Duration,
 }
 
 impl Default for RedisOptions {
@@ -59,6 +76,8 @@ impl Default for RedisOptions {
             tls_client: None,
             response_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(2),
+            reply_maxlen: 10_000,
+            reply_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -150,6 +169,58 @@ impl RedisOptions {
             parsed.query_pairs_mut().clear().extend_pairs(kept);
         }
         Ok(parsed.into())
+    }
+}
+
+impl RedisOptions {
+    /// Applies the settings this crate reads besides `REDIS_URL`: `REDIS_REPLY_MAXLEN` (a
+    /// whole number above zero) and `REDIS_REPLY_TTL` (a duration above zero). Unset or blank
+    /// keeps the value in `self`, as an empty `MESSAGING_*` variable takes its default; a bad
+    /// value is a [`BrokerError::Config`] naming the variable.
+    pub fn apply_settings(&mut self, settings: &Settings) -> Result<(), BrokerError> {
+        if let Some(value) = settings.get_non_blank(REPLY_MAXLEN_VARIABLE) {
+            self.reply_maxlen = value.trim().parse().map_err(|_| {
+                BrokerError::config(
+                    BROKER,
+                    REPLY_MAXLEN_VARIABLE,
+                    format_args!("`{value}` is not a whole number (the most replies an instance's reply stream keeps, e.g. `10000`)"),
+                )
+            })?;
+        }
+        if let Some(value) = settings.get_non_blank(REPLY_TTL_VARIABLE) {
+            self.reply_ttl =
+                messaging_core::config::parse_duration(REPLY_TTL_VARIABLE, value).map_err(|_| {
+                    BrokerError::config(
+                        BROKER,
+                        REPLY_TTL_VARIABLE,
+                        format_args!("`{value}` is not a duration (how long an unread reply stream lives, e.g. `10m`)"),
+                    )
+                })?;
+        }
+        self.check_replies()
+    }
+
+    /// The request-reply values that can never work (set in code or by settings), as a
+    /// [`BrokerError::Config`] naming their variable.
+    pub(crate) fn check_replies(&self) -> Result<(), BrokerError> {
+        if self.reply_maxlen == 0 {
+            return Err(BrokerError::config(
+                BROKER,
+                REPLY_MAXLEN_VARIABLE,
+                "is 0: a reply stream capped at nothing would lose every reply; give a number above zero",
+            ));
+        }
+        if self.reply_ttl.as_millis() == 0 {
+            return Err(BrokerError::config(
+                BROKER,
+                REPLY_TTL_VARIABLE,
+                format_args!(
+                    "is {}ms: a reply stream would expire at once; give at least `1ms` (default `10m`)",
+                    self.reply_ttl.as_millis()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
