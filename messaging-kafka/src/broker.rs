@@ -1,8 +1,10 @@
-//! [`KafkaBroker`]: the idempotent producer, topic creation, and consumers on demand.
+//! [`KafkaBroker`]: the idempotent producer, topic creation, consumers on demand, and the
+//! reply inbox of request-reply ([`crate::replies`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use messaging_core::reply::ReplyInbox;
 use messaging_core::{
     BoxFuture, Broker, BrokerError, Config, Consumer, DlqSnapshot, Message, OutgoingMessage,
     StartFrom, Subscription,
@@ -14,7 +16,7 @@ use crate::consumer::{GroupConsumer, GroupContext, KafkaConsumer, Limits, REVOKE
 use crate::error::{KafkaSetupError, NAME, connection, creation_error, from_kafka, operation};
 use crate::publish::{Publisher, Refused};
 use crate::settings::{Client, KafkaSettings};
-use crate::topics::Topics;
+use crate::topics::{Purpose, Topics};
 
 /// The producer's defaults, which `KAFKA_CONFIG_*` and `KAFKA_PRODUCER_CONFIG_*` properties
 /// may override.
@@ -117,15 +119,44 @@ impl KafkaBroker {
         Arc::new(self)
     }
 
+    /// Publishes `message`; a topic not published to yet is created first if missing, as
+    /// `purpose` needs it.
+    fn publish_as(
+        &self,
+        message: OutgoingMessage,
+        purpose: Purpose,
+    ) -> BoxFuture<'_, Result<(), BrokerError>> {
+        // Handed to librdkafka now when it can be, so that the future does not carry the
+        // message while it waits for the report.
+        match self.inner.publisher.send(&message) {
+            Ok(delivery) => {
+                Box::pin(async { delivery.await.map_err(|e| from_kafka("publish", e)) })
+            }
+            Err(Refused::Failed(error)) => {
+                Box::pin(std::future::ready(Err(from_kafka("publish", error))))
+            }
+            Err(Refused::NewTopic | Refused::QueueFull) => {
+                Box::pin(self.publish_slowly(message, purpose))
+            }
+        }
+    }
+
     /// Publishes a message to a topic not published to yet, or when librdkafka's queue
     /// was full: the slow way of [`Broker::publish`], which awaits in between.
-    async fn publish_slowly(&self, message: OutgoingMessage) -> Result<(), BrokerError> {
+    async fn publish_slowly(
+        &self,
+        message: OutgoingMessage,
+        purpose: Purpose,
+    ) -> Result<(), BrokerError> {
         let inner = &self.inner;
         loop {
             match inner.publisher.send(&message) {
                 Ok(delivery) => return delivery.await.map_err(|e| from_kafka("publish", e)),
                 Err(Refused::NewTopic) => {
-                    inner.topics.ensure_for_publish(&message.topic).await;
+                    inner
+                        .topics
+                        .ensure_for_publish(&message.topic, purpose)
+                        .await;
                     inner.publisher.open(&message.topic);
                 }
                 // Waits for room, as rdkafka's `FutureProducer` does; delivery itself is
@@ -213,17 +244,27 @@ impl Broker for KafkaBroker {
     }
 
     fn publish(&self, message: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
-        // Handed to librdkafka now when it can be, so that the future does not carry the
-        // message while it waits for the report.
-        match self.inner.publisher.send(&message) {
-            Ok(delivery) => {
-                Box::pin(async { delivery.await.map_err(|e| from_kafka("publish", e)) })
-            }
-            Err(Refused::Failed(error)) => {
-                Box::pin(std::future::ready(Err(from_kafka("publish", error))))
-            }
-            Err(Refused::NewTopic | Refused::QueueFull) => Box::pin(self.publish_slowly(message)),
-        }
+        self.publish_as(message, Purpose::Events)
+    }
+
+    /// The reply topic of this service (`KAFKA_REPLY_TOPIC`, default `<source>.replies`),
+    /// created if missing with bounded retention, read by a consumer of its own from the
+    /// end of every partition (see the crate's documentation).
+    fn open_replies(&self) -> BoxFuture<'_, Result<ReplyInbox, BrokerError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let topic = [inner.settings.reply_topic().to_owned()];
+            inner.topics.ensure_as(&topic, Purpose::Replies).await?;
+            crate::replies::open(&inner.settings).await
+        })
+    }
+
+    /// Published as any message, key (the correlation id, which keeps a streamed reply's
+    /// chunks on one partition, in order) and headers unchanged; a reply topic missing
+    /// (its service never opened it) is created with bounded retention, as its service
+    /// would.
+    fn publish_reply(&self, reply: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
+        self.publish_as(reply, Purpose::Replies)
     }
 
     fn subscribe(

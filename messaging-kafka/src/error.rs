@@ -55,6 +55,14 @@ pub enum KafkaSetupError {
         /// The option given.
         name: String,
     },
+    /// `KAFKA_REPLY_TOPIC` is not a name Kafka takes for a topic (the value is not secret).
+    #[error("`{value}` is not a Kafka topic name: {reason}")]
+    InvalidReplyTopic {
+        /// The value given.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// The broker refused to create a topic.
     #[error(
         "could not create topic `{topic}`: {code}; create it beforehand, or allow this client to \
@@ -86,6 +94,9 @@ impl KafkaSetupError {
             }
             Self::HalfCredentials { missing } => BrokerError::config(NAME, *missing, &self),
             Self::Empty { variable } => BrokerError::config(NAME, *variable, &self),
+            Self::InvalidReplyTopic { .. } => {
+                BrokerError::config(NAME, crate::settings::REPLY_TOPIC_VARIABLE, &self)
+            }
             Self::NotPerClient { name, client } => {
                 BrokerError::config(NAME, variable_name(client.variable_prefix(), name), &self)
             }

@@ -39,6 +39,15 @@
 //!   partition's end. Settling a replay commits, for that group, the offset after the last
 //!   record replayed in each partition, having first published again (and seen delivered)
 //!   a copy of each record it passes over without replaying it, so that those stay listed.
+//! - **Request-reply**: a service's replies arrive on its reply topic (`KAFKA_REPLY_TOPIC`,
+//!   default `<MESSAGING_SOURCE>.replies` made a legal topic name), created if missing with
+//!   an hour's retention, so that it does not grow. Every instance of the service reads
+//!   all of it and core keeps the replies to its own requests (by correlation id); no topic
+//!   is made per request. The inbox's consumer is assigned every partition at its end,
+//!   found before `open_replies` returns (so no reply published after is missed), and
+//!   neither joins a group nor commits ([`REPLY_INBOX_GROUP`] is only its `group.id`).
+//!   A reply is keyed with its correlation id: a streamed reply's chunks share a partition
+//!   and arrive in order.
 //! - **Logs**: librdkafka's log lines and errors are rate-limited: each distinct message once
 //!   when it starts, then one summary of the repeats every 30 s at most.
 //! - **Configuration**: this crate reads its variables (every `KAFKA_*` one) from the
@@ -85,6 +94,7 @@ mod polling;
 mod publish;
 mod quiet;
 mod received;
+mod replies;
 pub mod settings;
 mod topics;
 
@@ -95,6 +105,7 @@ use messaging_core::{BoxFuture, Broker, BrokerError, BrokerFactory, Config};
 pub use broker::KafkaBroker;
 pub use browse::REPLAY_GROUP;
 pub use error::KafkaSetupError;
+pub use replies::REPLY_INBOX_GROUP;
 pub use settings::{Client, KafkaSettings};
 
 fn connect(config: &Config) -> BoxFuture<'_, Result<Arc<dyn Broker>, BrokerError>> {

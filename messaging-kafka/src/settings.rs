@@ -11,6 +11,7 @@
 //! | `KAFKA_PRODUCER_CONFIG_<NAME>` | a property of the producer only; wins over `KAFKA_CONFIG_<NAME>` there |
 //! | `KAFKA_CONSUMER_CONFIG_<NAME>` | a property of the consumers only (group members, and the reader of `dlq list`/`replay`) |
 //! | `KAFKA_ADMIN_CONFIG_<NAME>` | a property of the admin client only (creates topics) |
+//! | `KAFKA_REPLY_TOPIC` | the topic where this service's replies arrive (request-reply); default `<MESSAGING_SOURCE>.replies`, the source's characters that Kafka refuses in a topic name replaced by `_` |
 //!
 //! librdkafka warns about a property a client kind does not use (`linger.ms` on a consumer,
 //! `session.timeout.ms` on a producer); the scoped variables give each client only its own.
@@ -39,6 +40,8 @@ pub const DEFAULT_BOOTSTRAP_SERVERS: &str = "localhost:9092";
 const BOOTSTRAP_SERVERS_VARIABLE: &str = "KAFKA_BOOTSTRAP_SERVERS";
 const API_KEY_VARIABLE: &str = "KAFKA_API_KEY";
 const API_SECRET_VARIABLE: &str = "KAFKA_API_SECRET";
+/// The variable naming this service's reply topic.
+pub(crate) const REPLY_TOPIC_VARIABLE: &str = "KAFKA_REPLY_TOPIC";
 /// The prefix of the properties of every client.
 const CONFIG_PREFIX: &str = "KAFKA_CONFIG_";
 
@@ -99,10 +102,13 @@ pub struct KafkaSettings {
     pub join_timeout: Duration,
     /// How long connecting waits for the cluster to answer.
     pub connect_timeout: Duration,
+    /// Where this service's replies arrive: a valid topic name ([`KafkaSettings::set_reply_topic`]).
+    reply_topic: String,
 }
 
 impl KafkaSettings {
-    /// Settings for these bootstrap servers with librdkafka's defaults.
+    /// Settings for these bootstrap servers with librdkafka's defaults; the reply topic is
+    /// that of the service named as [`Config::default`] names it (the binary's name).
     pub fn new(bootstrap_servers: &str) -> Self {
         let mut properties = BTreeMap::new();
         properties.insert("bootstrap.servers".to_owned(), bootstrap_servers.to_owned());
@@ -113,6 +119,7 @@ impl KafkaSettings {
             replication_factor: DEFAULT_REPLICATION_FACTOR,
             join_timeout: DEFAULT_JOIN_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            reply_topic: default_reply_topic(&Config::default().source),
         }
     }
 
@@ -121,7 +128,8 @@ impl KafkaSettings {
     /// Cloud); then every `KAFKA_CONFIG_<NAME>` property, which may override the former; then
     /// the properties of one client, `KAFKA_PRODUCER_CONFIG_<NAME>`,
     /// `KAFKA_CONSUMER_CONFIG_<NAME>` and `KAFKA_ADMIN_CONFIG_<NAME>`, which win over
-    /// `KAFKA_CONFIG_<NAME>` for that client. An error names the variable to fix.
+    /// `KAFKA_CONFIG_<NAME>` for that client; `KAFKA_REPLY_TOPIC`, else the reply topic of
+    /// [`Config::source`] ([`default_reply_topic`]). An error names the variable to fix.
     pub fn from_config(config: &Config) -> Result<Self, KafkaSetupError> {
         let variables = &config.settings;
         let servers = match variables.get(BOOTSTRAP_SERVERS_VARIABLE) {
@@ -163,6 +171,14 @@ impl KafkaSettings {
             for (name, value) in variables.with_prefix(client.variable_prefix()) {
                 settings.set_for(client, &property_of(name), value)?;
             }
+        }
+        // Blank is unset, as for the credentials: a deployment template's empty variable
+        // asks for the default.
+        match variables.get_non_blank(REPLY_TOPIC_VARIABLE) {
+            Some(topic) => {
+                settings.set_reply_topic(topic)?;
+            }
+            None => settings.reply_topic = default_reply_topic(&config.source),
         }
         Ok(settings)
     }
@@ -230,6 +246,21 @@ impl KafkaSettings {
         Ok(self)
     }
 
+    /// The topic where this service's replies arrive (request-reply).
+    pub fn reply_topic(&self) -> &str {
+        &self.reply_topic
+    }
+
+    /// Sets the reply topic; an error if Kafka would refuse the name.
+    pub fn set_reply_topic(&mut self, topic: &str) -> Result<&mut Self, KafkaSetupError> {
+        check_topic_name(topic).map_err(|reason| KafkaSetupError::InvalidReplyTopic {
+            value: topic.to_owned(),
+            reason,
+        })?;
+        topic.clone_into(&mut self.reply_topic);
+        Ok(self)
+    }
+
     /// A librdkafka property of every client, if set.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.properties.get(name).map(String::as_str)
@@ -294,6 +325,49 @@ impl KafkaSettings {
         }
         config
     }
+}
+
+/// The longest topic name Kafka takes.
+const TOPIC_NAME_MAX: usize = 249;
+
+/// The suffix of a default reply topic.
+const REPLY_SUFFIX: &str = ".replies";
+
+/// Whether `c` may appear in a Kafka topic name.
+fn is_topic_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Why Kafka would refuse `name` as a topic name, if it would.
+fn check_topic_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("a topic name cannot be empty")
+    } else if name == "." || name == ".." {
+        Err("`.` and `..` are not topic names")
+    } else if name.len() > TOPIC_NAME_MAX {
+        Err("a topic name has at most 249 characters")
+    } else if !name.chars().all(is_topic_char) {
+        Err("a topic name has only ASCII letters, digits, `.`, `_` and `-`")
+    } else {
+        Ok(())
+    }
+}
+
+/// The reply topic of the service `source` when `KAFKA_REPLY_TOPIC` is not set:
+/// `<source>.replies`, with each character a topic name cannot hold replaced by `_` and the
+/// source shortened to fit Kafka's 249 characters (`messaging.replies` for no source).
+pub fn default_reply_topic(source: &str) -> String {
+    let source = source.trim();
+    if source.is_empty() {
+        return format!("messaging{REPLY_SUFFIX}");
+    }
+    let mut topic: String = source
+        .chars()
+        .map(|c| if is_topic_char(c) { c } else { '_' })
+        .take(TOPIC_NAME_MAX - REPLY_SUFFIX.len())
+        .collect();
+    topic.push_str(REPLY_SUFFIX);
+    topic
 }
 
 /// The property a variable's name stands for (`SESSION_TIMEOUT_MS` → `session.timeout.ms`).
@@ -365,6 +439,7 @@ impl fmt::Debug for KafkaSettings {
             .field("replication_factor", &self.replication_factor)
             .field("join_timeout", &self.join_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("reply_topic", &self.reply_topic)
             .finish()
     }
 }
@@ -552,6 +627,55 @@ mod tests {
         let e = KafkaSettings::from_config(&half).unwrap_err();
         assert!(e.to_string().contains("KAFKA_API_SECRET"), "{e}");
         assert_eq!(variable(e), "KAFKA_API_SECRET");
+    }
+
+    #[test]
+    fn the_reply_topic_defaults_to_the_source_made_a_legal_name() {
+        let of = |source: &str| {
+            KafkaSettings::from_config(&config(None, &[]).with_source(source))
+                .unwrap()
+                .reply_topic()
+                .to_owned()
+        };
+        assert_eq!(of("order-service"), "order-service.replies");
+        assert_eq!(of("orders svc/v2 é"), "orders_svc_v2__.replies");
+        assert_eq!(of("  "), "messaging.replies");
+        let long = of(&"s".repeat(300));
+        assert_eq!(long.len(), 249);
+        assert!(long.ends_with("s.replies"), "{long}");
+        for topic in [of("x"), long, default_reply_topic("a:b")] {
+            assert_eq!(check_topic_name(&topic), Ok(()), "{topic}");
+        }
+        // Blank is unset.
+        let blank = KafkaSettings::from_config(
+            &config(None, &[])
+                .with_source("billing")
+                .setting(REPLY_TOPIC_VARIABLE, " "),
+        )
+        .unwrap();
+        assert_eq!(blank.reply_topic(), "billing.replies");
+    }
+
+    #[test]
+    fn a_reply_topic_kafka_would_refuse_is_an_error_naming_the_variable() {
+        let set = from(&[(REPLY_TOPIC_VARIABLE, "billing.inbox")]).unwrap();
+        assert_eq!(set.reply_topic(), "billing.inbox");
+        let too_long = "r".repeat(250);
+        for (bad, why) in [
+            ("billing replies", "only ASCII letters"),
+            ("billing/replies", "only ASCII letters"),
+            ("..", "not topic names"),
+            (too_long.as_str(), "at most 249"),
+        ] {
+            let e = from(&[(REPLY_TOPIC_VARIABLE, bad)]).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(why) && text.contains(bad), "{text}");
+            assert_eq!(variable(e), REPLY_TOPIC_VARIABLE);
+        }
+        let mut s = KafkaSettings::new("localhost:9092");
+        assert!(s.set_reply_topic("").is_err());
+        s.set_reply_topic("own.replies").unwrap();
+        assert_eq!(s.reply_topic(), "own.replies");
     }
 
     #[test]

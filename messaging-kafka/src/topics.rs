@@ -21,6 +21,25 @@ use crate::settings::{Client, KafkaSettings};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a reply topic keeps a record: long past any request's wait, short enough that a
+/// busy service's replies stay small. Kafka deletes whole segments, so segments are rolled
+/// every 10 minutes (rather than weekly) for the retention to take effect.
+const REPLY_TOPIC_CONFIG: &[(&str, &str)] = &[
+    ("cleanup.policy", "delete"),
+    ("retention.ms", "3600000"),
+    ("segment.ms", "600000"),
+];
+
+/// What a topic is for, which decides how it is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// Events, dead letters: the cluster's default configuration.
+    Events,
+    /// Replies (request-reply): bounded retention ([`REPLY_TOPIC_CONFIG`]), so that a reply
+    /// topic does not grow.
+    Replies,
+}
+
 /// Creates topics on first use and remembers which exist.
 pub(crate) struct Topics {
     /// `None` only while dropped: see the `Drop` impl.
@@ -77,6 +96,15 @@ impl Topics {
     /// Makes sure `topics` exist, creating the missing ones with the configured partitions
     /// and replication. An existing topic is left as it is.
     pub(crate) async fn ensure(&self, topics: &[String]) -> Result<(), BrokerError> {
+        self.ensure_as(topics, Purpose::Events).await
+    }
+
+    /// [`Topics::ensure`], creating the missing topics as `purpose` needs them.
+    pub(crate) async fn ensure_as(
+        &self,
+        topics: &[String],
+        purpose: Purpose,
+    ) -> Result<(), BrokerError> {
         let mut missing = self.unknown(topics);
         if missing.is_empty() {
             return Ok(());
@@ -93,11 +121,17 @@ impl Topics {
         let new: Vec<NewTopic<'_>> = missing
             .iter()
             .map(|t| {
-                NewTopic::new(
+                let topic = NewTopic::new(
                     t,
                     self.partitions,
                     TopicReplication::Fixed(self.replication_factor),
-                )
+                );
+                match purpose {
+                    Purpose::Events => topic,
+                    Purpose::Replies => REPLY_TOPIC_CONFIG
+                        .iter()
+                        .fold(topic, |topic, (name, value)| topic.set(name, value)),
+                }
             })
             .collect();
         let options = AdminOptions::new()
@@ -136,9 +170,10 @@ impl Topics {
             .collect())
     }
 
-    /// Like [`Topics::ensure`] for a topic about to be published to; a refusal is only logged,
-    /// since the topic may exist and this client merely lack the right to create topics.
-    pub(crate) async fn ensure_for_publish(&self, topic: &str) {
+    /// Like [`Topics::ensure_as`] for a topic about to be published to; a refusal is only
+    /// logged, since the topic may exist and this client merely lack the right to create
+    /// topics.
+    pub(crate) async fn ensure_for_publish(&self, topic: &str, purpose: Purpose) {
         let known = || {
             self.known
                 .lock()
@@ -156,7 +191,7 @@ impl Topics {
         let topics = [topic.to_owned()];
         // Boxed: the admin requests make a large future, and every publish's future would
         // carry its room.
-        if let Err(error) = Box::pin(self.ensure(&topics)).await {
+        if let Err(error) = Box::pin(self.ensure_as(&topics, purpose)).await {
             tracing::warn!(%topic, %error, "could not make sure the topic exists; publishing anyway");
             // Do not ask again on every publish.
             self.known
@@ -252,7 +287,10 @@ mod tests {
         let metadata =
             Arc::new(Publisher::new(settings.client_config(Client::Producer, &[], &[])).unwrap());
         let topics = Topics::new(&settings, metadata).unwrap();
-        futures::future::join_all((0..20).map(|_| topics.ensure_for_publish("orders"))).await;
+        futures::future::join_all(
+            (0..20).map(|_| topics.ensure_for_publish("orders", Purpose::Events)),
+        )
+        .await;
         assert!(topics.known.lock().unwrap().contains("orders"));
         assert_eq!(
             topics

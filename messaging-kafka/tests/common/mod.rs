@@ -33,6 +33,29 @@ pub async fn connect(partitions: u32) -> KafkaBroker {
     }
 }
 
+/// A new client of the test broker configured as the service `source` would be from its
+/// environment (`MESSAGING_SOURCE`, `KAFKA_*`), with `partitions` per created topic and
+/// `variables` on top; panics when the broker does not answer.
+pub async fn connect_as(source: &str, partitions: u32, variables: &[(&str, &str)]) -> KafkaBroker {
+    let config = variables.iter().fold(
+        Config::default()
+            .with_source(source)
+            .setting("KAFKA_BOOTSTRAP_SERVERS", BOOTSTRAP)
+            .setting("KAFKA_CONFIG_MESSAGING_TOPIC_REPLICATION_FACTOR", "1")
+            .setting(
+                "KAFKA_CONFIG_MESSAGING_TOPIC_PARTITIONS",
+                partitions.to_string(),
+            ),
+        |config, (name, value)| config.setting(*name, *value),
+    );
+    match KafkaBroker::from_config(&config).await {
+        Ok(broker) => broker,
+        Err(error) => {
+            panic!("Kafka is not reachable at {BOOTSTRAP} (run scripts/start-kafka.sh): {error}")
+        }
+    }
+}
+
 /// A name no other run uses.
 pub fn unique(what: &str) -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
