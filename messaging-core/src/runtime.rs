@@ -318,6 +318,7 @@ impl RuntimeBuilder {
         let shutdown = CancellationToken::new();
         let specs: Vec<Arc<HandlerSpec>> = handlers.into_iter().map(Arc::new).collect();
         let mut tasks = JoinSet::new();
+        let mut joining = Vec::new();
         let mut handler_metrics = Vec::new();
         let concurrency = self.concurrency.unwrap_or(config.concurrency).max(1);
         for group in plans {
@@ -401,7 +402,21 @@ impl RuntimeBuilder {
                 shutdown: shutdown.clone(),
                 connection: Arc::clone(&self.connection),
             };
-            match broker.subscribe(subscription.clone()).await {
+            // Not ready until its consumer is: `/health/ready` waits for every group.
+            self.connection
+                .set_group(&subscription.group, Readiness::pending());
+            joining.push((subscription, dispatcher));
+        }
+        // All at once: a group join can take seconds (a Kafka member waits for its
+        // assignment), and one after the other they would add up.
+        let joined = futures::future::join_all(
+            joining
+                .iter()
+                .map(|(subscription, _)| broker.subscribe(subscription.clone())),
+        )
+        .await;
+        for ((subscription, dispatcher), result) in joining.into_iter().zip(joined) {
+            match result {
                 Ok(consumer) => {
                     // Known to `/health/ready` before the task first runs.
                     self.connection
