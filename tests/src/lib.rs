@@ -20,6 +20,7 @@ use messaging_core::{BoxFuture, Broker};
 mod suite;
 pub use suite::*;
 
+pub mod crash;
 pub mod hostile;
 pub mod idempotency;
 pub mod process;
