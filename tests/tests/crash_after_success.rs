@@ -6,7 +6,7 @@
 //!   PostgreSQL. The consumer started again gets the redelivery and does not run the handler
 //!   again: the runs file keeps one line, its `messaging_duplicates_total` shows 1, and the
 //!   group has nothing left unacknowledged. The memory store is not tried: its keys die with
-//!   the process, so a redelivery after a crash runs the handler again (README says so).
+//!   the process, so a redelivery after a crash runs the handler again.
 //! - Done-when 3: killed between the success of a `publish_to` handler and the publish, on
 //!   Redis and RabbitMQ. The publish fails for as long as the first process lives (on Redis
 //!   the destination stream's key holds a string, so `XADD` fails with `WRONGTYPE`; on
