@@ -9,9 +9,18 @@
 //! running, and counted. One that finds it in progress waits and checks again, so that two
 //! deliveries of one key never run at once. A failed attempt releases the key, so that its
 //! retry (or a redelivery) runs.
+//!
+//! While the handler runs, its lease is renewed every third of it ([`IdempotencyStore::renew`]),
+//! so that a handler slower than the lease keeps its key and no other member takes it over
+//! mid-run; a crashed member stops renewing, and its key is free once the lease runs out.
+//! The handler's attempt can see the key it holds ([`Claim::current`]): a store whose keys
+//! live beside the handler's own data (PostgreSQL) can mark it done in the handler's
+//! transaction, after which the framework's completion changes nothing.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,6 +92,22 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         key: &'a str,
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), IdempotencyError>>;
+
+    /// Extends `owner`'s hold of `key` in progress to `lease` from now, while its handler
+    /// runs. `false` when `owner` no longer holds it in progress: its lease ran out and
+    /// another delivery took the key, or the key is done.
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, IdempotencyError>>;
+
+    /// The store as [`Any`], for code that knows its type (messaging-postgres marks a key
+    /// done in a handler's transaction through its store). Default: `None`.
+    fn as_any(&self) -> Option<&(dyn Any + Send + Sync)> {
+        None
+    }
 }
 
 /// Where idempotency keys are kept, read from `MESSAGING_IDEMPOTENCY_*`.
@@ -227,6 +252,123 @@ pub(crate) struct Guard {
     pub lease: Duration,
 }
 
+impl Guard {
+    /// Runs `attempt`, which holds `key` for `owner`: with the [`Claim`] in scope for the
+    /// handler, and the lease renewed every third of it until the attempt ends (or is
+    /// dropped, as a shutdown that times out drops it).
+    pub(crate) async fn hold<F: Future>(&self, key: &str, owner: &str, attempt: F) -> F::Output {
+        let claim = Claim::new(key, owner, self.ttl, Arc::clone(&self.store));
+        let attempt = std::pin::pin!(CLAIM.scope(claim, attempt));
+        let renewing = std::pin::pin!(renew_while_held(&*self.store, key, owner, self.lease));
+        match futures::future::select(attempt, renewing).await {
+            futures::future::Either::Left((outcome, _)) => outcome,
+            futures::future::Either::Right((never, _)) => match never {},
+        }
+    }
+}
+
+/// Renews `owner`'s lease of `key` every third of `lease`, for ever; stops renewing (and
+/// waits for ever) once the store says the key is no longer held. A failed renewal is
+/// tried again at the next turn: the lease still has two thirds to run.
+async fn renew_while_held(
+    store: &dyn IdempotencyStore,
+    key: &str,
+    owner: &str,
+    lease: Duration,
+) -> std::convert::Infallible {
+    let every = (lease / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        match store.renew(key, owner, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    store = store.name(),
+                    key,
+                    ?lease,
+                    "the idempotency key's lease ran out while its handler ran (another delivery may run it too); lengthen MESSAGING_IDEMPOTENCY_LEASE"
+                );
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(store = store.name(), key, %error, "renewing the idempotency key's lease failed; trying again");
+            }
+        }
+    }
+    std::future::pending().await
+}
+
+tokio::task_local! {
+    static CLAIM: Claim;
+}
+
+/// The idempotency key that an idempotent handler's attempt holds, seen from inside the
+/// handler ([`Claim::current`]). Stores whose keys live beside the handler's own data use it
+/// to mark the key done in the handler's transaction (`messaging_postgres::IdempotencyKey`).
+#[derive(Clone)]
+pub struct Claim {
+    key: String,
+    owner: String,
+    ttl: Duration,
+    store: Arc<dyn IdempotencyStore>,
+}
+
+impl fmt::Debug for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Claim")
+            .field("key", &self.key)
+            .field("owner", &self.owner)
+            .field("ttl", &self.ttl)
+            .field("store", &self.store.name())
+            .finish()
+    }
+}
+
+impl Claim {
+    /// A claim of `key` (the store's key, [`scoped`] by group) by `owner` in `store`, to be
+    /// done for `ttl`. The runtime makes them; tests of code that takes one may too.
+    pub fn new(
+        key: impl Into<String>,
+        owner: impl Into<String>,
+        ttl: Duration,
+        store: Arc<dyn IdempotencyStore>,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            owner: owner.into(),
+            ttl,
+            store,
+        }
+    }
+
+    /// The claim of the idempotent handler running on this task, if it holds a key (`None`
+    /// in a handler that is not idempotent, for a message with no key, and in tasks the
+    /// handler spawns).
+    pub fn current() -> Option<Self> {
+        CLAIM.try_with(Self::clone).ok()
+    }
+
+    /// The key in the store: the idempotency key scoped by group ([`scoped`]).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The token of the attempt holding it.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// How long it is remembered once done.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The store keeping it.
+    pub fn store(&self) -> &Arc<dyn IdempotencyStore> {
+        &self.store
+    }
+}
+
 /// The store's key of idempotency key `key` in group `group`: groups never share keys.
 pub fn scoped(group: &str, key: &str) -> String {
     format!("{}:{group}:{key}", group.len())
@@ -342,6 +484,17 @@ impl MemoryIdempotencyStore {
             slots.remove(key);
         }
     }
+
+    /// A lease that ran out is renewed too while no other delivery took the key.
+    fn extend(&self, key: &str, owner: &str, lease: Duration) -> bool {
+        match self.lock().get_mut(key) {
+            Some(Slot::InProgress { owner: o, until }) if o == owner => {
+                *until = Instant::now() + lease;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl IdempotencyStore for MemoryIdempotencyStore {
@@ -376,6 +529,16 @@ impl IdempotencyStore for MemoryIdempotencyStore {
     ) -> BoxFuture<'a, Result<(), IdempotencyError>> {
         self.free(key, owner);
         Box::pin(async { Ok(()) })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, IdempotencyError>> {
+        let held = self.extend(key, owner, lease);
+        Box::pin(async move { Ok(held) })
     }
 }
 

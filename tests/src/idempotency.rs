@@ -7,6 +7,8 @@
 //! - [`idempotent_handler_runs_once_for_two_members_at_once`]: two members of one group
 //!   (two runtimes) get copies of one key while the first copy's handler still runs: one run,
 //!   never two at once.
+//! - [`idempotent_lease_is_renewed_while_the_handler_runs`]: a handler running five times
+//!   its lease keeps its key; the copies waiting for it never take it over.
 //!
 //! What reached the broker is watched through [`Watched`], a broker that hands every call to
 //! the real one and records what the runtime acknowledged; what reached the store, through
@@ -15,7 +17,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use messaging_core::idempotency::{Begin, IdempotencyError, IdempotencyStore};
 use messaging_core::metrics::metrics;
@@ -116,7 +118,7 @@ pub struct Watched {
 
 impl Watched {
     /// `inner`, recording into `acks`.
-    pub fn new(inner: Arc<dyn Broker>, acks: Acks) -> Arc<dyn Broker> {
+    pub fn wrap(inner: Arc<dyn Broker>, acks: Acks) -> Arc<dyn Broker> {
         Arc::new(Self { inner, acks })
     }
 }
@@ -232,8 +234,9 @@ impl Acker for WatchedAcker {
     }
 }
 
-/// What one member's `try_begin` found for a key: (member, store key, outcome).
-pub type Begins = Log<(usize, String, Begin)>;
+/// What one member's `try_begin` found for a key, and when: (member, store key, outcome,
+/// time).
+pub type Begins = Log<(usize, String, Begin, Instant)>;
 
 /// A store that hands every call to `inner` and records, for member `member`, what each
 /// `try_begin` found.
@@ -245,7 +248,7 @@ pub struct Tracked {
 
 impl Tracked {
     /// `inner` as member `member` uses it, recording into `begins`.
-    pub fn new(
+    pub fn wrap(
         inner: Arc<dyn IdempotencyStore>,
         member: usize,
         begins: Begins,
@@ -271,7 +274,8 @@ impl IdempotencyStore for Tracked {
     ) -> BoxFuture<'a, Result<Begin, IdempotencyError>> {
         Box::pin(async move {
             let begun = self.inner.try_begin(key, owner, lease).await?;
-            self.begins.push((self.member, key.to_owned(), begun));
+            self.begins
+                .push((self.member, key.to_owned(), begun, Instant::now()));
             Ok(begun)
         })
     }
@@ -291,6 +295,15 @@ impl IdempotencyStore for Tracked {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), IdempotencyError>> {
         self.inner.release(key, owner)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, IdempotencyError>> {
+        self.inner.renew(key, owner, lease)
     }
 }
 
@@ -338,6 +351,33 @@ fn config() -> messaging_core::Config {
     config
 }
 
+/// Starts two members of `group` with `handler` (made once per member), each on a
+/// [`Watched`] connection of its own, with `shared` seen through a [`Tracked`] per member;
+/// waits until both consume.
+async fn two_members(
+    s: &Scenario,
+    shared: &Arc<dyn IdempotencyStore>,
+    acks: &Acks,
+    begins: &Begins,
+    config: messaging_core::Config,
+    handler: impl Fn() -> HandlerSpec,
+) -> Vec<Runtime> {
+    let mut members = Vec::new();
+    for member in 0..2 {
+        let store = Tracked::wrap(Arc::clone(shared), member, begins.clone());
+        let broker = Watched::wrap(s.broker().await, acks.clone());
+        let config = config.clone();
+        members.push(
+            s.start_on(broker, vec![handler()], |b| {
+                b.config(config).idempotency_store(store)
+            })
+            .await,
+        );
+    }
+    until_ready(&[&members[0], &members[1]]).await;
+    members
+}
+
 /// How many acknowledgements of `topic` were recorded.
 fn acked(acks: &Acks, topic: &str) -> usize {
     acks.all().iter().filter(|(t, _)| t == topic).count()
@@ -367,8 +407,8 @@ pub async fn idempotent_handler_runs_once_for_a_key_delivered_twice(
     let group = s.group("payments");
     let (acks, begins) = (Acks::default(), Begins::default());
     let runs = Arc::<Runs>::default();
-    let store = Tracked::new(store().await, 0, begins.clone());
-    let broker = Watched::new(s.broker().await, acks.clone());
+    let store = Tracked::wrap(store().await, 0, begins.clone());
+    let broker = Watched::wrap(s.broker().await, acks.clone());
     let handler = idempotent(&topic, &group, &runs, Duration::ZERO);
     let runtime = s
         .start_on(broker, vec![handler], |b| {
@@ -393,7 +433,7 @@ pub async fn idempotent_handler_runs_once_for_a_key_delivered_twice(
         1,
         "one duplicate counted"
     );
-    let found: Vec<Begin> = begins.all().into_iter().map(|(_, _, b)| b).collect();
+    let found: Vec<Begin> = begins.all().into_iter().map(|(_, _, b, _)| b).collect();
     assert_eq!(found, [Begin::Begun, Begin::Done]);
     assert!(
         acks.all().iter().all(|(_, key)| key == "order-7"),
@@ -404,10 +444,10 @@ pub async fn idempotent_handler_runs_once_for_a_key_delivered_twice(
 }
 
 /// Copies of one key per round.
-const COPIES: usize = 4;
+const COPIES: usize = 6;
 
 /// Rounds tried until the two members held one key at once.
-const ROUNDS: usize = 10;
+const ROUNDS: usize = 30;
 
 /// How long the handler takes: long enough that the other copies arrive while it runs.
 const SLOW: Duration = Duration::from_millis(300);
@@ -430,19 +470,10 @@ pub async fn idempotent_handler_runs_once_for_two_members_at_once(
     let runs = Arc::<Runs>::default();
     // One store for both (the memory store lives in one process: shared, it is one).
     let shared = store().await;
-    let mut members = Vec::new();
-    for member in 0..2 {
-        let store = Tracked::new(Arc::clone(&shared), member, begins.clone());
-        let broker = Watched::new(s.broker().await, acks.clone());
-        let handler = idempotent(&topic, &group, &runs, SLOW);
-        members.push(
-            s.start_on(broker, vec![handler], |b| {
-                b.config(config()).idempotency_store(store)
-            })
-            .await,
-        );
-    }
-    until_ready(&[&members[0], &members[1]]).await;
+    let members = two_members(&s, &shared, &acks, &begins, config(), || {
+        idempotent(&topic, &group, &runs, SLOW)
+    })
+    .await;
     let producer = s.producer().await;
     let mut at_once = None;
     for round in 0..ROUNDS {
@@ -471,8 +502,8 @@ pub async fn idempotent_handler_runs_once_for_two_members_at_once(
         let of_key: Vec<(usize, Begin)> = begins
             .all()
             .into_iter()
-            .filter(|(_, k, _)| k.ends_with(&format!(":{key}")))
-            .map(|(member, _, begun)| (member, begun))
+            .filter(|(_, k, _, _)| k.ends_with(&format!(":{key}")))
+            .map(|(member, _, begun, _)| (member, begun))
             .collect();
         let began = of_key.iter().find(|(_, b)| *b == Begin::Begun).map(|m| m.0);
         assert_eq!(
@@ -496,6 +527,77 @@ pub async fn idempotent_handler_runs_once_for_two_members_at_once(
     });
     println!("the two members held one key at once in round {round}");
     assert_eq!(runs.most_at_once(), 1, "two runs at once");
+    for member in members {
+        member.shutdown().await.unwrap();
+    }
+}
+
+/// The lease of [`idempotent_lease_is_renewed_while_the_handler_runs`].
+const SHORT_LEASE: Duration = Duration::from_millis(300);
+
+/// A handler that takes five times its lease (`MESSAGING_IDEMPOTENCY_LEASE`, 300 ms here),
+/// in one of two members: its lease is renewed while it runs, so the copies of its key that
+/// the members get meanwhile find it in progress (checked again with back-off, past the
+/// time the lease would have run out twice) and then done; one run, never two at once.
+pub async fn idempotent_lease_is_renewed_while_the_handler_runs(
+    connect: Connect,
+    store: ConnectStore,
+) {
+    let s = Scenario::new(connect);
+    let topic = s.topic("exports");
+    let group = s.group("exports");
+    let (acks, begins) = (Acks::default(), Begins::default());
+    let runs = Arc::<Runs>::default();
+    let shared = store().await;
+    let mut config = config();
+    config.idempotency.lease = SHORT_LEASE;
+    let members = two_members(&s, &shared, &acks, &begins, config, || {
+        idempotent(&topic, &group, &runs, SHORT_LEASE * 5)
+    })
+    .await;
+    let producer = s.producer().await;
+    let send = |copy: usize| {
+        let (producer, topic) = (producer.clone(), topic.clone());
+        async move {
+            producer
+                .send_with(
+                    &topic,
+                    &json!({"export": 1}),
+                    SendOptions::key(format!("copy-{copy}")).idempotency_key("export-1"),
+                )
+                .await
+                .expect("send is acknowledged")
+        }
+    };
+    send(0).await;
+    eventually("the first copy begun", || {
+        begins.all().iter().any(|(_, _, b, _)| *b == Begin::Begun)
+    })
+    .await;
+    for copy in 1..COPIES {
+        send(copy).await;
+    }
+    eventually("every copy acknowledged", || acked(&acks, &topic) == COPIES).await;
+    let begins = begins.all();
+    let begun: Vec<Instant> = begins
+        .iter()
+        .filter(|(_, _, b, _)| *b == Begin::Begun)
+        .map(|(_, _, _, at)| *at)
+        .collect();
+    assert_eq!(begun.len(), 1, "the key was taken over: {begins:?}");
+    assert!(
+        begins
+            .iter()
+            .any(|(_, _, b, at)| *b == Begin::InProgress && *at > begun[0] + SHORT_LEASE * 2),
+        "no copy looked after the lease would have run out twice: {begins:?}"
+    );
+    assert_eq!(runs.done(), 1, "one run");
+    assert_eq!(runs.most_at_once(), 1, "two runs at once");
+    assert_eq!(
+        metrics().duplicates(&topic, &group),
+        (COPIES - 1) as u64,
+        "the other copies counted as duplicates"
+    );
     for member in members {
         member.shutdown().await.unwrap();
     }

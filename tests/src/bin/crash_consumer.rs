@@ -124,6 +124,15 @@ impl IdempotencyStore for StallAfterComplete {
     ) -> BoxFuture<'a, Result<(), IdempotencyError>> {
         self.0.release(key, owner)
     }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, IdempotencyError>> {
+        self.0.renew(key, owner, lease)
+    }
 }
 
 inventory::submit! {
