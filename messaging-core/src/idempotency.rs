@@ -199,6 +199,11 @@ pub type ConnectStore =
 pub struct IdempotencyStoreFactory {
     /// The name `MESSAGING_IDEMPOTENCY_STORE` selects it by.
     pub name: &'static str,
+    /// For a store that needs an address (`MESSAGING_IDEMPOTENCY_URL`), an example of one
+    /// (`redis://127.0.0.1:6379/0`): [`connect_store`] refuses to connect such a store
+    /// without a URL, showing it, so that `connect` always gets one. `None` when it needs
+    /// none.
+    pub url_example: Option<&'static str>,
     /// Connects it.
     pub connect: ConnectStore,
 }
@@ -229,6 +234,17 @@ pub async fn connect_store(config: &IdempotencyConfig) -> Result<Arc<dyn Idempot
             ),
         });
     };
+    if let Some(example) = factory.url_example
+        && config.url.is_none()
+    {
+        return Err(Error::Config {
+            key: "MESSAGING_IDEMPOTENCY_URL".to_owned(),
+            message: format!(
+                "the `{}` store needs its address: set MESSAGING_IDEMPOTENCY_URL, e.g. {example}",
+                factory.name
+            ),
+        });
+    }
     (factory.connect)(config).await.map_err(|e| Error::Config {
         key: "MESSAGING_IDEMPOTENCY_URL".to_owned(),
         message: e.to_string(),
@@ -542,6 +558,178 @@ impl IdempotencyStore for MemoryIdempotencyStore {
     }
 }
 
+/// The behaviour every [`IdempotencyStore`] owes the runtime, as test bodies that a store's
+/// crate runs against its store with [`crate::idempotency_store_conformance!`] (the memory,
+/// Redis and PostgreSQL stores do). Real time, short leases and TTLs; each body uses keys of
+/// its own, so that stores sharing a namespace across runs do not see each other's keys.
+pub mod conformance {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{Begin, IdempotencyStore};
+
+    const LEASE: Duration = Duration::from_secs(30);
+    const SHORT: Duration = Duration::from_millis(300);
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// A key no other run uses.
+    fn key(name: &str) -> String {
+        format!("conformance:{}:{name}", uuid::Uuid::now_v7().simple())
+    }
+
+    async fn begin(store: &dyn IdempotencyStore, key: &str, owner: &str) -> Begin {
+        store.try_begin(key, owner, LEASE).await.expect("try_begin")
+    }
+
+    /// Polls `try_begin(key, owner)` until it begins; panics, naming `what`, when it finds
+    /// anything but `expected` meanwhile or takes longer than 10 s.
+    async fn until_begun(
+        store: &dyn IdempotencyStore,
+        key: &str,
+        owner: &str,
+        expected: Begin,
+        what: &str,
+    ) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match begin(store, key, owner).await {
+                Begin::Begun => return,
+                found if found == expected => {
+                    assert!(Instant::now() < deadline, "{what} never ran out");
+                }
+                found => panic!("{what}: found {found:?}, not {expected:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A done key is a duplicate until its TTL runs out; then it begins again.
+    pub async fn a_done_key_is_a_duplicate_until_its_ttl_runs_out(
+        store: Arc<dyn IdempotencyStore>,
+    ) {
+        let k = key("ttl");
+        assert_eq!(begin(&*store, &k, "a").await, Begin::Begun);
+        store.complete(&k, "a", SHORT).await.unwrap();
+        assert_eq!(begin(&*store, &k, "b").await, Begin::Done);
+        until_begun(&*store, &k, "b", Begin::Done, "the TTL").await;
+    }
+
+    /// A key in progress is held; only its owner's release frees it; a release after
+    /// completion leaves it done.
+    pub async fn a_key_in_progress_is_held_and_only_its_owner_releases_it(
+        store: Arc<dyn IdempotencyStore>,
+    ) {
+        let k = key("held");
+        assert_eq!(begin(&*store, &k, "a").await, Begin::Begun);
+        assert_eq!(begin(&*store, &k, "b").await, Begin::InProgress);
+        store.release(&k, "b").await.unwrap();
+        assert_eq!(
+            begin(&*store, &k, "b").await,
+            Begin::InProgress,
+            "freed by another's release"
+        );
+        store.release(&k, "a").await.unwrap();
+        assert_eq!(begin(&*store, &k, "b").await, Begin::Begun);
+        store.complete(&k, "b", LEASE).await.unwrap();
+        store.release(&k, "b").await.unwrap();
+        assert_eq!(
+            begin(&*store, &k, "c").await,
+            Begin::Done,
+            "a release undid the completion"
+        );
+    }
+
+    /// A crashed holder's lease runs out and the key begins again; the old holder's release
+    /// then does not free what the new one holds.
+    pub async fn a_crashed_holders_lease_runs_out(store: Arc<dyn IdempotencyStore>) {
+        let k = key("crashed");
+        assert_eq!(store.try_begin(&k, "a", SHORT).await.unwrap(), Begin::Begun);
+        until_begun(&*store, &k, "b", Begin::InProgress, "the lease").await;
+        store.release(&k, "a").await.unwrap();
+        assert_eq!(begin(&*store, &k, "c").await, Begin::InProgress);
+    }
+
+    /// Of many takers of one key at once, exactly one begins.
+    pub async fn of_many_takers_at_once_one_begins(store: Arc<dyn IdempotencyStore>) {
+        let k = Arc::new(key("contested"));
+        let takers: Vec<_> = (0..16)
+            .map(|i| {
+                let (store, k) = (Arc::clone(&store), Arc::clone(&k));
+                tokio::spawn(async move { begin(&*store, &k, &format!("o{i}")).await })
+            })
+            .collect();
+        let mut begun = 0;
+        for taker in takers {
+            if taker.await.unwrap() == Begin::Begun {
+                begun += 1;
+            }
+        }
+        assert_eq!(begun, 1);
+    }
+
+    /// A lease renewed every third of it holds the key past its first term; once renewals
+    /// stop it runs out, and the old holder's renewal then fails. A done key is not renewed.
+    pub async fn a_renewed_lease_holds_the_key(store: Arc<dyn IdempotencyStore>) {
+        let k = key("renewed");
+        assert_eq!(store.try_begin(&k, "a", SHORT).await.unwrap(), Begin::Begun);
+        let until = Instant::now() + SHORT * 3;
+        while Instant::now() < until {
+            tokio::time::sleep(SHORT / 3).await;
+            assert!(
+                store.renew(&k, "a", SHORT).await.unwrap(),
+                "the holder's renewal failed"
+            );
+            assert_eq!(begin(&*store, &k, "b").await, Begin::InProgress);
+        }
+        assert!(
+            !store.renew(&k, "b", SHORT).await.unwrap(),
+            "renewed by another"
+        );
+        until_begun(&*store, &k, "b", Begin::InProgress, "the unrenewed lease").await;
+        assert!(
+            !store.renew(&k, "a", SHORT).await.unwrap(),
+            "renewed what another took"
+        );
+        store.complete(&k, "b", LEASE).await.unwrap();
+        assert!(
+            !store.renew(&k, "b", SHORT).await.unwrap(),
+            "renewed a done key"
+        );
+        assert_eq!(begin(&*store, &k, "c").await, Begin::Done);
+    }
+}
+
+/// Expands to one `#[tokio::test]` per body of [`idempotency::conformance`](crate::idempotency::conformance),
+/// each given a store from `$store`, an async function returning the store (each call a
+/// fresh connection, as a new process would open it):
+///
+/// ```ignore
+/// async fn store() -> RedisIdempotencyStore { … }
+/// messaging_core::idempotency_store_conformance!(store);
+/// ```
+#[macro_export]
+macro_rules! idempotency_store_conformance {
+    ($store:path) => {
+        $crate::idempotency_store_conformance!(@each $store;
+            a_done_key_is_a_duplicate_until_its_ttl_runs_out,
+            a_key_in_progress_is_held_and_only_its_owner_releases_it,
+            a_crashed_holders_lease_runs_out,
+            of_many_takers_at_once_one_begins,
+            a_renewed_lease_holds_the_key,
+        );
+    };
+    (@each $store:path; $($name:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::idempotency::conformance::$name(::std::sync::Arc::new($store().await)).await
+            }
+        )*
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,66 +737,11 @@ mod tests {
     const LEASE: Duration = Duration::from_secs(30);
     const TTL: Duration = Duration::from_secs(3600);
 
-    #[tokio::test(start_paused = true)]
-    async fn a_done_key_is_a_duplicate_until_its_ttl_runs_out() {
-        let store = MemoryIdempotencyStore::new(10);
-        assert_eq!(
-            store.try_begin("k", "a", LEASE).await.unwrap(),
-            Begin::Begun
-        );
-        store.complete("k", "a", TTL).await.unwrap();
-        assert_eq!(store.try_begin("k", "b", LEASE).await.unwrap(), Begin::Done);
-        tokio::time::advance(TTL - Duration::from_secs(1)).await;
-        assert_eq!(store.try_begin("k", "b", LEASE).await.unwrap(), Begin::Done);
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(
-            store.try_begin("k", "b", LEASE).await.unwrap(),
-            Begin::Begun
-        );
+    async fn memory() -> MemoryIdempotencyStore {
+        MemoryIdempotencyStore::new(1_000)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_key_in_progress_is_held_until_its_lease_runs_out() {
-        let store = MemoryIdempotencyStore::new(10);
-        assert_eq!(
-            store.try_begin("k", "a", LEASE).await.unwrap(),
-            Begin::Begun
-        );
-        assert_eq!(
-            store.try_begin("k", "b", LEASE).await.unwrap(),
-            Begin::InProgress
-        );
-        tokio::time::advance(LEASE + Duration::from_secs(1)).await;
-        // A crashed holder's key is free again.
-        assert_eq!(
-            store.try_begin("k", "b", LEASE).await.unwrap(),
-            Begin::Begun
-        );
-        // The first holder's release no longer frees what `b` holds.
-        store.release("k", "a").await.unwrap();
-        assert_eq!(
-            store.try_begin("k", "c", LEASE).await.unwrap(),
-            Begin::InProgress
-        );
-    }
-
-    #[tokio::test]
-    async fn a_released_key_begins_again() {
-        let store = MemoryIdempotencyStore::new(10);
-        assert_eq!(
-            store.try_begin("k", "a", LEASE).await.unwrap(),
-            Begin::Begun
-        );
-        store.release("k", "a").await.unwrap();
-        assert_eq!(
-            store.try_begin("k", "b", LEASE).await.unwrap(),
-            Begin::Begun
-        );
-        // A release after completion leaves the key done.
-        store.complete("k", "b", TTL).await.unwrap();
-        store.release("k", "b").await.unwrap();
-        assert_eq!(store.try_begin("k", "c", LEASE).await.unwrap(), Begin::Done);
-    }
+    crate::idempotency_store_conformance!(memory);
 
     #[tokio::test(start_paused = true)]
     async fn a_full_store_forgets_expired_then_oldest_done_keys_never_those_in_progress() {

@@ -102,14 +102,21 @@ impl PostgresIdempotencyStore {
                 tracing::warn!(%error, "the idempotency store's PostgreSQL connection ended");
             }
         });
+        // `IF NOT EXISTS` does not stop two connections creating the table at once (one
+        // fails on a catalog unique index), as instances starting together on a fresh
+        // database would: a transaction-scoped advisory lock on the table's name lets one
+        // create it at a time.
         client
             .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {table} (
+                "BEGIN;
+                 SELECT pg_advisory_xact_lock(hashtext('messaging_idempotency'), hashtext('{table}'));
+                 CREATE TABLE IF NOT EXISTS {table} (
                     key text PRIMARY KEY,
                     owner text,
                     lease_until timestamptz,
                     done_until timestamptz
-                )"
+                 );
+                 COMMIT;"
             ))
             .await
             .map_err(failed)?;
@@ -390,16 +397,11 @@ impl FromContext for IdempotencyKey {
 inventory::submit! {
     IdempotencyStoreFactory {
         name: STORE,
+        url_example: Some("postgres://postgres@127.0.0.1:5432/app"),
         connect: |config| {
-            let url = config.url.clone();
+            // Never empty: core refuses a store with a `url_example` and no URL.
+            let url = config.url.clone().unwrap_or_default();
             Box::pin(async move {
-                let url = url.ok_or_else(|| {
-                    IdempotencyError::new(
-                        STORE,
-                        "set MESSAGING_IDEMPOTENCY_URL to the database URL, e.g. \
-                         postgres://postgres@127.0.0.1:5432/app",
-                    )
-                })?;
                 let store = PostgresIdempotencyStore::connect(&url).await?;
                 Ok(Arc::new(store) as Arc<dyn IdempotencyStore>)
             })

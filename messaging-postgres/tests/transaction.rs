@@ -239,6 +239,9 @@ async fn an_attempt_that_lost_its_key_cannot_mark_it() {
     current.mark_done(&tx).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(store.try_begin("k", "c", LEASE).await.unwrap(), Begin::Done);
+    db.batch_execute(&format!("DROP TABLE {}", store.table()))
+        .await
+        .unwrap();
 }
 
 /// A claim of another store cannot make an `IdempotencyKey`: the error names the variable.

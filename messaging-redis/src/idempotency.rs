@@ -191,16 +191,11 @@ impl IdempotencyStore for RedisIdempotencyStore {
 inventory::submit! {
     IdempotencyStoreFactory {
         name: STORE,
+        url_example: Some("redis://127.0.0.1:6379/0"),
         connect: |config| {
-            let url = config.url.clone();
+            // Never empty: core refuses a store with a `url_example` and no URL.
+            let url = config.url.clone().unwrap_or_default();
             Box::pin(async move {
-                let url = url.ok_or_else(|| {
-                    IdempotencyError::new(
-                        STORE,
-                        "set MESSAGING_IDEMPOTENCY_URL to the Redis URL, e.g. \
-                         redis://127.0.0.1:6379/0",
-                    )
-                })?;
                 let store = RedisIdempotencyStore::connect(&url).await?;
                 Ok(Arc::new(store) as Arc<dyn IdempotencyStore>)
             })

@@ -138,6 +138,8 @@ impl IdempotencyStore for StallAfterComplete {
 inventory::submit! {
     IdempotencyStoreFactory {
         name: "stall-after-complete",
+        // The store it wraps asks for one.
+        url_example: None,
         connect: |config| {
             let mut inner = config.clone();
             Box::pin(async move {
