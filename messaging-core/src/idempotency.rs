@@ -706,7 +706,9 @@ pub mod conformance {
 /// fresh connection, as a new process would open it):
 ///
 /// ```ignore
-/// async fn store() -> RedisIdempotencyStore { … }
+/// async fn store() -> RedisIdempotencyStore {
+///     RedisIdempotencyStore::connect("redis://127.0.0.1:6379/0").await.unwrap()
+/// }
 /// messaging_core::idempotency_store_conformance!(store);
 /// ```
 #[macro_export]

@@ -444,10 +444,10 @@ pub async fn idempotent_handler_runs_once_for_a_key_delivered_twice(
 }
 
 /// Copies of one key per round.
-const COPIES: usize = 6;
+pub const COPIES: usize = 6;
 
 /// Rounds tried until the two members held one key at once.
-const ROUNDS: usize = 30;
+pub const ROUNDS: usize = 30;
 
 /// How long the handler takes: long enough that the other copies arrive while it runs.
 const SLOW: Duration = Duration::from_millis(300);
