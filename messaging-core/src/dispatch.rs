@@ -956,7 +956,13 @@ impl Dispatcher {
                 }
             }
         }
-        let outcome = self.run_attempt(on, invocation, attempt, acks).await;
+        let outcome = guard
+            .hold(
+                &key,
+                &owner,
+                self.run_attempt(on, invocation, attempt, acks),
+            )
+            .await;
         let settled = match &outcome {
             Ok(()) => store.complete(&key, &owner, guard.ttl).await,
             Err(_) => store.release(&key, &owner).await,

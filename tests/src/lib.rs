@@ -20,7 +20,9 @@ use messaging_core::{BoxFuture, Broker};
 mod suite;
 pub use suite::*;
 
+pub mod crash;
 pub mod hostile;
+pub mod idempotency;
 pub mod process;
 pub mod reliability;
 pub use hostile::{ConnectRaw, Limits, RawMessage, RawSend};
