@@ -161,7 +161,7 @@ async fn heartbeat(shared: std::sync::Weak<Shared>, redis: Arc<RedisTransport>) 
             tracing::warn!(%error, "could not refresh this instance's liveness key");
         }
         beat += 1;
-        if beat % 2 == 0 {
+        if beat.is_multiple_of(2) {
             match redis.restore_dead().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(tasks = n, "put back the tasks of instances that are gone"),

@@ -51,7 +51,8 @@ struct Raw {
 
 enum Reader {
     Redis(redis_transport::Reader),
-    Amqp(amqp_transport::Reader),
+    // Boxed: a lapin consumer is several times the size of a Redis connection.
+    Amqp(Box<amqp_transport::Reader>),
 }
 
 impl Reader {
@@ -157,7 +158,7 @@ impl Shared {
     async fn open_reader(&self, queue: &str, prefetch: usize) -> Result<Reader, CeleryError> {
         match &self.link {
             Link::Redis(redis) => Ok(Reader::Redis(redis.reader(queue).await?)),
-            Link::Amqp(amqp) => Ok(Reader::Amqp(amqp.reader(queue, prefetch).await?)),
+            Link::Amqp(amqp) => Ok(Reader::Amqp(Box::new(amqp.reader(queue, prefetch).await?))),
         }
     }
 
