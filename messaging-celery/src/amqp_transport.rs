@@ -264,6 +264,15 @@ impl AmqpTransport {
                     tracing::debug!(%error, "publish lost with its connection; retrying on a new one");
                     retried = true;
                 }
+                Err(CeleryError::Unroutable { .. }) if !retried => {
+                    // The queue was deleted since it was declared here: declare it again.
+                    session
+                        .declared
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(queue);
+                    retried = true;
+                }
                 result => return result,
             }
         }

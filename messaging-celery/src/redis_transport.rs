@@ -438,16 +438,31 @@ impl Reader {
             if want == 0 {
                 break;
             }
-            let mut pipe = redis::pipe();
-            for _ in 0..want {
-                pipe.cmd("LMOVE")
-                    .arg(source)
-                    .arg(&self.processing)
-                    .arg("RIGHT")
-                    .arg("LEFT");
+            // One command finds an empty list (the usual case when idle); the rest of the
+            // batch then comes in one pipeline.
+            let first: Value = redis::cmd("LMOVE")
+                .arg(source)
+                .arg(&self.processing)
+                .arg("RIGHT")
+                .arg("LEFT")
+                .query_async(&mut self.conn)
+                .await?;
+            let Some(first) = text(first) else {
+                continue;
+            };
+            taken.push(first);
+            if want > 1 {
+                let mut pipe = redis::pipe();
+                for _ in 1..want {
+                    pipe.cmd("LMOVE")
+                        .arg(source)
+                        .arg(&self.processing)
+                        .arg("RIGHT")
+                        .arg("LEFT");
+                }
+                let replies: Vec<Value> = pipe.query_async(&mut self.conn).await?;
+                taken.extend(replies.into_iter().filter_map(text));
             }
-            let replies: Vec<Value> = pipe.query_async(&mut self.conn).await?;
-            taken.extend(replies.into_iter().filter_map(text));
         }
         if !taken.is_empty() {
             return Ok(taken);

@@ -295,6 +295,17 @@ async fn always_fails(_task: Numbered, meta: Metadata) -> anyhow::Result<()> {
     anyhow::bail!("the handler refuses task {}", meta.attempt)
 }
 
+static EVENTS_IN: Mutex<Vec<(String, String, i64)>> = Mutex::new(Vec::new());
+
+#[message_handler(topic = "celery-test.events-in")]
+async fn event_in(event: Event<Numbered>) -> anyhow::Result<()> {
+    EVENTS_IN
+        .lock()
+        .unwrap()
+        .push((event.name.clone(), event.source.clone(), event.data.n));
+    Ok(())
+}
+
 #[message_handler(topic = "celery-test.bulk")]
 async fn bulk(task: Numbered) -> anyhow::Result<()> {
     BULK.lock().unwrap().push(task.n);
@@ -336,7 +347,8 @@ async fn records(broker: &dyn Broker, topic: &str, want: usize) -> Vec<DeadLette
 pub async fn python_tasks_reach_handlers(url: &str) {
     let queue = unique("consume");
     let tasks = format!(
-        "celery-test.consume=worker_tasks.consume_me@{queue},celery-test.fails=worker_tasks.fail_me@{queue}"
+        "celery-test.consume=worker_tasks.consume_me@{queue},celery-test.fails=worker_tasks.fail_me@{queue},\
+         celery-test.events-in=worker_tasks.event_in@{queue}"
     );
     let config = config(url, &tasks, &queue);
     let factory = messaging_core::broker::factory("celery").expect("linked");
@@ -349,7 +361,11 @@ pub async fn python_tasks_reach_handlers(url: &str) {
     );
     let runtime = start(
         config.clone(),
-        &["celery-test.consume", "celery-test.fails"],
+        &[
+            "celery-test.consume",
+            "celery-test.fails",
+            "celery-test.events-in",
+        ],
     )
     .await;
 
@@ -371,6 +387,19 @@ pub async fn python_tasks_reach_handlers(url: &str) {
     }
 
     let broker = messaging_core::broker::connect_once(&config).await.unwrap();
+    // An event this crate publishes as a task comes back as the same event.
+    messaging_core::Producer::new(broker.clone(), config.clone())
+        .publish_event("numbered", &json!({"n": 7}), "celery-test.events-in")
+        .await
+        .unwrap();
+    eventually("the event handled", Duration::from_secs(30), || {
+        !EVENTS_IN.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        *EVENTS_IN.lock().unwrap(),
+        [("numbered".to_owned(), "celery-test".to_owned(), 7)]
+    );
     let failed = records(&*broker, &format!("celery-test.fails.{queue}.dlq"), 1).await;
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].attempts, 3, "the first attempt and 2 retries");
