@@ -11,8 +11,9 @@ use std::time::Duration;
 use futures::{FutureExt as _, StreamExt as _};
 use lapin::Acker;
 use lapin::options::{
-    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
@@ -331,29 +332,66 @@ impl AmqpTransport {
         topic: &str,
         limit: usize,
     ) -> Result<Vec<Message>, CeleryError> {
+        let Some((channel, taken)) = self.take(topic, limit).await? else {
+            return Ok(Vec::new());
+        };
+        if let Err(error) = channel.close(200, "browsed".into()).await {
+            tracing::debug!(%error, "closing the browsing channel failed; its connection returns the messages");
+        }
+        Ok(taken.into_iter().map(|(message, _)| message).collect())
+    }
+
+    /// The messages waiting in the queue `topic` now (its message count bounds how many are
+    /// taken, so what arrives meanwhile is left), at most `limit`, held unacknowledged on a
+    /// channel of their own: `dlq replay`'s snapshot.
+    pub(crate) async fn snapshot(
+        &self,
+        topic: &str,
+        limit: usize,
+    ) -> Result<AmqpSnapshot, CeleryError> {
+        let (channel, taken) = match self.take(topic, limit).await? {
+            Some(taken) => taken,
+            None => return Ok(AmqpSnapshot::default()),
+        };
+        let (records, ackers) = taken.into_iter().unzip();
+        Ok(AmqpSnapshot {
+            channel: Some(channel),
+            records,
+            ackers,
+        })
+    }
+
+    /// Takes up to `limit` of the messages waiting in the queue `topic` on a new channel,
+    /// unacknowledged; `None` when the queue does not exist.
+    async fn take(
+        &self,
+        topic: &str,
+        limit: usize,
+    ) -> Result<Option<(Channel, Vec<(Message, Acker)>)>, CeleryError> {
         let session = self.current().await?;
         let channel = session.connection.create_channel().await?;
         let passive = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        match channel
+        let waiting = match channel
             .queue_declare(short(topic)?, passive, FieldTable::default())
             .await
         {
-            Ok(_) => {}
-            Err(error) if is_not_found(&error) => return Ok(Vec::new()),
+            Ok(queue) => usize::try_from(queue.message_count()).unwrap_or(usize::MAX),
+            // NOT_FOUND closes the channel: never declared means nothing kept.
+            Err(error) if is_not_found(&error) => return Ok(None),
             Err(error) => return Err(error.into()),
-        }
+        };
         let mut taken = Vec::new();
-        while taken.len() < limit {
+        while taken.len() < limit.min(waiting) {
             match channel
                 .basic_get(short(topic)?, BasicGetOptions::default())
                 .await?
             {
                 Some(got) => {
                     let delivery = got.delivery;
-                    let headers = delivery
+                    let mut headers: messaging_core::Headers = delivery
                         .properties
                         .headers()
                         .as_ref()
@@ -365,19 +403,17 @@ impl AmqpTransport {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    taken.push(
-                        Message::new(topic, delivery.data)
-                            .with_headers(headers)
-                            .with_position(Position::DeliveryTag(delivery.delivery_tag)),
-                    );
+                    let key = headers.remove(header::KEY);
+                    let mut message = Message::new(topic, delivery.data)
+                        .with_headers(headers)
+                        .with_position(Position::DeliveryTag(delivery.delivery_tag));
+                    message.key = key.map(messaging_core::Key::from);
+                    taken.push((message, delivery.acker));
                 }
                 None => break,
             }
         }
-        if let Err(error) = channel.close(200, "browsed".into()).await {
-            tracing::debug!(%error, "closing the browsing channel failed; its connection returns the messages");
-        }
-        Ok(taken)
+        Ok(Some((channel, taken)))
     }
 
     /// A reader of `queue` on a connection of its own, with `prefetch` unacknowledged
@@ -403,6 +439,41 @@ impl AmqpTransport {
             _channel: channel,
             consumer,
         })
+    }
+}
+
+/// Dead-letter records taken for a replay, held on their channel until settled.
+#[derive(Default)]
+pub(crate) struct AmqpSnapshot {
+    /// `None` when the queue does not exist.
+    channel: Option<Channel>,
+    pub(crate) records: Vec<Message>,
+    /// One per record, same order.
+    ackers: Vec<Acker>,
+}
+
+impl AmqpSnapshot {
+    /// Removes the re-published records (acknowledged) and puts the others back where they
+    /// were (rejected with requeue); a record never re-published is never deleted.
+    pub(crate) async fn settle(mut self, replayed: &HashSet<usize>) -> Result<(), CeleryError> {
+        let Some(channel) = self.channel.take() else {
+            return Ok(());
+        };
+        for (index, acker) in self.ackers.iter().enumerate() {
+            if replayed.contains(&index) {
+                acker.ack(BasicAckOptions::default()).await?;
+            } else {
+                acker
+                    .nack(BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    })
+                    .await?;
+            }
+        }
+        // The broker answers the close after it has handled the acknowledgements.
+        channel.close(200, "replay settled".into()).await?;
+        Ok(())
     }
 }
 

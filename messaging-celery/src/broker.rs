@@ -10,7 +10,7 @@ use messaging_core::{
     BoxFuture, Broker, BrokerError, Consumer, DlqSnapshot, Message, OutgoingMessage, Subscription,
 };
 
-use crate::amqp_transport::AmqpTransport;
+use crate::amqp_transport::{AmqpSnapshot, AmqpTransport};
 use crate::consumer::{self, Link, Shared};
 use crate::error::{CeleryError, NAME};
 use crate::protocol;
@@ -237,21 +237,22 @@ impl Broker for CeleryBroker {
         limit: usize,
     ) -> BoxFuture<'a, Result<Box<dyn DlqSnapshot>, BrokerError>> {
         Box::pin(async move {
-            let Link::Redis(redis) = &self.shared.link else {
-                return Err(BrokerError::Unsupported {
-                    broker: NAME,
-                    operation: "dlq replay on the AMQP transport",
-                });
+            let snapshot: Box<dyn DlqSnapshot> = match &self.shared.link {
+                Link::Redis(redis) => Box::new(RedisSnapshot {
+                    redis: Arc::clone(redis),
+                    topic: topic.to_owned(),
+                    records: redis
+                        .browse(topic, limit)
+                        .await
+                        .map_err(|e| e.into_broker("dlq snapshot"))?,
+                }),
+                Link::Amqp(amqp) => Box::new(AmqpDlqSnapshot(
+                    amqp.snapshot(topic, limit)
+                        .await
+                        .map_err(|e| e.into_broker("dlq snapshot"))?,
+                )),
             };
-            let records = redis
-                .browse(topic, limit)
-                .await
-                .map_err(|e| e.into_broker("dlq snapshot"))?;
-            Ok(Box::new(RedisSnapshot {
-                redis: Arc::clone(redis),
-                topic: topic.to_owned(),
-                records,
-            }) as Box<dyn DlqSnapshot>)
+            Ok(snapshot)
         })
     }
 
@@ -260,6 +261,29 @@ impl Broker for CeleryBroker {
             Link::Redis(_) => None,
             Link::Amqp(_) => Some(RABBITMQ_CONSUMER_TIMEOUT),
         }
+    }
+}
+
+/// The records of an AMQP dead-letter queue taken for a replay.
+struct AmqpDlqSnapshot(AmqpSnapshot);
+
+impl DlqSnapshot for AmqpDlqSnapshot {
+    fn records(&self) -> &[Message] {
+        &self.0.records
+    }
+
+    fn settle(
+        self: Box<Self>,
+        replayed: Vec<usize>,
+    ) -> BoxFuture<'static, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let replayed = replayed.into_iter().collect();
+            // On an error the channel is dropped, which returns what it still holds.
+            self.0
+                .settle(&replayed)
+                .await
+                .map_err(|e| e.into_broker("dlq settle"))
+        })
     }
 }
 

@@ -130,9 +130,10 @@
 //! on Redis `RPUSH`ed onto a plain list named by the topic (the record's body only: a record
 //! carries its key and headers), on AMQP published to a durable queue of that name.
 //! `consumer dlq list` reads them (`LRANGE`; on AMQP `basic.get` on a channel closed
-//! unacknowledged, which puts them back). `consumer dlq replay` works on Redis (the records
-//! waiting when it starts; the re-published ones are removed with `LREM`) and re-sends each
-//! record's original as a task again; on AMQP it is not supported.
+//! unacknowledged, which puts them back). `consumer dlq replay` takes the records waiting
+//! when it starts (Redis: the list's first entries, the re-published ones then removed with
+//! `LREM`; AMQP: taken with `basic.get` and held, the re-published ones acknowledged and the
+//! others put back) and re-sends each record's original as a task again.
 //!
 //! # Not supported
 //!

@@ -407,6 +407,16 @@ pub async fn python_tasks_reach_handlers(url: &str) {
     assert_eq!(*FAILED_ATTEMPTS.lock().unwrap(), [1, 2, 3]);
     let original: Value = serde_json::from_str(&failed[0].original.payload).unwrap();
     assert_eq!(original, json!({"n": 0}), "the record keeps the argument");
+    // `dlq replay`'s snapshot: a record not re-published stays, a re-published one leaves.
+    let dlq = format!("celery-test.fails.{queue}.dlq");
+    let snapshot = broker.dlq_snapshot(&dlq, 10).await.unwrap();
+    assert_eq!(snapshot.records().len(), 1);
+    snapshot.settle(Vec::new()).await.unwrap();
+    assert_eq!(broker.browse(&dlq, 10).await.unwrap().len(), 1, "kept");
+    let snapshot = broker.dlq_snapshot(&dlq, 10).await.unwrap();
+    assert_eq!(snapshot.records().len(), 1);
+    snapshot.settle(vec![0]).await.unwrap();
+    assert!(broker.browse(&dlq, 10).await.unwrap().is_empty(), "removed");
 
     let undecodable = records(&*broker, &format!("celery-test.consume.{queue}.dlq"), 1).await;
     assert_eq!(undecodable.len(), 1);
