@@ -376,7 +376,7 @@ fn list(handlers: &[HandlerSpec], config: &Config) -> String {
         ]
         .map(str::to_owned),
     ];
-    // What the broker says about a topic (Celery: its task), when it says anything.
+    // What the broker adds about a topic (what it is called there), when it adds anything.
     let broker = factory(&config.backend).ok();
     let topic = |t: &String| match broker.and_then(|b| b.note_topic(config, t)) {
         Some(note) => format!("{t} [{note}]"),
