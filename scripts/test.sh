@@ -21,6 +21,8 @@ done
 if [[ -f scripts/install-moto.sh ]]; then
     bash scripts/install-moto.sh
 fi
+# messaging-celery's tests start a real Celery worker, from a venv of their own.
+bash scripts/install-celery.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -350,6 +350,10 @@ pub type TargetFn = fn(&Config) -> String;
 /// the [`BrokerError::Config`] a connection attempt would end with at once, if any.
 pub type CheckFn = fn(&Config) -> Result<(), BrokerError>;
 
+/// What a [`BrokerFactory`] adds about a topic in listings (`consumer list`), such as what
+/// the topic is called on that broker; `None` when there is nothing to add.
+pub type TopicNoteFn = fn(&Config, &str) -> Option<String>;
+
 /// A broker that can be selected by name. Broker crates submit one with `inventory`, which
 /// is all it takes for `MESSAGING_BACKEND=<name>` to select it: core knows no broker by name.
 ///
@@ -382,6 +386,7 @@ pub struct BrokerFactory {
     variables: &'static [&'static str],
     target: TargetFn,
     check: CheckFn,
+    topic_note: Option<TopicNoteFn>,
 }
 
 impl BrokerFactory {
@@ -394,6 +399,7 @@ impl BrokerFactory {
             variables: &[],
             target: name_only,
             check: nothing_to_check,
+            topic_note: None,
         }
     }
 
@@ -417,6 +423,12 @@ impl BrokerFactory {
         self
     }
 
+    /// What `consumer list` shows beside a topic (see [`TopicNoteFn`]). Default: nothing.
+    pub const fn topic_note(mut self, note: TopicNoteFn) -> Self {
+        self.topic_note = Some(note);
+        self
+    }
+
     /// The name `MESSAGING_BACKEND` selects it by.
     pub fn name(&self) -> &'static str {
         self.name
@@ -433,6 +445,11 @@ impl BrokerFactory {
     /// What this broker connects to as `config` says, masked for logs.
     pub fn describe(&self, config: &Config) -> String {
         (self.target)(config)
+    }
+
+    /// What this broker adds about `topic` in listings, as `config` says.
+    pub fn note_topic(&self, config: &Config, topic: &str) -> Option<String> {
+        self.topic_note.and_then(|note| note(config, topic))
     }
 
     /// The setting of `config` that can never work for this broker, found without

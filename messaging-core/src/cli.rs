@@ -376,6 +376,12 @@ fn list(handlers: &[HandlerSpec], config: &Config) -> String {
         ]
         .map(str::to_owned),
     ];
+    // What the broker adds about a topic (what it is called there), when it adds anything.
+    let broker = factory(&config.backend).ok();
+    let topic = |t: &String| match broker.and_then(|b| b.note_topic(config, t)) {
+        Some(note) => format!("{t} [{note}]"),
+        None => t.clone(),
+    };
     for h in handlers {
         let retry = h.retry_policy();
         rows.push([
@@ -384,7 +390,7 @@ fn list(handlers: &[HandlerSpec], config: &Config) -> String {
                 HandlerKind::OnEvent => "on_event".to_owned(),
             },
             h.qualified_name().to_owned(),
-            h.topics().join(","),
+            h.topics().iter().map(topic).collect::<Vec<_>>().join(","),
             h.group_name().to_owned(),
             h.event_name().unwrap_or("-").to_owned(),
             if h.uses_retry_topics() {
