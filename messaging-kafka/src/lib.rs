@@ -114,4 +114,5 @@ inventory::submit! {
         .variables(&["KAFKA_"])
         .target(settings::target)
         .check(check)
+        .bindings(settings::asyncapi_bindings)
 }

@@ -161,4 +161,5 @@ inventory::submit! {
         .variables(&["RABBITMQ_"])
         .target(options::target)
         .check(check)
+        .bindings(topology::asyncapi_bindings)
 }
