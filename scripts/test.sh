@@ -22,6 +22,9 @@ if [[ -f scripts/install-moto.sh ]]; then
     bash scripts/install-moto.sh
 fi
 
+# The AsyncAPI test validates `consumer asyncapi` with the AsyncAPI parser (npm).
+bash scripts/install-asyncapi.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
