@@ -52,6 +52,7 @@ pub fn document(
 ) -> Result<Value, Error> {
     let factory = factory(&config.backend)?;
     let mut doc = Document::new(config, factory);
+    doc.event_schemas = event_schemas(handlers, events);
     doc.add_handlers(handlers);
     doc.add_events(events);
     Ok(doc.finish())
@@ -68,6 +69,9 @@ struct Document<'a> {
     messages: Map<String, Value>,
     schemas: Map<String, Value>,
     operations: Map<String, Value>,
+    /// The data schema of each event name, wherever it is known (a publisher or a handler),
+    /// so that an event read and published is one message.
+    event_schemas: BTreeMap<String, Value>,
 }
 
 struct Channel {
@@ -87,15 +91,14 @@ impl<'a> Document<'a> {
             messages: Map::new(),
             schemas: Map::new(),
             operations: Map::new(),
+            event_schemas: BTreeMap::new(),
         }
     }
 
     fn add_handlers(&mut self, handlers: &[HandlerSpec]) {
-        // One event's data schema, wherever it is known (a handler or a publisher).
-        let data_schemas = data_schemas(handlers);
         for h in handlers {
             let payload = h.payload_schema();
-            let message = self.handler_message(h, &payload, &data_schemas);
+            let message = self.handler_message(h, &payload);
             let several = h.topics().len() > 1;
             for topic in h.topics() {
                 let channel = self.channel(topic);
@@ -150,16 +153,9 @@ impl<'a> Document<'a> {
     }
 
     fn add_events(&mut self, events: &[&EventRegistration]) {
-        let mut schemas: BTreeMap<&str, Value> = BTreeMap::new();
-        for event in events {
-            if let Some(schema) = (event.schema)() {
-                schemas.entry(event.name).or_insert(schema);
-            }
-        }
         for event in events {
             let topic = self.config.resolve_topic(event.topic).to_owned();
-            let data = schemas.get(event.name).cloned();
-            let message = self.event_message(event.name, &EnvelopeFields::STANDARD, data);
+            let message = self.event_message(event.name, &EnvelopeFields::STANDARD, None);
             let channel = self.channel(&topic);
             self.attach(&topic, &message);
             let (kind, source) = match event.source {
@@ -233,21 +229,10 @@ impl<'a> Document<'a> {
 
     /// The message a handler reads: the event's envelope for `#[on_event]` and `Event<T>`,
     /// else the body.
-    fn handler_message(
-        &mut self,
-        h: &HandlerSpec,
-        payload: &PayloadSchema,
-        data_schemas: &BTreeMap<String, Value>,
-    ) -> String {
+    fn handler_message(&mut self, h: &HandlerSpec, payload: &PayloadSchema) -> String {
         let enveloped = payload.is_event() || h.kind() == HandlerKind::OnEvent;
         match h.event_name() {
-            Some(name) if enveloped => {
-                let data = payload
-                    .data()
-                    .cloned()
-                    .or_else(|| data_schemas.get(name).cloned());
-                self.event_message(name, &h.envelope, data)
-            }
+            Some(name) if enveloped => self.event_message(name, &h.envelope, None),
             _ if enveloped => {
                 let message = json!({
                     "name": format!("{}.event", h.name()),
@@ -273,14 +258,15 @@ impl<'a> Document<'a> {
         }
     }
 
-    /// The message of event `name` in `envelope`, its data of `data`'s schema (open when
-    /// unknown).
+    /// The message of event `name` in `envelope`, its data of `data`'s schema, else of the
+    /// event's (open when unknown).
     fn event_message(
         &mut self,
         name: &str,
         envelope: &EnvelopeFields,
         data: Option<Value>,
     ) -> String {
+        let data = data.or_else(|| self.event_schemas.get(name).cloned());
         let message = json!({
             "name": name,
             "title": format!("Event {name}"),
@@ -502,9 +488,18 @@ impl<'a> Document<'a> {
     }
 }
 
-/// The data schema of each event name that some handler's payload type gives.
-fn data_schemas(handlers: &[HandlerSpec]) -> BTreeMap<String, Value> {
+/// The data schema of each event name: its publishers' (the type they publish), else the
+/// type its handlers read.
+fn event_schemas(
+    handlers: &[HandlerSpec],
+    events: &[&EventRegistration],
+) -> BTreeMap<String, Value> {
     let mut schemas = BTreeMap::new();
+    for event in events {
+        if let Some(schema) = (event.schema)() {
+            schemas.entry(event.name.to_owned()).or_insert(schema);
+        }
+    }
     for h in handlers {
         if let (Some(name), Some(schema)) = (h.event_name(), h.payload_schema().data()) {
             schemas
@@ -814,7 +809,167 @@ fn yaml_string(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::config::mask_url;
+    use crate::{Broker, MemoryBroker};
+
+    /// A broker crate as the document sees one: a URL with a password, and bindings.
+    const TEST_BROKER: &str = "asyncapi-test";
+
+    fn target(config: &Config) -> String {
+        config
+            .settings
+            .get("ASYNCAPITEST_URL")
+            .map_or_else(|| "aatest://localhost".to_owned(), mask_url)
+    }
+
+    fn bindings(_config: &Config, of: BindingOf<'_>) -> Option<Value> {
+        match of {
+            BindingOf::Server => Some(json!({"aatest": {"cluster": "one"}})),
+            BindingOf::Channel { kept: true, topic } => Some(json!({"aatest": {"kept": topic}})),
+            BindingOf::Receive { group, topic } => {
+                Some(json!({"aatest": {"group": group, "topic": topic}}))
+            }
+            _ => None,
+        }
+    }
+
+    inventory::submit! {
+        BrokerFactory::new(TEST_BROKER, |_config| {
+            Box::pin(async { Ok(Arc::new(MemoryBroker::new()) as Arc<dyn Broker>) })
+        })
+        .variables(&["ASYNCAPITEST_"])
+        .target(target)
+        .bindings(bindings)
+    }
+
+    fn user_schema() -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {"address": {"$ref": "#/definitions/Address"}},
+            "definitions": {"Address": {"type": "string"}},
+        }))
+    }
+
+    static USER_CREATED: EventRegistration = EventRegistration {
+        name: "user.created",
+        topic: "users",
+        source: EventSource::Function("register"),
+        module_path: "svc::api",
+        key_field: Some("id"),
+        schema: user_schema,
+    };
+
+    fn handlers() -> Vec<HandlerSpec> {
+        vec![
+            HandlerSpec::new("pay", ["orders"], |_| async { Ok(()) }).dlq("orders.failed"),
+            HandlerSpec::new("welcome", ["users"], |_| async { Ok(()) })
+                .on_event("user.created")
+                .group("notifications"),
+        ]
+    }
+
+    fn config() -> Config {
+        Config::default()
+            .with_backend(TEST_BROKER)
+            .with_source("svc")
+            .setting(
+                "ASYNCAPITEST_URL",
+                "aatest://admin:hunter2@broker:7000/vhost",
+            )
+    }
+
+    #[test]
+    fn the_server_is_the_configured_broker_with_its_password_masked() {
+        let doc = document(&handlers(), &[&USER_CREATED], &config()).unwrap();
+        assert!(!doc.to_string().contains("hunter2"), "{doc:#}");
+        let server = &doc["servers"][TEST_BROKER];
+        assert_eq!(server["protocol"], "aatest");
+        assert_eq!(server["host"], "broker:7000");
+        assert_eq!(server["pathname"], "/vhost");
+        assert!(
+            server["description"]
+                .as_str()
+                .unwrap()
+                .contains("aatest://admin:***@broker:7000/vhost"),
+            "{server:#}"
+        );
+        assert_eq!(server["bindings"]["aatest"]["cluster"], "one");
+        assert_eq!(doc["asyncapi"], "3.0.0");
+        assert_eq!(doc["info"]["title"], "svc");
+        // A broker that is not linked is an error, as for `consumer` itself.
+        let unknown = config().with_backend("nope");
+        assert!(document(&handlers(), &[], &unknown).is_err());
+    }
+
+    #[test]
+    fn channels_operations_and_bindings_follow_the_registry() {
+        let doc = document(&handlers(), &[&USER_CREATED], &config()).unwrap();
+        let channels = doc["channels"].as_object().unwrap();
+        let addresses: BTreeSet<&str> = channels
+            .values()
+            .map(|c| c["address"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            addresses,
+            BTreeSet::from(["orders", "orders.failed", "users", "users.dlq"])
+        );
+        // Dead-letter channels say whose records they hold, and are kept.
+        let failed = &channels["orders.failed"];
+        assert_eq!(failed["x-messaging-dead-letter-of"], json!(["orders"]));
+        assert_eq!(failed["bindings"]["aatest"]["kept"], "orders.failed");
+        assert!(channels["orders"].get("bindings").is_none());
+
+        let ops = doc["operations"].as_object().unwrap();
+        let pay = &ops["pay"];
+        assert_eq!(pay["action"], "receive");
+        assert_eq!(pay["channel"]["$ref"], "#/channels/orders");
+        assert_eq!(pay["x-messaging-dead-letter-topic"], "orders.failed");
+        assert_eq!(pay["bindings"]["aatest"]["group"], "pay");
+        let welcome = &ops["welcome"];
+        assert_eq!(welcome["bindings"]["aatest"]["group"], "notifications");
+        assert_eq!(
+            welcome["messages"][0]["$ref"],
+            "#/channels/users/messages/user.created"
+        );
+        let send = &ops["svc.api.register.send"];
+        assert_eq!(send["action"], "send");
+        assert_eq!(send["x-messaging-key-field"], "id");
+        assert_eq!(ops["deadLetter.orders.failed"]["action"], "send");
+
+        // One message for the event, read and published alike, with the envelope's headers
+        // and the data's schema; its definitions moved to components.
+        let message = &doc["components"]["messages"]["user.created"];
+        assert_eq!(
+            message["headers"]["properties"]["x-event-name"]["const"],
+            "user.created"
+        );
+        assert_eq!(
+            message["headers"]["required"],
+            json!(["x-event-name", "x-event-id"])
+        );
+        let data = &message["payload"]["properties"]["data"];
+        assert_eq!(
+            data["properties"]["address"]["$ref"],
+            "#/components/schemas/Address"
+        );
+        assert_eq!(doc["components"]["schemas"]["Address"]["type"], "string");
+        // The body `pay` reads, with no schema known, is left without one.
+        let body = &doc["components"]["messages"]["pay.body"];
+        assert!(body.get("payload").is_none(), "{body:#}");
+    }
+
+    #[test]
+    fn topics_are_those_the_environment_names() {
+        let config = config().with_topic_override("users", "prod.users");
+        let mut handlers = handlers();
+        handlers.truncate(1);
+        let doc = document(&handlers, &[&USER_CREATED], &config).unwrap();
+        assert_eq!(doc["channels"]["prod.users"]["address"], "prod.users");
+        assert!(doc["channels"].get("users").is_none());
+    }
 
     #[test]
     fn targets_split_into_host_and_path_without_credentials() {
