@@ -189,6 +189,8 @@ pub fn json_schema<T: schemars::JsonSchema + ?Sized>() -> Value {
     schema
 }
 
+// The references choose the impl, as in the macros' generated code.
+#[allow(clippy::needless_borrow)]
 #[cfg(test)]
 mod tests {
     use super::*;
