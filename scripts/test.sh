@@ -24,6 +24,9 @@ fi
 # messaging-celery's tests start a real Celery worker, from a venv of their own.
 bash scripts/install-celery.sh
 
+# The AsyncAPI test validates `consumer asyncapi` with the AsyncAPI parser (npm).
+bash scripts/install-asyncapi.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

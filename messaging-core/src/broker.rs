@@ -354,6 +354,40 @@ pub type CheckFn = fn(&Config) -> Result<(), BrokerError>;
 /// the topic is called on that broker; `None` when there is nothing to add.
 pub type TopicNoteFn = fn(&Config, &str) -> Option<String>;
 
+/// The part of the AsyncAPI document (`consumer asyncapi`) a [`BindingsFn`] is asked about.
+/// Topics are as the broker sees them (overrides applied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BindingOf<'a> {
+    /// The server: the configured broker.
+    Server,
+    /// The channel of `topic`; `kept` for a dead-letter topic, which the runtime declares so
+    /// that it keeps its records with no consumer ([`Broker::declare_topics`]).
+    Channel {
+        /// The topic.
+        topic: &'a str,
+        /// Whether it is a kept (dead-letter) topic.
+        kept: bool,
+    },
+    /// A handler's receive operation: `group` reads `topic`.
+    Receive {
+        /// The topic.
+        topic: &'a str,
+        /// The consumer group.
+        group: &'a str,
+    },
+    /// A send operation to `topic`.
+    Send {
+        /// The topic.
+        topic: &'a str,
+    },
+}
+
+/// What a [`BrokerFactory`] says about `of` in the AsyncAPI document: a bindings object keyed
+/// by protocol (`{"kafka": {"groupId": …, "bindingVersion": "0.5.0"}}`), or `None` for none.
+/// It must not fail or connect: a setting that does not parse gives no bindings.
+pub type BindingsFn = fn(&Config, BindingOf<'_>) -> Option<serde_json::Value>;
+
 /// A broker that can be selected by name. Broker crates submit one with `inventory`, which
 /// is all it takes for `MESSAGING_BACKEND=<name>` to select it: core knows no broker by name.
 ///
@@ -387,6 +421,7 @@ pub struct BrokerFactory {
     target: TargetFn,
     check: CheckFn,
     topic_note: Option<TopicNoteFn>,
+    bindings: BindingsFn,
 }
 
 impl BrokerFactory {
@@ -400,6 +435,7 @@ impl BrokerFactory {
             target: name_only,
             check: nothing_to_check,
             topic_note: None,
+            bindings: no_bindings,
         }
     }
 
@@ -426,6 +462,13 @@ impl BrokerFactory {
     /// What `consumer list` shows beside a topic (see [`TopicNoteFn`]). Default: nothing.
     pub const fn topic_note(mut self, note: TopicNoteFn) -> Self {
         self.topic_note = Some(note);
+        self
+    }
+
+    /// What this broker adds to the AsyncAPI document: the protocol bindings of its server,
+    /// channels and operations (see [`BindingsFn`]). Default: none.
+    pub const fn bindings(mut self, bindings: BindingsFn) -> Self {
+        self.bindings = bindings;
         self
     }
 
@@ -457,6 +500,11 @@ impl BrokerFactory {
     pub fn check_settings(&self, config: &Config) -> Result<(), BrokerError> {
         (self.check)(config)
     }
+
+    /// The AsyncAPI bindings of `of` under `config` (see [`BindingsFn`]).
+    pub fn bindings_of(&self, config: &Config, of: BindingOf<'_>) -> Option<serde_json::Value> {
+        (self.bindings)(config, of)
+    }
 }
 
 fn name_only(config: &Config) -> String {
@@ -465,6 +513,10 @@ fn name_only(config: &Config) -> String {
 
 fn nothing_to_check(_config: &Config) -> Result<(), BrokerError> {
     Ok(())
+}
+
+fn no_bindings(_config: &Config, _of: BindingOf<'_>) -> Option<serde_json::Value> {
+    None
 }
 
 impl std::fmt::Debug for BrokerFactory {

@@ -53,6 +53,24 @@ enum Command {
     /// Inspects or replays a dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Prints the service's AsyncAPI 3.0 document: server, topics, handlers, events, DLQs.
+    Asyncapi(AsyncapiArgs),
+}
+
+#[derive(Debug, Args)]
+struct AsyncapiArgs {
+    /// The document's format.
+    #[arg(long, value_enum, default_value = "json")]
+    format: Format,
+    /// The backend, instead of MESSAGING_BACKEND.
+    #[arg(long, value_name = "NAME")]
+    broker: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Format {
+    Json,
+    Yaml,
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +244,17 @@ async fn run_cli(
                 }
                 Ok(ExitCode::FAILURE)
             }
+        }
+        Some(Command::Asyncapi(args)) => {
+            let handlers = adjust(Runtime::builder()).selected_handlers()?;
+            let config = config_for(args.broker.as_deref())?;
+            let document =
+                crate::asyncapi::document(&handlers, &crate::registered_events(), &config)?;
+            match args.format {
+                Format::Json => println!("{document:#}"),
+                Format::Yaml => print!("{}", crate::asyncapi::to_yaml(&document)),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Some(Command::Dlq(DlqCommand::List(args))) => dlq_list(args).await,
         Some(Command::Dlq(DlqCommand::Replay(args))) => dlq_replay(args).await,
@@ -633,5 +662,15 @@ mod tests {
         assert!(Cli::try_parse_from(["consumer", "--shutdown-timeout", "soon"]).is_err());
         assert!(Cli::try_parse_from(["consumer", "list"]).is_ok());
         assert!(Cli::try_parse_from(["consumer", "check"]).is_ok());
+        assert!(matches!(
+            Cli::try_parse_from(["consumer", "asyncapi", "--format", "yaml"])
+                .unwrap()
+                .command,
+            Some(Command::Asyncapi(AsyncapiArgs {
+                format: Format::Yaml,
+                ..
+            }))
+        ));
+        assert!(Cli::try_parse_from(["consumer", "asyncapi", "--format", "xml"]).is_err());
     }
 }

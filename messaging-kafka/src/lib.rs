@@ -125,4 +125,5 @@ inventory::submit! {
         .variables(&["KAFKA_"])
         .target(settings::target)
         .check(check)
+        .bindings(settings::asyncapi_bindings)
 }

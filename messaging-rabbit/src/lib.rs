@@ -177,4 +177,5 @@ inventory::submit! {
         .variables(&["RABBITMQ_"])
         .target(options::target)
         .check(check)
+        .bindings(topology::asyncapi_bindings)
 }
