@@ -21,6 +21,7 @@ mod suite;
 pub use suite::*;
 
 pub mod hostile;
+pub mod lag;
 pub mod process;
 pub mod reliability;
 pub use hostile::{ConnectRaw, Limits, RawMessage, RawSend};
