@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::error::{BrokerError, Error};
 use crate::handler::BoxFuture;
+use crate::lag::LagRow;
 use crate::message::{Message, OutgoingMessage};
 use crate::reply::ReplyInbox;
 
@@ -104,6 +105,27 @@ pub trait Broker: Send + Sync + 'static {
     /// once the broker has acknowledged it. Default: [`Broker::publish`] to that topic.
     fn publish_reply(&self, reply: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
         self.publish(reply)
+    }
+
+    /// How far `group` is behind on `topics`: one row per topic, or per partition where
+    /// there are partitions, for what exists (a topic the broker does not have, or a group
+    /// it never saw there, has no row). `lag` counts what the group has not acknowledged
+    /// yet, `pending` the part of it delivered and unacknowledged (see [`crate::lag`]). It
+    /// must not join the group, so it works whether or not a member runs. Default:
+    /// unsupported.
+    fn lag<'a>(
+        &'a self,
+        group: &'a str,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<LagRow>, BrokerError>> {
+        let _ = (group, topics);
+        let broker = self.name();
+        Box::pin(async move {
+            Err(BrokerError::Unsupported {
+                broker,
+                operation: "consumer lag",
+            })
+        })
     }
 
     /// Sends whatever the client buffers, waiting up to `timeout`. Default: nothing buffered.

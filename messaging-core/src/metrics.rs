@@ -436,6 +436,7 @@ impl Metrics {
                 "messaging_handler_duration_seconds_count{{{labels}}} {total}"
             );
         }
+        crate::lag::render(&mut out);
         if let Some(backend) = lock(&self.backend).as_ref() {
             let _ = writeln!(out, "# TYPE messaging_backend gauge");
             let _ = writeln!(out, "messaging_backend{{backend=\"{}\"}} 1", esc(backend));

@@ -321,6 +321,7 @@ impl RuntimeBuilder {
         let mut joining = Vec::new();
         let mut handler_metrics = Vec::new();
         let concurrency = self.concurrency.unwrap_or(config.concurrency).max(1);
+        let mut lag_groups = Vec::new();
         for group in plans {
             let mut target = |index: usize, topic: &str| {
                 let spec = Arc::clone(&specs[index]);
@@ -390,6 +391,7 @@ impl RuntimeBuilder {
                 start: self.start,
                 prefetch: self.batch_size.max(concurrency),
             };
+            lag_groups.push((subscription.group.clone(), subscription.topics.clone()));
             let dispatcher = DispatcherParts {
                 group: group.group,
                 routes,
@@ -435,6 +437,15 @@ impl RuntimeBuilder {
                 }
                 Err(error) => return Err(error.into()),
             }
+        }
+        // In the set, so that it stops with the dispatchers, or when the runtime is dropped.
+        if !lag_groups.is_empty() {
+            tasks.spawn(crate::lag::refresh(
+                Arc::clone(&broker),
+                lag_groups,
+                config.lag.interval,
+                shutdown.clone(),
+            ));
         }
         Ok(Runtime {
             broker,

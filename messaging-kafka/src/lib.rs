@@ -89,6 +89,7 @@ mod browse;
 mod consumer;
 mod convert;
 mod error;
+mod lag;
 mod offsets;
 mod polling;
 mod publish;

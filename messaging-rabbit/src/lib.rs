@@ -139,6 +139,7 @@ mod connection;
 mod consumer;
 mod error;
 mod headers;
+mod lag;
 mod options;
 mod publisher;
 mod replies;

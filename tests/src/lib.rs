@@ -23,6 +23,7 @@ pub use suite::*;
 pub mod crash;
 pub mod hostile;
 pub mod idempotency;
+pub mod lag;
 pub mod process;
 pub mod reliability;
 pub use hostile::{ConnectRaw, Limits, RawMessage, RawSend};
