@@ -23,6 +23,8 @@ pub mod key;
 pub mod memory;
 pub mod message;
 pub mod metrics;
+#[cfg(feature = "otel")]
+mod otel;
 pub mod producer;
 pub mod registry;
 pub mod replay;
