@@ -21,6 +21,8 @@ mod suite;
 pub use suite::*;
 
 pub mod hostile;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod process;
 pub mod reliability;
 pub use hostile::{ConnectRaw, Limits, RawMessage, RawSend};
