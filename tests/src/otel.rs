@@ -159,10 +159,13 @@ pub async fn handler_spans_are_children_of_the_publishers(connect: Connect) {
     runtime.shutdown().await.unwrap();
 }
 
-/// Replies with the question it was asked.
+/// Replies with the question it was asked; fails for good on `{"fail": true}`.
 fn echo(topic: &str) -> HandlerSpec {
     HandlerSpec::new("echo", [topic], |inv: Invocation| async move {
         let question: Value = decode_json(&inv.message)?;
+        if question["fail"] == json!(true) {
+            return Err(HandlerError::permanent("asked to fail"));
+        }
         let responder =
             Responder::of(&inv).ok_or_else(|| HandlerError::permanent("no reply-to"))?;
         responder.value(question).await
@@ -171,14 +174,15 @@ fn echo(topic: &str) -> HandlerSpec {
 
 /// A request-reply round trip is one trace: the request, made inside the caller's span, is
 /// handled in a child of it; the reply carries the handler's span as its parent. Also with a
-/// request whose `traceparent` another service wrote.
+/// request whose `traceparent` another service wrote, and for the error reply of a request
+/// that failed for good (sent after the handler's span, it carries the request's context).
 pub async fn request_reply_is_one_trace(connect: Connect) {
     spans();
     let s = Scenario::new(connect);
     let topic = s.topic("asked");
     s.broker()
         .await
-        .declare_topics(std::slice::from_ref(&topic))
+        .declare_topics(&[topic.clone(), format!("{topic}.dlq")])
         .await
         .unwrap();
     let runtime = s.start(vec![echo(&topic)]).await;
@@ -212,27 +216,30 @@ pub async fn request_reply_is_one_trace(connect: Connect) {
         TraceId::from(uuid::Uuid::now_v7().as_u128()),
         SpanId::from(0x00f0_67aa_0ba9_02b7_u64),
     );
-    let correlation = format!("otel-{}", uuid::Uuid::now_v7().simple());
-    let request = OutgoingMessage::new(topic.clone(), br#"{"n":2}"#.to_vec())
-        .with_header(header::REPLY_TO, address)
-        .with_header(header::CORRELATION_ID, correlation.clone())
-        .with_header("traceparent", traceparent(trace, span))
-        .with_header("tracestate", "vendor=opaque");
-    match publisher {
-        Some(publisher) => publisher.publish(request).await,
-        None => broker.publish(request).await,
-    }
-    .expect("the request is published");
-    let reply = loop {
-        let reply = tokio::time::timeout(PATIENCE, replies.recv())
-            .await
-            .expect("a reply in time")
-            .expect("the inbox stays open");
-        // Others' replies arrive too where the address is shared (Kafka).
-        if reply.header(header::CORRELATION_ID) == Some(correlation.as_str()) {
-            break reply;
+    let mut ask = async |body: &[u8]| {
+        let correlation = format!("otel-{}", uuid::Uuid::now_v7().simple());
+        let request = OutgoingMessage::new(topic.clone(), body.to_vec())
+            .with_header(header::REPLY_TO, address.as_str())
+            .with_header(header::CORRELATION_ID, correlation.clone())
+            .with_header("traceparent", traceparent(trace, span))
+            .with_header("tracestate", "vendor=opaque");
+        match &publisher {
+            Some(publisher) => publisher.publish(request).await,
+            None => broker.publish(request).await,
+        }
+        .expect("the request is published");
+        loop {
+            let reply = tokio::time::timeout(PATIENCE, replies.recv())
+                .await
+                .expect("a reply in time")
+                .expect("the inbox stays open");
+            // Others' replies arrive too where the address is shared (Kafka).
+            if reply.header(header::CORRELATION_ID) == Some(correlation.as_str()) {
+                break reply;
+            }
         }
     };
+    let reply = ask(br#"{"n":2}"#).await;
     let handled = finished(trace, HANDLER_SPAN, 1).await;
     let handler = &handled[0];
     assert_eq!(handler.parent_span_id, span, "{handler:?}");
@@ -247,6 +254,18 @@ pub async fn request_reply_is_one_trace(connect: Connect) {
         "the reply continues from the handler's span: {reply:?}"
     );
     assert_eq!(reply.header("tracestate"), Some("vendor=opaque"));
+
+    let failed = ask(br#"{"fail":true}"#).await;
+    assert_eq!(
+        failed.header(header::REPLY_KIND),
+        Some("error"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        failed.header("traceparent"),
+        Some(traceparent(trace, span).as_str()),
+        "the error reply keeps the request's context: {failed:?}"
+    );
     runtime.shutdown().await.unwrap();
 }
 
