@@ -1013,6 +1013,8 @@ impl Dispatcher {
             attempt,
             trace_id = trace_id.unwrap_or(""),
         );
+        // Feature `otel`: a child of the publisher's span, when the message carries its context.
+        trace::continue_trace(&span, message);
         let guarded = AssertUnwindSafe(future).catch_unwind();
         let limit = target.spec.retry.timeout;
         // The common cases kept free of boxing: nothing but (maybe) a trace id to put in

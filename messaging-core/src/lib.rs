@@ -27,6 +27,8 @@ pub mod lag;
 pub mod memory;
 pub mod message;
 pub mod metrics;
+#[cfg(feature = "otel")]
+mod otel;
 pub mod producer;
 pub mod registry;
 pub mod replay;

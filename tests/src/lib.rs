@@ -24,6 +24,8 @@ pub mod crash;
 pub mod hostile;
 pub mod idempotency;
 pub mod lag;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod process;
 pub mod reliability;
 pub use hostile::{ConnectRaw, Limits, RawMessage, RawSend};
