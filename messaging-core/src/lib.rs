@@ -204,7 +204,9 @@ pub mod __private {
     /// What the generated code replies to a request with (see [`crate::reply`]).
     pub mod reply {
         pub use crate::reply::Responder;
-        pub use crate::reply::by_type::{Output, ReplyNull, ReplySerialized, ReplyStreamed};
+        pub use crate::reply::by_type::{
+            Output, ReplyNull, ReplySerialized, ReplyStreamed, ReplyUnsupported,
+        };
     }
 
     pub use crate::extract::{FromContext, Requirement};

@@ -308,7 +308,7 @@ pub mod by_type {
         fn __messaging_reply(&self, to: Responder) -> Replying;
     }
 
-    impl<T, E> ReplyStreamed for &&Output<Result<ReplyStream<T>, E>>
+    impl<T, E> ReplyStreamed for &&&Output<Result<ReplyStream<T>, E>>
     where
         T: serde::Serialize + Send + 'static,
         E: Into<HandlerError>,
@@ -325,7 +325,7 @@ pub mod by_type {
         fn __messaging_reply(&self, to: Responder) -> Replying;
     }
 
-    impl<T, E> ReplySerialized for &Output<Result<T, E>>
+    impl<T, E> ReplySerialized for &&Output<Result<T, E>>
     where
         T: serde::Serialize + Send + 'static,
         E: Into<HandlerError>,
@@ -345,13 +345,26 @@ pub mod by_type {
         fn __messaging_reply(&self, to: Responder) -> Replying;
     }
 
-    impl<R: IntoHandlerResult> ReplyNull for Output<R> {
+    impl<R: IntoHandlerResult> ReplyNull for &Output<R> {
         fn __messaging_reply(&self, to: Responder) -> Replying {
             let result = self.take().into_handler_result();
             Box::pin(async move {
                 result?;
                 to.ok(b"null".to_vec()).await
             })
+        }
+    }
+
+    /// A return type the macros already report as unsupported: matched so that the report
+    /// is not doubled by one about replying.
+    pub trait ReplyUnsupported {
+        /// Never called: the handler does not compile.
+        fn __messaging_reply(&self, to: Responder) -> Replying;
+    }
+
+    impl<R> ReplyUnsupported for Output<R> {
+        fn __messaging_reply(&self, _to: Responder) -> Replying {
+            Box::pin(async { Err(HandlerError::permanent("unsupported return type")) })
         }
     }
 }

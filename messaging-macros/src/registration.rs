@@ -115,8 +115,9 @@ impl Registration<'_> {
                     #[allow(unused_imports)]
                     use #krate::__private::reply::{
                         ReplyNull as _, ReplySerialized as _, ReplyStreamed as _,
+                        ReplyUnsupported as _,
                     };
-                    (&&&#krate::__private::reply::Output::new(__result))
+                    (&&&&#krate::__private::reply::Output::new(__result))
                         .__messaging_reply(__responder)
                 };
                 __replying.await

@@ -360,7 +360,7 @@ async fn two_members(
     acks: &Acks,
     begins: &Begins,
     config: messaging_core::Config,
-    handler: impl Fn() -> HandlerSpec,
+    handler: impl Fn(usize) -> HandlerSpec,
 ) -> Vec<Runtime> {
     let mut members = Vec::new();
     for member in 0..2 {
@@ -368,7 +368,7 @@ async fn two_members(
         let broker = Watched::wrap(s.broker().await, acks.clone());
         let config = config.clone();
         members.push(
-            s.start_on(broker, vec![handler()], |b| {
+            s.start_on(broker, vec![handler(member)], |b| {
                 b.config(config).idempotency_store(store)
             })
             .await,
@@ -453,51 +453,55 @@ pub const ROUNDS: usize = 30;
 const SLOW: Duration = Duration::from_millis(300);
 
 /// Two members of one group, each a runtime of its own (on its own connection, with the one
-/// store), get copies of one idempotency key at once: [`COPIES`] copies under different
-/// message keys, so that they go to different lanes, partitions and members. The handler
-/// runs once per key, never two runs at once, every other copy is a counted duplicate, and
-/// all are acknowledged. Which member gets a copy is the broker's choice: rounds with fresh
-/// keys go on (at most [`ROUNDS`]) until one member began the key while the other found it
-/// in progress.
+/// store), get a copy of one idempotency key at once, each on its own topic. The handler
+/// runs once per key, never two runs at once, the other copy is a counted duplicate, and
+/// both are acknowledged. Rounds with fresh keys go on (at most [`ROUNDS`]) until one member
+/// began the key while the other found it in progress (the first round, unless one member
+/// finished before the other's copy arrived).
 pub async fn idempotent_handler_runs_once_for_two_members_at_once(
     connect: Connect,
     store: ConnectStore,
 ) {
     let s = Scenario::new(connect);
-    let topic = s.topic("parcels");
+    // Each member reads a topic of its own in the one group, so that both surely get a copy
+    // of each key at once (on one shared topic the broker may hand one member every copy).
+    let topics = [s.topic("parcels-a"), s.topic("parcels-b")];
     let group = s.group("shipping");
     let (acks, begins) = (Acks::default(), Begins::default());
     let runs = Arc::<Runs>::default();
     // One store for both (the memory store lives in one process: shared, it is one).
     let shared = store().await;
-    let members = two_members(&s, &shared, &acks, &begins, config(), || {
-        idempotent(&topic, &group, &runs, SLOW)
+    let members = two_members(&s, &shared, &acks, &begins, config(), |member| {
+        idempotent(&topics[member], &group, &runs, SLOW)
     })
     .await;
     let producer = s.producer().await;
     let mut at_once = None;
     for round in 0..ROUNDS {
         let key = format!("parcel-{round}");
-        for copy in 0..COPIES {
+        let (producer, key) = (&producer, &key);
+        let copies = topics.iter().map(|topic| async move {
+            let options = SendOptions::key(format!("{round}")).idempotency_key(key);
             producer
-                .send_with(
-                    &topic,
-                    &json!({"parcel": round}),
-                    SendOptions::key(format!("{round}-{copy}")).idempotency_key(&key),
-                )
+                .send_with(topic, &json!({"parcel": round}), options)
                 .await
-                .expect("send is acknowledged");
+        });
+        for sent in futures::future::join_all(copies).await {
+            sent.expect("send is acknowledged");
         }
         let rounds = round + 1;
-        eventually("every copy of the round acknowledged", || {
-            acked(&acks, &topic) == rounds * COPIES
+        eventually("both copies of the round acknowledged", || {
+            topics.iter().map(|t| acked(&acks, t)).sum::<usize>() == rounds * 2
         })
         .await;
         assert_eq!(runs.done(), rounds, "one run per key");
         assert_eq!(
-            metrics().duplicates(&topic, &group),
-            (rounds * (COPIES - 1)) as u64,
-            "every other copy a counted duplicate"
+            topics
+                .iter()
+                .map(|t| metrics().duplicates(t, &group))
+                .sum::<u64>(),
+            rounds as u64,
+            "the other copy a counted duplicate"
         );
         let of_key: Vec<(usize, Begin)> = begins
             .all()
@@ -551,7 +555,7 @@ pub async fn idempotent_lease_is_renewed_while_the_handler_runs(
     let shared = store().await;
     let mut config = config();
     config.idempotency.lease = SHORT_LEASE;
-    let members = two_members(&s, &shared, &acks, &begins, config, || {
+    let members = two_members(&s, &shared, &acks, &begins, config, |_| {
         idempotent(&topic, &group, &runs, SHORT_LEASE * 5)
     })
     .await;
