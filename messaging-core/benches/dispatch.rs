@@ -48,13 +48,18 @@ fn envelopes(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A round's messages as a publisher hands them over: fresh allocations, not yet stored.
+/// A round's messages as a publisher hands them over: fresh allocations, not yet stored,
+/// with the headers `publish_event` adds (the event name and id).
 fn outgoing(bodies: &[Vec<u8>]) -> Vec<OutgoingMessage> {
     bodies
         .iter()
         .map(|body| {
+            // The envelope's id, which serializes first: `{"id":"<36 characters>",…`.
+            assert!(body.starts_with(b"{\"id\":\""), "the id comes first");
+            let id = std::str::from_utf8(&body[7..43]).unwrap();
             OutgoingMessage::new(TOPIC, body.clone())
                 .with_header(header::EVENT_NAME, "order.created")
+                .with_header(header::EVENT_ID, id)
         })
         .collect()
 }
