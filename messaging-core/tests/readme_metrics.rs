@@ -110,8 +110,25 @@ async fn the_readme_lists_exactly_the_rendered_metric_families() {
             .await
             .unwrap();
     }
+    // A request whose requester stopped waiting long ago.
+    harness
+        .send_raw(
+            messaging_core::OutgoingMessage::new(orders, b"{}".to_vec()).with_header(
+                messaging_core::message::header::DEADLINE,
+                "2000-01-01T00:00:00Z",
+            ),
+        )
+        .await
+        .unwrap();
+    // What the lag refresher sets.
+    metrics().set_consumer_lag("readme-metrics", orders, "0", 0);
+    metrics().set_consumer_pending("readme-metrics", orders, "0", 0);
     harness.wait_idle().await;
     assert_eq!(harness.dead_lettered("readme_metrics_order"), 1);
+    assert_eq!(
+        metrics().expired_requests(orders, "readme_metrics_order"),
+        1
+    );
     assert_eq!(metrics().duplicates(payments, "readme_metrics_payment"), 1);
     assert_eq!(metrics().skipped(events, "unknown_event"), 1);
 
