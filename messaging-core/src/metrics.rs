@@ -8,8 +8,9 @@
 //! of its own (Prometheus, OpenTelemetry, StatsD …) gets ours in its own exporter. The facade's
 //! handles are taken once — per handler and lane when the runtime starts, per backend and
 //! event name at the first publish, per topic at the first skip or duplicate — never per
-//! message. So **install a recorder before starting the runtime**: a handle taken before
-//! any recorder was installed stays a no-op.
+//! message. So **install a recorder before starting the runtime** (and before publishing): a
+//! handle taken before any recorder was installed stays a no-op. Gauges (the lag's, set on
+//! an interval) and the rare process-wide counters are looked up each time instead.
 //!
 //! The counts are mirrored here as well, for the accessors ([`Metrics::duplicates`],
 //! [`Metrics::handler_totals`] …) and for [`Metrics::render`], which needs no recorder.
@@ -22,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use ::metrics::{Counter, Gauge, Histogram};
+use ::metrics::{Counter, Histogram};
 
 use crate::message::{Message, header};
 
@@ -450,9 +451,9 @@ pub struct Metrics {
     /// Replies that arrived after their requester stopped waiting.
     late_replies: AtomicU64,
     /// By group, topic and partition.
-    consumer_lag: ByLabels<3, Gauge>,
+    consumer_lag: ByLabels<3, ()>,
     /// By group, topic and partition.
-    consumer_pending: ByLabels<3, Gauge>,
+    consumer_pending: ByLabels<3, ()>,
     handlers: Mutex<Vec<(String, String, Arc<HandlerMetrics>)>>,
     backend: Mutex<Option<String>>,
 }
@@ -493,23 +494,18 @@ fn add_one<const N: usize>(
     counted.handle.increment(1);
 }
 
-/// Sets the gauge of `labels`, taking it from the facade the first time.
+/// Sets the gauge of `labels`. Looked up in the facade each time: gauges are set on an
+/// interval, not per message, and may be set before a recorder is installed.
 fn set_gauge<const N: usize>(
-    map: &ByLabels<N, Gauge>,
+    map: &ByLabels<N, ()>,
     name: &'static str,
     keys: [&'static str; N],
     labels: [&str; N],
     value: u64,
 ) {
-    let mut map = lock(map);
-    let counted = map
-        .entry(labels.map(str::to_owned))
-        .or_insert_with_key(|values| Counted {
-            value: 0,
-            handle: ::metrics::gauge!(name, label_list(keys, values).iter()),
-        });
-    counted.value = value;
-    counted.handle.set(value as f64);
+    let values = labels.map(str::to_owned);
+    ::metrics::gauge!(name, label_list(keys, &values).iter()).set(value as f64);
+    lock(map).insert(values, Counted { value, handle: () });
 }
 
 fn label_list<const N: usize>(
