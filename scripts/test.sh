@@ -21,6 +21,8 @@ done
 if [[ -f scripts/install-moto.sh ]]; then
     bash scripts/install-moto.sh
 fi
+# Prometheus and promtool for tests/tests/prometheus.rs (deploy/ rules and a real scrape).
+bash scripts/install-prometheus.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
