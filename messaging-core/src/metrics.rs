@@ -2,7 +2,7 @@
 //! dropped, how long handlers took, how old a message was when its handler finished, and how
 //! far consumers are behind.
 //!
-//! Every sample goes through the [`metrics`] facade, so whichever recorder the process
+//! Every sample goes through the [`metrics`](mod@::metrics) facade, so whichever recorder the process
 //! installed exports it: the `consumer` binary installs `metrics-exporter-prometheus` for
 //! `GET /metrics` (`install_prometheus`, feature `prometheus`); a service with a recorder
 //! of its own (Prometheus, OpenTelemetry, StatsD …) gets ours in its own exporter. The facade's
