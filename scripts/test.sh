@@ -21,6 +21,12 @@ done
 if [[ -f scripts/install-moto.sh ]]; then
     bash scripts/install-moto.sh
 fi
+# messaging-celery's tests start a real Celery worker, from a venv of their own.
+bash scripts/install-celery.sh
+
+# The AsyncAPI test validates `consumer asyncapi` with the AsyncAPI parser (npm).
+bash scripts/install-asyncapi.sh
+
 # Prometheus and promtool for tests/tests/prometheus.rs (deploy/ rules and a real scrape).
 bash scripts/install-prometheus.sh
 

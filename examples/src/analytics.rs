@@ -3,10 +3,11 @@
 //! those fields and dispatches by `type`. Unknown types are acknowledged and counted.
 
 use messaging_core::prelude::*;
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// The payload of `BEAT_CREATED`, in the publisher's camelCase.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BeatCreated {
     /// The beat.
@@ -18,7 +19,7 @@ pub struct BeatCreated {
 }
 
 /// The payload of `METRIC_CALCULATED`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 pub struct MetricCalculated {
     /// The metric's name.
     pub metric: String,

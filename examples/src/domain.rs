@@ -3,11 +3,11 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use messaging_core::TypedEvent;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A user as the API returns it; also the data of `user.created`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct User {
     /// Its id.
     pub id: u64,
@@ -16,7 +16,7 @@ pub struct User {
 }
 
 /// The body of `orders.created`, published as is (no envelope).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct OrderCreated {
     /// The order.
     pub order_id: u64,
@@ -27,7 +27,7 @@ pub struct OrderCreated {
 }
 
 /// Published once an order is paid.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentCompleted {
     /// The order paid.
     pub order_id: u64,
@@ -37,10 +37,11 @@ pub struct PaymentCompleted {
     pub amount: f64,
 }
 
-impl TypedEvent for PaymentCompleted {
-    const NAME: &'static str = "payment.completed";
-    const TOPIC: &'static str = "payment-events";
-}
+messaging_core::typed_event!(
+    PaymentCompleted,
+    name = "payment.completed",
+    topic = "payment-events"
+);
 
 /// A stand-in for a payment provider: the first charge of every order times out (so the
 /// retry is visible), and amounts over the limit are refused for good.

@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use messaging_core::TypedEvent;
 use messaging_core::prelude::*;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `user.mood.created`, fired by `POST /mood-entries`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct MoodCreated {
     /// Whose entry it is.
     pub user_id: String,
@@ -21,13 +21,14 @@ pub struct MoodCreated {
     pub tags: Vec<String>,
 }
 
-impl TypedEvent for MoodCreated {
-    const NAME: &'static str = "user.mood.created";
-    const TOPIC: &'static str = "aura360.user.events";
-}
+messaging_core::typed_event!(
+    MoodCreated,
+    name = "user.mood.created",
+    topic = "aura360.user.events"
+);
 
 /// The user's context after a new entry.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ContextAggregated {
     /// Whose context it is.
     pub user_id: String,
@@ -37,13 +38,14 @@ pub struct ContextAggregated {
     pub average_mood: f32,
 }
 
-impl TypedEvent for ContextAggregated {
-    const NAME: &'static str = "context.aggregated";
-    const TOPIC: &'static str = "aura360.context.aggregated";
-}
+messaging_core::typed_event!(
+    ContextAggregated,
+    name = "context.aggregated",
+    topic = "aura360.context.aggregated"
+);
 
 /// The context as vectors.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct ContextVectorized {
     /// Whose context it is.
     pub user_id: String,
@@ -53,10 +55,11 @@ pub struct ContextVectorized {
     pub embedding_model: String,
 }
 
-impl TypedEvent for ContextVectorized {
-    const NAME: &'static str = "context.vectorized";
-    const TOPIC: &'static str = "aura360.context.vectorized";
-}
+messaging_core::typed_event!(
+    ContextVectorized,
+    name = "context.vectorized",
+    topic = "aura360.context.vectorized"
+);
 
 /// Mood history per user (stands in for the database).
 #[derive(Debug, Default)]

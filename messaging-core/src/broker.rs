@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::config::Config;
 use crate::error::{BrokerError, Error};
 use crate::handler::BoxFuture;
+use crate::lag::LagRow;
 use crate::message::{Message, OutgoingMessage};
 use crate::reply::ReplyInbox;
 
@@ -104,6 +105,27 @@ pub trait Broker: Send + Sync + 'static {
     /// once the broker has acknowledged it. Default: [`Broker::publish`] to that topic.
     fn publish_reply(&self, reply: OutgoingMessage) -> BoxFuture<'_, Result<(), BrokerError>> {
         self.publish(reply)
+    }
+
+    /// How far `group` is behind on `topics`: one row per topic, or per partition where
+    /// there are partitions, for what exists (a topic the broker does not have, or a group
+    /// it never saw there, has no row). `lag` counts what the group has not acknowledged
+    /// yet, `pending` the part of it delivered and unacknowledged (see [`crate::lag`]). It
+    /// must not join the group, so it works whether or not a member runs. Default:
+    /// unsupported.
+    fn lag<'a>(
+        &'a self,
+        group: &'a str,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<LagRow>, BrokerError>> {
+        let _ = (group, topics);
+        let broker = self.name();
+        Box::pin(async move {
+            Err(BrokerError::Unsupported {
+                broker,
+                operation: "consumer lag",
+            })
+        })
     }
 
     /// Sends whatever the client buffers, waiting up to `timeout`. Default: nothing buffered.
@@ -350,6 +372,44 @@ pub type TargetFn = fn(&Config) -> String;
 /// the [`BrokerError::Config`] a connection attempt would end with at once, if any.
 pub type CheckFn = fn(&Config) -> Result<(), BrokerError>;
 
+/// What a [`BrokerFactory`] adds about a topic in listings (`consumer list`), such as what
+/// the topic is called on that broker; `None` when there is nothing to add.
+pub type TopicNoteFn = fn(&Config, &str) -> Option<String>;
+
+/// The part of the AsyncAPI document (`consumer asyncapi`) a [`BindingsFn`] is asked about.
+/// Topics are as the broker sees them (overrides applied).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BindingOf<'a> {
+    /// The server: the configured broker.
+    Server,
+    /// The channel of `topic`; `kept` for a dead-letter topic, which the runtime declares so
+    /// that it keeps its records with no consumer ([`Broker::declare_topics`]).
+    Channel {
+        /// The topic.
+        topic: &'a str,
+        /// Whether it is a kept (dead-letter) topic.
+        kept: bool,
+    },
+    /// A handler's receive operation: `group` reads `topic`.
+    Receive {
+        /// The topic.
+        topic: &'a str,
+        /// The consumer group.
+        group: &'a str,
+    },
+    /// A send operation to `topic`.
+    Send {
+        /// The topic.
+        topic: &'a str,
+    },
+}
+
+/// What a [`BrokerFactory`] says about `of` in the AsyncAPI document: a bindings object keyed
+/// by protocol (`{"kafka": {"groupId": …, "bindingVersion": "0.5.0"}}`), or `None` for none.
+/// It must not fail or connect: a setting that does not parse gives no bindings.
+pub type BindingsFn = fn(&Config, BindingOf<'_>) -> Option<serde_json::Value>;
+
 /// A broker that can be selected by name. Broker crates submit one with `inventory`, which
 /// is all it takes for `MESSAGING_BACKEND=<name>` to select it: core knows no broker by name.
 ///
@@ -382,6 +442,8 @@ pub struct BrokerFactory {
     variables: &'static [&'static str],
     target: TargetFn,
     check: CheckFn,
+    topic_note: Option<TopicNoteFn>,
+    bindings: BindingsFn,
 }
 
 impl BrokerFactory {
@@ -394,6 +456,8 @@ impl BrokerFactory {
             variables: &[],
             target: name_only,
             check: nothing_to_check,
+            topic_note: None,
+            bindings: no_bindings,
         }
     }
 
@@ -417,6 +481,19 @@ impl BrokerFactory {
         self
     }
 
+    /// What `consumer list` shows beside a topic (see [`TopicNoteFn`]). Default: nothing.
+    pub const fn topic_note(mut self, note: TopicNoteFn) -> Self {
+        self.topic_note = Some(note);
+        self
+    }
+
+    /// What this broker adds to the AsyncAPI document: the protocol bindings of its server,
+    /// channels and operations (see [`BindingsFn`]). Default: none.
+    pub const fn bindings(mut self, bindings: BindingsFn) -> Self {
+        self.bindings = bindings;
+        self
+    }
+
     /// The name `MESSAGING_BACKEND` selects it by.
     pub fn name(&self) -> &'static str {
         self.name
@@ -435,10 +512,20 @@ impl BrokerFactory {
         (self.target)(config)
     }
 
+    /// What this broker adds about `topic` in listings, as `config` says.
+    pub fn note_topic(&self, config: &Config, topic: &str) -> Option<String> {
+        self.topic_note.and_then(|note| note(config, topic))
+    }
+
     /// The setting of `config` that can never work for this broker, found without
     /// connecting.
     pub fn check_settings(&self, config: &Config) -> Result<(), BrokerError> {
         (self.check)(config)
+    }
+
+    /// The AsyncAPI bindings of `of` under `config` (see [`BindingsFn`]).
+    pub fn bindings_of(&self, config: &Config, of: BindingOf<'_>) -> Option<serde_json::Value> {
+        (self.bindings)(config, of)
     }
 }
 
@@ -448,6 +535,10 @@ fn name_only(config: &Config) -> String {
 
 fn nothing_to_check(_config: &Config) -> Result<(), BrokerError> {
     Ok(())
+}
+
+fn no_bindings(_config: &Config, _of: BindingOf<'_>) -> Option<serde_json::Value> {
+    None
 }
 
 impl std::fmt::Debug for BrokerFactory {

@@ -8,6 +8,7 @@
 //!
 //! or, to register state for `State<T>` extractors, `cli::main_with(|runtime| runtime.state(pool))`.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -53,6 +54,26 @@ enum Command {
     /// Inspects or replays a dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Prints how far each group is behind, per topic and partition.
+    Lag(LagArgs),
+    /// Prints the service's AsyncAPI 3.0 document: server, topics, handlers, events, DLQs.
+    Asyncapi(AsyncapiArgs),
+}
+
+#[derive(Debug, Args)]
+struct AsyncapiArgs {
+    /// The document's format.
+    #[arg(long, value_enum, default_value = "json")]
+    format: Format,
+    /// The backend, instead of MESSAGING_BACKEND.
+    #[arg(long, value_name = "NAME")]
+    broker: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Format {
+    Json,
+    Yaml,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +122,20 @@ struct DlqArgs {
     #[arg(long, value_name = "NAME")]
     broker: Option<String>,
     /// One JSON record per line instead of a summary line each.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct LagArgs {
+    /// Only this group (a group of no handler reads every handler's topics, as
+    /// `consumer --group G` runs them).
+    #[arg(long, value_name = "G")]
+    group: Option<String>,
+    /// The backend, instead of MESSAGING_BACKEND.
+    #[arg(long, value_name = "NAME")]
+    broker: Option<String>,
+    /// A JSON array of rows instead of the table.
     #[arg(long)]
     json: bool,
 }
@@ -227,8 +262,20 @@ async fn run_cli(
                 Ok(ExitCode::FAILURE)
             }
         }
+        Some(Command::Asyncapi(args)) => {
+            let handlers = adjust(Runtime::builder()).selected_handlers()?;
+            let config = config_for(args.broker.as_deref())?;
+            let document =
+                crate::asyncapi::document(&handlers, &crate::registered_events(), &config)?;
+            match args.format {
+                Format::Json => println!("{document:#}"),
+                Format::Yaml => print!("{}", crate::asyncapi::to_yaml(&document)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Some(Command::Dlq(DlqCommand::List(args))) => dlq_list(args).await,
         Some(Command::Dlq(DlqCommand::Replay(args))) => dlq_replay(args).await,
+        Some(Command::Lag(args)) => lag(args, adjust).await,
     }
 }
 
@@ -312,6 +359,7 @@ async fn run(
             handlers: handlers.len(),
             connection: Arc::clone(&connection),
             stall_after: config.health_stall_after,
+            lag_alert: config.lag.alert,
         });
         let bound = health::serve(addr, health, stop_serving.clone())
             .await
@@ -380,6 +428,12 @@ fn list(handlers: &[HandlerSpec], config: &Config) -> String {
         ]
         .map(str::to_owned),
     ];
+    // What the broker adds about a topic (what it is called there), when it adds anything.
+    let broker = factory(&config.backend).ok();
+    let topic = |t: &String| match broker.and_then(|b| b.note_topic(config, t)) {
+        Some(note) => format!("{t} [{note}]"),
+        None => t.clone(),
+    };
     for h in handlers {
         let retry = h.retry_policy();
         rows.push([
@@ -388,7 +442,7 @@ fn list(handlers: &[HandlerSpec], config: &Config) -> String {
                 HandlerKind::OnEvent => "on_event".to_owned(),
             },
             h.qualified_name().to_owned(),
-            h.topics().join(","),
+            h.topics().iter().map(topic).collect::<Vec<_>>().join(","),
             h.group_name().to_owned(),
             h.event_name().unwrap_or("-").to_owned(),
             if h.uses_retry_topics() {
@@ -456,8 +510,9 @@ fn dlq_of(topic: &str, config: &Config) -> DlqOf {
     }
 }
 
-/// The configuration for a `dlq` command. The memory broker's DLQ lives in the process that
-/// wrote it, so a `dlq` command on it reads nothing: it runs only when named explicitly.
+/// The configuration for a `dlq` or `lag` command. The memory broker's DLQs and groups live
+/// in the process that made them, so such a command on it reads nothing: it runs only when
+/// named explicitly.
 fn dlq_config(broker: Option<&str>) -> Result<Config, Error> {
     let config = config_for(broker)?;
     let named = broker.is_some()
@@ -467,14 +522,56 @@ fn dlq_config(broker: Option<&str>) -> Result<Config, Error> {
         return Err(Error::Config {
             key: "MESSAGING_BACKEND".to_owned(),
             message: format!(
-                "is not set, so this would read the in-memory broker, whose DLQ ends with the \
-                 process that wrote it; set MESSAGING_BACKEND to the broker the service uses \
+                "is not set, so this would read the in-memory broker, whose DLQs and groups end \
+                 with the process that made them; set MESSAGING_BACKEND to the broker the service uses \
                  (linked: {}) or pass --broker memory",
                 linked_backends().join(", ")
             ),
         });
     }
     Ok(config)
+}
+
+/// `consumer lag`: the registered groups' lag (or one group's), read from the broker, so it
+/// works whether or not their consumers run.
+async fn lag(
+    args: LagArgs,
+    adjust: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder,
+) -> Result<ExitCode, Error> {
+    // Like the DLQ, the memory broker's groups live in the process that made them.
+    let config = dlq_config(args.broker.as_deref())?;
+    let handlers = adjust(Runtime::builder())
+        .config(config.clone())
+        .selected_handlers()?;
+    let mut groups = crate::lag::group_topics(&handlers);
+    if let Some(group) = args.group {
+        let topics = match groups.remove(&group) {
+            Some(topics) => topics,
+            None => groups
+                .into_values()
+                .flatten()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        };
+        groups = [(group, topics)].into();
+    }
+    let broker = connect_once(&config).await?;
+    let mut rows = Vec::new();
+    for (group, topics) in &groups {
+        rows.extend(broker.lag(group, topics).await?);
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+    } else if rows.is_empty() {
+        eprintln!("no lag to show: no group has read these topics yet");
+    } else {
+        print!("{}", crate::lag::table(&rows));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// How many records of a shared DLQ `dlq list` reads at most to find those of one topic.
@@ -631,5 +728,24 @@ mod tests {
         assert!(Cli::try_parse_from(["consumer", "--shutdown-timeout", "soon"]).is_err());
         assert!(Cli::try_parse_from(["consumer", "list"]).is_ok());
         assert!(Cli::try_parse_from(["consumer", "check"]).is_ok());
+        assert!(matches!(
+            Cli::try_parse_from(["consumer", "asyncapi", "--format", "yaml"])
+                .unwrap()
+                .command,
+            Some(Command::Asyncapi(AsyncapiArgs {
+                format: Format::Yaml,
+                ..
+            }))
+        ));
+        assert!(Cli::try_parse_from(["consumer", "asyncapi", "--format", "xml"]).is_err());
+        let cli = Cli::try_parse_from(["consumer", "lag", "--group", "g", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Lag(LagArgs {
+                json: true,
+                group: Some(_),
+                ..
+            }))
+        ));
     }
 }

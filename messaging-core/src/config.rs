@@ -58,6 +58,9 @@ pub struct Config {
     pub event_queue: usize,
     /// Where idempotent handlers keep their keys (`MESSAGING_IDEMPOTENCY_*`).
     pub idempotency: crate::idempotency::IdempotencyConfig,
+    /// How often a running consumer reads its lag, and when `/health` calls it lagging
+    /// (`MESSAGING_LAG_INTERVAL`, `MESSAGING_LAG_ALERT`).
+    pub lag: crate::lag::LagConfig,
 }
 
 impl Default for Config {
@@ -77,6 +80,7 @@ impl Default for Config {
             topic_overrides: BTreeMap::new(),
             event_queue: 10_000,
             idempotency: Default::default(),
+            lag: Default::default(),
         }
     }
 }
@@ -153,6 +157,7 @@ impl Config {
         }
         let prefixes = crate::broker::setting_prefixes();
         c.idempotency = crate::idempotency::IdempotencyConfig::from_lookup(set)?;
+        c.lag = crate::lag::LagConfig::from_lookup(set)?;
         for (key, value) in all {
             // Passed on unread: the broker crate that registered the prefix parses it.
             if prefixes.iter().any(|p| key.starts_with(p)) {
@@ -294,6 +299,7 @@ impl fmt::Debug for Config {
             .field("topic_overrides", &self.topic_overrides)
             .field("event_queue", &self.event_queue)
             .field("idempotency", &self.idempotency)
+            .field("lag", &self.lag)
             .finish()
     }
 }

@@ -959,7 +959,13 @@ impl Dispatcher {
                 }
             }
         }
-        let outcome = self.run_attempt(on, invocation, attempt, acks).await;
+        let outcome = guard
+            .hold(
+                &key,
+                &owner,
+                self.run_attempt(on, invocation, attempt, acks),
+            )
+            .await;
         let settled = match &outcome {
             Ok(()) => store.complete(&key, &owner, guard.ttl).await,
             Err(_) => store.release(&key, &owner).await,
@@ -1010,6 +1016,8 @@ impl Dispatcher {
             attempt,
             trace_id = trace_id.unwrap_or(""),
         );
+        // Feature `otel`: a child of the publisher's span, when the message carries its context.
+        trace::continue_trace(&span, message);
         let guarded = AssertUnwindSafe(future).catch_unwind();
         let limit = target.spec.retry.timeout;
         // The common cases kept free of boxing: nothing but (maybe) a trace id to put in

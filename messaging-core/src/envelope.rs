@@ -91,6 +91,59 @@ pub trait TypedEvent: Serialize {
     const TOPIC: &'static str;
 }
 
+/// Declares a [`TypedEvent`] and registers it, so that the service's AsyncAPI document
+/// (`consumer asyncapi`) lists a send operation for it, with the payload schema of its type
+/// when it has one (the `schemars` feature).
+///
+/// ```
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct MoodCreated { user_id: String, score: u8 }
+///
+/// messaging_core::typed_event!(MoodCreated, name = "user.mood.created", topic = "aura360.user.events");
+///
+/// assert_eq!(<MoodCreated as messaging_core::TypedEvent>::NAME, "user.mood.created");
+/// assert!(messaging_core::registered_events().iter().any(|e| e.name == "user.mood.created"));
+/// ```
+///
+/// A type whose `impl TypedEvent` is written by hand is registered with
+/// `typed_event!(MoodCreated);`. A `TypedEvent` that is not registered still publishes and
+/// handles as usual; the document just does not list it (nothing else can find it: a trait
+/// impl leaves no trace at run time).
+#[macro_export]
+macro_rules! typed_event {
+    ($ty:ty, name = $name:expr, topic = $topic:expr $(,)?) => {
+        impl $crate::TypedEvent for $ty {
+            const NAME: &'static str = $name;
+            const TOPIC: &'static str = $topic;
+        }
+        $crate::typed_event!($ty);
+    };
+    ($ty:ty $(,)?) => {
+        const _: () = {
+            const _: () = $crate::__private::check_topic(<$ty as $crate::TypedEvent>::TOPIC);
+
+            fn __messaging_schema() -> ::core::option::Option<$crate::__private::serde_json::Value>
+            {
+                // The traits that exist with the enabled features (see `json_schema`).
+                #[allow(unused_imports)]
+                use $crate::__private::schema_of::*;
+                (&&&$crate::__private::schema_of::SchemaOf::<$ty>::NEW).__messaging_schema()
+            }
+
+            $crate::__private::inventory::submit! {
+                $crate::__private::EventRegistration {
+                    name: <$ty as $crate::TypedEvent>::NAME,
+                    topic: <$ty as $crate::TypedEvent>::TOPIC,
+                    source: $crate::__private::EventSource::Type(::core::stringify!($ty)),
+                    module_path: ::core::module_path!(),
+                    key_field: ::core::option::Option::None,
+                    schema: __messaging_schema,
+                }
+            }
+        };
+    };
+}
+
 /// Where a foreign envelope keeps the event name and the data, e.g. `{"type": …, "payload": …}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EnvelopeFields {

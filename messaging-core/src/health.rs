@@ -30,6 +30,9 @@ pub struct Health {
     /// How long a group may fail to fetch, or to write DLQ records, before it counts as
     /// not ready.
     pub stall_after: Duration,
+    /// `/health` lists the groups' topics and partitions lagging above this many messages
+    /// (`MESSAGING_LAG_ALERT`).
+    pub lag_alert: u64,
 }
 
 impl Health {
@@ -63,6 +66,25 @@ impl Health {
         reasons
     }
 
+    /// The groups' topics (and partitions) more than `lag_alert` messages behind, as
+    /// `group/topic` or `group/topic/partition`, from the last lag reading.
+    ///
+    /// Lagging does not make the service unready, nor `/health` fail: a backlog is load,
+    /// not a fault of this instance, and an instance taken out of rotation (or a rollout
+    /// that waits for readiness) drains nothing. Alert on it (`messaging_consumer_lag`).
+    pub fn lagging(&self) -> Vec<String> {
+        let groups = self.connection.groups();
+        crate::lag::lagging(self.lag_alert)
+            .into_iter()
+            // Only what this process consumes: the gauges are the process's.
+            .filter(|r| groups.iter().any(|(g, _)| *g == r.group))
+            .map(|r| match r.partition {
+                Some(p) => format!("{}/{}/{p}", r.group, r.topic),
+                None => format!("{}/{}", r.group, r.topic),
+            })
+            .collect()
+    }
+
     /// The groups that have failed to fetch, or to write DLQ records, for longer than
     /// `stall_after`, with why.
     pub fn stalled(&self) -> Vec<String> {
@@ -94,8 +116,10 @@ async fn health_handler(State(health): State<Arc<Health>>) -> impl IntoResponse 
     let connected = c.is_connected();
     let not_ready = health.not_ready();
     let stalled = !health.stalled().is_empty();
+    let lagging = health.lagging();
     let status = match (connected, c.in_cooldown()) {
         (true, _) if stalled => "stalled",
+        (true, _) if !lagging.is_empty() => "lagging",
         (true, _) => "connected",
         (false, true) => "cooling_down",
         (false, false) => "connecting",
@@ -105,6 +129,7 @@ async fn health_handler(State(health): State<Arc<Health>>) -> impl IntoResponse 
         "status": status,
         "ready": not_ready.is_empty(),
         "not_ready": not_ready,
+        "lagging": lagging,
         "in_cooldown": c.in_cooldown(),
         "retry_count": c.retry_count(),
         "enabled": health.enabled,
@@ -181,7 +206,40 @@ mod tests {
             handlers: 1,
             connection,
             stall_after,
+            lag_alert: 1000,
         }
+    }
+
+    #[test]
+    fn lagging_lists_this_process_groups_above_the_threshold_and_stays_ready() {
+        let h = health(Duration::ZERO);
+        h.connection.set_group("health-lag", Readiness::ready());
+        let row = |topic: &str, partition, lag| crate::lag::LagRow {
+            group: "health-lag".into(),
+            topic: topic.into(),
+            partition,
+            lag,
+            pending: None,
+        };
+        crate::lag::record(
+            "health-lag",
+            &[row("orders", Some(0), 1000), row("orders", Some(1), 1001)],
+        );
+        crate::lag::record(
+            "health-lag-elsewhere",
+            &[crate::lag::LagRow {
+                group: "health-lag-elsewhere".into(),
+                ..row("orders", None, 5000)
+            }],
+        );
+        assert_eq!(h.lagging(), ["health-lag/orders/1"]);
+        assert!(
+            h.not_ready().is_empty(),
+            "a backlog is not a reason to be unready"
+        );
+        crate::lag::forget("health-lag");
+        crate::lag::forget("health-lag-elsewhere");
+        assert!(h.lagging().is_empty());
     }
 
     #[test]

@@ -9,9 +9,18 @@
 //! running, and counted. One that finds it in progress waits and checks again, so that two
 //! deliveries of one key never run at once. A failed attempt releases the key, so that its
 //! retry (or a redelivery) runs.
+//!
+//! While the handler runs, its lease is renewed every third of it ([`IdempotencyStore::renew`]),
+//! so that a handler slower than the lease keeps its key and no other member takes it over
+//! mid-run; a crashed member stops renewing, and its key is free once the lease runs out.
+//! The handler's attempt can see the key it holds ([`Claim::current`]): a store whose keys
+//! live beside the handler's own data (PostgreSQL) can mark it done in the handler's
+//! transaction, after which the framework's completion changes nothing.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,6 +92,22 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         key: &'a str,
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), IdempotencyError>>;
+
+    /// Extends `owner`'s hold of `key` in progress to `lease` from now, while its handler
+    /// runs. `false` when `owner` no longer holds it in progress: its lease ran out and
+    /// another delivery took the key, or the key is done.
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, IdempotencyError>>;
+
+    /// The store as [`Any`], for code that knows its type (messaging-postgres marks a key
+    /// done in a handler's transaction through its store). Default: `None`.
+    fn as_any(&self) -> Option<&(dyn Any + Send + Sync)> {
+        None
+    }
 }
 
 /// Where idempotency keys are kept, read from `MESSAGING_IDEMPOTENCY_*`.
@@ -174,6 +199,11 @@ pub type ConnectStore =
 pub struct IdempotencyStoreFactory {
     /// The name `MESSAGING_IDEMPOTENCY_STORE` selects it by.
     pub name: &'static str,
+    /// For a store that needs an address (`MESSAGING_IDEMPOTENCY_URL`), an example of one
+    /// (`redis://127.0.0.1:6379/0`): [`connect_store`] refuses to connect such a store
+    /// without a URL, showing it, so that `connect` always gets one. `None` when it needs
+    /// none.
+    pub url_example: Option<&'static str>,
     /// Connects it.
     pub connect: ConnectStore,
 }
@@ -204,6 +234,17 @@ pub async fn connect_store(config: &IdempotencyConfig) -> Result<Arc<dyn Idempot
             ),
         });
     };
+    if let Some(example) = factory.url_example
+        && config.url.is_none()
+    {
+        return Err(Error::Config {
+            key: "MESSAGING_IDEMPOTENCY_URL".to_owned(),
+            message: format!(
+                "the `{}` store needs its address: set MESSAGING_IDEMPOTENCY_URL, e.g. {example}",
+                factory.name
+            ),
+        });
+    }
     (factory.connect)(config).await.map_err(|e| Error::Config {
         key: "MESSAGING_IDEMPOTENCY_URL".to_owned(),
         message: e.to_string(),
@@ -225,6 +266,123 @@ pub(crate) struct Guard {
     pub store: Arc<dyn IdempotencyStore>,
     pub ttl: Duration,
     pub lease: Duration,
+}
+
+impl Guard {
+    /// Runs `attempt`, which holds `key` for `owner`: with the [`Claim`] in scope for the
+    /// handler, and the lease renewed every third of it until the attempt ends (or is
+    /// dropped, as a shutdown that times out drops it).
+    pub(crate) async fn hold<F: Future>(&self, key: &str, owner: &str, attempt: F) -> F::Output {
+        let claim = Claim::new(key, owner, self.ttl, Arc::clone(&self.store));
+        let attempt = std::pin::pin!(CLAIM.scope(claim, attempt));
+        let renewing = std::pin::pin!(renew_while_held(&*self.store, key, owner, self.lease));
+        match futures::future::select(attempt, renewing).await {
+            futures::future::Either::Left((outcome, _)) => outcome,
+            futures::future::Either::Right((never, _)) => match never {},
+        }
+    }
+}
+
+/// Renews `owner`'s lease of `key` every third of `lease`, for ever; stops renewing (and
+/// waits for ever) once the store says the key is no longer held. A failed renewal is
+/// tried again at the next turn: the lease still has two thirds to run.
+async fn renew_while_held(
+    store: &dyn IdempotencyStore,
+    key: &str,
+    owner: &str,
+    lease: Duration,
+) -> std::convert::Infallible {
+    let every = (lease / 3).max(Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        match store.renew(key, owner, lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    store = store.name(),
+                    key,
+                    ?lease,
+                    "the idempotency key's lease ran out while its handler ran (another delivery may run it too); lengthen MESSAGING_IDEMPOTENCY_LEASE"
+                );
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(store = store.name(), key, %error, "renewing the idempotency key's lease failed; trying again");
+            }
+        }
+    }
+    std::future::pending().await
+}
+
+tokio::task_local! {
+    static CLAIM: Claim;
+}
+
+/// The idempotency key that an idempotent handler's attempt holds, seen from inside the
+/// handler ([`Claim::current`]). Stores whose keys live beside the handler's own data use it
+/// to mark the key done in the handler's transaction (`messaging_postgres::IdempotencyKey`).
+#[derive(Clone)]
+pub struct Claim {
+    key: String,
+    owner: String,
+    ttl: Duration,
+    store: Arc<dyn IdempotencyStore>,
+}
+
+impl fmt::Debug for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Claim")
+            .field("key", &self.key)
+            .field("owner", &self.owner)
+            .field("ttl", &self.ttl)
+            .field("store", &self.store.name())
+            .finish()
+    }
+}
+
+impl Claim {
+    /// A claim of `key` (the store's key, [`scoped`] by group) by `owner` in `store`, to be
+    /// done for `ttl`. The runtime makes them; tests of code that takes one may too.
+    pub fn new(
+        key: impl Into<String>,
+        owner: impl Into<String>,
+        ttl: Duration,
+        store: Arc<dyn IdempotencyStore>,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            owner: owner.into(),
+            ttl,
+            store,
+        }
+    }
+
+    /// The claim of the idempotent handler running on this task, if it holds a key (`None`
+    /// in a handler that is not idempotent, for a message with no key, and in tasks the
+    /// handler spawns).
+    pub fn current() -> Option<Self> {
+        CLAIM.try_with(Self::clone).ok()
+    }
+
+    /// The key in the store: the idempotency key scoped by group ([`scoped`]).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The token of the attempt holding it.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// How long it is remembered once done.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The store keeping it.
+    pub fn store(&self) -> &Arc<dyn IdempotencyStore> {
+        &self.store
+    }
 }
 
 /// The store's key of idempotency key `key` in group `group`: groups never share keys.
@@ -342,6 +500,17 @@ impl MemoryIdempotencyStore {
             slots.remove(key);
         }
     }
+
+    /// A lease that ran out is renewed too while no other delivery took the key.
+    fn extend(&self, key: &str, owner: &str, lease: Duration) -> bool {
+        match self.lock().get_mut(key) {
+            Some(Slot::InProgress { owner: o, until }) if o == owner => {
+                *until = Instant::now() + lease;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl IdempotencyStore for MemoryIdempotencyStore {
@@ -377,6 +546,190 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         self.free(key, owner);
         Box::pin(async { Ok(()) })
     }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, IdempotencyError>> {
+        let held = self.extend(key, owner, lease);
+        Box::pin(async move { Ok(held) })
+    }
+}
+
+/// The behaviour every [`IdempotencyStore`] owes the runtime, as test bodies that a store's
+/// crate runs against its store with [`crate::idempotency_store_conformance!`] (the memory,
+/// Redis and PostgreSQL stores do). Real time, short leases and TTLs; each body uses keys of
+/// its own, so that stores sharing a namespace across runs do not see each other's keys.
+pub mod conformance {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{Begin, IdempotencyStore};
+
+    const LEASE: Duration = Duration::from_secs(30);
+    const SHORT: Duration = Duration::from_millis(300);
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// A key no other run uses.
+    fn key(name: &str) -> String {
+        format!("conformance:{}:{name}", uuid::Uuid::now_v7().simple())
+    }
+
+    async fn begin(store: &dyn IdempotencyStore, key: &str, owner: &str) -> Begin {
+        store.try_begin(key, owner, LEASE).await.expect("try_begin")
+    }
+
+    /// Polls `try_begin(key, owner)` until it begins; panics, naming `what`, when it finds
+    /// anything but `expected` meanwhile or takes longer than 10 s.
+    async fn until_begun(
+        store: &dyn IdempotencyStore,
+        key: &str,
+        owner: &str,
+        expected: Begin,
+        what: &str,
+    ) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match begin(store, key, owner).await {
+                Begin::Begun => return,
+                found if found == expected => {
+                    assert!(Instant::now() < deadline, "{what} never ran out");
+                }
+                found => panic!("{what}: found {found:?}, not {expected:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A done key is a duplicate until its TTL runs out; then it begins again.
+    pub async fn a_done_key_is_a_duplicate_until_its_ttl_runs_out(
+        store: Arc<dyn IdempotencyStore>,
+    ) {
+        let k = key("ttl");
+        assert_eq!(begin(&*store, &k, "a").await, Begin::Begun);
+        store.complete(&k, "a", SHORT).await.unwrap();
+        assert_eq!(begin(&*store, &k, "b").await, Begin::Done);
+        until_begun(&*store, &k, "b", Begin::Done, "the TTL").await;
+    }
+
+    /// A key in progress is held; only its owner's release frees it; a release after
+    /// completion leaves it done.
+    pub async fn a_key_in_progress_is_held_and_only_its_owner_releases_it(
+        store: Arc<dyn IdempotencyStore>,
+    ) {
+        let k = key("held");
+        assert_eq!(begin(&*store, &k, "a").await, Begin::Begun);
+        assert_eq!(begin(&*store, &k, "b").await, Begin::InProgress);
+        store.release(&k, "b").await.unwrap();
+        assert_eq!(
+            begin(&*store, &k, "b").await,
+            Begin::InProgress,
+            "freed by another's release"
+        );
+        store.release(&k, "a").await.unwrap();
+        assert_eq!(begin(&*store, &k, "b").await, Begin::Begun);
+        store.complete(&k, "b", LEASE).await.unwrap();
+        store.release(&k, "b").await.unwrap();
+        assert_eq!(
+            begin(&*store, &k, "c").await,
+            Begin::Done,
+            "a release undid the completion"
+        );
+    }
+
+    /// A crashed holder's lease runs out and the key begins again; the old holder's release
+    /// then does not free what the new one holds.
+    pub async fn a_crashed_holders_lease_runs_out(store: Arc<dyn IdempotencyStore>) {
+        let k = key("crashed");
+        assert_eq!(store.try_begin(&k, "a", SHORT).await.unwrap(), Begin::Begun);
+        until_begun(&*store, &k, "b", Begin::InProgress, "the lease").await;
+        store.release(&k, "a").await.unwrap();
+        assert_eq!(begin(&*store, &k, "c").await, Begin::InProgress);
+    }
+
+    /// Of many takers of one key at once, exactly one begins.
+    pub async fn of_many_takers_at_once_one_begins(store: Arc<dyn IdempotencyStore>) {
+        let k = Arc::new(key("contested"));
+        let takers: Vec<_> = (0..16)
+            .map(|i| {
+                let (store, k) = (Arc::clone(&store), Arc::clone(&k));
+                tokio::spawn(async move { begin(&*store, &k, &format!("o{i}")).await })
+            })
+            .collect();
+        let mut begun = 0;
+        for taker in takers {
+            if taker.await.unwrap() == Begin::Begun {
+                begun += 1;
+            }
+        }
+        assert_eq!(begun, 1);
+    }
+
+    /// A lease renewed every third of it holds the key past its first term; once renewals
+    /// stop it runs out, and the old holder's renewal then fails. A done key is not renewed.
+    pub async fn a_renewed_lease_holds_the_key(store: Arc<dyn IdempotencyStore>) {
+        let k = key("renewed");
+        assert_eq!(store.try_begin(&k, "a", SHORT).await.unwrap(), Begin::Begun);
+        let until = Instant::now() + SHORT * 3;
+        while Instant::now() < until {
+            tokio::time::sleep(SHORT / 3).await;
+            assert!(
+                store.renew(&k, "a", SHORT).await.unwrap(),
+                "the holder's renewal failed"
+            );
+            assert_eq!(begin(&*store, &k, "b").await, Begin::InProgress);
+        }
+        assert!(
+            !store.renew(&k, "b", SHORT).await.unwrap(),
+            "renewed by another"
+        );
+        until_begun(&*store, &k, "b", Begin::InProgress, "the unrenewed lease").await;
+        assert!(
+            !store.renew(&k, "a", SHORT).await.unwrap(),
+            "renewed what another took"
+        );
+        store.complete(&k, "b", LEASE).await.unwrap();
+        assert!(
+            !store.renew(&k, "b", SHORT).await.unwrap(),
+            "renewed a done key"
+        );
+        assert_eq!(begin(&*store, &k, "c").await, Begin::Done);
+    }
+}
+
+/// Expands to one `#[tokio::test]` per body of [`idempotency::conformance`](crate::idempotency::conformance),
+/// each given a store from `$store`, an async function returning the store (each call a
+/// fresh connection, as a new process would open it):
+///
+/// ```ignore
+/// async fn store() -> RedisIdempotencyStore {
+///     RedisIdempotencyStore::connect("redis://127.0.0.1:6379/0").await.unwrap()
+/// }
+/// messaging_core::idempotency_store_conformance!(store);
+/// ```
+#[macro_export]
+macro_rules! idempotency_store_conformance {
+    ($store:path) => {
+        $crate::idempotency_store_conformance!(@each $store;
+            a_done_key_is_a_duplicate_until_its_ttl_runs_out,
+            a_key_in_progress_is_held_and_only_its_owner_releases_it,
+            a_crashed_holders_lease_runs_out,
+            of_many_takers_at_once_one_begins,
+            a_renewed_lease_holds_the_key,
+        );
+    };
+    (@each $store:path; $($name:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::idempotency::conformance::$name(::std::sync::Arc::new($store().await)).await
+            }
+        )*
+    };
 }
 
 #[cfg(test)]
@@ -386,66 +739,11 @@ mod tests {
     const LEASE: Duration = Duration::from_secs(30);
     const TTL: Duration = Duration::from_secs(3600);
 
-    #[tokio::test(start_paused = true)]
-    async fn a_done_key_is_a_duplicate_until_its_ttl_runs_out() {
-        let store = MemoryIdempotencyStore::new(10);
-        assert_eq!(
-            store.try_begin("k", "a", LEASE).await.unwrap(),
-            Begin::Begun
-        );
-        store.complete("k", "a", TTL).await.unwrap();
-        assert_eq!(store.try_begin("k", "b", LEASE).await.unwrap(), Begin::Done);
-        tokio::time::advance(TTL - Duration::from_secs(1)).await;
-        assert_eq!(store.try_begin("k", "b", LEASE).await.unwrap(), Begin::Done);
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert_eq!(
-            store.try_begin("k", "b", LEASE).await.unwrap(),
-            Begin::Begun
-        );
+    async fn memory() -> MemoryIdempotencyStore {
+        MemoryIdempotencyStore::new(1_000)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_key_in_progress_is_held_until_its_lease_runs_out() {
-        let store = MemoryIdempotencyStore::new(10);
-        assert_eq!(
-            store.try_begin("k", "a", LEASE).await.unwrap(),
-            Begin::Begun
-        );
-        assert_eq!(
-            store.try_begin("k", "b", LEASE).await.unwrap(),
-            Begin::InProgress
-        );
-        tokio::time::advance(LEASE + Duration::from_secs(1)).await;
-        // A crashed holder's key is free again.
-        assert_eq!(
-            store.try_begin("k", "b", LEASE).await.unwrap(),
-            Begin::Begun
-        );
-        // The first holder's release no longer frees what `b` holds.
-        store.release("k", "a").await.unwrap();
-        assert_eq!(
-            store.try_begin("k", "c", LEASE).await.unwrap(),
-            Begin::InProgress
-        );
-    }
-
-    #[tokio::test]
-    async fn a_released_key_begins_again() {
-        let store = MemoryIdempotencyStore::new(10);
-        assert_eq!(
-            store.try_begin("k", "a", LEASE).await.unwrap(),
-            Begin::Begun
-        );
-        store.release("k", "a").await.unwrap();
-        assert_eq!(
-            store.try_begin("k", "b", LEASE).await.unwrap(),
-            Begin::Begun
-        );
-        // A release after completion leaves the key done.
-        store.complete("k", "b", TTL).await.unwrap();
-        store.release("k", "b").await.unwrap();
-        assert_eq!(store.try_begin("k", "c", LEASE).await.unwrap(), Begin::Done);
-    }
+    crate::idempotency_store_conformance!(memory);
 
     #[tokio::test(start_paused = true)]
     async fn a_full_store_forgets_expired_then_oldest_done_keys_never_those_in_progress() {

@@ -2,6 +2,8 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "asyncapi")]
+pub mod asyncapi;
 pub mod broker;
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -19,10 +21,14 @@ pub mod headers;
 #[cfg(feature = "cli")]
 pub mod health;
 pub mod idempotency;
+pub mod json_schema;
 pub mod key;
+pub mod lag;
 pub mod memory;
 pub mod message;
 pub mod metrics;
+#[cfg(feature = "otel")]
+mod otel;
 pub mod producer;
 pub mod registry;
 pub mod replay;
@@ -34,8 +40,8 @@ pub mod testing;
 pub mod trace;
 
 pub use broker::{
-    Acker, Broker, BrokerFactory, Consumer, DlqSnapshot, Readiness, StartFrom, Subscription,
-    linked_backends,
+    Acker, BindingOf, BindingsFn, Broker, BrokerFactory, Consumer, DlqSnapshot, Readiness,
+    StartFrom, Subscription, linked_backends,
 };
 pub use config::{Config, configure_messaging, current_config};
 pub use decode::FromMessage;
@@ -46,10 +52,14 @@ pub use error::{BrokerError, Error, FailureKind, HandlerError};
 pub use extract::{Context, FromContext, Metadata, State};
 pub use handler::{BoxFuture, Invocation};
 pub use key::Key;
+pub use lag::LagRow;
 pub use memory::MemoryBroker;
 pub use message::{Headers, Message, OutgoingMessage, Position, TopicName, TopicNames};
 pub use producer::{Producer, SendOptions, get_producer, install_producer, publish, publish_event};
-pub use registry::{HandlerKind, HandlerSpec, registered_handlers};
+pub use registry::{
+    EventRegistration, EventSource, HandlerKind, HandlerSpec, registered_events,
+    registered_handlers,
+};
 pub use reply::ReplyStream;
 pub use request::RequestError;
 pub use retry::{Backoff, RetryPolicy};
@@ -199,7 +209,8 @@ pub mod __private {
 
     pub use crate::extract::{FromContext, Requirement};
     pub use crate::handler::{HandlerFuture, IntoHandlerResult, Invocation};
-    pub use crate::registry::{HandlerKind, HandlerRegistration};
+    pub use crate::json_schema as schema_of;
+    pub use crate::registry::{EventRegistration, EventSource, HandlerKind, HandlerRegistration};
     pub use crate::retry::{Backoff, RetryPolicy};
     pub use inventory;
     pub use serde_json;

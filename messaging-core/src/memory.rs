@@ -12,6 +12,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::broker::{Acker, Broker, BrokerFactory, Consumer, DlqSnapshot, StartFrom, Subscription};
 use crate::error::BrokerError;
 use crate::handler::BoxFuture;
+use crate::lag::LagRow;
 use crate::message::{Message, OutgoingMessage, Position, TopicName};
 use crate::reply::ReplyInbox;
 
@@ -480,6 +481,33 @@ impl Broker for MemoryBroker {
             .map(|m| (*m).clone())
             .collect();
         Box::pin(async move { Ok(messages) })
+    }
+
+    /// Per topic the group reads: what it has not acknowledged (never handed out, handed
+    /// back by a dropped consumer, or in flight), and of that what is in flight.
+    fn lag<'a>(
+        &'a self,
+        group: &'a str,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<LagRow>, BrokerError>> {
+        let state = self.state();
+        let rows = topics
+            .iter()
+            .filter_map(|name| {
+                let topic = state.topics.get(name)?;
+                let cursor = lock(topic.groups.get(group)?);
+                let pending = cursor.in_flight.len() as u64;
+                let waiting = topic.log.len().saturating_sub(cursor.next) + cursor.redeliver.len();
+                Some(LagRow {
+                    group: group.to_owned(),
+                    topic: name.clone(),
+                    partition: None,
+                    lag: waiting as u64 + pending,
+                    pending: Some(pending),
+                })
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(rows)))
     }
 
     fn dlq_snapshot<'a>(

@@ -463,10 +463,6 @@ pub struct Metrics {
     expired_requests: ByLabels<2, Counter>,
     /// Replies that arrived after their requester stopped waiting.
     late_replies: AtomicU64,
-    /// By group, topic and partition.
-    consumer_lag: ByLabels<3, ()>,
-    /// By group, topic and partition.
-    consumer_pending: ByLabels<3, ()>,
     handlers: Mutex<Vec<(String, String, Arc<HandlerMetrics>)>>,
     backend: Mutex<Option<String>>,
 }
@@ -505,20 +501,6 @@ fn add_one<const N: usize>(
         });
     counted.value += 1;
     counted.handle.increment(1);
-}
-
-/// Sets the gauge of `labels`. Looked up in the facade each time: gauges are set on an
-/// interval, not per message, and may be set before a recorder is installed.
-fn set_gauge<const N: usize>(
-    map: &ByLabels<N, ()>,
-    name: &'static str,
-    keys: [&'static str; N],
-    labels: [&str; N],
-    value: u64,
-) {
-    let values = labels.map(str::to_owned);
-    ::metrics::gauge!(name, label_list(keys, &values).iter()).set(value as f64);
-    lock(map).insert(values, Counted { value, handle: () });
 }
 
 fn label_list<const N: usize>(
@@ -673,41 +655,6 @@ impl Metrics {
         value_of(&self.skipped, [topic, reason]).unwrap_or(0)
     }
 
-    /// Sets `messaging_consumer_lag{group,topic,partition}`: the messages of `topic` (in
-    /// `partition`; on brokers without partitions, by convention `"0"`) that `group` has not
-    /// handled yet. Called by whatever measures lag, on its interval.
-    pub fn set_consumer_lag(&self, group: &str, topic: &str, partition: &str, lag: u64) {
-        set_gauge(
-            &self.consumer_lag,
-            names::CONSUMER_LAG,
-            ["group", "topic", "partition"],
-            [group, topic, partition],
-            lag,
-        );
-    }
-
-    /// Sets `messaging_consumer_pending{group,topic,partition}`: the messages delivered to
-    /// `group` and not acknowledged yet.
-    pub fn set_consumer_pending(&self, group: &str, topic: &str, partition: &str, pending: u64) {
-        set_gauge(
-            &self.consumer_pending,
-            names::CONSUMER_PENDING,
-            ["group", "topic", "partition"],
-            [group, topic, partition],
-            pending,
-        );
-    }
-
-    /// The last lag set with [`Metrics::set_consumer_lag`].
-    pub fn consumer_lag(&self, group: &str, topic: &str, partition: &str) -> Option<u64> {
-        value_of(&self.consumer_lag, [group, topic, partition])
-    }
-
-    /// The last count set with [`Metrics::set_consumer_pending`].
-    pub fn consumer_pending(&self, group: &str, topic: &str, partition: &str) -> Option<u64> {
-        value_of(&self.consumer_pending, [group, topic, partition])
-    }
-
     /// Prometheus text exposition of every metric, from this module's own counts: what
     /// `GET /metrics` serves when no exporter of ours is installed.
     pub fn render(&self) -> String {
@@ -796,21 +743,7 @@ impl Metrics {
             );
         }
         drop(handlers);
-        for (name, map) in [
-            (names::CONSUMER_LAG, &self.consumer_lag),
-            (names::CONSUMER_PENDING, &self.consumer_pending),
-        ] {
-            let map = lock(map);
-            if !map.is_empty() {
-                render_family(
-                    &mut out,
-                    name,
-                    "gauge",
-                    &["group", "topic", "partition"],
-                    &map,
-                );
-            }
-        }
+        crate::lag::render(&mut out);
         if let Some(backend) = lock(&self.backend).as_ref() {
             let _ = writeln!(out, "# TYPE {} gauge", names::BACKEND);
             let _ = writeln!(out, "{}{{backend=\"{}\"}} 1", names::BACKEND, esc(backend));

@@ -198,7 +198,7 @@ impl Producer {
         &self,
         mut message: OutgoingMessage,
     ) -> impl Future<Output = Result<(), Error>> + Send + '_ {
-        self.resolve_topic(&mut message);
+        self.prepare(&mut message);
         // The broker's (boxed) publish future made now, so that this future does not carry
         // the message: with 10 000 publishes in flight, that made Kafka produce through
         // `Producer` about a fifth slower than through the broker alone (BENCHMARKS.md).
@@ -267,7 +267,7 @@ impl Producer {
     /// counted in `messaging_events_dropped_total` and logged at most once per 10 s with the
     /// number dropped since.
     pub fn fire(&self, mut message: OutgoingMessage) {
-        self.resolve_topic(&mut message);
+        self.prepare(&mut message);
         let (item, ahead) = Queued::new(message, &self.inner);
         if ahead >= self.inner.config.event_queue.max(1) {
             return item.drop_because("queue full");
@@ -285,8 +285,12 @@ impl Producer {
         self.start_publisher(item);
     }
 
-    /// The topic as this environment names it (`MESSAGING_TOPIC_<NAME>`).
-    pub(crate) fn resolve_topic(&self, message: &mut OutgoingMessage) {
+    /// What every publish passes through (sent, fired or a request): the topic as this
+    /// environment names it (`MESSAGING_TOPIC_<NAME>`), and with the feature `otel` the
+    /// current span's W3C trace context, taken here because a fired event is published later
+    /// by a task outside the span.
+    pub(crate) fn prepare(&self, message: &mut OutgoingMessage) {
+        trace::inject_context(&mut message.headers);
         let config = &self.inner.config;
         if !config.topic_overrides.is_empty() {
             let resolved = config.resolve_topic(&message.topic);

@@ -10,6 +10,7 @@ use crate::envelope::EnvelopeFields;
 use crate::error::Error;
 use crate::extract::Requirement;
 use crate::handler::{HandlerFn, HandlerFuture, HandlerResult, Invocation};
+use crate::json_schema::PayloadSchema;
 use crate::retry::RetryPolicy;
 
 /// Which macro (or builder call) made a registration.
@@ -61,11 +62,61 @@ pub struct HandlerRegistration {
     pub requires: &'static [fn() -> Option<Requirement>],
     /// For `#[on_event]`: the consumer type and how to make its default instance.
     pub instance: Option<InstanceFn>,
+    /// The shape and schema of the body it reads, for the AsyncAPI document.
+    pub payload: fn() -> PayloadSchema,
     /// Runs one attempt.
     pub call: fn(&Invocation) -> HandlerFuture,
 }
 
 inventory::collect!(HandlerRegistration);
+
+/// What publishes an event, as the AsyncAPI document lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventSource {
+    /// `#[event]` on a function (an HTTP handler): its name.
+    Function(&'static str),
+    /// A payload type declared with [`typed_event!`](crate::typed_event): its name.
+    Type(&'static str),
+}
+
+/// An event this service publishes: an `#[event]` site or a type declared with
+/// [`typed_event!`](crate::typed_event), registered at link time for the AsyncAPI document
+/// (`consumer asyncapi`). `const`-constructible, as [`HandlerRegistration`].
+#[derive(Debug)]
+pub struct EventRegistration {
+    /// The event name (`user.created`).
+    pub name: &'static str,
+    /// The topic it is published to, before `MESSAGING_TOPIC_<NAME>` overrides.
+    pub topic: &'static str,
+    /// What publishes it.
+    pub source: EventSource,
+    /// `module_path!()` where it was declared.
+    pub module_path: &'static str,
+    /// The field of the data whose value is the message key, if any.
+    pub key_field: Option<&'static str>,
+    /// The schema of the envelope's data, when its type has one (see
+    /// [`json_schema`](crate::json_schema)).
+    pub schema: fn() -> Option<serde_json::Value>,
+}
+
+inventory::collect!(EventRegistration);
+
+/// The events this service publishes (`#[event]` sites and typed events), by event name, then
+/// topic, then where they are declared.
+pub fn registered_events() -> Vec<&'static EventRegistration> {
+    let mut events: Vec<_> = inventory::iter::<EventRegistration>.into_iter().collect();
+    events.sort_by_key(|e| (e.name, e.topic, e.module_path, e.source_name()));
+    events
+}
+
+impl EventRegistration {
+    /// The function or type that publishes it.
+    pub fn source_name(&self) -> &'static str {
+        match self.source {
+            EventSource::Function(name) | EventSource::Type(name) => name,
+        }
+    }
+}
 
 /// Every registration linked into this binary.
 pub fn registrations() -> impl Iterator<Item = &'static HandlerRegistration> {
@@ -91,6 +142,7 @@ pub struct HandlerSpec {
     pub(crate) publish_to: Option<String>,
     pub(crate) requires: Vec<Requirement>,
     pub(crate) instance: Option<InstanceFn>,
+    pub(crate) payload: fn() -> PayloadSchema,
     pub(crate) call: HandlerFn,
 }
 
@@ -183,6 +235,7 @@ impl HandlerSpec {
             publish_to: None,
             requires: Vec::new(),
             instance: None,
+            payload: crate::json_schema::unknown_payload,
             call,
         }
     }
@@ -303,6 +356,12 @@ impl HandlerSpec {
         self.schema.as_deref()
     }
 
+    /// The shape and schema of the body it reads: an envelope or a plain body, and the
+    /// data's JSON Schema when its type has one (see [`json_schema`](crate::json_schema)).
+    pub fn payload_schema(&self) -> PayloadSchema {
+        (self.payload)()
+    }
+
     /// Whether it was made by `#[message_handler]` or `#[on_event]`.
     pub fn kind(&self) -> HandlerKind {
         self.kind
@@ -339,6 +398,7 @@ impl HandlerSpec {
             publish_to: r.publish_to.map(str::to_owned),
             requires: r.requires.iter().filter_map(|f| f()).collect(),
             instance: r.instance,
+            payload: r.payload,
             call: Arc::new(call),
         }
     }

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{BrokerError, HandlerError};
 use crate::handler::BoxFuture;
-use crate::message::{Message, OutgoingMessage, header};
+use crate::message::{Headers, Message, OutgoingMessage, header};
 
 /// This instance's reply inbox, opened once by [`crate::Broker::open_replies`].
 #[non_exhaustive]
@@ -129,6 +129,7 @@ pub fn return_address(request: &Message) -> Option<ReturnAddress> {
         to: to.to_owned(),
         correlation: correlation.to_vec(),
         trace: request.header(header::TRACE_ID).map(str::to_owned),
+        trace_context: crate::trace::context_of(request),
     })
 }
 
@@ -141,6 +142,9 @@ pub struct ReturnAddress {
     pub correlation: Vec<u8>,
     /// The request's trace id, kept on its replies.
     pub trace: Option<String>,
+    /// The request's W3C trace context (feature `otel`), for replies sent outside a span
+    /// that has one (the error reply of a dead-lettered request).
+    trace_context: Headers,
 }
 
 impl ReturnAddress {
@@ -157,6 +161,7 @@ impl ReturnAddress {
         if let Some(trace) = &self.trace {
             reply.headers.insert(header::TRACE_ID, trace.as_str());
         }
+        crate::trace::inject_reply_context(&self.trace_context, &mut reply.headers);
         reply
     }
 

@@ -223,7 +223,7 @@ impl<Resp> Request<'_, Resp> {
         }
         match &inbox.publisher {
             Some(publisher) => {
-                producer.resolve_topic(&mut request);
+                producer.prepare(&mut request);
                 publisher.publish(request).await.map_err(Error::from)?;
             }
             None => producer.send_raw(request).await?,

@@ -318,8 +318,10 @@ impl RuntimeBuilder {
         let shutdown = CancellationToken::new();
         let specs: Vec<Arc<HandlerSpec>> = handlers.into_iter().map(Arc::new).collect();
         let mut tasks = JoinSet::new();
+        let mut joining = Vec::new();
         let mut handler_metrics = Vec::new();
         let concurrency = self.concurrency.unwrap_or(config.concurrency).max(1);
+        let mut lag_groups = Vec::new();
         for group in plans {
             let mut target = |index: usize, topic: &str| {
                 let spec = Arc::clone(&specs[index]);
@@ -389,6 +391,7 @@ impl RuntimeBuilder {
                 start: self.start,
                 prefetch: self.batch_size.max(concurrency),
             };
+            lag_groups.push((subscription.group.clone(), subscription.topics.clone()));
             let dispatcher = DispatcherParts {
                 group: group.group,
                 routes,
@@ -401,7 +404,21 @@ impl RuntimeBuilder {
                 shutdown: shutdown.clone(),
                 connection: Arc::clone(&self.connection),
             };
-            match broker.subscribe(subscription.clone()).await {
+            // Not ready until its consumer is: `/health/ready` waits for every group.
+            self.connection
+                .set_group(&subscription.group, Readiness::pending());
+            joining.push((subscription, dispatcher));
+        }
+        // All at once: a group join can take seconds (a Kafka member waits for its
+        // assignment), and one after the other they would add up.
+        let joined = futures::future::join_all(
+            joining
+                .iter()
+                .map(|(subscription, _)| broker.subscribe(subscription.clone())),
+        )
+        .await;
+        for ((subscription, dispatcher), result) in joining.into_iter().zip(joined) {
+            match result {
                 Ok(consumer) => {
                     // Known to `/health/ready` before the task first runs.
                     self.connection
@@ -420,6 +437,15 @@ impl RuntimeBuilder {
                 }
                 Err(error) => return Err(error.into()),
             }
+        }
+        // In the set, so that it stops with the dispatchers, or when the runtime is dropped.
+        if !lag_groups.is_empty() {
+            tasks.spawn(crate::lag::refresh(
+                Arc::clone(&broker),
+                lag_groups,
+                config.lag.interval,
+                shutdown.clone(),
+            ));
         }
         Ok(Runtime {
             broker,

@@ -82,8 +82,17 @@ async fn the_exporter_renders_the_same_series_as_before() {
     }
     harness.wait_idle().await;
     assert_eq!(harness.dead_lettered("exporter_order"), 1);
-    metrics().set_consumer_lag("exporter", orders, "0", 1_234);
-    metrics().set_consumer_pending("exporter", orders, "0", 5);
+    // What the lag refresher records (a Kafka-like row, with a partition and no pending).
+    messaging_core::lag::record(
+        "exporter-lag",
+        &[messaging_core::lag::LagRow {
+            group: "exporter-lag".into(),
+            topic: orders.into(),
+            partition: Some(3),
+            lag: 1_234,
+            pending: None,
+        }],
+    );
 
     let (ours, exported) = (metrics().render(), handle.render());
     harness.shutdown().await;

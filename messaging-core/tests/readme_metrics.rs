@@ -20,6 +20,13 @@ async fn readme_metrics_payment(_payment: serde_json::Value) -> anyhow::Result<(
     Ok(())
 }
 
+/// Answers after a second (virtual): a requester that waits less gets a late reply.
+#[message_handler(topic = "readme-metrics.slow")]
+async fn readme_metrics_slow(_request: serde_json::Value) -> anyhow::Result<u32> {
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    Ok(1)
+}
+
 #[derive(Default)]
 struct ReadmeMetricsEvents;
 
@@ -110,25 +117,36 @@ async fn the_readme_lists_exactly_the_rendered_metric_families() {
             .await
             .unwrap();
     }
-    // A request whose requester stopped waiting long ago.
-    harness
-        .send_raw(
-            messaging_core::OutgoingMessage::new(orders, b"{}".to_vec()).with_header(
-                messaging_core::message::header::DEADLINE,
-                "2000-01-01T00:00:00Z",
-            ),
-        )
-        .await
-        .unwrap();
-    // What the lag refresher sets.
-    metrics().set_consumer_lag("readme-metrics", orders, "0", 0);
-    metrics().set_consumer_pending("readme-metrics", orders, "0", 0);
+    // A request past its deadline is acknowledged unhandled; a reply nobody waits for any
+    // more is dropped.
+    let expired = messaging_core::OutgoingMessage::new(orders, b"{}".to_vec())
+        .with_header("x-reply-to", "memory.replies.gone")
+        .with_header("x-correlation-id", "gone:1")
+        .with_header("x-deadline", "2020-01-01T00:00:00Z");
+    harness.send_raw(expired).await.unwrap();
+    let late_before = metrics().late_replies();
+    let impatient = harness
+        .producer()
+        .request::<u32, _>("readme-metrics.slow", &serde_json::json!({}))
+        .timeout(std::time::Duration::from_millis(10))
+        .await;
+    assert!(impatient.unwrap_err().is_timeout());
     harness.wait_idle().await;
-    assert_eq!(harness.dead_lettered("readme_metrics_order"), 1);
+    for _ in 0..100 {
+        if metrics().late_replies() > late_before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        metrics().late_replies() > late_before,
+        "the late reply was counted"
+    );
     assert_eq!(
         metrics().expired_requests(orders, "readme_metrics_order"),
         1
     );
+    assert_eq!(harness.dead_lettered("readme_metrics_order"), 1);
     assert_eq!(metrics().duplicates(payments, "readme_metrics_payment"), 1);
     assert_eq!(metrics().skipped(events, "unknown_event"), 1);
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use messaging_core::reply::ReplyInbox;
 use messaging_core::{
-    BoxFuture, Broker, BrokerError, Config, Consumer, DlqSnapshot, Message, OutgoingMessage,
-    StartFrom, Subscription,
+    BoxFuture, Broker, BrokerError, Config, Consumer, DlqSnapshot, LagRow, Message,
+    OutgoingMessage, StartFrom, Subscription,
 };
 use rdkafka::producer::Producer as _;
 
@@ -311,6 +311,21 @@ impl Broker for KafkaBroker {
             .map_err(|e| operation("dlq replay", e))??;
             let snapshot = KafkaSnapshot::new(self.clone(), topic.to_owned(), records);
             Ok(Box::new(snapshot) as Box<dyn DlqSnapshot>)
+        })
+    }
+
+    /// High watermark minus committed offset per partition (see `crate::lag`).
+    fn lag<'a>(
+        &'a self,
+        group: &'a str,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<LagRow>, BrokerError>> {
+        let settings = self.inner.settings.clone();
+        let (group, topics) = (group.to_owned(), topics.to_vec());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || crate::lag::lag(&settings, &group, &topics))
+                .await
+                .map_err(|e| operation("lag", e))?
         })
     }
 

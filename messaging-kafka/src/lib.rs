@@ -89,6 +89,7 @@ mod browse;
 mod consumer;
 mod convert;
 mod error;
+mod lag;
 mod offsets;
 mod polling;
 mod publish;
@@ -125,4 +126,5 @@ inventory::submit! {
         .variables(&["KAFKA_"])
         .target(settings::target)
         .check(check)
+        .bindings(settings::asyncapi_bindings)
 }

@@ -20,8 +20,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use messaging_core::Config;
+use messaging_core::{BindingOf, Config};
 use rdkafka::ClientConfig;
+use serde_json::{Value, json};
 
 use crate::error::KafkaSetupError;
 
@@ -404,6 +405,25 @@ pub(crate) fn target(config: &Config) -> String {
     }
 }
 
+/// What the AsyncAPI document (`consumer asyncapi`) says of Kafka (`BrokerFactory::bindings`):
+/// a channel is its topic; a receive operation reads in its consumer group (the group is the
+/// group id as given: this crate does not prefix it).
+pub(crate) fn asyncapi_bindings(_config: &Config, of: BindingOf<'_>) -> Option<Value> {
+    let kafka = match of {
+        BindingOf::Channel { topic, .. } => json!({"topic": topic}),
+        BindingOf::Receive { group, .. } => {
+            json!({"groupId": {"type": "string", "enum": [group]}})
+        }
+        _ => return None,
+    };
+    let mut kafka = kafka;
+    kafka["bindingVersion"] = json!(ASYNCAPI_KAFKA_BINDINGS);
+    Some(json!({ "kafka": kafka }))
+}
+
+/// The version of the AsyncAPI Kafka bindings written.
+const ASYNCAPI_KAFKA_BINDINGS: &str = "0.5.0";
+
 /// Whether a property holds a secret (or, for `sasl.username`, an API key).
 pub(crate) fn is_secret(name: &str) -> bool {
     name == "sasl.username"
@@ -474,6 +494,28 @@ mod tests {
             messaging_core::BrokerError::Config { variable, .. } => variable,
             other => panic!("not a configuration error: {other}"),
         }
+    }
+
+    #[test]
+    fn asyncapi_bindings_name_the_topic_and_the_group() {
+        let config = Config::default();
+        let channel = BindingOf::Channel {
+            topic: "orders.created",
+            kept: false,
+        };
+        let kafka = &asyncapi_bindings(&config, channel).unwrap()["kafka"];
+        assert_eq!(kafka["topic"], "orders.created");
+        assert_eq!(kafka["bindingVersion"], "0.5.0");
+        let receive = BindingOf::Receive {
+            topic: "orders.created",
+            group: "payments",
+        };
+        let kafka = &asyncapi_bindings(&config, receive).unwrap()["kafka"];
+        assert_eq!(kafka["groupId"]["enum"][0], "payments");
+        let send = BindingOf::Send {
+            topic: "orders.created",
+        };
+        assert_eq!(asyncapi_bindings(&config, send), None);
     }
 
     #[test]

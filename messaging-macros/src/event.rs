@@ -132,6 +132,7 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     };
     let (topic_items, topic) =
         crate::registration::topic_values(&krate, std::slice::from_ref(&topic));
+    let registration = registration(&krate, &function, &output, include_result);
     let ItemFn {
         attrs,
         vis,
@@ -149,6 +150,7 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
                     include_result: #include_result,
                 };
             #topic_items
+            #registration
             // The body runs as it was written (`?` and `return` included) ...
             let __messaging_result: #output = async move #block.await;
             // ... and only its `Ok` value is published.
@@ -165,6 +167,59 @@ fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             }
             __messaging_result
         }
+    })
+}
+
+/// The `inventory` registration of the event, for the AsyncAPI document: its name, topic and
+/// function, and the schema of its data when the data's type has one (see
+/// `__private::schema_of`). It sits in the function's body, beside `__MESSAGING_EVENT`, so it
+/// cannot name the function's generic parameters or `Self`: such a function's data has no
+/// schema.
+fn registration(
+    krate: &TokenStream,
+    function: &ItemFn,
+    output: &Type,
+    include_result: bool,
+) -> TokenStream {
+    let ident = &function.sig.ident;
+    let outer_names = !function.sig.generics.params.is_empty() || mentions_self(quote!(#output));
+    let schema = if include_result && !outer_names {
+        quote! {
+            // The traits that exist with the enabled features.
+            #[allow(unused_imports)]
+            use #krate::__private::schema_of::*;
+            (&&&#krate::__private::schema_of::ok_of(::core::marker::PhantomData::<#output>))
+                .__messaging_schema()
+        }
+    } else {
+        quote!(::core::option::Option::None)
+    };
+    quote! {
+        const _: () = {
+            fn __messaging_schema()
+            -> ::core::option::Option<#krate::__private::serde_json::Value> {
+                #schema
+            }
+
+            #krate::__private::inventory::submit! {
+                #krate::__private::EventRegistration {
+                    name: __MESSAGING_EVENT.name,
+                    topic: __MESSAGING_EVENT.topic,
+                    source: #krate::__private::EventSource::Function(::core::stringify!(#ident)),
+                    module_path: ::core::module_path!(),
+                    key_field: __MESSAGING_EVENT.key_field,
+                    schema: __messaging_schema,
+                }
+            }
+        };
+    }
+}
+
+fn mentions_self(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|tt| match tt {
+        TokenTree::Ident(ident) => ident == "Self",
+        TokenTree::Group(group) => mentions_self(group.stream()),
+        _ => false,
     })
 }
 

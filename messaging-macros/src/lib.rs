@@ -268,6 +268,11 @@ pub fn on_event(_attr: TokenStream, item: TokenStream) -> TokenStream {
 /// function's result: a failure is logged and counted (`messaging_events_dropped_total`).
 /// The return type must be a `Result` named as such (`Result<…>`, `anyhow::Result<…>`, an
 /// alias ending in `Result`) with a concrete `Ok` type.
+///
+/// The event is also registered at link time (`messaging_core::registered_events`), so that
+/// the AsyncAPI document (`consumer asyncapi`) lists a send operation for it, with the data
+/// type's JSON Schema when it implements `schemars::JsonSchema` and `messaging-core`'s
+/// `schemars` feature is on.
 #[proc_macro_attribute]
 pub fn event(attr: TokenStream, item: TokenStream) -> TokenStream {
     event::expand(attr.into(), item.into()).into()

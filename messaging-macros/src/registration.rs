@@ -251,12 +251,32 @@ impl Registration<'_> {
         let idempotent = self.retry.idempotent.as_ref().is_some_and(|b| b.value);
         let schema = option(self.schema.map(|s| quote!(::core::stringify!(#s))));
         let publish_to = option(self.publish_to.map(|_| quote!(__MESSAGING_PUBLISH_TO)));
+        // The body's shape and schema, for the AsyncAPI document: by the payload type, the
+        // `schema` type's schema first when it has one (see `__private::schema_of`).
+        let payload_ty = &sig.payload.ty;
+        let with_schema = self.schema.map(|schema| {
+            quote! {
+                let __payload = __payload.with_schema(
+                    (&&&#krate::__private::schema_of::SchemaOf::<#schema>::NEW).__messaging_schema(),
+                );
+            }
+        });
         let requires = sig.extractors.iter().map(|ty| {
             quote_spanned! {ty.span()=>
                 <#ty as #krate::__private::FromContext>::requirement as fn() -> _
             }
         });
         quote! {
+            fn __messaging_payload() -> #krate::__private::schema_of::PayloadSchema {
+                // The traits that exist with the enabled features.
+                #[allow(unused_imports)]
+                use #krate::__private::schema_of::*;
+                let __payload = (&&&#krate::__private::schema_of::SchemaOf::<#payload_ty>::NEW)
+                    .__messaging_payload();
+                #with_schema
+                __payload
+            }
+
             #krate::__private::inventory::submit! {
                 #krate::__private::HandlerRegistration {
                     name: #name,
@@ -276,6 +296,7 @@ impl Registration<'_> {
                     publish_to: #publish_to,
                     requires: &[#(#requires),*],
                     instance: #instance,
+                    payload: __messaging_payload,
                     call: __messaging_call,
                 }
             }

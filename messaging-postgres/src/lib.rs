@@ -8,16 +8,43 @@
 //! One row per key: `owner` and `lease_until` while a delivery holds it, `done_until` once it
 //! is done. Taking a key is one statement (`INSERT … ON CONFLICT (key) DO UPDATE … WHERE` the
 //! row's lease or TTL ran out), so two instances never both take it.
+//!
+//! A handler that writes to the same database can mark its key done in its own transaction
+//! with [`IdempotencyKey`]: the key is then done exactly when the handler's writes are
+//! committed, and a crash between that commit and the acknowledgement cannot run the
+//! handler again, even before the framework marks the key done itself (which then changes
+//! nothing).
+//!
+//! ```no_run
+//! use messaging_core::prelude::*;
+//! use messaging_postgres::IdempotencyKey;
+//! use tokio::sync::Mutex;
+//!
+//! struct Db {
+//!     client: Mutex<tokio_postgres::Client>,
+//! }
+//!
+//! #[message_handler(topic = "payments", idempotent)]
+//! async fn charge(order: serde_json::Value, key: IdempotencyKey, db: State<Db>) -> anyhow::Result<()> {
+//!     let mut client = db.client.lock().await;
+//!     let tx = client.transaction().await?;
+//!     tx.execute("INSERT INTO payments (body) VALUES ($1)", &[&order.to_string()]).await?;
+//!     key.mark_done(&tx).await?; // done if, and when, the transaction commits
+//!     tx.commit().await?;
+//!     Ok(())
+//! }
+//! ```
 
+use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use messaging_core::BoxFuture;
 use messaging_core::idempotency::{
-    Begin, IdempotencyError, IdempotencyStore, IdempotencyStoreFactory,
+    Begin, Claim, IdempotencyError, IdempotencyStore, IdempotencyStoreFactory,
 };
-use tokio_postgres::{Client, NoTls};
+use messaging_core::{BoxFuture, FromContext, HandlerError, Invocation};
+use tokio_postgres::{Client, GenericClient, NoTls};
 
 const STORE: &str = "postgres";
 
@@ -75,14 +102,21 @@ impl PostgresIdempotencyStore {
                 tracing::warn!(%error, "the idempotency store's PostgreSQL connection ended");
             }
         });
+        // `IF NOT EXISTS` does not stop two connections creating the table at once (one
+        // fails on a catalog unique index), as instances starting together on a fresh
+        // database would: a transaction-scoped advisory lock on the table's name lets one
+        // create it at a time.
         client
             .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {table} (
+                "BEGIN;
+                 SELECT pg_advisory_xact_lock(hashtext('messaging_idempotency'), hashtext('{table}'));
+                 CREATE TABLE IF NOT EXISTS {table} (
                     key text PRIMARY KEY,
                     owner text,
                     lease_until timestamptz,
                     done_until timestamptz
-                )"
+                 );
+                 COMMIT;"
             ))
             .await
             .map_err(failed)?;
@@ -91,6 +125,11 @@ impl PostgresIdempotencyStore {
             table: table.to_owned(),
             completions: AtomicU64::new(0),
         })
+    }
+
+    /// The table the keys are in.
+    pub fn table(&self) -> &str {
+        &self.table
     }
 }
 
@@ -159,12 +198,15 @@ impl IdempotencyStore for PostgresIdempotencyStore {
             let t = &self.table;
             self.client
                 .execute(
+                    // Nothing changes when the handler already marked it done in its own
+                    // transaction ([`IdempotencyKey::mark_done`]).
                     &format!(
-                        "INSERT INTO {t} (key, owner, lease_until, done_until)
+                        "INSERT INTO {t} AS row (key, owner, lease_until, done_until)
                          VALUES ($1, $2, NULL, now() + $3::bigint * interval '1 millisecond')
                          ON CONFLICT (key) DO UPDATE
                            SET owner = EXCLUDED.owner, lease_until = NULL,
-                               done_until = EXCLUDED.done_until"
+                               done_until = EXCLUDED.done_until
+                           WHERE NOT (row.owner = EXCLUDED.owner AND row.done_until IS NOT NULL)"
                     ),
                     &[&key, &owner, &millis(ttl)],
                 )
@@ -199,21 +241,167 @@ impl IdempotencyStore for PostgresIdempotencyStore {
                 .map_err(failed)
         })
     }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, IdempotencyError>> {
+        Box::pin(async move {
+            let t = &self.table;
+            // A row the handler's own transaction locked (it is marking the key done) is
+            // skipped rather than waited for: waiting would hold up every other key's
+            // statement on this connection until that transaction ends.
+            let renewed = self
+                .client
+                .query_opt(
+                    &format!(
+                        "WITH held AS (
+                           SELECT key FROM {t}
+                           WHERE key = $1 AND owner = $2 AND done_until IS NULL
+                           FOR UPDATE SKIP LOCKED
+                         )
+                         UPDATE {t} SET lease_until = now() + $3::bigint * interval '1 millisecond'
+                         FROM held WHERE {t}.key = held.key
+                         RETURNING 1"
+                    ),
+                    &[&key, &owner, &millis(lease)],
+                )
+                .await
+                .map_err(failed)?;
+            if renewed.is_some() {
+                return Ok(true);
+            }
+            // Skipped (locked) or no longer this owner's: a plain read tells, without waiting.
+            let still = self
+                .client
+                .query_opt(
+                    &format!(
+                        "SELECT 1 FROM {t} WHERE key = $1 AND owner = $2 AND done_until IS NULL"
+                    ),
+                    &[&key, &owner],
+                )
+                .await
+                .map_err(failed)?;
+            Ok(still.is_some())
+        })
+    }
+
+    fn as_any(&self) -> Option<&(dyn Any + Send + Sync)> {
+        Some(self)
+    }
+}
+
+/// A handler argument of an idempotent handler whose keys are kept in PostgreSQL: the key
+/// its attempt holds, to mark done in the handler's own transaction with
+/// [`IdempotencyKey::mark_done`] (see the [crate] documentation).
+///
+/// For a message with no idempotency key (nor envelope id) there is nothing to mark:
+/// `mark_done` does nothing. Resolving it fails the attempt for good when the keys are kept
+/// in another store (`MESSAGING_IDEMPOTENCY_STORE` is not `postgres`).
+#[derive(Clone, Debug)]
+pub struct IdempotencyKey {
+    held: Option<(Claim, String)>,
+}
+
+/// Why [`IdempotencyKey::mark_done`] (or making an [`IdempotencyKey`]) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MarkError {
+    /// The attempt no longer holds the key: it ran longer than its lease and another
+    /// delivery took the key over, or the key is done. Roll the transaction back.
+    #[error(
+        "the idempotency key `{key}` is no longer this attempt's (its lease ran out and another \
+         delivery took it, or it is done); roll the transaction back"
+    )]
+    NotHeld {
+        /// The key in the store.
+        key: String,
+    },
+    /// The keys are kept in another store.
+    #[error(
+        "the handler's idempotency keys are kept in the `{store}` store, not PostgreSQL: set \
+         MESSAGING_IDEMPOTENCY_STORE=postgres to mark them done in the handler's transaction"
+    )]
+    NotPostgres {
+        /// The store's name.
+        store: &'static str,
+    },
+    /// The statement failed.
+    #[error("marking the idempotency key done failed: {0}")]
+    Database(#[from] tokio_postgres::Error),
+}
+
+impl IdempotencyKey {
+    /// The key of `claim`, which must be kept by a [`PostgresIdempotencyStore`]. A handler
+    /// takes it as an argument instead; this is for code that runs the handler's body
+    /// itself (tests).
+    pub fn from_claim(claim: Claim) -> Result<Self, MarkError> {
+        let table = claim
+            .store()
+            .as_any()
+            .and_then(|store| store.downcast_ref::<PostgresIdempotencyStore>())
+            .map(|store| store.table.clone())
+            .ok_or(MarkError::NotPostgres {
+                store: claim.store().name(),
+            })?;
+        Ok(Self {
+            held: Some((claim, table)),
+        })
+    }
+
+    /// The key in the store (the idempotency key scoped by group), if the message has one.
+    pub fn key(&self) -> Option<&str> {
+        self.held.as_ref().map(|(claim, _)| claim.key())
+    }
+
+    /// Marks the key done in `client`'s transaction (a [`tokio_postgres::Transaction`]; on
+    /// a plain [`Client`] it is done at once): done for the handler's TTL if and when the
+    /// transaction commits, still held by this attempt if it rolls back. It takes the
+    /// key's row lock until then, so another member's delivery of the key waits for the
+    /// outcome. [`MarkError::NotHeld`] when the attempt lost the key: roll back then.
+    pub async fn mark_done<C: GenericClient + Sync>(&self, client: &C) -> Result<(), MarkError> {
+        let Some((claim, table)) = &self.held else {
+            return Ok(());
+        };
+        let marked = client
+            .execute(
+                &format!(
+                    "UPDATE {table}
+                     SET done_until = now() + $3::bigint * interval '1 millisecond',
+                         lease_until = NULL
+                     WHERE key = $1 AND owner = $2 AND done_until IS NULL"
+                ),
+                &[&claim.key(), &claim.owner(), &millis(claim.ttl())],
+            )
+            .await?;
+        if marked == 0 {
+            return Err(MarkError::NotHeld {
+                key: claim.key().to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl FromContext for IdempotencyKey {
+    fn from_context(_invocation: &Invocation) -> Result<Self, HandlerError> {
+        match Claim::current() {
+            Some(claim) => Self::from_claim(claim).map_err(HandlerError::permanent),
+            None => Ok(Self { held: None }),
+        }
+    }
 }
 
 inventory::submit! {
     IdempotencyStoreFactory {
         name: STORE,
+        url_example: Some("postgres://postgres@127.0.0.1:5432/app"),
         connect: |config| {
-            let url = config.url.clone();
+            // Never empty: core refuses a store with a `url_example` and no URL.
+            let url = config.url.clone().unwrap_or_default();
             Box::pin(async move {
-                let url = url.ok_or_else(|| {
-                    IdempotencyError::new(
-                        STORE,
-                        "set MESSAGING_IDEMPOTENCY_URL to the database URL, e.g. \
-                         postgres://postgres@127.0.0.1:5432/app",
-                    )
-                })?;
                 let store = PostgresIdempotencyStore::connect(&url).await?;
                 Ok(Arc::new(store) as Arc<dyn IdempotencyStore>)
             })

@@ -12,8 +12,8 @@ use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
 use messaging_core::reply::ReplyInbox;
 use messaging_core::{
-    BoxFuture, Broker, BrokerError, Config, Consumer, DlqSnapshot, Message, OutgoingMessage,
-    Subscription,
+    BoxFuture, Broker, BrokerError, Config, Consumer, DlqSnapshot, LagRow, Message,
+    OutgoingMessage, Subscription,
 };
 
 use crate::NAME;
@@ -22,13 +22,15 @@ use crate::error::RabbitError;
 use crate::headers;
 use crate::options::RabbitOptions;
 use crate::publisher::Publisher;
-use crate::{replies, topology};
+use crate::{lag, replies, topology};
 
 /// A RabbitMQ broker. Clones share the publishing connection; every consumer has its own.
 #[derive(Clone)]
 pub struct RabbitBroker {
     options: Arc<RabbitOptions>,
     publisher: Arc<Publisher>,
+    /// This process's consumers, which alone know what they hold unacknowledged.
+    members: Arc<lag::Members>,
 }
 
 impl std::fmt::Debug for RabbitBroker {
@@ -53,6 +55,7 @@ impl RabbitBroker {
         Ok(Self {
             options,
             publisher: Arc::new(publisher),
+            members: Arc::default(),
         })
     }
 
@@ -205,7 +208,7 @@ impl RabbitBroker {
     }
 }
 
-fn is_not_found(error: &lapin::Error) -> bool {
+pub(crate) fn is_not_found(error: &lapin::Error) -> bool {
     matches!(
         error.kind(),
         lapin::ErrorKind::ProtocolError(amqp)
@@ -325,7 +328,11 @@ impl Broker for RabbitBroker {
                 RabbitConsumer::start(plan).await
             };
             match started.await {
-                Ok(consumer) => Ok(Box::new(consumer) as Box<dyn Consumer>),
+                Ok(consumer) => {
+                    self.members
+                        .add(consumer.queue().as_str(), consumer.pending());
+                    Ok(Box::new(consumer) as Box<dyn Consumer>)
+                }
                 Err(error) => Err(error.into_broker("subscribe")),
             }
         })
@@ -340,6 +347,26 @@ impl Broker for RabbitBroker {
                 .declare_topics(topics)
                 .await
                 .map_err(|e| e.into_broker("declare topics"))
+        })
+    }
+
+    /// The group queue's ready count, and what this process's consumers hold (see
+    /// `crate::lag`).
+    fn lag<'a>(
+        &'a self,
+        group: &'a str,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<LagRow>, BrokerError>> {
+        Box::pin(async move {
+            lag::lag(
+                &self.publisher,
+                &self.members,
+                &self.options.exchange,
+                group,
+                topics,
+            )
+            .await
+            .map_err(|e| e.into_broker("lag"))
         })
     }
 

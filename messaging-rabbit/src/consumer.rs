@@ -99,7 +99,7 @@ struct Session {
 /// channel's delivery of the same tag.
 /// Also the acknowledgements sent and not yet written out, so `close` can wait for them.
 #[derive(Default)]
-struct Pending {
+pub(crate) struct Pending {
     by_receipt: Mutex<HashMap<u64, Held>>,
     last_receipt: AtomicU64,
     sending: Mutex<FuturesUnordered<BoxFuture<'static, lapin::Result<bool>>>>,
@@ -114,6 +114,11 @@ struct Held {
 impl Pending {
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Held>> {
         self.by_receipt.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many deliveries are handed out and not acknowledged (for `crate::lag`).
+    pub(crate) fn held(&self) -> usize {
+        self.lock().len()
     }
 
     /// A receipt no message of this consumer had before.
@@ -173,6 +178,16 @@ impl RabbitConsumer {
             gate: RetryGate::default(),
             pending: Arc::default(),
         })
+    }
+
+    /// What this consumer holds, for `crate::lag`.
+    pub(crate) fn pending(&self) -> &Arc<Pending> {
+        &self.pending
+    }
+
+    /// The group's queue.
+    pub(crate) fn queue(&self) -> &ShortString {
+        &self.plan.queue
     }
 
     /// Reconnects until a session is open, or returns an error when a cooldown starts.

@@ -139,6 +139,7 @@ mod connection;
 mod consumer;
 mod error;
 mod headers;
+mod lag;
 mod options;
 mod publisher;
 mod replies;
@@ -177,4 +178,5 @@ inventory::submit! {
         .variables(&["RABBITMQ_"])
         .target(options::target)
         .check(check)
+        .bindings(topology::asyncapi_bindings)
 }

@@ -12,7 +12,12 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 
+use messaging_core::{BindingOf, Config};
+use serde_json::{Value, json};
+
+use crate::connection::amqp_uri;
 use crate::error::RabbitError;
+use crate::options::RabbitOptions;
 
 /// The routing key of `topic`, checked to match exactly itself.
 pub(crate) fn routing_key(topic: &str) -> Result<ShortString, RabbitError> {
@@ -77,6 +82,41 @@ pub(crate) fn group_queue(exchange: &str, group: &str) -> Result<ShortString, Ra
 pub(crate) fn topic_queue(exchange: &str, topic: &str) -> Result<ShortString, RabbitError> {
     short_name("queue", format!("{exchange}.topic.{topic}"))
 }
+
+/// What the AsyncAPI document (`consumer asyncapi`) says of this topology
+/// (`BrokerFactory::bindings`): a topic is a routing key on the durable topic exchange; a
+/// group reads from its durable queue (`x-queue` of the receive operation, as AMQP bindings
+/// have no field for it) and acknowledges; a kept topic has a queue of its own; publishes are
+/// persistent and mandatory.
+pub(crate) fn asyncapi_bindings(config: &Config, of: BindingOf<'_>) -> Option<Value> {
+    let options = RabbitOptions::from_config(config).ok()?;
+    let exchange = options.exchange_name();
+    let vhost = amqp_uri(&options.url).map_or_else(|_| "/".to_owned(), |uri| uri.vhost);
+    let queue = |name: String| json!({"name": name, "durable": true, "exclusive": false, "autoDelete": false, "vhost": vhost});
+    let amqp = match of {
+        BindingOf::Channel { topic, kept } => {
+            let mut channel = json!({
+                "is": "routingKey",
+                "exchange": {"name": exchange, "type": "topic", "durable": true, "autoDelete": false, "vhost": vhost},
+            });
+            if kept {
+                channel["x-queue"] = queue(format!("{exchange}.topic.{topic}"));
+            }
+            channel
+        }
+        BindingOf::Receive { group, .. } => {
+            json!({"ack": true, "x-queue": queue(format!("{exchange}.group.{group}"))})
+        }
+        BindingOf::Send { .. } => json!({"deliveryMode": 2, "mandatory": true}),
+        _ => return None,
+    };
+    let mut amqp = amqp;
+    amqp["bindingVersion"] = json!(ASYNCAPI_AMQP_BINDINGS);
+    Some(json!({ "amqp": amqp }))
+}
+
+/// The version of the AsyncAPI AMQP bindings written.
+const ASYNCAPI_AMQP_BINDINGS: &str = "0.3.0";
 
 /// Declares the durable topic exchange (idempotent).
 pub(crate) async fn declare_exchange(
@@ -176,6 +216,49 @@ mod tests {
         );
         assert!(group_queue("messaging", "").is_err());
         assert!(group_queue("messaging", &"g".repeat(250)).is_err());
+    }
+
+    #[test]
+    fn asyncapi_bindings_name_the_exchange_and_the_queues() {
+        let config = Config::default()
+            .setting("RABBITMQ_URL", "amqp://u:secret@localhost:5672/orders")
+            .setting("RABBITMQ_EXCHANGE", "events");
+        let channel = BindingOf::Channel {
+            topic: "orders.created",
+            kept: false,
+        };
+        let amqp = &asyncapi_bindings(&config, channel).unwrap()["amqp"];
+        assert_eq!(amqp["is"], "routingKey");
+        assert_eq!(amqp["exchange"]["name"], "events");
+        assert_eq!(amqp["exchange"]["type"], "topic");
+        assert_eq!(amqp["exchange"]["vhost"], "orders");
+        assert!(amqp.get("x-queue").is_none());
+        let dlq = BindingOf::Channel {
+            topic: "orders.created.dlq",
+            kept: true,
+        };
+        let amqp = &asyncapi_bindings(&config, dlq).unwrap()["amqp"];
+        assert_eq!(amqp["x-queue"]["name"], "events.topic.orders.created.dlq");
+        let receive = BindingOf::Receive {
+            topic: "orders.created",
+            group: "payments",
+        };
+        let amqp = &asyncapi_bindings(&config, receive).unwrap()["amqp"];
+        assert_eq!(amqp["x-queue"]["name"], "events.group.payments");
+        assert_eq!(amqp["ack"], true);
+        assert_eq!(amqp["bindingVersion"], "0.3.0");
+        let send = BindingOf::Send {
+            topic: "orders.created",
+        };
+        assert_eq!(
+            asyncapi_bindings(&config, send).unwrap()["amqp"]["mandatory"],
+            true
+        );
+        assert_eq!(asyncapi_bindings(&config, BindingOf::Server), None);
+        // The default vhost, `/`.
+        let amqp = &asyncapi_bindings(&Config::default(), channel).unwrap()["amqp"];
+        assert_eq!(amqp["exchange"]["vhost"], "/");
+        assert_eq!(amqp["exchange"]["name"], "messaging");
     }
 
     #[test]

@@ -8,7 +8,9 @@ use messaging_core::broker::{Broker, Consumer, DlqSnapshot, StartFrom, Subscript
 use messaging_core::config::mask_url;
 use messaging_core::dlq::DLQ_HEADER;
 use messaging_core::reply::ReplyInbox;
-use messaging_core::{BoxFuture, BrokerError, Message, OutgoingMessage, Position, TopicName};
+use messaging_core::{
+    BoxFuture, BrokerError, LagRow, Message, OutgoingMessage, Position, TopicName,
+};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, RedisError, Value};
 
@@ -349,6 +351,18 @@ impl Broker for RedisBroker {
         Box::pin(async move {
             let mut conn = self.shared.conn();
             range(&mut conn, "browse", topic, "+", limit).await
+        })
+    }
+
+    /// `XINFO GROUPS` of each topic (see `crate::lag`).
+    fn lag<'a>(
+        &'a self,
+        group: &'a str,
+        topics: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<LagRow>, BrokerError>> {
+        Box::pin(async move {
+            let mut conn = self.shared.conn();
+            crate::lag::lag(&mut conn, group, topics).await
         })
     }
 

@@ -1,7 +1,8 @@
 //! [`RedisIdempotencyStore`]: idempotency keys in Redis, shared by every instance of a
 //! group. A key in progress is `SET key p:<owner> NX PX <lease>`; a key done is
 //! `SET key d PX <ttl>`; a release deletes the key only while it still holds this owner's
-//! value (a Lua script, so that the check and the delete are one step).
+//! value, and a renewal sets a new expiry only then (Lua scripts, so that the check and the
+//! change are one step).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,12 @@ const DONE: &str = "d";
 /// Deletes `KEYS[1]` only while its value is `ARGV[1]`.
 const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Sets `KEYS[1]` to expire in `ARGV[2]` ms only while its value is `ARGV[1]`.
+const RENEW: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0";
 
@@ -158,21 +165,37 @@ impl IdempotencyStore for RedisIdempotencyStore {
                 .map_err(failed)
         })
     }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, IdempotencyError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            redis::cmd("EVAL")
+                .arg(RENEW)
+                .arg(1)
+                .arg(self.key(key))
+                .arg(format!("p:{owner}"))
+                .arg(millis(lease))
+                .query_async::<i64>(&mut conn)
+                .await
+                .map(|renewed| renewed == 1)
+                .map_err(failed)
+        })
+    }
 }
 
 inventory::submit! {
     IdempotencyStoreFactory {
         name: STORE,
+        url_example: Some("redis://127.0.0.1:6379/0"),
         connect: |config| {
-            let url = config.url.clone();
+            // Never empty: core refuses a store with a `url_example` and no URL.
+            let url = config.url.clone().unwrap_or_default();
             Box::pin(async move {
-                let url = url.ok_or_else(|| {
-                    IdempotencyError::new(
-                        STORE,
-                        "set MESSAGING_IDEMPOTENCY_URL to the Redis URL, e.g. \
-                         redis://127.0.0.1:6379/0",
-                    )
-                })?;
                 let store = RedisIdempotencyStore::connect(&url).await?;
                 Ok(Arc::new(store) as Arc<dyn IdempotencyStore>)
             })

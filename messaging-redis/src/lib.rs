@@ -155,6 +155,7 @@ mod consumer;
 mod entry;
 mod error;
 mod idempotency;
+mod lag;
 mod options;
 mod publisher;
 mod replies;

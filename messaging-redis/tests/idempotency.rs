@@ -1,6 +1,9 @@
-//! The Redis idempotency store against a real Redis (127.0.0.1:6379), and idempotent handlers
-//! on the Redis broker with it (issue 24, done-when 4): the same key delivered twice, to two
-//! members of a group at once, runs the handler once and counts a duplicate.
+//! The Redis idempotency store against a real Redis (127.0.0.1:6379): the store conformance
+//! bodies of `messaging_core::idempotency::conformance`, its selection by name, and a
+//! member's crash between success and acknowledgement simulated at the stream level (issue
+//! 24, done-when 4). Idempotent handlers on every broker with this store are in the
+//! conformance suite (`tests/src/idempotency.rs`), the crash as processes in
+//! `tests/tests/crash_after_success.rs`.
 
 mod common;
 
@@ -33,72 +36,8 @@ async fn eventually(what: &str, limit: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
-#[tokio::test]
-async fn a_done_key_is_a_duplicate_until_its_ttl_runs_out() {
-    let store = store().await;
-    assert_eq!(
-        store.try_begin("k", "a", LEASE).await.unwrap(),
-        Begin::Begun
-    );
-    store
-        .complete("k", "a", Duration::from_millis(300))
-        .await
-        .unwrap();
-    assert_eq!(store.try_begin("k", "b", LEASE).await.unwrap(), Begin::Done);
-    // Redis expires it: the key begins again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match store.try_begin("k", "b", LEASE).await.unwrap() {
-            Begin::Begun => break,
-            Begin::Done => assert!(Instant::now() < deadline, "the TTL never ran out"),
-            Begin::InProgress => panic!("a done key reported in progress"),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-#[tokio::test]
-async fn a_key_in_progress_is_held_and_only_its_owner_releases_it() {
-    let store = store().await;
-    assert_eq!(
-        store.try_begin("k", "a", LEASE).await.unwrap(),
-        Begin::Begun
-    );
-    assert_eq!(
-        store.try_begin("k", "b", LEASE).await.unwrap(),
-        Begin::InProgress
-    );
-    // Not `b`'s to free.
-    store.release("k", "b").await.unwrap();
-    assert_eq!(
-        store.try_begin("k", "b", LEASE).await.unwrap(),
-        Begin::InProgress
-    );
-    store.release("k", "a").await.unwrap();
-    assert_eq!(
-        store.try_begin("k", "b", LEASE).await.unwrap(),
-        Begin::Begun
-    );
-    // A release after completion leaves the key done.
-    store.complete("k", "b", LEASE).await.unwrap();
-    store.release("k", "b").await.unwrap();
-    assert_eq!(store.try_begin("k", "c", LEASE).await.unwrap(), Begin::Done);
-}
-
-#[tokio::test]
-async fn a_crashed_holders_lease_runs_out() {
-    let store = store().await;
-    let short = Duration::from_millis(200);
-    assert_eq!(
-        store.try_begin("k", "a", short).await.unwrap(),
-        Begin::Begun
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store.try_begin("k", "b", LEASE).await.unwrap() != Begin::Begun {
-        assert!(Instant::now() < deadline, "the lease never ran out");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+// What every store owes the runtime (the memory and PostgreSQL stores run the same bodies).
+messaging_core::idempotency_store_conformance!(store);
 
 #[tokio::test]
 async fn the_store_is_selected_by_name() {
@@ -122,72 +61,6 @@ async fn the_store_is_selected_by_name() {
         error.contains("memory") && error.contains("redis"),
         "{error}"
     );
-}
-
-/// Two members of one group on the Redis broker, the keys in Redis: the same idempotency key
-/// published twice (different message keys, so both members may take one at once) runs the
-/// handler once, never twice at the same time, and the duplicate is acknowledged and counted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_key_delivered_twice_to_a_group_runs_once() {
-    let topic = unique("idem-broker");
-    let group = unique("idem-group");
-    let runs = Arc::new(AtomicUsize::new(0));
-    let running = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
-    let store: Arc<dyn IdempotencyStore> = Arc::new(store().await);
-    let mut members = Vec::new();
-    for _ in 0..2 {
-        let (runs, running, most) = (Arc::clone(&runs), Arc::clone(&running), Arc::clone(&most));
-        let handler = HandlerSpec::new("charge", [topic.as_str()], move |_inv: Invocation| {
-            let (runs, running, most) =
-                (Arc::clone(&runs), Arc::clone(&running), Arc::clone(&most));
-            async move {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(now, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                running.fetch_sub(1, Ordering::SeqCst);
-                runs.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
-        .group(group.as_str())
-        .idempotent(true);
-        let broker = connect(RedisOptions::default()).await.into_dyn();
-        members.push(
-            Runtime::builder()
-                .broker(broker)
-                .without_registered()
-                .install_global_producer(false)
-                .concurrency(4)
-                .idempotency_store(Arc::clone(&store))
-                .handler(handler)
-                .start()
-                .await
-                .expect("runtime starts"),
-        );
-    }
-    let publisher = connect(RedisOptions::default()).await;
-    for key in ["a", "b"] {
-        publisher
-            .publish(
-                OutgoingMessage::new(&topic, &b"{\"order_id\":7}"[..])
-                    .with_key(key)
-                    .with_header(header::IDEMPOTENCY_KEY, "order-7"),
-            )
-            .await
-            .unwrap();
-    }
-    eventually("a run and a duplicate", Duration::from_secs(30), || {
-        runs.load(Ordering::SeqCst) == 1 && metrics().duplicates(&topic, &group) == 1
-    })
-    .await;
-    // Both acknowledged: nothing pending in the group.
-    assert_eq!(settle_pending(&publisher, &topic, &group, 0).await, 0);
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
-    assert_eq!(most.load(Ordering::SeqCst), 1);
-    for member in members {
-        member.shutdown().await.unwrap();
-    }
 }
 
 /// Done-when 4, a member killed between its handler's success and the acknowledgement: the

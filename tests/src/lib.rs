@@ -20,7 +20,12 @@ use messaging_core::{BoxFuture, Broker};
 mod suite;
 pub use suite::*;
 
+pub mod crash;
 pub mod hostile;
+pub mod idempotency;
+pub mod lag;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod process;
 pub mod reliability;
 pub use hostile::{ConnectRaw, Limits, RawMessage, RawSend};

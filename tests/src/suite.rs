@@ -61,8 +61,19 @@ impl Scenario {
         handlers: Vec<HandlerSpec>,
         adjust: impl FnOnce(messaging_core::RuntimeBuilder) -> messaging_core::RuntimeBuilder,
     ) -> Runtime {
+        self.start_on(self.broker().await, handlers, adjust).await
+    }
+
+    /// [`Scenario::start_with`] on `broker` (a connection of the test's own, e.g. wrapped to
+    /// watch what it acknowledges).
+    pub async fn start_on(
+        &self,
+        broker: Arc<dyn Broker>,
+        handlers: Vec<HandlerSpec>,
+        adjust: impl FnOnce(messaging_core::RuntimeBuilder) -> messaging_core::RuntimeBuilder,
+    ) -> Runtime {
         let mut builder = Runtime::builder()
-            .broker(self.broker().await)
+            .broker(broker)
             .config(conformance_config())
             .without_registered()
             .install_global_producer(false)
@@ -89,7 +100,7 @@ impl Scenario {
     }
 }
 
-fn conformance_config() -> messaging_core::Config {
+pub(crate) fn conformance_config() -> messaging_core::Config {
     messaging_core::Config::default().with_source("conformance")
 }
 

@@ -26,3 +26,11 @@ fn connect() -> ConnectFuture {
 }
 
 messaging_tests::suite!(connect);
+
+// Idempotent handlers with each store (issue 24, done-when 4); the Redis and PostgreSQL
+// stores with their features (`--all-features` runs every one).
+messaging_tests::idempotency_suite!(connect, memory_store => messaging_tests::idempotency::memory_store);
+#[cfg(feature = "redis")]
+messaging_tests::idempotency_suite!(connect, redis_store => messaging_tests::idempotency::redis_store);
+#[cfg(feature = "postgres")]
+messaging_tests::idempotency_suite!(connect, postgres_store => messaging_tests::idempotency::postgres_store);

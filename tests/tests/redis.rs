@@ -20,3 +20,12 @@ fn connect() -> ConnectFuture {
 }
 
 messaging_tests::suite!(connect);
+
+// Idempotent handlers with each store (issue 24, done-when 4); the PostgreSQL store with its
+// feature (`--all-features` runs every one).
+messaging_tests::idempotency_suite!(connect,
+    memory_store => messaging_tests::idempotency::memory_store,
+    redis_store => messaging_tests::idempotency::redis_store,
+);
+#[cfg(feature = "postgres")]
+messaging_tests::idempotency_suite!(connect, postgres_store => messaging_tests::idempotency::postgres_store);
