@@ -2,15 +2,15 @@
 //! dropped, how long handlers took, how old a message was when its handler finished, and how
 //! far consumers are behind.
 //!
-//! Every sample goes through the [`metrics`](mod@::metrics) facade, so whichever recorder the process
-//! installed exports it: the `consumer` binary installs `metrics-exporter-prometheus` for
+//! Every sample goes through the [`metrics`](mod@::metrics) facade, so whichever recorder the
+//! process installed exports it: the `consumer` binary installs `metrics-exporter-prometheus` for
 //! `GET /metrics` (`install_prometheus`, feature `prometheus`); a service with a recorder
 //! of its own (Prometheus, OpenTelemetry, StatsD …) gets ours in its own exporter. The facade's
 //! handles are taken once — per handler and lane when the runtime starts, per backend and
 //! event name at the first publish, per topic at the first skip or duplicate — never per
 //! message. So **install a recorder before starting the runtime** (and before publishing): a
-//! handle taken before any recorder was installed stays a no-op. Gauges (the lag's, set on
-//! an interval) and the rare process-wide counters are looked up each time instead.
+//! handle taken before any recorder was installed stays a no-op. The lag gauges (`lag.rs`,
+//! set on an interval) and the rare process-wide counters are looked up each time instead.
 //!
 //! The counts are mirrored here as well, for the accessors ([`Metrics::duplicates`],
 //! [`Metrics::handler_totals`] …) and for [`Metrics::render`], which needs no recorder.
@@ -438,12 +438,12 @@ impl PublishedCounter {
 
 /// A mirrored count and its facade handle, kept per label set.
 #[derive(Debug)]
-struct Counted<H> {
+struct Counted {
     value: u64,
-    handle: H,
+    handle: Counter,
 }
 
-type ByLabels<const N: usize, H> = Mutex<BTreeMap<[String; N], Counted<H>>>;
+type ByLabels<const N: usize> = Mutex<BTreeMap<[String; N], Counted>>;
 
 /// Process-wide metrics: see the module's documentation.
 #[derive(Debug, Default)]
@@ -455,12 +455,12 @@ pub struct Metrics {
     published: RwLock<BTreeMap<String, BTreeMap<String, &'static PublishedCounter>>>,
     dropped: AtomicU64,
     /// By topic and reason.
-    skipped: ByLabels<2, Counter>,
+    skipped: ByLabels<2>,
     /// Duplicates an idempotent handler did not run, by topic and group.
-    duplicates: ByLabels<2, Counter>,
+    duplicates: ByLabels<2>,
     /// Requests acknowledged unhandled because their deadline had passed, by topic and
     /// handler.
-    expired_requests: ByLabels<2, Counter>,
+    expired_requests: ByLabels<2>,
     /// Replies that arrived after their requester stopped waiting.
     late_replies: AtomicU64,
     handlers: Mutex<Vec<(String, String, Arc<HandlerMetrics>)>>,
@@ -487,7 +487,7 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 /// Adds one to the count of `labels`, taking its counter from the facade the first time.
 fn add_one<const N: usize>(
-    map: &ByLabels<N, Counter>,
+    map: &ByLabels<N>,
     name: &'static str,
     keys: [&'static str; N],
     labels: [&str; N],
@@ -513,7 +513,7 @@ fn label_list<const N: usize>(
         .collect()
 }
 
-fn value_of<const N: usize, H>(map: &ByLabels<N, H>, labels: [&str; N]) -> Option<u64> {
+fn value_of<const N: usize>(map: &ByLabels<N>, labels: [&str; N]) -> Option<u64> {
     lock(map).get(&labels.map(str::to_owned)).map(|c| c.value)
 }
 
@@ -809,12 +809,12 @@ pub fn prometheus_handle() -> Option<&'static metrics_exporter_prometheus::Prome
     PROMETHEUS.get()
 }
 
-fn render_family<const N: usize, H>(
+fn render_family<const N: usize>(
     out: &mut String,
     name: &str,
     kind: &str,
     keys: &[&str; N],
-    samples: &BTreeMap<[String; N], Counted<H>>,
+    samples: &BTreeMap<[String; N], Counted>,
 ) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
     for (values, counted) in samples {
