@@ -74,7 +74,16 @@ struct Scraped {
     dir: PathBuf,
     consumer: SocketAddr,
     prometheus: SocketAddr,
-    _processes: Vec<Killed>,
+    processes: Vec<Killed>,
+}
+
+impl Drop for Scraped {
+    /// Stops both processes, then removes their files (Prometheus's data included); a
+    /// failure's message has already quoted their output.
+    fn drop(&mut self) {
+        self.processes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl Scraped {
@@ -160,7 +169,7 @@ impl Scraped {
             dir,
             consumer,
             prometheus,
-            _processes: processes,
+            processes,
         };
         eventually("Prometheus ready", Duration::from_secs(60), || {
             get(prometheus, "/-/ready").is_some_and(|(status, _)| status == 200)
