@@ -27,6 +27,9 @@ bash scripts/install-celery.sh
 # The AsyncAPI test validates `consumer asyncapi` with the AsyncAPI parser (npm).
 bash scripts/install-asyncapi.sh
 
+# Prometheus and promtool for tests/tests/prometheus.rs (deploy/ rules and a real scrape).
+bash scripts/install-prometheus.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -12,7 +12,9 @@
 //! Run with: cargo bench -p messaging-core --bench dispatch
 //! (`MESSAGES=100000` for a shorter run, `CONCURRENCY=16` for the lane pipeline,
 //! `HANDLER=noop` for the framework's own cost with a handler that does nothing, `ONLY=bare`
-//! or `ONLY=framework` to profile one side.)
+//! or `ONLY=framework` to profile one side, `RECORDER=prometheus` to count through the
+//! Prometheus exporter's recorder as the `consumer` binary does: without a recorder the
+//! `metrics` facade's calls do nothing.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,13 +50,18 @@ fn envelopes(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A round's messages as a publisher hands them over: fresh allocations, not yet stored.
+/// A round's messages as a publisher hands them over: fresh allocations, not yet stored,
+/// with the headers `publish_event` adds (the event name and id).
 fn outgoing(bodies: &[Vec<u8>]) -> Vec<OutgoingMessage> {
     bodies
         .iter()
         .map(|body| {
+            // The envelope's id, which serializes first: `{"id":"<36 characters>",…`.
+            assert!(body.starts_with(b"{\"id\":\""), "the id comes first");
+            let id = std::str::from_utf8(&body[7..43]).unwrap();
             OutgoingMessage::new(TOPIC, body.clone())
                 .with_header(header::EVENT_NAME, "order.created")
+                .with_header(header::EVENT_ID, id)
         })
         .collect()
 }
@@ -223,8 +230,35 @@ fn env(name: &str, default: usize) -> usize {
 
 const PASSES: usize = 5;
 
+/// The recorder of the `consumer` binary (`metrics::install_prometheus`): the exporter with
+/// our buckets, drained every 5 s by a thread of its own.
+fn install_prometheus() {
+    use messaging_core::metrics::{END_TO_END_BUCKETS, LATENCY_BUCKETS, names};
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(names::HANDLER_DURATION.into()),
+            &LATENCY_BUCKETS,
+        )
+        .unwrap()
+        .set_buckets_for_metric(Matcher::Full(names::END_TO_END.into()), &END_TO_END_BUCKETS)
+        .unwrap()
+        .install_recorder()
+        .unwrap();
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(5));
+            handle.run_upkeep();
+        }
+    });
+}
+
 fn main() {
     let n = env("MESSAGES", 1_000_000);
+    let recorder = std::env::var("RECORDER").unwrap_or_default();
+    if recorder == "prometheus" {
+        install_prometheus();
+    }
     let chunk = env("CHUNK", 10_000).clamp(1, n);
     let concurrency = env("CONCURRENCY", 1);
     let noop = std::env::var("HANDLER").as_deref() == Ok("noop");
@@ -281,7 +315,12 @@ fn main() {
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     let handler = if noop { "no-op" } else { "typed" };
     println!(
-        "messages: {n} in rounds of {chunk}, mean envelope: {mean_len} bytes, concurrency: {concurrency}, {handler} handler, best of {PASSES} passes"
+        "messages: {n} in rounds of {chunk}, mean envelope: {mean_len} bytes, concurrency: {concurrency}, {handler} handler, recorder: {}, best of {PASSES} passes",
+        if recorder.is_empty() {
+            "none"
+        } else {
+            &recorder
+        }
     );
     println!(
         "bare serde_json::from_slice::<Event<OrderCreated>>: wall {:>7.1} ms ({:>9.0} msg/s), cpu {:>7.1} ms",

@@ -346,6 +346,10 @@ async fn run(
     if handlers.is_empty() {
         return Err(Error::Registry(NO_HANDLERS.to_owned()));
     }
+    // Before the runtime starts: it takes its metric handles from the recorder then.
+    if let Err(error) = crate::metrics::install_prometheus() {
+        tracing::info!(%error, "a metrics recorder is already installed; /metrics serves messaging's own metrics only");
+    }
     let stop_serving = CancellationToken::new();
     let _stop_serving = stop_serving.clone().drop_guard();
     if let Some(addr) = args.health_addr {

@@ -508,7 +508,7 @@ impl Dispatcher {
                     .await
                 {
                     Ok(()) => {
-                        self.handled(&on, &invocation.message, failed.attempt);
+                        self.handled(&on, &invocation.message, failed.attempt, self.clock.raw());
                         self.ack(&invocation.message).await;
                         None
                     }
@@ -751,7 +751,8 @@ impl Dispatcher {
             .await
         {
             Ok(()) => {
-                self.handled(&on, &invocation.message, attempt);
+                // `run_attempt` left the attempt's end in `acks.mark`.
+                self.handled(&on, &invocation.message, attempt, acks.mark);
                 let message = std::mem::replace(&mut invocation.message, spare);
                 // Not `ack_soon`: its future would be part of every message's. The clock
                 // was read when the attempt ended.
@@ -789,9 +790,11 @@ impl Dispatcher {
         }
     }
 
-    fn handled(&self, on: &Attempting<'_>, message: &Message, attempt: u32) {
+    /// Counts a success; `ended` is when its attempt ended, on the dispatcher's clock.
+    fn handled(&self, on: &Attempting<'_>, message: &Message, attempt: u32, ended: u64) {
         let target = on.target;
         on.counters.succeeded();
+        on.counters.observe_end_to_end(message, &self.clock, ended);
         tracing::debug!(topic = %message.topic, handler = target.spec.name, attempt, "handled");
     }
 
@@ -838,7 +841,7 @@ impl Dispatcher {
             attempt += 1;
             match self.attempt(on, invocation, attempt, None).await {
                 Ok(()) => {
-                    self.handled(on, &invocation.message, attempt);
+                    self.handled(on, &invocation.message, attempt, self.clock.raw());
                     return self.ack(&invocation.message).await;
                 }
                 Err(next) => error = next,

@@ -164,11 +164,14 @@ async fn ready_handler(State(health): State<Arc<Health>>) -> impl IntoResponse {
     )
 }
 
+/// The exporter's rendering: every metric of the process's recorder, ours included. When
+/// the service installed a recorder of its own before ours could be, ours alone.
 async fn metrics_handler() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics().render(),
-    )
+    let text = match crate::metrics::prometheus_handle() {
+        Some(handle) => handle.render(),
+        None => metrics().render(),
+    };
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// Serves the routes on `addr` until `shutdown`; returns the bound address.

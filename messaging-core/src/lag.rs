@@ -9,7 +9,9 @@
 //!
 //! A running runtime refreshes the gauges of its own groups every `MESSAGING_LAG_INTERVAL`
 //! (15 s; `0` turns it off) in a task of its own. They live here, not in
-//! [`crate::metrics`]: the only link is one call from [`crate::metrics::Metrics::render`].
+//! [`crate::metrics`]: each reading is also set through the `metrics` facade (for the
+//! process's recorder: the `consumer` binary's exporter, or a service's own), and
+//! [`crate::metrics::Metrics::render`] calls [`render`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -136,18 +138,59 @@ fn gauges() -> std::sync::MutexGuard<'static, Gauges> {
 /// Replaces what the gauges say of `group` with `rows` (a partition that is gone goes too).
 pub fn record(group: &str, rows: &[LagRow]) {
     let mut gauges = gauges();
-    gauges.retain(|(g, _, _), _| g != group);
+    let gone = take_group(&mut gauges, group);
     for r in rows.iter().filter(|r| r.group == group) {
-        gauges.insert(
-            (r.group.clone(), r.topic.clone(), r.partition),
-            (r.lag, r.pending),
-        );
+        let key = (r.group.clone(), r.topic.clone(), r.partition);
+        export(&key, r.lag, r.pending);
+        gauges.insert(key, (r.lag, r.pending));
+    }
+    for (key, pending) in gone {
+        if !gauges.contains_key(&key) {
+            export(&key, 0, pending.map(|_| 0));
+        }
     }
 }
 
 /// Drops the gauges of `group` (its consumer stopped).
 pub fn forget(group: &str) {
-    gauges().retain(|(g, _, _), _| g != group);
+    for (key, pending) in take_group(&mut gauges(), group) {
+        export(&key, 0, pending.map(|_| 0));
+    }
+}
+
+type GaugeKey = (String, String, Option<i32>);
+
+/// Takes the rows of `group` out of `gauges`: their keys and pending counts.
+fn take_group(gauges: &mut Gauges, group: &str) -> Vec<(GaugeKey, Option<u64>)> {
+    let keys: Vec<GaugeKey> = gauges
+        .keys()
+        .filter(|(g, _, _)| g == group)
+        .cloned()
+        .collect();
+    keys.into_iter()
+        .filter_map(|key| gauges.remove(&key).map(|(_, pending)| (key, pending)))
+        .collect()
+}
+
+/// Sets the facade's gauges of one row, looked up each time (a reading comes every
+/// `MESSAGING_LAG_INTERVAL`, and may come before a recorder is installed). The facade cannot
+/// drop a series, so a row that is gone is exported as 0, not left at its last value.
+fn export((group, topic, partition): &GaugeKey, lag: u64, pending: Option<u64>) {
+    use crate::metrics::names;
+    let labels = || {
+        [
+            ("group", group.clone()),
+            ("topic", topic.clone()),
+            (
+                "partition",
+                partition.map(|p| p.to_string()).unwrap_or_default(),
+            ),
+        ]
+    };
+    ::metrics::gauge!(names::CONSUMER_LAG, &labels()).set(lag as f64);
+    if let Some(pending) = pending {
+        ::metrics::gauge!(names::CONSUMER_PENDING, &labels()).set(pending as f64);
+    }
 }
 
 /// What the gauges hold, by group, topic and partition.
@@ -316,6 +359,53 @@ mod tests {
         forget("lag-unit-a");
         forget("lag-unit-b");
         assert!(!current().iter().any(|r| r.group.starts_with("lag-unit-")));
+    }
+
+    #[test]
+    fn readings_go_through_the_metrics_facade_and_a_row_gone_reads_zero() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        ::metrics::with_local_recorder(&recorder, || {
+            record(
+                "lag-facade",
+                &[
+                    row("lag-facade", "t", Some(0), 7),
+                    row("lag-facade", "t", Some(1), 9),
+                ],
+            );
+            record("lag-facade", &[row("lag-facade", "t", Some(0), 8)]);
+        });
+        forget("lag-facade");
+        let gauges: BTreeMap<String, f64> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| {
+                let labels: Vec<String> = key
+                    .key()
+                    .labels()
+                    .map(|l| format!("{}={}", l.key(), l.value()))
+                    .collect();
+                match value {
+                    DebugValue::Gauge(v) => {
+                        Some((format!("{} {}", key.key().name(), labels.join(",")), v.0))
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        let lag = |partition: u8| {
+            gauges
+                [&format!("messaging_consumer_lag group=lag-facade,topic=t,partition={partition}")]
+        };
+        assert_eq!((lag(0), lag(1)), (8.0, 0.0), "{gauges:?}");
+        // Kafka tells no pending count: none is exported, even as 0.
+        assert!(
+            !gauges
+                .keys()
+                .any(|k| k.starts_with("messaging_consumer_pending"))
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::envelope::{Event, TypedEvent};
 use crate::error::{BrokerError, Error};
 use crate::handler::BoxFuture;
 use crate::message::{Headers, Key, OutgoingMessage, header};
-use crate::metrics::metrics;
+use crate::metrics::{PublishedCounter, metrics};
 use crate::trace;
 
 /// How long a failing background publish is retried, counted from [`Producer::fire`]: a
@@ -212,7 +212,7 @@ impl Producer {
                 Err(message) => publish_counted(self.broker().await?, *message),
             };
             publishing.await?;
-            counter.fetch_add(1, Ordering::Relaxed);
+            counter.add_one();
             Ok(())
         }
     }
@@ -518,7 +518,7 @@ async fn deliver(item: Queued) {
                 let (counter, publishing) = publish_counted(broker, item.message.clone());
                 match publishing.await {
                     Ok(()) => {
-                        counter.fetch_add(1, Ordering::Relaxed);
+                        counter.add_one();
                         if inner.failing.load(Ordering::Relaxed) {
                             inner.failing.store(false, Ordering::Relaxed);
                         }
@@ -602,7 +602,10 @@ static GLOBAL: RwLock<Option<Producer>> = RwLock::new(None);
 fn publish_counted(
     broker: &Arc<dyn Broker>,
     message: OutgoingMessage,
-) -> (&'static AtomicU64, BoxFuture<'_, Result<(), BrokerError>>) {
+) -> (
+    &'static PublishedCounter,
+    BoxFuture<'_, Result<(), BrokerError>>,
+) {
     let counter =
         metrics().published_counter(broker.name(), message.headers.get(header::EVENT_NAME));
     (counter, broker.publish(message))
