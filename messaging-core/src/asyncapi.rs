@@ -38,6 +38,11 @@ pub const ASYNCAPI_VERSION: &str = "3.0.0";
 /// `info.version` of the document: the core cannot know the service's own version.
 pub const DOCUMENT_VERSION: &str = "0.0.0";
 
+/// The id of the channel of replies (its address is each request's `x-reply-to`).
+const REPLY_CHANNEL: &str = "messaging_replies";
+/// The id of a reply's message in `components/messages`.
+const REPLY_MESSAGE: &str = "reply";
+
 /// The id of the dead-letter record's message in `components/messages`.
 const DEAD_LETTER_MESSAGE: &str = "messaging.deadLetterRecord";
 
@@ -72,6 +77,8 @@ struct Document<'a> {
     /// The data schema of each event name, wherever it is known (a publisher or a handler),
     /// so that an event read and published is one message.
     event_schemas: BTreeMap<String, Value>,
+    /// Whether a handler answers requests (then the document has the reply channel).
+    replies: bool,
 }
 
 struct Channel {
@@ -87,11 +94,13 @@ impl<'a> Document<'a> {
             config,
             factory,
             channels: BTreeMap::new(),
-            channel_ids: BTreeSet::new(),
+            // The reply channel's id is not a topic's.
+            channel_ids: BTreeSet::from([REPLY_CHANNEL.to_owned()]),
             messages: Map::new(),
             schemas: Map::new(),
             operations: Map::new(),
             event_schemas: BTreeMap::new(),
+            replies: false,
         }
     }
 
@@ -131,11 +140,17 @@ impl<'a> Document<'a> {
                 if let Some(schema) = h.schema() {
                     operation["x-messaging-schema"] = json!(schema);
                 }
-                // REQUEST-REPLY (reply channels): a handler that answers requests (its `Ok`
-                // value is not `()`) gets `"reply": {"address": {"location":
-                // "$message.header#/x-reply-to"}, "messages": [...]}` here, with the reply's
-                // headers (`x-correlation-id`, `x-reply-kind`) and a `correlationId` on the
-                // request message. Left for the request-reply work, which is landing now.
+                // Every handler answers a request (a message with `x-reply-to`): with its
+                // `Ok` value, `null` for `()`, or an error reply.
+                operation["reply"] = json!({
+                    "address": {
+                        "location": "$message.header#/x-reply-to",
+                        "description": "The requester's reply inbox, named by the request.",
+                    },
+                    "channel": channel_ref(REPLY_CHANNEL),
+                    "messages": [channel_message_ref(REPLY_CHANNEL, REPLY_MESSAGE)],
+                });
+                self.replies = true;
                 self.bindings(
                     &mut operation,
                     BindingOf::Receive {
@@ -464,6 +479,20 @@ impl<'a> Document<'a> {
             );
             channels.insert(id, object);
         }
+        let mut messages = self.messages;
+        if self.replies {
+            channels.insert(
+                REPLY_CHANNEL.to_owned(),
+                json!({
+                    "address": null,
+                    "description": "Replies to requests, sent to the address each request \
+                                    names in `x-reply-to` (RabbitMQ direct reply-to, the \
+                                    service's Kafka reply topic, a Redis stream per instance).",
+                    "messages": { REPLY_MESSAGE: {"$ref": format!("#/components/messages/{REPLY_MESSAGE}")} },
+                }),
+            );
+            messages.insert(REPLY_MESSAGE.to_owned(), reply_message());
+        }
         let mut document = json!({
             "asyncapi": ASYNCAPI_VERSION,
             "info": {
@@ -479,7 +508,7 @@ impl<'a> Document<'a> {
             "servers": { server_id: server },
             "channels": channels,
             "operations": self.operations,
-            "components": { "messages": self.messages },
+            "components": { "messages": messages },
         });
         if !self.schemas.is_empty() {
             document["components"]["schemas"] = Value::Object(self.schemas);
@@ -579,6 +608,26 @@ fn body_headers() -> Value {
 }
 
 /// The dead-letter record of DESIGN §3.
+/// A reply: the handler's `Ok` value as JSON, an error (`{"kind", "message"}`), a chunk of a
+/// streamed reply or its end, told apart by `x-reply-kind`.
+fn reply_message() -> Value {
+    json!({
+        "name": "reply",
+        "title": "Reply",
+        "summary": "The answer to a request: its `x-reply-kind` says which.",
+        "correlationId": { "location": "$message.header#/x-correlation-id" },
+        "headers": {
+            "type": "object",
+            "properties": {
+                "x-correlation-id": { "type": "string", "description": "The request's." },
+                "x-reply-kind": { "type": "string", "enum": ["ok", "error", "chunk", "end"] },
+                "x-reply-seq": { "type": "string", "description": "A chunk's place, from 0." },
+            },
+            "required": ["x-correlation-id"],
+        },
+    })
+}
+
 fn dead_letter_message() -> Value {
     let string = |description: &str| json!({"type": "string", "description": description});
     let time = |description: &str| json!({"type": "string", "format": "date-time", "description": description});
@@ -910,12 +959,14 @@ mod tests {
         let channels = doc["channels"].as_object().unwrap();
         let addresses: BTreeSet<&str> = channels
             .values()
-            .map(|c| c["address"].as_str().unwrap())
+            .filter_map(|c| c["address"].as_str())
             .collect();
         assert_eq!(
             addresses,
             BTreeSet::from(["orders", "orders.failed", "users", "users.dlq"])
         );
+        // Replies go to the address each request names: a channel of no fixed address.
+        assert_eq!(channels[REPLY_CHANNEL]["address"], Value::Null);
         // Dead-letter channels say whose records they hold, and are kept.
         let failed = &channels["orders.failed"];
         assert_eq!(failed["x-messaging-dead-letter-of"], json!(["orders"]));
@@ -924,6 +975,14 @@ mod tests {
 
         let ops = doc["operations"].as_object().unwrap();
         let pay = &ops["pay"];
+        assert_eq!(
+            pay["reply"]["address"]["location"],
+            "$message.header#/x-reply-to"
+        );
+        assert_eq!(
+            doc["components"]["messages"][REPLY_MESSAGE]["correlationId"]["location"],
+            "$message.header#/x-correlation-id"
+        );
         assert_eq!(pay["action"], "receive");
         assert_eq!(pay["channel"]["$ref"], "#/channels/orders");
         assert_eq!(pay["x-messaging-dead-letter-topic"], "orders.failed");

@@ -111,20 +111,7 @@ pub fn table(rows: &[LagRow]) -> String {
             dash(r.pending.map(|p| p.to_string())),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| cells.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in cells {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:width$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    crate::table::aligned(&cells)
 }
 
 /// What the gauges hold per group, topic and partition: (lag, pending).

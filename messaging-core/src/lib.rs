@@ -36,6 +36,7 @@ pub mod reply;
 pub mod request;
 pub mod retry;
 pub mod runtime;
+mod table;
 pub mod testing;
 pub mod trace;
 
