@@ -104,9 +104,11 @@ async fn run(member: Arc<Member>, mut requests: mpsc::UnboundedReceiver<Request>
             // Acknowledged or not, this consumer is done with them: no longer refreshed, so a
             // failed acknowledgement lets them idle out and be reclaimed.
             let mut held = member.held();
+            let mut acked = member.acked();
             for (stream, ids) in ids.iter().enumerate() {
                 for id in ids {
                     held.remove(&(stream, *id));
+                    acked.insert((stream, *id));
                 }
             }
         }

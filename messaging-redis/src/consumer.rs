@@ -36,11 +36,19 @@ pub(crate) struct Member {
     pub names: TopicNames,
     /// Entries delivered and not yet acknowledged: a re-read of the pending list skips them.
     held: Mutex<HashSet<(usize, EntryId)>>,
+    /// Entries acknowledged since the current read was sent: a re-read of the pending list
+    /// sent before their `XACK` was applied may still return them, after they left `held`.
+    acked: Mutex<HashSet<(usize, EntryId)>>,
 }
 
 impl Member {
     pub(crate) fn held(&self) -> MutexGuard<'_, HashSet<(usize, EntryId)>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// See [`Member::acked`]; cleared as each read is sent.
+    pub(crate) fn acked(&self) -> MutexGuard<'_, HashSet<(usize, EntryId)>> {
+        self.acked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn stream_index(&self, topic: &str) -> Option<usize> {
@@ -296,6 +304,7 @@ impl RedisConsumer {
             names: TopicNames::new(&streams),
             streams,
             held: Mutex::new(HashSet::new()),
+            acked: Mutex::new(HashSet::new()),
         });
         let (keeper, stop) = oneshot::channel();
         tokio::spawn(keep(Arc::clone(&member), stop));
@@ -376,6 +385,8 @@ impl RedisConsumer {
             self.backlog.fill(Some(EntryId::ZERO));
             self.unsure = false;
         }
+        // What was acknowledged before this read is sent cannot come back in its reply.
+        self.member.acked().clear();
         if self.backlog.iter().any(Option::is_some) {
             return self.read_backlog(max).await;
         }
@@ -524,12 +535,13 @@ impl RedisConsumer {
         let mut deleted = Vec::new();
         {
             let mut held = self.member.held();
+            let acked = self.member.acked();
             for entry in entries {
                 let id: EntryId = entry
                     .id
                     .parse()
                     .map_err(|e| protocol_error("XREADGROUP", e))?;
-                if held.contains(&(index, id)) {
+                if held.contains(&(index, id)) || acked.contains(&(index, id)) {
                     continue;
                 }
                 match entry.into_message(topic.clone()) {
