@@ -28,6 +28,8 @@ pub fn with_state(runtime: RuntimeBuilder) -> RuntimeBuilder {
 /// Links the broker crates enabled as features, so that `MESSAGING_BACKEND` can select them
 /// (a crate that nothing refers to is not linked, and its registration would be missing).
 pub fn link_brokers() {
+    #[cfg(feature = "celery")]
+    use messaging_celery as _;
     #[cfg(feature = "kafka")]
     use messaging_kafka as _;
     #[cfg(feature = "rabbitmq")]
