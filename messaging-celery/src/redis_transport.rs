@@ -312,6 +312,9 @@ impl RedisTransport {
             .client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
+        // Alive and its processing list listed before the first task is taken: an instance
+        // that dies before its first heartbeat must not leave tasks no sweep can find.
+        self.refresh(&[queue.to_owned()]).await?;
         let mut sources = vec![queue.to_owned()];
         sources.extend(
             PRIORITY_STEPS
