@@ -117,12 +117,20 @@ pub async fn create_mood_entry(
     Ok((StatusCode::CREATED, Json(entry)))
 }
 
-/// How long the API waits for a guardian: `GUARDIAN_TIMEOUT` (e.g. `5s`), default 30 s.
-fn guardian_timeout() -> std::time::Duration {
-    std::env::var("GUARDIAN_TIMEOUT")
-        .ok()
-        .and_then(|v| humantime::parse_duration(&v).ok())
-        .unwrap_or(std::time::Duration::from_secs(30))
+/// How long the API waits for a guardian: `GUARDIAN_TIMEOUT` (e.g. `5s`), default 30 s. Read
+/// once; `bin/api` checks it at start-up, so a bad value stops it there with this error.
+pub fn guardian_timeout() -> Result<std::time::Duration, String> {
+    static TIMEOUT: std::sync::OnceLock<Result<std::time::Duration, String>> =
+        std::sync::OnceLock::new();
+    TIMEOUT
+        .get_or_init(|| match std::env::var("GUARDIAN_TIMEOUT") {
+            Ok(value) if !value.trim().is_empty() => humantime::parse_duration(value.trim())
+                .map_err(|e| {
+                    format!("GUARDIAN_TIMEOUT={value:?} is not a duration ({e}); e.g. 5s")
+                }),
+            _ => Ok(std::time::Duration::from_secs(30)),
+        })
+        .clone()
 }
 
 /// The status a failed request to a guardian answers with.
@@ -140,7 +148,7 @@ fn guardian_error(error: RequestError) -> ApiError {
 pub async fn ask_guardian(Json(request): Json<AdviceRequest>) -> Result<Json<Advice>, ApiError> {
     let advice = get_producer()
         .request(guardian::REQUESTS, &request)
-        .timeout(guardian_timeout())
+        .timeout(guardian_timeout().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?)
         .options(SendOptions::key(request.user_id.clone()))
         .await
         .map_err(guardian_error)?;
@@ -152,7 +160,7 @@ pub async fn ask_guardian(Json(request): Json<AdviceRequest>) -> Result<Json<Adv
 pub async fn stream_guardian(Query(request): Query<AdviceRequest>) -> Result<Response, ApiError> {
     let chunks = get_producer()
         .request_stream::<String, _>(guardian::STREAMED_REQUESTS, &request)
-        .timeout(guardian_timeout())
+        .timeout(guardian_timeout().map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?)
         .options(SendOptions::key(request.user_id.clone()))
         .await
         .map_err(guardian_error)?;

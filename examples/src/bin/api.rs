@@ -11,6 +11,7 @@ use messaging_core::prelude::*;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     messaging_examples::link_brokers();
+    messaging_examples::api::guardian_timeout().map_err(anyhow::Error::msg)?;
     let addr: SocketAddr = std::env::var("API_ADDR")
         .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())
         .parse()?;
